@@ -1,0 +1,123 @@
+"""RRDBNet, the ESRGAN generator (Wang et al., "ESRGAN", ECCVW 2018; Real-ESRGAN, ICCVW 2021).
+
+Canonical names follow BasicSR / Real-ESRGAN (``conv_first``, ``body.N.rdbK.convJ``, ``conv_body``,
+``conv_up1``, ``conv_up2``, ``conv_hr``, ``conv_last``). The network upsamples x4 natively; x2 and x1
+run through a pixel-unshuffle of the input, as Real-ESRGAN does. Inputs and outputs are RGB in [0, 1].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+GROWTH_CONVS = 4  # conv1..conv4 of a dense block grow the concatenation; conv5 returns to num_feat
+
+
+@dataclasses.dataclass(frozen=True)
+class RRDBConfig:
+    """Hyperparameters of an RRDBNet, including per-layer growth widths after channel pruning.
+
+    Attributes:
+        scale: 4 (native), 2 or 1 (pixel-unshuffle of the input).
+        num_feat: width of the trunk.
+        num_block: number of RRDB blocks.
+        num_grow_ch: growth channels of each dense convolution.
+        grow: per block, per dense block (3), the 4 growth widths; None means ``num_grow_ch`` everywhere.
+        up_feat: width of conv_up1 / conv_up2 / conv_hr outputs (None: ``num_feat``).
+    """
+
+    scale: int = 4
+    num_feat: int = 64
+    num_block: int = 23
+    num_grow_ch: int = 32
+    grow: tuple[tuple[tuple[int, ...], ...], ...] | None = None
+    up_feat: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.scale not in (1, 2, 4):
+            raise ValueError(f"RRDBConfig.scale must be 1, 2 or 4, got {self.scale!r}")
+        if self.grow is not None and len(self.grow) != self.num_block:
+            raise ValueError(f"RRDBConfig.grow has {len(self.grow)} entries for {self.num_block} blocks")
+
+    def block_grow(self, i: int) -> tuple[tuple[int, ...], ...]:
+        if self.grow is not None:
+            return self.grow[i]
+        return ((self.num_grow_ch,) * GROWTH_CONVS,) * 3
+
+    @property
+    def up_width(self) -> int:
+        return self.up_feat if self.up_feat is not None else self.num_feat
+
+    @property
+    def unshuffle(self) -> int:
+        return {4: 1, 2: 2, 1: 4}[self.scale]
+
+
+def _conv(cin: int, cout: int) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, padding=1)
+
+
+class ResidualDenseBlock(nn.Module):
+    """Five densely connected convolutions with a 0.2-scaled residual."""
+
+    def __init__(self, num_feat: int, grow: tuple[int, ...]) -> None:
+        super().__init__()
+        cin = num_feat
+        for j, g in enumerate(grow, start=1):
+            setattr(self, f"conv{j}", _conv(cin, g))
+            cin += g
+        self.conv5 = _conv(cin, num_feat)
+        self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = [x]
+        for conv in (self.conv1, self.conv2, self.conv3, self.conv4):
+            feats.append(self.lrelu(conv(torch.cat(feats, 1))))
+        return x + self.conv5(torch.cat(feats, 1)) * 0.2
+
+
+class RRDB(nn.Module):
+    """Residual-in-residual dense block: three dense blocks and a 0.2-scaled residual."""
+
+    def __init__(self, num_feat: int, grow: tuple[tuple[int, ...], ...]) -> None:
+        super().__init__()
+        self.rdb1 = ResidualDenseBlock(num_feat, grow[0])
+        self.rdb2 = ResidualDenseBlock(num_feat, grow[1])
+        self.rdb3 = ResidualDenseBlock(num_feat, grow[2])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.rdb3(self.rdb2(self.rdb1(x))) * 0.2
+
+
+class RRDBNet(nn.Module):
+    """RRDBNet generator on RGB in [0, 1]."""
+
+    def __init__(self, cfg: RRDBConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.scale = cfg.scale
+        nf, uf = cfg.num_feat, cfg.up_width
+        self.conv_first = _conv(3 * cfg.unshuffle**2, nf)
+        self.body = nn.Sequential(*[RRDB(nf, cfg.block_grow(i)) for i in range(cfg.num_block)])
+        self.conv_body = _conv(nf, nf)
+        self.conv_up1 = _conv(nf, uf)
+        self.conv_up2 = _conv(uf, uf)
+        self.conv_hr = _conv(uf, uf)
+        self.conv_last = _conv(uf, 3)
+        self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        u = self.cfg.unshuffle
+        if u > 1:  # reflect-pad to a multiple of the unshuffle factor, as Real-ESRGAN's inference does
+            x = F.pad(x, (0, (u - w % u) % u, 0, (u - h % u) % u), mode="reflect")
+            x = F.pixel_unshuffle(x, u)
+        feat = self.conv_first(x)
+        feat = feat + self.conv_body(self.body(feat))
+        feat = self.lrelu(self.conv_up1(F.interpolate(feat, scale_factor=2, mode="nearest")))
+        feat = self.lrelu(self.conv_up2(F.interpolate(feat, scale_factor=2, mode="nearest")))
+        out = self.conv_last(self.lrelu(self.conv_hr(feat)))
+        return out[..., : h * self.scale, : w * self.scale] if u > 1 else out

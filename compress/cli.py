@@ -1,0 +1,121 @@
+"""Argument parsing for ``python -m compress``; every command reports bad input without a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from compress.errors import InputError
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from compress.checkpoint import load_checkpoint
+
+    info = load_checkpoint(args.checkpoint, args.scale).describe()
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for key in ("arch", "scale", "num_feat", "num_block", "params", "layout"):
+            print(f"{key:10s} {info[key]}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from compress.data import list_images, load_pairs
+    from compress.evaluate import bicubic_upscaler, evaluate
+    from compress.infer import TileConfig
+    from compress.runtimes import open_upscaler
+
+    pairs = load_pairs(list_images(args.data), args.scale)
+    if args.model == "bicubic":
+        fn, label = bicubic_upscaler(args.scale), "bicubic"
+    else:
+        fn, label = open_upscaler(args.model, args.scale, threads=args.threads), args.model
+    result = evaluate(fn, pairs, args.scale, TileConfig(tile=args.tile))
+    out = {"model": label, "data": str(args.data), **result.to_dict()}
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        for img in out["images"]:
+            print(f"{img['name']:20s} PSNR-Y {img['psnr_y_db']:.3f} dB  SSIM-Y {img['ssim_y']:.4f}")
+        print(f"{'mean':20s} PSNR-Y {out['psnr_y_db']:.3f} dB  SSIM-Y {out['ssim_y']:.4f}  ({out['convention']})")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from compress.recipe import load_recipe
+    from compress.trainer import TrainRecipe, dumps, train_model
+
+    overrides = {"scale": args.scale, "data": args.data, "init_from": args.init_from}
+    recipe = load_recipe(TrainRecipe, args.recipe, overrides)
+    record = train_model(recipe, Path(args.out), device=args.device, recipe_file=str(args.recipe))
+    print(dumps({k: record[k] for k in ("stage", "train_seconds", "val_psnr_y_db")}))
+    return 0
+
+
+def _cmd_model(args: argparse.Namespace) -> int:
+    from compress.stages import stage_model
+
+    print(json.dumps(stage_model(args.model or None, args.scale, Path(args.run), args.eval or None), indent=2, default=str))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from compress.stages import stage_export
+
+    print(json.dumps(stage_export(Path(args.run)), indent=2, default=str))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m compress", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("inspect", help="detect architecture, scale and hyperparameters of a checkpoint")
+    s.add_argument("checkpoint")
+    s.add_argument("--scale", type=int, default=None, help="required for SRCNN checkpoints")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_cmd_inspect)
+
+    s = sub.add_parser("eval", help="PSNR-Y / SSIM-Y of a checkpoint, ONNX/TFLite artifact or bicubic")
+    s.add_argument("--model", required=True, help="checkpoint, .onnx, .tflite, or 'bicubic'")
+    s.add_argument("--data", required=True, help="folder of HR images")
+    s.add_argument("--scale", type=int, required=True)
+    s.add_argument("--tile", type=int, default=0, help="LR tile size for tiled inference (0: whole image)")
+    s.add_argument("--threads", type=int, default=0, help="runtime threads (0: library default)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_cmd_eval)
+
+    s = sub.add_parser("train", help="train a model from HR images per a TOML recipe")
+    s.add_argument("--recipe", required=True)
+    s.add_argument("--out", required=True, help="output .safetensors")
+    s.add_argument("--scale", type=int, default=None, help="override the recipe's scale")
+    s.add_argument("--data", default=None, help="override the recipe's data folder")
+    s.add_argument("--init-from", default=None, help="checkpoint whose matching tensors initialise the model")
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("model", help="stage 1: take a checkpoint into a run as its FP32 baseline")
+    s.add_argument("--model", default="", help="checkpoint (default: the shipped default for --scale)")
+    s.add_argument("--scale", type=int, default=None)
+    s.add_argument("--run", required=True, help="run folder, e.g. artifacts/run-x2")
+    s.add_argument("--eval", action="append", default=[], help="extra evaluation folder(s)")
+    s.set_defaults(func=_cmd_model)
+
+    s = sub.add_parser("export", help="FP32 ONNX export of a run's baseline with parity check")
+    s.add_argument("--run", required=True)
+    s.set_defaults(func=_cmd_export)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.filterwarnings("default", category=UserWarning, module="compress")
+    try:
+        return int(args.func(args) or 0)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,143 @@
+"""The pipeline's stages in order, and the two that the foundation provides (model, export).
+
+Each stage reads artifacts from earlier stages' folders under one run folder and writes a new
+folder of its own; no stage edits its input. ``STAGES`` is the one place that lists them in order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from compress.checkpoint import LoadedModel, count_params, load_checkpoint, save_checkpoint
+from compress.data import ImagePair, list_images, load_pairs
+from compress.default_data import split_paths
+from compress.errors import InputError
+from compress.evaluate import bicubic_upscaler, evaluate
+from compress.files import read_sidecar, sha256_file, write_sidecar
+from compress.infer import torch_upscaler
+
+DEFAULT_DIR = Path(__file__).resolve().parent.parent / "artifacts" / "default"
+DEFAULT_MODELS = {2: "edsr_baseline_x2.safetensors", 3: "edsr_baseline_x3.safetensors", 4: "edsr_baseline_x4.safetensors"}
+MAC_SIZE = 256  # MACs are reported for a 256x256 LR input
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One pipeline stage: its name (the make target) and the run subfolder it writes."""
+
+    name: str
+    folder: str
+    issue: str
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("model", "00-model", "baseline FP32 checkpoint with metrics"),
+    Stage("prune", "10-prune", "AGP magnitude and channel pruning"),
+    Stage("quantize", "20-quantize", "INT8 PTQ and QAT"),
+    Stage("export", "30-export", "ONNX / TFLite export with parity"),
+    Stage("bench", "40-bench", "latency harness"),
+    Stage("report", "50-report", "compression report"),
+)
+
+
+def stage_dir(run: Path, name: str) -> Path:
+    for stage in STAGES:
+        if stage.name == name:
+            return run / stage.folder
+    raise KeyError(name)
+
+
+def count_macs(model: torch.nn.Module, size: int = MAC_SIZE) -> int:
+    """Multiply-accumulates of one forward pass on a ``size`` x ``size`` LR input (torch-pruning's counter)."""
+    import torch_pruning as tp
+
+    macs, _ = tp.utils.count_ops_and_params(model, torch.rand(1, 3, size, size))
+    return int(macs)
+
+
+def default_checkpoint(scale: int) -> Path:
+    if scale not in DEFAULT_MODELS:
+        raise InputError(f"no shipped default model for scale {scale}; shipped: {sorted(DEFAULT_MODELS)}")
+    path = DEFAULT_DIR / DEFAULT_MODELS[scale]
+    if not path.is_file():
+        raise InputError(f"{path}: the shipped default x{scale} model is missing; pass MODEL=your checkpoint")
+    return path
+
+
+def eval_sets(scale: int, extra: list[str] | None) -> dict[str, list[ImagePair]]:
+    """The embedded evaluation split plus any extra folders, keyed by a short name."""
+    sets = {"embedded": load_pairs(split_paths("evaluation"), scale)}
+    for folder in extra or []:
+        name = Path(folder).name if Path(folder).name != "HR" else Path(folder).parent.name
+        sets[name] = load_pairs(list_images(folder), scale)
+    return sets
+
+
+def quality(fn, sets: dict[str, list[ImagePair]], scale: int) -> dict[str, dict[str, object]]:  # noqa: ANN001
+    return {name: evaluate(fn, pairs, scale).to_dict() for name, pairs in sets.items()}
+
+
+def stage_model(model: str | None, scale: int | None, run: Path, extra_eval: list[str] | None = None) -> dict[str, object]:
+    """Take the input checkpoint into ``run`` as the FP32 baseline, with its metrics."""
+    src = Path(model) if model else default_checkpoint(scale or 2)
+    loaded: LoadedModel = load_checkpoint(src, scale)
+    sets = eval_sets(loaded.scale, extra_eval)
+    out = stage_dir(run, "model") / "model.safetensors"
+    save_checkpoint(loaded.model, loaded.config, out, metadata={"stage": "model", "source": str(src)})
+    record = {
+        "stage": "model",
+        "format": "pytorch-fp32",
+        "source": {"path": str(src), "sha256": sha256_file(src), "layout": loaded.layout},
+        **{k: v for k, v in loaded.describe().items() if k != "params"},
+        "params": count_params(loaded.model),
+        "macs_256x256": count_macs(loaded.model),
+        "quality": quality(torch_upscaler(loaded.model), sets, loaded.scale),
+        "bicubic": quality(bicubic_upscaler(loaded.scale), sets, loaded.scale),
+    }
+    write_sidecar(out, record)
+    return {"artifact": str(out), "psnr_y_db": {k: v["psnr_y_db"] for k, v in record["quality"].items()}}
+
+
+def baseline(run: Path) -> tuple[Path, LoadedModel]:
+    path = stage_dir(run, "model") / "model.safetensors"
+    if not path.is_file():
+        raise InputError(f"{path}: no baseline in run {run}; run `make model` (python -m compress model) first")
+    return path, load_checkpoint(path)
+
+
+def stage_export(run: Path) -> dict[str, object]:
+    """FP32 ONNX export of the run's baseline, with parity against PyTorch on a real image."""
+    from export.onnx_export import OPSET, export_onnx, onnx_op_counts, parity
+    from compress.runtimes import ort_upscaler
+
+    src, loaded = baseline(run)
+    out = stage_dir(run, "export") / "model_fp32.onnx"
+    export_onnx(loaded.model, out)
+    pair = load_pairs(split_paths("evaluation")[:1], loaded.scale)[0]
+    x = torch.from_numpy(pair.lr[:128, :128].transpose(2, 0, 1)[None].copy())
+    with torch.inference_mode():
+        ref = loaded.model(x).numpy()
+    got = ort_upscaler(out)(x.numpy())
+    par = parity(ref, got)
+    if par.psnr_db < 60:
+        raise RuntimeError(f"{out}: ONNX output disagrees with PyTorch (PSNR {par.psnr_db:.1f} dB, max diff {par.max_abs_diff:.3g})")
+    base = read_sidecar(src)
+    record = {
+        "stage": "export",
+        "format": "onnx-fp32",
+        "source": {"path": str(src), "sha256": sha256_file(src)},
+        "arch": loaded.arch,
+        "scale": loaded.scale,
+        "config": base.get("config"),
+        "params": base.get("params"),
+        "macs_256x256": base.get("macs_256x256"),
+        "opset": OPSET,
+        "dynamic_axes": ["height", "width"],
+        "parity_vs_pytorch": par.to_dict(),
+        "ops": onnx_op_counts(out),
+    }
+    write_sidecar(out, record)
+    return {"artifact": str(out), "parity_vs_pytorch": par.to_dict()}

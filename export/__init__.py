@@ -1,0 +1,1 @@
+"""Exporters: ONNX (FP32, QDQ INT8) and TFLite."""

@@ -1,0 +1,80 @@
+"""FP32 ONNX export with dynamic height and width, ``onnx.checker`` and a PyTorch parity check."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from compress.files import atomic_path
+
+OPSET = 18
+INPUT_NAME = "lr"
+OUTPUT_NAME = "sr"
+
+
+@dataclasses.dataclass(frozen=True)
+class Parity:
+    """Agreement between two runtimes on the same input (outputs in [0, 1])."""
+
+    max_abs_diff: float
+    psnr_db: float
+    input_shape: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "max_abs_diff": float(f"{self.max_abs_diff:.3g}"),
+            "psnr_db": round(self.psnr_db, 2) if math.isfinite(self.psnr_db) else "inf",
+            "input_shape": list(self.input_shape),
+        }
+
+
+def parity(reference: np.ndarray, candidate: np.ndarray) -> Parity:
+    diff = reference.astype(np.float64) - candidate.astype(np.float64)
+    mse = float(np.mean(diff**2))
+    return Parity(
+        max_abs_diff=float(np.abs(diff).max()),
+        psnr_db=math.inf if mse == 0 else 10 * math.log10(1.0 / mse),
+        input_shape=tuple(reference.shape),
+    )
+
+
+def export_onnx(model: nn.Module, path: str | Path, sample: torch.Tensor | None = None) -> Path:
+    """Export a canonical model to ONNX with dynamic H and W, written atomically and checked.
+
+    Args:
+        model: canonical model (NCHW RGB in [0, 1]).
+        path: output ``.onnx`` file.
+        sample: example LR input (default 1x3x64x64).
+    """
+    model = model.eval().cpu()
+    sample = sample if sample is not None else torch.rand(1, 3, 64, 64)
+    dims = {2: torch.export.Dim("height", min=8, max=8192), 3: torch.export.Dim("width", min=8, max=8192)}
+    with atomic_path(path) as tmp, contextlib.redirect_stdout(io.StringIO()):
+        program = torch.onnx.export(
+            model,
+            (sample,),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=OPSET,
+            dynamo=True,
+            dynamic_shapes={"x": dims},
+            verbose=False,
+        )
+        program.save(str(tmp))
+        onnx.checker.check_model(str(tmp), full_check=True)
+    return Path(path)
+
+
+def onnx_op_counts(path: str | Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(path)).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items()))

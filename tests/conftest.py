@@ -1,0 +1,116 @@
+"""Shared fixtures: tiny canonical models and their state dicts renamed into each public layout."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from compress.archs import EDSR, RRDBNet, SRCNN, EDSRConfig, RRDBConfig, SRCNNConfig
+
+REPO = Path(__file__).resolve().parents[1]
+EVALDATA = REPO.parent / "shared" / "evaldata"
+
+
+def tiny_edsr(scale: int = 2, seed: int = 0) -> EDSR:
+    torch.manual_seed(seed)
+    return EDSR(EDSRConfig(scale=scale, num_feat=16, num_block=2)).eval()
+
+
+def tiny_rrdb(scale: int = 4, seed: int = 0) -> RRDBNet:
+    torch.manual_seed(seed)
+    return RRDBNet(RRDBConfig(scale=scale, num_feat=16, num_block=2, num_grow_ch=8)).eval()
+
+
+def tiny_srcnn(scale: int = 3, channels: int = 1, seed: int = 0) -> SRCNN:
+    torch.manual_seed(seed)
+    return SRCNN(SRCNNConfig(scale=scale, channels=channels, num_feat=16, num_feat2=8)).eval()
+
+
+def _rename(sd: dict[str, torch.Tensor], rules: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in sd.items():
+        new = k
+        for pat, rep in rules:
+            new, n = re.subn(pat, rep, new)
+            if n:
+                break
+        out[new] = v.clone()
+    return out
+
+
+def as_layout(model: torch.nn.Module, layout: str) -> dict[str, torch.Tensor]:
+    """The model's weights written the way a public release of ``layout`` stores them."""
+    sd = dict(model.state_dict())
+    if layout == "edsr-basicsr":
+        return {k: v.clone() for k, v in sd.items() if k != "mean"}
+    if layout == "edsr-official":
+        n = model.cfg.num_block
+        mean = sd.pop("mean").flatten()
+        out = _rename(sd, [
+            (r"^conv_first\.", "head.0."), (r"^body\.(\d+)\.conv1\.", r"body.\1.body.0."),
+            (r"^body\.(\d+)\.conv2\.", r"body.\1.body.2."), (r"^conv_after_body\.", f"body.{n}."),
+            (r"^upsample\.(\d+)\.", r"tail.0.\1."), (r"^conv_last\.", "tail.1."),
+        ])
+        eye = torch.eye(3).view(3, 3, 1, 1)
+        out.update({"sub_mean.weight": eye, "sub_mean.bias": -255.0 * mean,
+                    "add_mean.weight": eye.clone(), "add_mean.bias": 255.0 * mean})
+        return out
+    if layout == "rrdb-basicsr":
+        return {k: v.clone() for k, v in sd.items()}
+    if layout == "rrdb-esrgan":
+        return _rename(sd, [
+            (r"^body\.(\d+)\.rdb(\d)\.", r"RRDB_trunk.\1.RDB\2."), (r"^conv_body\.", "trunk_conv."),
+            (r"^conv_up1\.", "upconv1."), (r"^conv_up2\.", "upconv2."), (r"^conv_hr\.", "HRconv."),
+        ])
+    if layout == "rrdb-esrgan-old":
+        n = model.cfg.num_block
+        return _rename(sd, [
+            (r"^conv_first\.", "model.0."), (r"^body\.(\d+)\.rdb(\d)\.conv(\d)\.", r"model.1.sub.\1.RDB\2.conv\3.0."),
+            (r"^conv_body\.", f"model.1.sub.{n}."), (r"^conv_up1\.", "model.3."), (r"^conv_up2\.", "model.6."),
+            (r"^conv_hr\.", "model.8."), (r"^conv_last\.", "model.10."),
+        ])
+    if layout == "srcnn":
+        return {k: v.clone() for k, v in sd.items()}
+    raise KeyError(layout)
+
+
+LAYOUT_CASES = [
+    ("edsr-official", lambda: tiny_edsr(2)),
+    ("edsr-official", lambda: tiny_edsr(3)),
+    ("edsr-official", lambda: tiny_edsr(4)),
+    ("edsr-basicsr", lambda: tiny_edsr(2)),
+    ("edsr-basicsr", lambda: tiny_edsr(4)),
+    ("rrdb-basicsr", lambda: tiny_rrdb(4)),
+    ("rrdb-basicsr", lambda: tiny_rrdb(2)),
+    ("rrdb-basicsr", lambda: tiny_rrdb(1)),
+    ("rrdb-esrgan", lambda: tiny_rrdb(4)),
+    ("rrdb-esrgan-old", lambda: tiny_rrdb(4)),
+    ("srcnn", lambda: tiny_srcnn(3, 1)),
+    ("srcnn", lambda: tiny_srcnn(2, 3)),
+]
+
+
+def write_image(path: Path, size: tuple[int, int] = (64, 48), mode: str = "RGB", seed: int = 0) -> Path:
+    """A smooth random image (so bicubic and SR are meaningful) saved as PNG."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    base = rng.random((h // 8 + 2, w // 8 + 2, 3))
+    img = Image.fromarray((base * 255).astype(np.uint8)).resize((w, h), Image.BICUBIC)
+    if mode != "RGB":
+        img = img.convert(mode)
+    img.save(path)
+    return path
+
+
+@pytest.fixture
+def image_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        write_image(folder / f"img{i}.png", (96 + 8 * i, 80), seed=i)
+    return folder

@@ -1,0 +1,58 @@
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from compress.runtimes import ort_upscaler
+from export.onnx_export import export_onnx, onnx_op_counts, parity
+from tests.conftest import tiny_edsr, tiny_rrdb, tiny_srcnn
+
+CASES = [
+    ("edsr_x3", lambda: tiny_edsr(3)),
+    ("edsr_x4", lambda: tiny_edsr(4)),
+    ("rrdb_x4", lambda: tiny_rrdb(4)),
+    ("rrdb_x2", lambda: tiny_rrdb(2)),
+    ("srcnn_y_x2", lambda: tiny_srcnn(2, 1)),
+]
+
+
+@pytest.mark.parametrize(("name", "make"), CASES)
+def test_export_has_dynamic_size_and_matches_pytorch(tmp_path, name, make):
+    model = make()
+    path = export_onnx(model, tmp_path / f"{name}.onnx")
+    onnx.checker.check_model(str(path))
+    dims = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
+    assert dims[2].dim_param and dims[3].dim_param
+    run = ort_upscaler(path)
+    for h, w in ((24, 20), (37, 50)):  # sizes unlike the 64x64 export sample, one odd
+        x = torch.rand(1, 3, h, w)
+        with torch.no_grad():
+            ref = model(x).numpy()
+        got = run(x.numpy())
+        assert got.shape == ref.shape
+        assert parity(ref, got).max_abs_diff < 1e-4
+
+
+def test_no_partial_file_on_failure(tmp_path):
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("boom")
+
+    target = tmp_path / "m.onnx"
+    with pytest.raises(Exception):
+        export_onnx(Broken(), target)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_parity_figures():
+    a = np.zeros((1, 3, 4, 4))
+    b = a + 0.01
+    p = parity(a, b)
+    assert p.max_abs_diff == pytest.approx(0.01)
+    assert p.psnr_db == pytest.approx(40.0)
+
+
+def test_op_counts(tmp_path):
+    path = export_onnx(tiny_edsr(2), tmp_path / "e.onnx")
+    ops = onnx_op_counts(path)
+    assert ops["Conv"] == 1 + 2 * 2 + 1 + 1 + 1 and ops["DepthToSpace"] == 1
