@@ -13,6 +13,7 @@ RUN ?= artifacts/run-x$(SCALE)
 TRAIN_OUT ?= artifacts/train
 DEVICE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo cuda || echo cpu)
 TORCH_INDEX ?=
+PRUNE_RECIPES ?= pruning/recipes/channel.toml pruning/recipes/unstructured.toml
 PYTEST_ARGS ?=
 
 STAMP := $(VENV)/.installed
@@ -42,7 +43,10 @@ train: venv
 export: venv
 	$(PY) -m compress export --run $(RUN)
 
-prune quantize bench report: venv
+prune: venv
+	$(PY) -m compress prune --run $(RUN) $(foreach r,$(PRUNE_RECIPES),--recipe $(r)) $(if $(DATA),--data $(DATA),) $(EVAL_ARGS)
+
+quantize bench report: venv
 	@echo "make $@: this stage is not implemented yet (see the open issues); nothing was written." >&2; exit 2
 
 all: model prune quantize export bench report

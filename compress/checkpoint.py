@@ -144,10 +144,14 @@ def load_checkpoint(path: str | Path, scale: int | None = None) -> LoadedModel:
     """
     path = Path(path)
     raw, meta = _read_file(path)
-    sd = unwrap_state_dict(raw, path)
-    layout = detect_layout(sd, path)
     if scale is None and meta.get("scale"):
         scale = int(meta["scale"])
+    return from_state_dict(unwrap_state_dict(raw, path), scale, path)
+
+
+def from_state_dict(sd: dict[str, torch.Tensor], scale: int | None, path: Path) -> LoadedModel:
+    """Detect, validate and convert a bare state dict (``path`` names it in errors)."""
+    layout = detect_layout(sd, path)
     for key, tensor in sd.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise InputError(f"{path}: tensor {key!r} contains NaN or Inf values")
@@ -166,6 +170,12 @@ def load_checkpoint(path: str | Path, scale: int | None = None) -> LoadedModel:
         )
     model.eval()
     return LoadedModel(model=model, arch=layout.arch, config=cfg, layout=layout.name, path=path)
+
+
+def rebuild(model: nn.Module, scale: int) -> LoadedModel:
+    """Fresh canonical model and config read from the (e.g. channel-pruned) model's tensor shapes."""
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return from_state_dict(sd, scale, Path(f"<{type(model).__name__} in memory>"))
 
 
 def save_checkpoint(

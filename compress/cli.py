@@ -63,6 +63,17 @@ def _cmd_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prune(args: argparse.Namespace) -> int:
+    from compress.recipe import load_recipe
+    from pruning.recipe import PruneRecipe
+    from pruning.stage import run_prune
+
+    for path in args.recipe:
+        recipe = load_recipe(PruneRecipe, path, {"data": args.data})
+        print(json.dumps(run_prune(Path(args.run), recipe, Path(path).stem, args.eval or None), indent=2, default=str))
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from compress.stages import stage_export
 
@@ -104,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--run", required=True, help="run folder, e.g. artifacts/run-x2")
     s.add_argument("--eval", action="append", default=[], help="extra evaluation folder(s)")
     s.set_defaults(func=_cmd_model)
+
+    s = sub.add_parser("prune", help="stage 2: AGP unstructured or channel pruning of a run's baseline")
+    s.add_argument("--run", required=True)
+    s.add_argument("--recipe", action="append", required=True, help="prune recipe TOML (repeatable)")
+    s.add_argument("--data", default=None, help="training images for fine-tuning (default: embedded set)")
+    s.add_argument("--eval", action="append", default=[], help="extra evaluation folder(s)")
+    s.set_defaults(func=_cmd_prune)
 
     s = sub.add_parser("export", help="FP32 ONNX export of a run's baseline with parity check")
     s.add_argument("--run", required=True)

@@ -134,14 +134,14 @@ def _rrdb_config(sd: StateDict) -> RRDBConfig:
     scale = {3: 4, 12: 2, 48: 1}.get(unshuffle_in)
     if scale is None:
         raise ValueError(f"RRDBNet conv_first takes {unshuffle_in} input channels; expected 3, 12 or 48")
-    up_feat = _out(sd, "conv_up1.weight")
+    up_feat = tuple(_out(sd, f"{name}.weight") for name in ("conv_up1", "conv_up2", "conv_hr"))
     return RRDBConfig(
         scale=scale,
         num_feat=num_feat,
         num_block=num_block,
         num_grow_ch=num_grow_ch,
         grow=None if uniform else grow,
-        up_feat=up_feat if up_feat != num_feat else None,
+        up_feat=up_feat if up_feat != (num_feat,) * 3 else None,  # type: ignore[arg-type]
     )
 
 

@@ -57,14 +57,15 @@ class TrainRecipe:
         return SRCNNConfig(scale=self.scale)
 
 
-def training_images(recipe: TrainRecipe) -> list[Path]:
-    if recipe.data == "default":
+def training_images(data: str) -> list[Path]:
+    """``default`` (packaged train split plus Debian's wallpapers when installed) or a folder's images."""
+    if data == "default":
         return split_paths("train") + lomiri_paths()
-    return list_images(recipe.data)
+    return list_images(data)
 
 
-def validation_images(recipe: TrainRecipe) -> list[Path]:
-    return split_paths("evaluation") if recipe.data == "default" else []
+def validation_images(data: str) -> list[Path]:
+    return split_paths("evaluation") if data == "default" else []
 
 
 def init_matching(model: torch.nn.Module, path: str) -> list[str]:
@@ -78,9 +79,9 @@ def init_matching(model: torch.nn.Module, path: str) -> list[str]:
 
 def train_model(recipe: TrainRecipe, out: Path, device: str = "cpu", recipe_file: str = "") -> dict[str, object]:
     """Train per ``recipe`` and write ``out`` (safetensors) with its sidecar."""
-    files = training_images(recipe)
+    files = training_images(recipe.data)
     pairs = load_pairs(files, recipe.scale, recipe.max_side or None)
-    val = load_pairs(validation_images(recipe), recipe.scale)
+    val = load_pairs(validation_images(recipe.data), recipe.scale)
     model = build_model(recipe.model_config())
     copied = init_matching(model, recipe.init_from) if recipe.init_from else []
     batches = random_patches(pairs, recipe.scale, recipe.patch)

@@ -26,7 +26,7 @@ class RRDBConfig:
         num_block: number of RRDB blocks.
         num_grow_ch: growth channels of each dense convolution.
         grow: per block, per dense block (3), the 4 growth widths; None means ``num_grow_ch`` everywhere.
-        up_feat: width of conv_up1 / conv_up2 / conv_hr outputs (None: ``num_feat``).
+        up_feat: widths of the conv_up1, conv_up2 and conv_hr outputs (None: ``num_feat`` each).
     """
 
     scale: int = 4
@@ -34,9 +34,11 @@ class RRDBConfig:
     num_block: int = 23
     num_grow_ch: int = 32
     grow: tuple[tuple[tuple[int, ...], ...], ...] | None = None
-    up_feat: int | None = None
+    up_feat: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
+        if self.up_feat is not None and len(self.up_feat) != 3:
+            raise ValueError(f"RRDBConfig.up_feat needs 3 widths (conv_up1, conv_up2, conv_hr), got {self.up_feat!r}")
         if self.scale not in (1, 2, 4):
             raise ValueError(f"RRDBConfig.scale must be 1, 2 or 4, got {self.scale!r}")
         if self.grow is not None and len(self.grow) != self.num_block:
@@ -48,8 +50,8 @@ class RRDBConfig:
         return ((self.num_grow_ch,) * GROWTH_CONVS,) * 3
 
     @property
-    def up_width(self) -> int:
-        return self.up_feat if self.up_feat is not None else self.num_feat
+    def up_widths(self) -> tuple[int, int, int]:
+        return self.up_feat if self.up_feat is not None else (self.num_feat,) * 3
 
     @property
     def unshuffle(self) -> int:
@@ -99,14 +101,14 @@ class RRDBNet(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.scale = cfg.scale
-        nf, uf = cfg.num_feat, cfg.up_width
+        nf, (u1, u2, uh) = cfg.num_feat, cfg.up_widths
         self.conv_first = _conv(3 * cfg.unshuffle**2, nf)
         self.body = nn.Sequential(*[RRDB(nf, cfg.block_grow(i)) for i in range(cfg.num_block)])
         self.conv_body = _conv(nf, nf)
-        self.conv_up1 = _conv(nf, uf)
-        self.conv_up2 = _conv(uf, uf)
-        self.conv_hr = _conv(uf, uf)
-        self.conv_last = _conv(uf, 3)
+        self.conv_up1 = _conv(nf, u1)
+        self.conv_up2 = _conv(u1, u2)
+        self.conv_hr = _conv(u2, uh)
+        self.conv_last = _conv(uh, 3)
         self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -41,7 +41,7 @@ def test_pruned_widths_are_read_from_shapes():
     cfg, _ = LAYOUTS[1].to_canonical(as_layout(edsr, "edsr-basicsr"), None)
     assert cfg == edsr.cfg
     grow = (((8, 8, 16, 8), (8, 8, 8, 8), (16, 8, 8, 8)),)
-    rrdb = RRDBNet(RRDBConfig(scale=4, num_feat=16, num_block=1, num_grow_ch=8, grow=grow, up_feat=24))
+    rrdb = RRDBNet(RRDBConfig(scale=4, num_feat=16, num_block=1, num_grow_ch=8, grow=grow, up_feat=(24, 16, 8)))
     cfg, _ = LAYOUTS[4].to_canonical(as_layout(rrdb, "rrdb-basicsr"), None)
     assert cfg == rrdb.cfg
     assert torch.equal(torch.tensor(cfg.block_grow(0)), torch.tensor(grow[0]))

@@ -1,0 +1,111 @@
+"""Unstructured magnitude pruning under the AGP schedule.
+
+Masks are recomputed at the schedule's pruning steps (the smallest-magnitude weights of each layer,
+or of all layers together with ``scope="global"``), kept through fine-tuning by re-applying them
+after every optimizer step, and made permanent by :func:`strip_pruning`. Only convolution weights
+are pruned: biases, the mean shift (a buffer) and, optionally, the first and last convolutions stay
+dense. Dense runtimes do not run faster on these zeros; the gain is storage (compressed or sparse).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from pruning.schedule import PolynomialDecay
+
+SCOPES = ("layer", "global")
+
+
+def prunable_convs(model: nn.Module, skip_first_last: bool = True) -> list[tuple[str, nn.Conv2d]]:
+    """Convolutions eligible for pruning, in definition order; first and last optionally excluded."""
+    convs = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    return convs[1:-1] if skip_first_last and len(convs) > 2 else convs
+
+
+def _kth_smallest(values: torch.Tensor, k: int) -> float:
+    return float(values.kthvalue(k).values) if k > 0 else -1.0
+
+
+def magnitude_masks(weights: list[torch.Tensor], sparsity: float, scope: str) -> list[torch.Tensor]:
+    """Keep-masks that zero the ``sparsity`` fraction of smallest magnitudes (per layer or globally).
+
+    Ties at the threshold are broken towards keeping, so sparsity never exceeds the target.
+    """
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    if scope == "global":
+        flat = torch.cat([w.detach().abs().flatten() for w in weights])
+        thr = _kth_smallest(flat, int(sparsity * flat.numel()))
+        return [(w.detach().abs() > thr).to(w.dtype) for w in weights]
+    masks = []
+    for w in weights:
+        mag = w.detach().abs().flatten()
+        k = int(sparsity * mag.numel())
+        mask = torch.ones_like(mag)
+        if k > 0:
+            mask[mag.argsort()[:k]] = 0.0
+        masks.append(mask.view_as(w))
+    return masks
+
+
+@dataclasses.dataclass
+class MagnitudePruning:
+    """Pruning state attached to a model: the layers, their masks and the schedule."""
+
+    layers: list[tuple[str, nn.Conv2d]]
+    schedule: PolynomialDecay
+    scope: str
+    masks: list[torch.Tensor]
+    history: list[tuple[int, float]] = dataclasses.field(default_factory=list)
+
+    def update(self, step: int) -> None:
+        """Training hook: new masks at pruning steps, masks re-applied after every step."""
+        if self.schedule.should_prune(step):
+            target = self.schedule(step)
+            self.masks = magnitude_masks([m.weight for _, m in self.layers], target, self.scope)
+            self.history.append((step, round(target, 6)))
+        self.apply()
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        for (_, conv), mask in zip(self.layers, self.masks):
+            conv.weight.mul_(mask.to(conv.weight.device))
+
+    def layer_sparsity(self) -> dict[str, float]:
+        return {name: float((conv.weight == 0).float().mean()) for name, conv in self.layers}
+
+    def overall_sparsity(self) -> float:
+        zeros = sum(int((c.weight == 0).sum()) for _, c in self.layers)
+        return zeros / max(sum(c.weight.numel() for _, c in self.layers), 1)
+
+
+def prune_low_magnitude(
+    model: nn.Module, schedule: PolynomialDecay, scope: str = "layer", skip_first_last: bool = True
+) -> MagnitudePruning:
+    """Attach AGP magnitude pruning to ``model``; pass ``.update`` to the training loop as a hook.
+
+    Args:
+        model: canonical model (edited in place by the masks).
+        schedule: sparsity over training steps (AGP: ``PolynomialDecay(power=3)``).
+        scope: ``layer`` (each layer at the target) or ``global`` (one threshold for all layers).
+        skip_first_last: keep the first and last convolutions dense (they are small and sensitive).
+    """
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    layers = prunable_convs(model, skip_first_last)
+    state = MagnitudePruning(layers, schedule, scope, [torch.ones_like(m.weight) for _, m in layers])
+    if schedule.begin_step == 0:  # the training loop's hooks see steps 1, 2, ...: step 0 happens here
+        state.update(0)
+    return state
+
+
+def strip_pruning(state: MagnitudePruning) -> dict[str, float]:
+    """Make the masks permanent (zeros stay in the dense tensors); returns per-layer sparsity."""
+    state.apply()
+    sparsity = state.layer_sparsity()
+    state.masks = []
+    state.layers = []
+    return sparsity

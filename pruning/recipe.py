@@ -1,0 +1,50 @@
+"""The prune recipe: which method, which schedule, how to fine-tune."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from compress.data import PatchConfig
+from compress.train import TrainConfig
+from pruning.schedule import PolynomialDecay
+
+METHODS = ("unstructured", "channel")
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneRecipe:
+    """A pruning run.
+
+    Attributes:
+        method: ``unstructured`` (weight magnitude) or ``channel`` (structured, channels removed).
+        schedule: AGP sparsity (unstructured: fraction of weights; channel: fraction of channels per
+            prunable group) over fine-tuning steps.
+        scope: ``layer`` or ``global`` thresholds (unstructured); channel: ``layer`` prunes every group
+            equally, ``global`` ranks groups across layers.
+        skip_first_last: keep the first and last convolutions dense (unstructured).
+        round_to: channel counts stay multiples of this (channel).
+        data: ``default`` or a folder of HR training images.
+        patch: fine-tuning patches.
+        train: fine-tuning; ``train.steps`` must reach past ``schedule.end_step`` to recover.
+    """
+
+    method: str = "channel"
+    schedule: PolynomialDecay = PolynomialDecay(0.0, 0.3, begin_step=0, end_step=200, frequency=50)
+    scope: str = "layer"
+    skip_first_last: bool = True
+    round_to: int = 8
+    data: str = "default"
+    patch: PatchConfig = PatchConfig(lr_patch=32, batch_size=8)
+    train: TrainConfig = TrainConfig(steps=300, lr=1e-4, distill_weight=0.5)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.scope not in ("layer", "global"):
+            raise ValueError(f"scope must be layer or global, got {self.scope!r}")
+        if self.round_to < 1:
+            raise ValueError(f"round_to must be >= 1, got {self.round_to}")
+        if self.train.steps < self.schedule.end_step:
+            raise ValueError(
+                f"train.steps ({self.train.steps}) must be >= schedule.end_step ({self.schedule.end_step})"
+            )

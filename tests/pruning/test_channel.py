@@ -1,0 +1,77 @@
+import pytest
+import torch
+
+from compress.checkpoint import load_checkpoint, rebuild, save_checkpoint
+from compress.runtimes import ort_upscaler
+from export.onnx_export import export_onnx
+from pruning.channel import prune_channels
+from pruning.schedule import PolynomialDecay
+from tests.conftest import tiny_edsr, tiny_rrdb, tiny_srcnn
+
+CASES = [
+    ("edsr_x2", lambda: tiny_edsr(2)),
+    ("edsr_x3", lambda: tiny_edsr(3)),
+    ("edsr_x4", lambda: tiny_edsr(4)),
+    ("rrdb_x4", lambda: tiny_rrdb(4)),
+    ("rrdb_x2", lambda: tiny_rrdb(2)),
+    ("srcnn_x3", lambda: tiny_srcnn(3, 1)),
+]
+
+
+def _prune(model, ratio=0.5):
+    sched = PolynomialDecay(0.0, ratio, begin_step=0, end_step=20, frequency=10)
+    pruning = prune_channels(model, sched, round_to=4)
+    for _ in sched.pruning_steps():
+        pruning.step()
+    return pruning
+
+
+@pytest.mark.parametrize(("name", "make"), CASES)
+def test_channel_pruning_shrinks_keeps_shape_round_trips_and_exports(tmp_path, name, make):
+    model = make()
+    params_before = sum(p.numel() for p in model.parameters())
+    x = torch.rand(1, 3, 14, 18)
+    shape = model(x).shape
+    _prune(model)
+    assert sum(p.numel() for p in model.parameters()) < 0.6 * params_before
+    assert model(x).shape == shape
+    rebuilt = rebuild(model, model.scale)
+    path = save_checkpoint(rebuilt.model, rebuilt.config, tmp_path / "p.safetensors")
+    again = load_checkpoint(path)
+    assert again.config == rebuilt.config
+    with torch.no_grad():
+        ref = model(x)
+        torch.testing.assert_close(again.model(x), ref)
+    onnx_out = ort_upscaler(export_onnx(again.model, tmp_path / "p.onnx"))(x.numpy())
+    assert abs(onnx_out - ref.numpy()).max() < 1e-4
+
+
+def test_edsr_residual_stream_is_pruned_together_and_upsampler_kept():
+    model = tiny_edsr(4)
+    _prune(model)
+    stream = {model.conv_first.out_channels, model.conv_after_body.out_channels,
+              *(b.conv2.out_channels for b in model.body)}
+    assert stream == {8}
+    assert [m.out_channels for m in model.upsample if isinstance(m, torch.nn.Conv2d)] == [64, 64]
+    assert model.upsample[0].in_channels == 8 and model.conv_last.out_channels == 3
+
+
+def test_rrdb_concatenations_stay_consistent():
+    model = tiny_rrdb(4)
+    _prune(model)
+    rdb = model.body[0].rdb1
+    grown = [rdb.conv1.out_channels, rdb.conv2.out_channels, rdb.conv3.out_channels, rdb.conv4.out_channels]
+    nf = model.conv_first.out_channels
+    assert rdb.conv5.in_channels == nf + sum(grown) and rdb.conv5.out_channels == nf
+
+
+def test_round_to_keeps_multiples_of_eight():
+    from compress.archs import EDSR, EDSRConfig
+
+    model = EDSR(EDSRConfig(scale=2, num_feat=32, num_block=2))
+    _prune_8 = PolynomialDecay(0.0, 0.3, begin_step=0, end_step=1, frequency=1)
+    pruning = prune_channels(model, _prune_8, round_to=8)
+    for _ in _prune_8.pruning_steps():
+        pruning.step()
+    assert all(w % 8 == 0 for n, w in pruning.widths().items() if n != "conv_last")
+    assert pruning.widths()["conv_first"] < 32

@@ -1,0 +1,58 @@
+import pytest
+import torch
+
+from pruning.magnitude import magnitude_masks, prunable_convs, prune_low_magnitude, strip_pruning
+from pruning.schedule import PolynomialDecay
+from tests.conftest import tiny_edsr
+
+
+def test_layer_masks_hit_target_per_layer():
+    torch.manual_seed(0)
+    weights = [torch.randn(8, 8, 3, 3), torch.randn(4, 8, 3, 3)]
+    masks = magnitude_masks(weights, 0.5, "layer")
+    assert [float(1 - m.mean()) for m in masks] == [0.5, 0.5]
+    kept = weights[0].abs()[masks[0].bool()].min()
+    assert kept >= weights[0].abs()[~masks[0].bool()].max()
+
+
+def test_global_masks_share_one_threshold():
+    weights = [torch.full((10,), 1.0), torch.full((10,), 3.0)]
+    weights[0][0] = 5.0
+    masks = magnitude_masks(weights, 0.45, "global")
+    assert float(torch.cat(masks).mean()) == pytest.approx(0.55)
+    assert masks[0].sum() == 1 and masks[1].sum() == 10
+
+
+def test_first_and_last_conv_skipped_and_mean_untouched():
+    model = tiny_edsr(2)
+    names = [n for n, _ in prunable_convs(model, skip_first_last=True)]
+    assert "conv_first" not in names and "conv_last" not in names
+    mean = model.mean.clone()
+    state = prune_low_magnitude(model, PolynomialDecay(0.0, 0.5, 0, 0, frequency=1))
+    assert torch.equal(model.mean, mean)
+    assert float((model.conv_first.weight == 0).float().mean()) == 0.0
+    assert state.overall_sparsity() == pytest.approx(0.5, abs=0.01)
+
+
+def test_masks_survive_optimizer_steps_and_strip():
+    model = tiny_edsr(2)
+    state = prune_low_magnitude(model, PolynomialDecay(0.0, 0.6, begin_step=0, end_step=4, frequency=2))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x = torch.rand(2, 3, 8, 8)
+    for step in range(1, 6):
+        loss = model(x).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        state.update(step)
+    assert [s for s, _ in state.history] == [0, 2, 4]
+    sparsity = strip_pruning(state)
+    assert all(v == pytest.approx(0.6, abs=0.01) for v in sparsity.values())
+    zeros = {n: (m.weight == 0).clone() for n, m in model.named_modules() if n in sparsity}
+    opt.step()  # stripped: nothing re-applies masks any more, but the zeros were written into the weights
+    assert all(z.float().mean() > 0.5 for z in zeros.values())
+
+
+def test_bad_scope():
+    with pytest.raises(ValueError, match="scope must be one of"):
+        prune_low_magnitude(tiny_edsr(2), PolynomialDecay(0, 0.5, 0, 1), scope="row")
