@@ -14,6 +14,8 @@ TRAIN_OUT ?= artifacts/train
 DEVICE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo cuda || echo cpu)
 TORCH_INDEX ?=
 PRUNE_RECIPES ?= pruning/recipes/channel.toml pruning/recipes/unstructured.toml
+QUANT_RECIPE ?= quantization/recipes/default.toml
+QUANT_SOURCES ?= model
 PYTEST_ARGS ?=
 
 STAMP := $(VENV)/.installed
@@ -46,7 +48,10 @@ export: venv
 prune: venv
 	$(PY) -m compress prune --run $(RUN) $(foreach r,$(PRUNE_RECIPES),--recipe $(r)) $(if $(DATA),--data $(DATA),) $(EVAL_ARGS)
 
-quantize bench report: venv
+quantize: venv
+	$(PY) -m compress quantize --run $(RUN) --recipe $(QUANT_RECIPE) $(foreach s,$(QUANT_SOURCES),--source $(s)) $(if $(DATA),--data $(DATA),) $(EVAL_ARGS)
+
+bench report: venv
 	@echo "make $@: this stage is not implemented yet (see the open issues); nothing was written." >&2; exit 2
 
 all: model prune quantize export bench report

@@ -74,6 +74,17 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from compress.recipe import load_recipe
+    from quantization.recipe import QuantRecipe
+    from quantization.stage import run_quantize
+
+    recipe = load_recipe(QuantRecipe, args.recipe, {"data": args.data})
+    for source in args.source or ["model"]:
+        print(json.dumps(run_quantize(Path(args.run), recipe, source, args.eval or None), indent=2, default=str))
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from compress.stages import stage_export
 
@@ -122,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", default=None, help="training images for fine-tuning (default: embedded set)")
     s.add_argument("--eval", action="append", default=[], help="extra evaluation folder(s)")
     s.set_defaults(func=_cmd_prune)
+
+    s = sub.add_parser("quantize", help="stage 3: INT8 PTQ (ORT QDQ), mixed precision and QAT")
+    s.add_argument("--run", required=True)
+    s.add_argument("--recipe", required=True, help="quantize recipe TOML")
+    s.add_argument("--source", action="append", default=[], help="'model' (default) or 'prune/<name>' (repeatable)")
+    s.add_argument("--data", default=None, help="training images for QAT (default: embedded set)")
+    s.add_argument("--eval", action="append", default=[], help="extra evaluation folder(s)")
+    s.set_defaults(func=_cmd_quantize)
 
     s = sub.add_parser("export", help="FP32 ONNX export of a run's baseline with parity check")
     s.add_argument("--run", required=True)

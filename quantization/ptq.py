@@ -1,0 +1,129 @@
+"""Post-training static INT8 quantization through ONNX Runtime (path in, path out).
+
+QDQ format, signed 8-bit symmetric per-channel weights and unsigned 8-bit asymmetric per-tensor
+activations: the combination that ONNX Runtime's x86 CPU provider fuses into VNNI integer kernels
+(signed activations fuse only some convolutions). Calibration ranges are computed here and handed to
+``quantize_static`` as a calibration cache, because ``quantize_static`` cannot set the histogram size
+and its Entropy default (128 bins, 128 quantized bins) leaves a single candidate threshold, which is
+MinMax under another name. With the cache, the method a sidecar names is the method that ran.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import io
+import math
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from compress.files import atomic_path
+from quantization.calibration import PatchCalibrationReader
+
+# Operators quantized when present: convolution and the data movement around it.
+QUANT_OPS = ("Conv", "Add", "Mul", "Sub", "DepthToSpace", "Concat", "Relu", "LeakyRelu", "Resize", "SpaceToDepth")
+
+
+class Calibration(enum.Enum):
+    """How activation ranges are chosen from calibration data."""
+
+    MINMAX = "minmax"
+    PERCENTILE = "percentile"
+    ENTROPY = "entropy"
+
+    @property
+    def ort(self) -> CalibrationMethod:
+        return {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                "entropy": CalibrationMethod.Entropy}[self.value]
+
+    def calibrator_options(self, percentile: float) -> dict[str, object]:
+        if self is Calibration.PERCENTILE:
+            return {"num_bins": 2048, "percentile": percentile, "symmetric": False}
+        if self is Calibration.ENTROPY:
+            return {"num_bins": 2048, "num_quantized_bins": 256, "symmetric": False}
+        return {"symmetric": False}
+
+
+def preprocess(fp32: Path, out: Path) -> Path:
+    """ORT's recommended pre-processing (shape inference and graph optimisation) before quantization."""
+    quant_pre_process(str(fp32), str(out), skip_symbolic_shape=False)
+    return out
+
+
+def calibrate(model: Path, reader: PatchCalibrationReader, method: Calibration, cache: Path,
+              percentile: float = 99.999) -> dict[str, tuple[float, float]]:
+    """Run one calibrator over the reader and write ORT's calibration cache; returns the ranges."""
+    with tempfile.TemporaryDirectory(prefix="calib.") as tmp:
+        calibrator = create_calibrator(
+            model, list(QUANT_OPS), augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+            calibrate_method=method.ort, extra_options=method.calibrator_options(percentile),
+        )
+        reader.rewind()
+        with contextlib.redirect_stdout(io.StringIO()):  # ORT's calibrators print progress
+            calibrator.collect_data(reader)
+            ranges = calibrator.compute_data()
+        del calibrator
+    save_tensors_data(ranges, cache)
+    return {name: (float(np.asarray(td.range_value[0]).min()), float(np.asarray(td.range_value[1]).max()))
+            for name, td in ranges.data.items()}
+
+
+def quantize(model: Path, out: Path, cache: Path, method: Calibration, exclude: list[str] | None = None) -> Path:
+    """QDQ INT8 model from a pre-processed FP32 model and a calibration cache, written atomically."""
+    with atomic_path(out) as tmp:
+        quantize_static(
+            str(model), str(tmp), calibration_data_reader=None, quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(QUANT_OPS), per_channel=True, reduce_range=False,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            nodes_to_exclude=list(exclude or []), calibrate_method=method.ort,
+            calibration_cache_path=str(cache),
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        )
+    return out
+
+
+def range_summary(ranges: dict[str, tuple[float, float]]) -> dict[str, float]:
+    widths = [hi - lo for lo, hi in ranges.values() if math.isfinite(hi - lo)]
+    return {"tensors": len(ranges), "mean_range_width": round(float(np.mean(widths)), 5) if widths else 0.0,
+            "max_range_width": round(float(np.max(widths)), 5) if widths else 0.0}
+
+
+def optimized_graph(model: Path) -> onnx.GraphProto:
+    """The graph ONNX Runtime's CPU provider runs after its (extended, layout-neutral) fusions."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    with tempfile.TemporaryDirectory(prefix="ortopt.") as tmp:
+        opts.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
+        ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+        return onnx.load(opts.optimized_model_filepath).graph
+
+
+def kernel_report(model: Path) -> dict[str, object]:
+    """Which operators run on integer kernels and which in float, after ORT's fusions.
+
+    A fused QDQ convolution appears as ``QLinearConv`` (an integer kernel). A node counts as float when
+    one of its inputs is a float tensor: the output of a ``DequantizeLinear`` or a float graph input.
+    """
+    graph = optimized_graph(model)
+    float_tensors = {i.name for i in graph.input}
+    float_tensors |= {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    counts: dict[str, int] = {}
+    in_float: list[str] = []
+    for node in graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        if any(i in float_tensors for i in node.input):
+            in_float.append(f"{node.op_type}:{node.name}")
+            float_tensors |= set(node.output)
+    return {"ops_after_fusion": dict(sorted(counts.items())), "float_nodes": in_float,
+            "integer_convs": counts.get("QLinearConv", 0),
+            "float_convs": sum(counts.get(k, 0) for k in ("Conv", "FusedConv"))}

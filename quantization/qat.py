@@ -1,0 +1,119 @@
+"""Quantization-aware training that simulates what ONNX Runtime's QDQ INT8 model executes.
+
+Every convolution gets (a) its weight fake-quantized per output channel, symmetric signed 8-bit in
+[-127, 127] with scale max|w|/127 (ORT's QInt8 per-channel weights) and (b) its input fake-quantized
+per tensor, asymmetric unsigned 8-bit over a range that always contains 0 (ORT's QUInt8
+activations), with round-half-to-even as ORT's QuantizeLinear. Activation ranges start from MinMax
+calibration on the calibration patches (uninitialised ranges wreck a short QAT run) and then follow
+an exponential moving average of the batch ranges. Gradients pass straight through (Bengio et al.,
+arXiv:1308.3432). After training, :func:`strip_qat` leaves a float model whose weights were trained
+for INT8; the pipeline then quantizes it with ORT using MinMax ranges, the method QAT simulated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+
+class PerChannelWeightFakeQuant(nn.Module):
+    """Weight parametrization: symmetric per-output-channel INT8 in [-127, 127]."""
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        scale = (w.detach().abs().amax(dim=(1, 2, 3)) / 127.0).clamp(min=1e-12)
+        zero = torch.zeros(w.shape[0], dtype=torch.int32, device=w.device)
+        return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -127, 127)
+
+
+@dataclasses.dataclass
+class ActivationRange:
+    """Running range of one activation tensor (min <= 0 <= max, as ORT forces)."""
+
+    lo: float = 0.0
+    hi: float = 0.0
+    momentum: float = 0.99
+    initialised: bool = False
+    observe_only: bool = False
+
+    def update(self, x: torch.Tensor) -> None:
+        lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+        if self.observe_only:
+            self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
+            self.initialised = True
+        elif not self.initialised:
+            self.lo, self.hi, self.initialised = lo, hi, True
+        else:
+            m = self.momentum
+            self.lo, self.hi = m * self.lo + (1 - m) * lo, m * self.hi + (1 - m) * hi
+
+    def qparams(self) -> tuple[float, int]:
+        """ORT's asymmetric uint8 parameters: scale = (max - min) / 255, zero point rounded."""
+        scale = max((self.hi - self.lo) / 255.0, 1e-8)
+        zero = int(np.clip(np.round(-self.lo / scale), 0, 255))
+        return scale, zero
+
+
+def fake_quant_activation(x: torch.Tensor, rng: ActivationRange) -> torch.Tensor:
+    scale, zero = rng.qparams()
+    return torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, 255)
+
+
+@dataclasses.dataclass
+class QATState:
+    """Handles to undo QAT: hooks, parametrized convolutions and activation ranges by conv name."""
+
+    convs: list[tuple[str, nn.Conv2d]]
+    ranges: dict[str, ActivationRange]
+    hooks: list[torch.utils.hooks.RemovableHandle]
+    training_ranges: bool = True
+
+
+def prepare_qat(model: nn.Module, calibration: Iterable[np.ndarray], momentum: float = 0.99) -> QATState:
+    """Insert fake quantization into every convolution of ``model`` (in place).
+
+    Args:
+        model: canonical FP32 (or pruned) model.
+        calibration: LR batches (NCHW float32) that initialise the activation ranges by MinMax.
+        momentum: EMA momentum of activation ranges during training.
+    """
+    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    ranges = {n: ActivationRange(momentum=momentum, observe_only=True) for n, _ in convs}
+    state = QATState(convs=convs, ranges=ranges, hooks=[])
+
+    def make_hook(name: str):  # noqa: ANN202
+        def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+            rng = state.ranges[name]
+            if rng.observe_only or (module.training and state.training_ranges):
+                rng.update(args[0].detach())
+            if rng.observe_only:
+                return args
+            return (fake_quant_activation(args[0], rng), *args[1:])
+
+        return hook
+
+    for name, conv in convs:
+        state.hooks.append(conv.register_forward_pre_hook(make_hook(name)))
+    model.eval()
+    with torch.no_grad():
+        for batch in calibration:
+            model(torch.from_numpy(batch))
+    for rng in ranges.values():
+        rng.observe_only = False
+    for _, conv in convs:
+        parametrize.register_parametrization(conv, "weight", PerChannelWeightFakeQuant())
+    return state
+
+
+def strip_qat(state: QATState) -> None:
+    """Remove fake quantization, keeping the trained float weights (not their quantized copies)."""
+    for hook in state.hooks:
+        hook.remove()
+    for _, conv in state.convs:
+        if parametrize.is_parametrized(conv, "weight"):
+            parametrize.remove_parametrizations(conv, "weight", leave_parametrized=False)
+    state.hooks.clear()

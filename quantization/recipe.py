@@ -1,0 +1,54 @@
+"""The quantize recipe: PTQ calibration methods, mixed precision, QAT."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from compress.data import PatchConfig
+from compress.train import TrainConfig
+from quantization.calibration import CalibrationConfig
+from quantization.ptq import Calibration
+
+METHODS = tuple(c.value for c in Calibration)
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantRecipe:
+    """A quantization run.
+
+    Attributes:
+        ptq_methods: calibration methods to run (``minmax``, ``percentile``, ``entropy``), one artifact each.
+        percentile: upper percentile for ``percentile`` calibration.
+        calibration_data: ``default`` (the embedded calibration split) or a folder of HR images.
+        calibration: patch sampling for calibration.
+        mixed_precision: rank layer sensitivity and keep the most sensitive convolutions in float.
+        budget_db: mixed precision stops once INT8 is within this of FP32 (on the calibration images).
+        max_float_nodes: at most this many convolutions stay float.
+        qat: run quantization-aware training too.
+        data: ``default`` or a folder of HR training images for QAT.
+        patch: QAT patches.
+        train: QAT fine-tuning (``distill_weight`` distils from the FP32 model).
+    """
+
+    ptq_methods: tuple[str, ...] = ("minmax", "percentile", "entropy")
+    percentile: float = 99.999
+    calibration_data: str = "default"
+    calibration: CalibrationConfig = CalibrationConfig()
+    mixed_precision: bool = True
+    budget_db: float = 0.05
+    max_float_nodes: int = 4
+    qat: bool = True
+    data: str = "default"
+    patch: PatchConfig = PatchConfig(lr_patch=32, batch_size=8)
+    train: TrainConfig = TrainConfig(steps=200, lr=2e-5, lr_schedule="cosine", distill_weight=0.5)
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.ptq_methods if m not in METHODS]
+        if bad or not self.ptq_methods:
+            raise ValueError(f"ptq_methods must be a non-empty subset of {METHODS}, got {list(self.ptq_methods)}")
+        if not 90.0 <= self.percentile < 100.0:
+            raise ValueError(f"percentile must be in [90, 100), got {self.percentile}")
+        if self.budget_db < 0:
+            raise ValueError(f"budget_db must be >= 0, got {self.budget_db}")
+        if self.max_float_nodes < 0:
+            raise ValueError(f"max_float_nodes must be >= 0, got {self.max_float_nodes}")

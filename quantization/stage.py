@@ -1,0 +1,119 @@
+"""The ``quantize`` stage: a run's FP32 (or pruned) checkpoint -> INT8 QDQ ONNX models with sidecars."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+
+from compress.checkpoint import LoadedModel, load_checkpoint
+from compress.data import ImagePair, list_images, load_pairs, random_patches
+from compress.default_data import LOMIRI_MAX_SIDE, split_paths
+from compress.errors import InputError
+from compress.evaluate import evaluate
+from compress.files import sha256_file, write_sidecar
+from compress.recipe import to_dict
+from compress.runtimes import ort_upscaler
+from compress.stages import eval_sets, quality, stage_dir
+from compress.train import fit
+from compress.trainer import training_images
+from export.onnx_export import export_onnx, parity
+from quantization.calibration import PatchCalibrationReader, iter_patches
+from quantization.ptq import Calibration, calibrate, kernel_report, preprocess, quantize, range_summary
+from quantization.qat import prepare_qat, strip_qat
+from quantization.recipe import QuantRecipe
+from quantization.sensitivity import choose_float_nodes, rank_sensitivity
+
+SCORE_CROP = 96  # LR side of the centre crops that score sensitivity
+
+
+def source_checkpoint(run: Path, source: str) -> Path:
+    """``model`` (the baseline) or ``prune/<name>`` (a pruned model) inside ``run``."""
+    path = stage_dir(run, "model") / "model.safetensors" if source == "model" else \
+        stage_dir(run, "prune") / source.removeprefix("prune/") / "model.safetensors"
+    if not path.is_file():
+        raise InputError(f"{path}: quantize source {source!r} not found in run {run} (run make model / make prune first)")
+    return path
+
+
+def _calibration_paths(recipe: QuantRecipe) -> list[Path]:
+    return split_paths("calibration") if recipe.calibration_data == "default" else list_images(recipe.calibration_data)
+
+
+def _centre_crops(pairs: list[ImagePair], scale: int) -> list[ImagePair]:
+    out = []
+    for p in pairs:
+        h, w = p.lr.shape[:2]
+        s = min(SCORE_CROP, h, w)
+        y, x = (h - s) // 2, (w - s) // 2
+        out.append(ImagePair(p.name, p.hr[y * scale:(y + s) * scale, x * scale:(x + s) * scale], p.lr[y:y + s, x:x + s]))
+    return out
+
+
+def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_eval: list[str] | None = None) -> dict:
+    """PTQ per method, mixed precision and QAT for one source model of ``run``."""
+    src = source_checkpoint(run, source)
+    loaded = load_checkpoint(src)
+    scale = loaded.scale
+    out_dir = stage_dir(run, "quantize") / source.replace("/", "-")
+    fp32 = export_onnx(loaded.model, out_dir / "model_fp32.onnx")
+    pre = preprocess(fp32, out_dir / "model_fp32_pre.onnx")
+    reader = PatchCalibrationReader(_calibration_paths(recipe), scale, recipe.calibration)
+    sets = eval_sets(scale, extra_eval)
+    ref_quality = quality(ort_upscaler(fp32), sets, scale)
+    score_pairs = _centre_crops(load_pairs(_calibration_paths(recipe), scale), scale)
+    score = lambda path: evaluate(ort_upscaler(path), score_pairs, scale).psnr_y_db  # noqa: E731
+    common = {"stage": "quantize", "source": {"path": str(src), "sha256": sha256_file(src)}, "arch": loaded.arch,
+              "scale": scale, "config": loaded.describe()["config"], "params": loaded.describe()["params"],
+              "recipe": to_dict(recipe), "fp32_quality": ref_quality}
+    sample = next(iter_patches(reader.paths, scale, recipe.calibration))
+    fp32_out = ort_upscaler(fp32)(sample)
+    results: dict[str, dict] = {}
+
+    def finish(path: Path, extra: dict) -> None:
+        q = quality(ort_upscaler(path), sets, scale)
+        record = {**common, **extra, "format": "onnx-qdq-int8", "quality": q,
+                  "psnr_y_delta_db": {k: round(q[k]["psnr_y_db"] - ref_quality[k]["psnr_y_db"], 4) for k in q},
+                  "parity_vs_fp32_onnx": parity(fp32_out, ort_upscaler(path)(sample)).to_dict(),
+                  "kernels": kernel_report(path), "fp32_size_bytes": fp32.stat().st_size}
+        write_sidecar(path, record)
+        results[path.name] = record["psnr_y_delta_db"]
+
+    caches: dict[str, Path] = {}
+    for name in recipe.ptq_methods:
+        method = Calibration(name)
+        caches[name] = out_dir / f"calibration_{name}.json"
+        ranges = calibrate(pre, reader, method, caches[name], recipe.percentile)
+        path = quantize(pre, out_dir / f"model_int8_{name}.onnx", caches[name], method)
+        finish(path, {"method": "ptq", "calibration": {"method": name, "samples": reader.count,
+                      "percentile": recipe.percentile if method is Calibration.PERCENTILE else None,
+                      "ranges": range_summary(ranges)}, "excluded_nodes": []})
+
+    if recipe.mixed_precision and recipe.max_float_nodes > 0:
+        best = max(recipe.ptq_methods, key=lambda m: score(out_dir / f"model_int8_{m}.onnx"))
+        method = Calibration(best)
+        target = score(fp32) - recipe.budget_db
+        base, ranking = rank_sensitivity(pre, caches[best], method, score)
+        chosen, trace = choose_float_nodes(pre, caches[best], method, score, ranking, target, recipe.max_float_nodes)
+        path = quantize(pre, out_dir / "model_int8_mixed.onnx", caches[best], method, chosen)
+        finish(path, {"method": "ptq-mixed", "calibration": {"method": best, "samples": reader.count},
+                      "excluded_nodes": chosen, "sensitivity": {"score_images": [p.name for p in score_pairs],
+                      "int8_psnr_y_db": round(base, 4), "target_psnr_y_db": round(target, 4),
+                      "ranking": [(s.node, s.gain_db) for s in ranking], "trace": trace}})
+
+    if recipe.qat:
+        model = copy.deepcopy(loaded.model)
+        state = prepare_qat(model, iter_patches(reader.paths, scale, recipe.calibration))
+        pairs = load_pairs(training_images(recipe.data), scale, LOMIRI_MAX_SIDE)
+        teacher = loaded.model.eval() if recipe.train.distill_weight > 0 else None
+        log = fit(model, random_patches(pairs, scale, recipe.patch), recipe.train, scale, teacher=teacher, desc="qat")
+        strip_qat(state)
+        qat_fp32 = export_onnx(model, out_dir / "model_qat_fp32.onnx")
+        qat_pre = preprocess(qat_fp32, out_dir / "model_qat_fp32_pre.onnx")
+        cache = out_dir / "calibration_qat_minmax.json"
+        calibrate(qat_pre, reader, Calibration.MINMAX, cache)
+        path = quantize(qat_pre, out_dir / "model_int8_qat.onnx", cache, Calibration.MINMAX)
+        finish(path, {"method": "qat", "calibration": {"method": "minmax", "samples": reader.count},
+                      "excluded_nodes": [], "qat_seconds": round(log.seconds, 1), "qat_loss": log.loss[-5:]})
+    return {"source": source, "out": str(out_dir), "psnr_y_delta_db": results}

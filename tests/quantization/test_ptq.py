@@ -1,0 +1,102 @@
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from compress.default_data import split_paths
+from compress.errors import InputError
+from compress.runtimes import ort_upscaler
+from export.onnx_export import export_onnx, parity
+from quantization.calibration import CalibrationConfig, PatchCalibrationReader, iter_patches
+from quantization.ptq import Calibration, calibrate, kernel_report, preprocess, quantize
+from quantization.sensitivity import choose_float_nodes, conv_nodes, rank_sensitivity
+from tests.conftest import tiny_edsr, tiny_rrdb, tiny_srcnn, write_image
+
+
+@pytest.fixture
+def calib_dir(tmp_path):
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    for i in range(2):
+        write_image(folder / f"c{i}.png", (160, 128), seed=10 + i)
+    return folder
+
+
+def _reader(folder, scale=2, n=3):
+    from compress.data import list_images
+
+    return PatchCalibrationReader(list_images(folder), scale, CalibrationConfig(lr_patch=16, patches_per_image=n))
+
+
+def test_reader_streams_and_rewinds(calib_dir):
+    reader = _reader(calib_dir)
+    first = [reader.get_next()["lr"] for _ in range(6)]
+    assert reader.get_next() is None and reader.count == 6
+    assert all(b.shape == (1, 3, 16, 16) and b.dtype == np.float32 for b in first)
+    reader.rewind()
+    np.testing.assert_array_equal(reader.get_next()["lr"], first[0])
+
+
+def test_reader_is_lazy():
+    paths = split_paths("calibration")
+    it = iter_patches(paths, 2, CalibrationConfig(lr_patch=16, patches_per_image=1))
+    assert next(it).shape == (1, 3, 16, 16)  # one image decoded so far; a generator, not a list
+
+
+def test_no_usable_calibration_images(tmp_path):
+    folder = tmp_path / "small"
+    folder.mkdir()
+    write_image(folder / "tiny.png", (20, 20))
+    reader = PatchCalibrationReader([folder / "tiny.png"], 2, CalibrationConfig(lr_patch=16))
+    with pytest.raises(InputError, match="no usable images.*tiny.png"):
+        reader.get_next()
+
+
+@pytest.mark.parametrize(("name", "make"), [("edsr_x3", lambda: tiny_edsr(3)), ("rrdb_x4", lambda: tiny_rrdb(4)),
+                                            ("srcnn_x2", lambda: tiny_srcnn(2, 1))])
+def test_int8_model_keeps_shape_runs_integer_convs_and_stays_close(tmp_path, calib_dir, name, make):
+    model = make()
+    scale = model.scale
+    fp32 = export_onnx(model, tmp_path / "fp32.onnx")
+    pre = preprocess(fp32, tmp_path / "pre.onnx")
+    cache = tmp_path / "cache.json"
+    calibrate(pre, _reader(calib_dir, scale), Calibration.MINMAX, cache)
+    q = quantize(pre, tmp_path / "int8.onnx", cache, Calibration.MINMAX)
+    ops = {n.op_type for n in onnx.load(str(q)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    report = kernel_report(q)
+    assert report["integer_convs"] == len(conv_nodes(pre)) and report["float_convs"] == 0
+    x = next(iter_patches([next(calib_dir.iterdir())], scale, CalibrationConfig(lr_patch=24)))
+    ref, got = ort_upscaler(fp32)(x), ort_upscaler(q)(x)
+    assert got.shape == ref.shape
+    assert parity(ref, got).psnr_db > 30
+
+
+def test_methods_give_different_ranges(tmp_path, calib_dir):
+    pre = preprocess(export_onnx(tiny_edsr(2), tmp_path / "f.onnx"), tmp_path / "p.onnx")
+    widths = {}
+    for method in Calibration:
+        ranges = calibrate(pre, _reader(calib_dir), method, tmp_path / f"{method.value}.json", percentile=99.0)
+        widths[method] = sum(hi - lo for lo, hi in ranges.values())
+    assert widths[Calibration.PERCENTILE] < widths[Calibration.MINMAX]
+    assert widths[Calibration.ENTROPY] != widths[Calibration.MINMAX]
+
+
+def test_sensitivity_ranking_is_deterministic_and_mixed_precision_excludes(tmp_path, calib_dir):
+    from compress.data import list_images, load_pairs
+    from compress.evaluate import evaluate
+
+    model = tiny_edsr(2)
+    pre = preprocess(export_onnx(model, tmp_path / "f.onnx"), tmp_path / "p.onnx")
+    cache = tmp_path / "c.json"
+    calibrate(pre, _reader(calib_dir), Calibration.MINMAX, cache)
+    pairs = load_pairs(list_images(calib_dir), 2)
+    score = lambda path: evaluate(ort_upscaler(path), pairs, 2).psnr_y_db  # noqa: E731
+    base1, rank1 = rank_sensitivity(pre, cache, Calibration.MINMAX, score)
+    base2, rank2 = rank_sensitivity(pre, cache, Calibration.MINMAX, score)
+    assert rank1 == rank2 and base1 == base2
+    assert sorted(r.node for r in rank1) == sorted(conv_nodes(pre))
+    chosen, trace = choose_float_nodes(pre, cache, Calibration.MINMAX, score, rank1, target_db=1e9, max_nodes=2)
+    assert len(chosen) == min(2, sum(r.gain_db > 0 for r in rank1)) and trace[0][0] == 0
+    q = quantize(pre, tmp_path / "m.onnx", cache, Calibration.MINMAX, chosen)
+    assert kernel_report(q)["float_convs"] == len(chosen)
