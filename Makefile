@@ -22,7 +22,7 @@ STAMP := $(VENV)/.installed
 EVAL_ARGS := $(foreach d,$(EVAL),--eval $(d))
 MODEL_ARG := $(if $(MODEL),--model $(MODEL),)
 
-.PHONY: venv model train prune quantize export bench report all test clean
+.PHONY: venv model train prune quantize export bench bench-pytest report compare all test clean
 venv: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PY_BOOT) -m venv $(VENV)
@@ -51,8 +51,21 @@ prune: venv
 quantize: venv
 	$(PY) -m compress quantize --run $(RUN) --recipe $(QUANT_RECIPE) $(foreach s,$(QUANT_SOURCES),--source $(s)) $(if $(DATA),--data $(DATA),) $(EVAL_ARGS)
 
-bench report: venv
-	@echo "make $@: this stage is not implemented yet (see the open issues); nothing was written." >&2; exit 2
+BENCH_SIZES ?= $(if $(filter 1,$(QUICK)),128x128 256x256,128x128 256x256 1080p)
+BENCH_RUNS ?= $(if $(filter 1,$(QUICK)),3,10)
+THREADS ?= 2
+bench: venv
+	$(PY) -m compress bench --run $(RUN) --sizes $(BENCH_SIZES) --threads $(THREADS) --runs $(BENCH_RUNS)
+
+report: venv
+	$(PY) -m compress report --run $(RUN)
+
+compare: venv
+	$(PY) -m benchmarks.compare $(A) $(B)
+
+# pytest-benchmark suite (pedantic, fixed rounds) on the run's key artifacts; JSON in $(RUN)/40-bench/
+bench-pytest: venv
+	RUN=$(RUN) $(PY) -m pytest benchmarks -p no:cacheprovider --benchmark-enable -o addopts="" --benchmark-json=$(RUN)/40-bench/pytest-benchmark.json
 
 all: model prune quantize export bench report
 

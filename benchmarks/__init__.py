@@ -1,1 +1,1 @@
-"""benchmarks."""
+"""Latency harness, compression report and report comparison."""

@@ -85,6 +85,25 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from benchmarks.harness import BenchConfig, run_bench
+    from compress.stages import baseline
+
+    _, loaded = baseline(Path(args.run))
+    sizes = tuple(tuple(int(v) for v in s.split("x")) if s != "1080p" else None for s in args.sizes)
+    cfg = BenchConfig(sizes=sizes, threads=args.threads, runs=args.runs, large_runs=min(args.runs, 3))
+    print(run_bench(Path(args.run), loaded.scale, cfg))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from benchmarks.report import write_report
+
+    path = write_report(Path(args.run))
+    print(path.read_text())
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from compress.stages import stage_export
 
@@ -141,6 +160,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", default=None, help="training images for QAT (default: embedded set)")
     s.add_argument("--eval", action="append", default=[], help="extra evaluation folder(s)")
     s.set_defaults(func=_cmd_quantize)
+
+    s = sub.add_parser("bench", help="stage 5: latency of every artifact, each configuration in its own process")
+    s.add_argument("--run", required=True)
+    s.add_argument("--sizes", nargs="+", default=["128x128", "256x256", "1080p"], help="LR HxW sizes, or 1080p")
+    s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--runs", type=int, default=10)
+    s.set_defaults(func=_cmd_bench)
+
+    s = sub.add_parser("report", help="stage 6: compression report (md, json, csv, html)")
+    s.add_argument("--run", required=True)
+    s.set_defaults(func=_cmd_report)
 
     s = sub.add_parser("export", help="FP32 ONNX export of a run's baseline with parity check")
     s.add_argument("--run", required=True)

@@ -1,0 +1,126 @@
+"""The ``bench`` stage: time every artifact of a run, each configuration in its own process.
+
+Configurations are interleaved (sizes outer, artifacts inner) so that drift of a shared machine
+hits every variant alike, and the results land in ``<run>/40-bench/latency.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+from compress.errors import InputError
+from compress.files import write_json_atomic
+from compress.stages import stage_dir
+
+TARGETS_MS = (300.0, 1000.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """What to time.
+
+    Attributes:
+        sizes: LR input sizes (height, width); ``None`` entries mean "the LR size whose output is 1920x1080".
+        threads: runtime threads.
+        warmup: untimed calls first (at least 2).
+        runs: timed calls per configuration (large inputs use ``large_runs``).
+        large_runs: timed calls for inputs over 0.25 LR megapixels.
+        tile: LR side above which inference is tiled.
+        gpu: also time the CUDA runtimes when a GPU is present.
+    """
+
+    sizes: tuple[tuple[int, int] | None, ...] = ((128, 128), (256, 256), None)
+    threads: int = 2
+    warmup: int = 2
+    runs: int = 10
+    large_runs: int = 3
+    tile: int = 512
+    gpu: bool = True
+
+
+def full_hd_lr(scale: int) -> tuple[int, int]:
+    """LR size whose x``scale`` output is 1920x1080 (rounded up)."""
+    return (-(-1080 // scale), -(-1920 // scale))
+
+
+def discover(run: Path) -> list[tuple[Path, str]]:
+    """(artifact, runtime) pairs of a run, in pipeline order."""
+    found: list[tuple[Path, str]] = []
+    model = stage_dir(run, "model") / "model.safetensors"
+    if model.is_file():
+        found.append((model, "pytorch"))
+    export = stage_dir(run, "export") / "model_fp32.onnx"
+    if export.is_file():
+        found.append((export, "ort"))
+    found += [(p, "ort") for p in sorted(stage_dir(run, "prune").glob("*/model.onnx"))]
+    found += [(p, "ort") for p in sorted(stage_dir(run, "quantize").glob("*/model_int8_*.onnx"))]
+    found += [(p, "tflite") for p in sorted(stage_dir(run, "export").glob("*.tflite"))]
+    if not found:
+        raise InputError(f"{run}: no artifacts to benchmark; run make model / export first")
+    return found
+
+
+def gpu_present() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def run_one(artifact: Path, runtime: str, size: tuple[int, int], scale: int, cfg: BenchConfig) -> dict[str, object]:
+    runs = cfg.large_runs if size[0] * size[1] > 250_000 else cfg.runs
+    cmd = [sys.executable, "-m", "benchmarks.latency", "--artifact", str(artifact), "--runtime", runtime,
+           "--height", str(size[0]), "--width", str(size[1]), "--scale", str(scale), "--threads", str(cfg.threads),
+           "--warmup", str(cfg.warmup), "--runs", str(runs), "--tile", str(cfg.tile)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parent.parent)
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
+        return {"artifact": str(artifact), "runtime": runtime, "lr_size": list(size), "error": tail[0]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def machine() -> dict[str, object]:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info: dict[str, object] = {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+                               "python": platform.python_version()}
+    if gpu_present():
+        import torch
+
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def run_bench(run: Path, scale: int, cfg: BenchConfig = BenchConfig()) -> Path:
+    """Time every artifact of ``run`` at every size; write ``40-bench/latency.json``."""
+    pairs = discover(run)
+    if cfg.gpu and gpu_present():
+        pairs += [(a, "ort-cuda") for a, r in pairs if r == "ort"]
+        pairs += [(a, "pytorch-cuda-fp16") for a, r in pairs if r == "pytorch"]
+    sizes = [s if s is not None else full_hd_lr(scale) for s in cfg.sizes]
+    results = []
+    for size in sizes:
+        for artifact, runtime in pairs:
+            row = {**run_one(artifact, runtime, size, scale, cfg), "artifact": str(artifact.relative_to(run))}
+            results.append(row)
+            status = row.get("error") or f"p50 {row['p50_ms']:.1f} ms"
+            print(f"[bench] {row['artifact']:45s} {runtime:8s} {size[0]}x{size[1]}: {status}", flush=True)
+    out = stage_dir(run, "bench") / "latency.json"
+    write_json_atomic(out, {"machine": machine(), "config": dataclasses.asdict(cfg), "scale": scale,
+                            "targets_ms": list(TARGETS_MS), "results": results})
+    return out

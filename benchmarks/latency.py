@@ -1,0 +1,130 @@
+"""One latency measurement of one artifact on one runtime at one input size (run in its own process).
+
+``python -m benchmarks.latency --artifact A --runtime ort --height H --width W --scale S --threads T``
+prints one JSON object: p50 / p95 / min / mean milliseconds over ``runs`` timed calls after
+``warmup`` untimed ones, and the process's peak resident memory. Large inputs run through the same
+tiled inference the deployable runtime uses (``compress.infer.upscale``), so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+RUNTIMES = ("pytorch", "ort", "ort-cuda", "pytorch-cuda-fp16", "tflite")
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """Latency statistics in milliseconds."""
+
+    p50_ms: float
+    p95_ms: float
+    min_ms: float
+    mean_ms: float
+    runs: int
+
+    @classmethod
+    def of(cls, seconds: list[float]) -> Timing:
+        ms = np.asarray(seconds) * 1000.0
+        return cls(round(float(np.percentile(ms, 50)), 3), round(float(np.percentile(ms, 95)), 3),
+                   round(float(ms.min()), 3), round(float(ms.mean()), 3), len(ms))
+
+
+def time_calls(fn, warmup: int, runs: int, sync=None) -> Timing:  # noqa: ANN001
+    """Warm up, then time ``runs`` calls of ``fn`` (``sync`` waits for a GPU before reading the clock)."""
+    if warmup < 2 or runs < 1:
+        raise ValueError(f"warmup must be >= 2 and runs >= 1, got warmup={warmup}, runs={runs}")
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        if sync:
+            sync()
+        t0 = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        times.append(time.perf_counter() - t0)
+    return Timing.of(times)
+
+
+def make_upscaler(artifact: Path, runtime: str, threads: int):  # noqa: ANN201
+    """(upscaler, sync) for a runtime; sync is None on the CPU."""
+    if runtime == "ort":
+        from compress.runtimes import ort_upscaler
+
+        return ort_upscaler(artifact, threads), None
+    if runtime == "ort-cuda":
+        import onnxruntime as ort
+
+        from compress.runtimes import ort_session
+
+        sess = ort_session(artifact, threads, ["CUDAExecutionProvider"])
+        if "CUDAExecutionProvider" not in sess.get_providers():
+            raise RuntimeError("ONNX Runtime's CUDA provider is not available")
+        name = sess.get_inputs()[0].name
+        return (lambda x: sess.run(None, {name: x})[0]), None  # sess.run returns host memory: synchronous
+    import torch
+
+    from compress.checkpoint import load_checkpoint
+
+    torch.set_num_threads(threads)
+    model = load_checkpoint(artifact).model
+    if runtime == "pytorch":
+        from compress.infer import torch_upscaler
+
+        return torch_upscaler(model), None
+    if runtime == "pytorch-cuda-fp16":
+        model = model.half().cuda().eval()
+
+        def run(x: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return model(torch.from_numpy(x).cuda().half()).float().cpu().numpy()
+
+        return run, torch.cuda.synchronize
+    raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+
+
+def measure(artifact: Path, runtime: str, height: int, width: int, scale: int, threads: int,
+            warmup: int, runs: int, tile: int) -> dict[str, object]:
+    from compress.infer import TileConfig, upscale
+
+    fn, sync = make_upscaler(artifact, runtime, threads)
+    lr = np.random.default_rng(0).random((height, width, 3), dtype=np.float32)
+    tiles = TileConfig(tile=tile if max(height, width) > tile else 0)
+    timing = time_calls(lambda: upscale(fn, lr, scale, tiles), warmup, runs, sync)
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"artifact": str(artifact), "runtime": runtime, "lr_size": [height, width],
+            "out_size": [height * scale, width * scale], "out_mp": round(height * width * scale * scale / 1e6, 4),
+            "threads": threads, "tile": tiles.tile, **dataclasses.asdict(timing), "peak_rss_mb": round(peak_kib / 1024, 1),
+            "pid": os.getpid()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.latency")
+    p.add_argument("--artifact", required=True, type=Path)
+    p.add_argument("--runtime", required=True, choices=RUNTIMES)
+    p.add_argument("--height", type=int, required=True)
+    p.add_argument("--width", type=int, required=True)
+    p.add_argument("--scale", type=int, required=True)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--tile", type=int, default=512, help="LR side above which inputs are tiled")
+    a = p.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
+    print(json.dumps(measure(a.artifact, a.runtime, a.height, a.width, a.scale, a.threads, a.warmup, a.runs, a.tile)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

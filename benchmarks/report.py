@@ -1,0 +1,212 @@
+"""The compression report: one row per (artifact, runtime) with size, quality, latency and verdicts.
+
+Reads the sidecars every stage wrote and ``40-bench/latency.json``; writes ``report.md``,
+``report.json``, ``report.csv`` and ``report.html`` (with a Pareto plot of PSNR loss against latency)
+into ``<run>/50-report/``.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from compress.errors import InputError
+from compress.files import write_json_atomic, write_text_atomic
+from compress.stages import stage_dir
+
+LIBS = ("torch", "torch-pruning", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorflow", "tf-keras",
+        "tensorflow-model-optimization", "numpy")
+
+
+def size_label(lr: list[int]) -> str:
+    return f"{lr[0]}x{lr[1]}"
+
+
+def max_output_mp(points: list[tuple[float, float]], target_ms: float) -> tuple[float | None, bool]:
+    """Largest output megapixels meeting ``target_ms`` from (out_mp, p50_ms) points.
+
+    Latency is fitted as a + b * MP by least squares (convolution cost is linear in pixels, and tiled
+    inference keeps it so). Returns (MP, extrapolated?) or (None, False) if there are too few points.
+    """
+    pts = sorted(points)
+    if len(pts) < 2:
+        return None, False
+    mp, ms = np.array(pts).T
+    b, a = np.polyfit(mp, ms, 1)
+    if b <= 0:
+        return None, False
+    best = max((target_ms - a) / b, 0.0)
+    return round(float(best), 3), bool(best > mp.max() * (1 + 1e-6))
+
+
+def _sidecar(path: Path) -> dict:
+    side = path.with_name(path.name + ".json")
+    return json.loads(side.read_text()) if side.is_file() else {}
+
+
+def _quality_source(run: Path, artifact: Path) -> dict:
+    """Sidecar holding the artifact's quality (an exported ONNX shares its checkpoint's)."""
+    side = _sidecar(artifact)
+    if "quality" in side:
+        return side
+    if artifact.name == "model_fp32.onnx" or artifact.name == "model.onnx":
+        twin = artifact.parent / "model.safetensors" if artifact.name == "model.onnx" else \
+            stage_dir(run, "model") / "model.safetensors"
+        return _sidecar(twin)
+    return side
+
+
+def build_rows(run: Path) -> tuple[list[dict], dict]:
+    bench_file = stage_dir(run, "bench") / "latency.json"
+    if not bench_file.is_file():
+        raise InputError(f"{bench_file}: no benchmark results; run make bench first")
+    bench = json.loads(bench_file.read_text())
+    base = _sidecar(stage_dir(run, "model") / "model.safetensors")
+    ref = {k: v["psnr_y_db"] for k, v in base.get("quality", {}).items()}
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in bench["results"]:
+        groups.setdefault((r["artifact"], r["runtime"]), []).append(r)
+    rows = []
+    for (rel, runtime), results in groups.items():
+        artifact = run / rel
+        side, qside = _sidecar(artifact), _quality_source(run, artifact)
+        psnr = {k: v["psnr_y_db"] for k, v in qside.get("quality", {}).items()}
+        ok = [r for r in results if "error" not in r]
+        row = {
+            "artifact": rel, "runtime": runtime, "format": side.get("format", qside.get("format", "")),
+            "method": side.get("method", qside.get("method", "")),
+            "params": qside.get("params", side.get("params")), "macs_256x256": qside.get("macs_256x256"),
+            "size_bytes": artifact.stat().st_size if artifact.is_file() else None,
+            "gzip_bytes": qside.get("storage", {}).get("gzip_file_bytes"),
+            "sparsity": qside.get("overall_sparsity"),
+            "psnr_y_db": psnr, "db_lost": {k: round(ref[k] - v, 4) for k, v in psnr.items() if k in ref},
+            "latency": {size_label(r["lr_size"]): {"p50_ms": r["p50_ms"], "p95_ms": r["p95_ms"], "min_ms": r["min_ms"],
+                                                   "out_mp": r["out_mp"], "peak_rss_mb": r["peak_rss_mb"]} for r in ok},
+            "errors": {size_label(r["lr_size"]): r["error"] for r in results if "error" in r},
+        }
+        row["verdicts"] = {lab: {f"{int(t)}ms": v["p50_ms"] <= t for t in bench["targets_ms"]} for lab, v in row["latency"].items()}
+        points = [(r["out_mp"], r["p50_ms"]) for r in ok]
+        row["max_output_mp"] = {f"{int(t)}ms": dict(zip(("mp", "extrapolated"), max_output_mp(points, t)))
+                                for t in bench["targets_ms"]}
+        rows.append(row)
+    header = {"run": str(run), "scale": bench["scale"], "machine": bench["machine"], "bench_config": bench["config"],
+              "targets_ms": bench["targets_ms"], "libraries": _versions(), "git_commit": _git_commit(),
+              "bicubic_psnr_y_db": {k: v["psnr_y_db"] for k, v in base.get("bicubic", {}).items()},
+              "fp32_psnr_y_db": ref,
+              "psnr_convention": "Y of BT.601, scale pixels shaved, 8-bit rounded; LR by PIL antialiased bicubic"}
+    return rows, header
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for lib in LIBS:
+        try:
+            out[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _fmt(v: object, nd: int = 2) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "pass" if v else "FAIL"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def to_markdown(rows: list[dict], header: dict) -> str:
+    sets = sorted({k for r in rows for k in r["psnr_y_db"]})
+    sizes = sorted({k for r in rows for k in r["latency"]}, key=lambda s: int(s.split("x")[0]) * int(s.split("x")[1]))
+    m = header["machine"]
+    lines = [f"# Compression report: {header['run']} (x{header['scale']})", "",
+             f"- machine: {m.get('cpu')}, {m.get('cores')} cores{', GPU ' + m['gpu'] if m.get('gpu') else ''}; "
+             f"threads {header['bench_config']['threads']}; git {header['git_commit']}",
+             "- libraries: " + ", ".join(f"{k} {v}" for k, v in header["libraries"].items()),
+             f"- PSNR: {header['psnr_convention']}; bicubic " + ", ".join(f"{k} {v:.2f} dB" for k, v in header["bicubic_psnr_y_db"].items()),
+             f"- latency: p50 / p95 ms over {header['bench_config']['runs']} runs after {header['bench_config']['warmup']} warm-ups, "
+             "each configuration in its own process; inputs are LR sizes; verdicts use p50", ""]
+    cols = ["artifact", "runtime", "params", "MACs@256 (G)", "file MB", "gzip MB", "sparsity"]
+    cols += [f"PSNR-Y {s}" for s in sets] + [f"dB lost {s}" for s in sets]
+    cols += [f"{z} p50/p95 ms" for z in sizes] + [f"{z} 300/1000" for z in sizes] + ["max out MP @300ms", "max out MP @1000ms"]
+    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        mx = [f"{_fmt(r['max_output_mp'][t]['mp'])}{'*' if r['max_output_mp'][t]['extrapolated'] else ''}" for t in ("300ms", "1000ms")]
+        cells = [r["artifact"], r["runtime"], _fmt(r["params"]), _fmt(r["macs_256x256"] / 1e9 if r["macs_256x256"] else None),
+                 _fmt(r["size_bytes"] / 1e6 if r["size_bytes"] else None), _fmt(r["gzip_bytes"] / 1e6 if r["gzip_bytes"] else None),
+                 _fmt(r["sparsity"])]
+        cells += [_fmt(r["psnr_y_db"].get(s), 3) for s in sets] + [_fmt(r["db_lost"].get(s), 3) for s in sets]
+        cells += [f"{_fmt(r['latency'][z]['p50_ms'], 1)} / {_fmt(r['latency'][z]['p95_ms'], 1)}" if z in r["latency"] else "-" for z in sizes]
+        cells += [f"{_fmt(r['verdicts'][z]['300ms'])} / {_fmt(r['verdicts'][z]['1000ms'])}" if z in r["verdicts"] else "-" for z in sizes]
+        lines.append("| " + " | ".join(cells + mx) + " |")
+    lines += ["", "`*` extrapolated beyond the largest measured size (linear fit of p50 against output megapixels).",
+              "Unstructured sparsity shrinks only storage (gzip column): dense runtimes do not skip zeros."]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["artifact", "runtime", "params", "macs_256x256", "size_bytes", "gzip_bytes", "sparsity", "eval_set",
+                     "psnr_y_db", "db_lost", "lr_size", "p50_ms", "p95_ms", "pass_300ms", "pass_1000ms"])
+    for r in rows:
+        for s in r["psnr_y_db"] or {"": None}:
+            for z, lat in r["latency"].items():
+                writer.writerow([r["artifact"], r["runtime"], r["params"], r["macs_256x256"], r["size_bytes"], r["gzip_bytes"],
+                                 r["sparsity"], s, r["psnr_y_db"].get(s), r["db_lost"].get(s), z, lat["p50_ms"], lat["p95_ms"],
+                                 r["verdicts"][z]["300ms"], r["verdicts"][z]["1000ms"]])
+    return buf.getvalue()
+
+
+def pareto_png(rows: list[dict], size: str = "256x256", eval_set: str = "embedded") -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        if size in r["latency"] and eval_set in r["db_lost"]:
+            ax.scatter(r["latency"][size]["p50_ms"], r["db_lost"][eval_set])
+            ax.annotate(f"{r['artifact']} ({r['runtime']})", (r["latency"][size]["p50_ms"], r["db_lost"][eval_set]), fontsize=6)
+    ax.set_xlabel(f"p50 latency at {size} LR (ms)")
+    ax.set_ylabel(f"PSNR-Y lost vs FP32 on {eval_set} (dB)")
+    ax.set_title("PSNR loss against latency")
+    ax.grid(alpha=0.3)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_report(run: Path) -> Path:
+    rows, header = build_rows(run)
+    out = stage_dir(run, "report")
+    md = to_markdown(rows, header)
+    write_text_atomic(out / "report.md", md)
+    write_json_atomic(out / "report.json", {"header": header, "rows": rows})
+    write_text_atomic(out / "report.csv", to_csv(rows))
+    png = base64.b64encode(pareto_png(rows)).decode()
+    import html
+
+    write_text_atomic(out / "report.html", "<!doctype html><meta charset=utf-8><title>Compression report</title>"
+                      f"<img alt='Pareto plot' src='data:image/png;base64,{png}'><pre>{html.escape(md)}</pre>\n")
+    return out / "report.md"
