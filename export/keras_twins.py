@@ -1,0 +1,144 @@
+"""Keras (tf-keras, Keras 2) twins of the canonical PyTorch models, with weights transferred.
+
+Layer names mirror the canonical PyTorch names (``body.3.conv1`` -> ``body_3_conv1``). Weights go
+OIHW -> HWIO. PixelShuffle becomes ``depth_to_space``: PyTorch orders the upsampler's channels as
+``c * r^2 + (i * r + j)`` and TensorFlow as ``(i * r + j) * C + c``, so the output channels of the
+convolution before it are permuted (and, for RRDB's pixel-unshuffle, the input channels of the
+convolution after ``space_to_depth``). Only standard layers plus two small registered layers
+(:class:`DepthToSpace`, :class:`SpaceToDepth`) are used, so tfmot can wrap the convolutions.
+Requires ``TF_USE_LEGACY_KERAS=1`` (set by :func:`keras`).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from compress.archs import EDSRConfig, RRDBConfig, SRCNNConfig
+from compress.archs.edsr import upsample_stages
+
+
+def keras():  # noqa: ANN201
+    """tf_keras, with TensorFlow told to use Keras 2."""
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tf_keras
+
+    return tf_keras
+
+
+def _layers():  # noqa: ANN202
+    tfk = keras()
+    import tensorflow as tf
+
+    @tfk.utils.register_keras_serializable(package="srcompress")
+    class DepthToSpace(tfk.layers.Layer):
+        """TensorFlow's depth_to_space (PixelShuffle with TF channel order)."""
+
+        def __init__(self, block_size: int, **kwargs) -> None:
+            super().__init__(**kwargs)
+            self.block_size = block_size
+
+        def call(self, x):  # noqa: ANN001, ANN201
+            return tf.nn.depth_to_space(x, self.block_size)
+
+        def get_config(self) -> dict:
+            return {**super().get_config(), "block_size": self.block_size}
+
+    @tfk.utils.register_keras_serializable(package="srcompress")
+    class SpaceToDepth(DepthToSpace):
+        """TensorFlow's space_to_depth (pixel-unshuffle with TF channel order)."""
+
+        def call(self, x):  # noqa: ANN001, ANN201
+            return tf.nn.space_to_depth(x, self.block_size)
+
+    return DepthToSpace, SpaceToDepth
+
+
+def tf_name(torch_name: str) -> str:
+    return torch_name.replace(".", "_")
+
+
+def shuffle_perm(channels_out: int, r: int) -> np.ndarray:
+    """Index map: TF channel t of a depth_to_space input takes PyTorch channel perm[t]."""
+    c = channels_out // (r * r)
+    return np.array([ci * r * r + k for k in range(r * r) for ci in range(c)])
+
+
+def unshuffle_perm(channels_in: int, r: int) -> np.ndarray:
+    """TF channel t after space_to_depth holds what PyTorch's pixel_unshuffle puts at perm[t]."""
+    return shuffle_perm(channels_in * r * r, r)
+
+
+def build_keras(cfg: EDSRConfig | RRDBConfig | SRCNNConfig):  # noqa: ANN201
+    """A Keras functional model with the canonical model's structure (NHWC RGB in [0, 1])."""
+    tfk = keras()
+    L = tfk.layers
+    DepthToSpace, SpaceToDepth = _layers()
+    conv = lambda n, name, k=3: L.Conv2D(n, k, padding="same", name=tf_name(name))  # noqa: E731
+    inp = tfk.Input((None, None, 3), name="lr")
+    if isinstance(cfg, EDSRConfig):
+        mean = np.array(cfg.rgb_mean, dtype=np.float32)
+        x = L.Rescaling(cfg.img_range, offset=-cfg.img_range * mean, name="sub_mean")(inp)
+        x = head = conv(cfg.num_feat, "conv_first")(x)
+        for i, mid in enumerate(cfg.mids):
+            y = L.ReLU(name=f"body_{i}_relu")(conv(mid, f"body.{i}.conv1")(x))
+            y = conv(cfg.num_feat, f"body.{i}.conv2")(y)
+            if cfg.res_scale != 1.0:
+                y = L.Rescaling(cfg.res_scale, name=f"body_{i}_scale")(y)
+            x = L.Add(name=f"body_{i}_add")([x, y])
+        x = L.Add(name="trunk_add")([head, conv(cfg.num_feat, "conv_after_body")(x)])
+        for k, r in enumerate(upsample_stages(cfg.scale)):
+            x = DepthToSpace(r, name=f"upsample_{2 * k + 1}")(conv(cfg.up_width * r * r, f"upsample.{2 * k}")(x))
+        x = conv(3, "conv_last")(x)
+        out = L.Rescaling(1.0 / cfg.img_range, offset=mean, name="add_mean")(x)
+    elif isinstance(cfg, RRDBConfig):
+        act = lambda name: L.LeakyReLU(0.2, name=name)  # noqa: E731
+        x = SpaceToDepth(cfg.unshuffle, name="unshuffle")(inp) if cfg.unshuffle > 1 else inp
+        x = feat = conv(cfg.num_feat, "conv_first")(x)
+        for i in range(cfg.num_block):
+            block_in = x
+            for r_i, grow in enumerate(cfg.block_grow(i), start=1):
+                p = f"body.{i}.rdb{r_i}"
+                feats = [x]
+                for j, g in enumerate(grow, start=1):
+                    cat = feats[0] if len(feats) == 1 else L.Concatenate(name=tf_name(f"{p}.cat{j}"))(feats)
+                    feats.append(act(tf_name(f"{p}.act{j}"))(conv(g, f"{p}.conv{j}")(cat)))
+                y = conv(cfg.num_feat, f"{p}.conv5")(L.Concatenate(name=tf_name(f"{p}.cat5"))(feats))
+                x = L.Add(name=tf_name(f"{p}.add"))([x, L.Rescaling(0.2, name=tf_name(f"{p}.scale"))(y)])
+            x = L.Add(name=f"body_{i}_add")([block_in, L.Rescaling(0.2, name=f"body_{i}_scale")(x)])
+        x = L.Add(name="trunk_add")([feat, conv(cfg.num_feat, "conv_body")(x)])
+        u1, u2, uh = cfg.up_widths
+        x = act("act_up1")(conv(u1, "conv_up1")(L.UpSampling2D(2, interpolation="nearest", name="up1")(x)))
+        x = act("act_up2")(conv(u2, "conv_up2")(L.UpSampling2D(2, interpolation="nearest", name="up2")(x)))
+        out = conv(3, "conv_last")(act("act_hr")(conv(uh, "conv_hr")(x)))
+    else:
+        raise NotImplementedError("SRCNN's Keras twin is not built yet: TF's bicubic resize differs from PyTorch's")
+    return tfk.Model(inp, out, name=type(cfg).__name__.removesuffix("Config").lower())
+
+
+def transfer_weights(kmodel, torch_model: torch.nn.Module) -> None:  # noqa: ANN001
+    """Copy every convolution of ``torch_model`` into the twin (HWIO, PixelShuffle order handled)."""
+    cfg = torch_model.cfg
+    sd = {k: v.detach().cpu().numpy() for k, v in torch_model.state_dict().items()}
+    shuffle_r: dict[str, int] = {}
+    if isinstance(cfg, EDSRConfig):
+        shuffle_r = {f"upsample.{2 * k}": r for k, r in enumerate(upsample_stages(cfg.scale))}
+    for name, module in torch_model.named_modules():
+        if not isinstance(module, torch.nn.Conv2d):
+            continue
+        w, b = sd[f"{name}.weight"], sd[f"{name}.bias"]
+        if name in shuffle_r:
+            perm = shuffle_perm(w.shape[0], shuffle_r[name])
+            w, b = w[perm], b[perm]
+        if name == "conv_first" and isinstance(cfg, RRDBConfig) and cfg.unshuffle > 1:
+            w = w[:, unshuffle_perm(3, cfg.unshuffle)]
+        kmodel.get_layer(tf_name(name)).set_weights([w.transpose(2, 3, 1, 0), b])
+
+
+def to_keras(torch_model: torch.nn.Module):  # noqa: ANN201
+    kmodel = build_keras(torch_model.cfg)
+    transfer_weights(kmodel, torch_model)
+    return kmodel

@@ -1,0 +1,61 @@
+"""A TFLite runner (XNNPACK, configurable threads) usable as an upscaler for any input size.
+
+The interpreter is resized for each new input shape. When resizing fails (XNNPACK has been seen to
+refuse reshaping an INT8 model), a fresh interpreter is built for that shape instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from compress.errors import InputError
+from compress.infer import Upscaler
+from export.keras_twins import keras
+
+
+class TFLiteRunner:
+    """Run a TFLite SR model on NCHW float32 batches (it converts to and from NHWC)."""
+
+    def __init__(self, path: str | Path, threads: int = 2) -> None:
+        keras()
+        import tensorflow as tf
+
+        self.path, self.threads, self._tf = Path(path), threads, tf
+        if not self.path.is_file():
+            raise InputError(f"{self.path}: TFLite file not found")
+        self.rebuilt_for: list[tuple[int, ...]] = []
+        self._interp = self._new()
+        self._shape: tuple[int, ...] | None = None
+
+    def _new(self):  # noqa: ANN202
+        try:
+            return self._tf.lite.Interpreter(model_path=str(self.path), num_threads=self.threads)
+        except ValueError as exc:
+            raise InputError(f"{self.path}: not a loadable TFLite model ({exc})") from exc
+
+    def _prepare(self, shape: tuple[int, ...]) -> None:
+        if shape == self._shape:
+            return
+        idx = self._interp.get_input_details()[0]["index"]
+        try:
+            self._interp.resize_tensor_input(idx, list(shape), strict=False)
+            self._interp.allocate_tensors()
+        except (RuntimeError, ValueError):
+            self.rebuilt_for.append(shape)
+            self._interp = self._new()
+            self._interp.resize_tensor_input(idx, list(shape), strict=False)
+            self._interp.allocate_tensors()
+        self._shape = shape
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1), dtype=np.float32)
+        self._prepare(nhwc.shape)
+        self._interp.set_tensor(self._interp.get_input_details()[0]["index"], nhwc)
+        self._interp.invoke()
+        return self._interp.get_tensor(self._interp.get_output_details()[0]["index"]).transpose(0, 3, 1, 2)
+
+
+def tflite_upscaler(path: str | Path, threads: int = 2) -> Upscaler:
+    return TFLiteRunner(path, threads)
