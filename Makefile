@@ -42,8 +42,9 @@ train: venv
 	$(PY) -m compress train --recipe compress/recipes/train_edsr_x3.toml --out $(TRAIN_OUT)/edsr_baseline_x3.safetensors --init-from $(TRAIN_OUT)/edsr_baseline_x2.safetensors --device $(DEVICE) $(if $(DATA),--data $(DATA),)
 	$(PY) -m compress train --recipe compress/recipes/train_edsr_x4.toml --out $(TRAIN_OUT)/edsr_baseline_x4.safetensors --init-from $(TRAIN_OUT)/edsr_baseline_x2.safetensors --device $(DEVICE) $(if $(DATA),--data $(DATA),)
 
+TFLITE ?= 1
 export: venv
-	$(PY) -m compress export --run $(RUN)
+	$(PY) -m compress export --run $(RUN) $(if $(filter 0,$(TFLITE)),--no-tflite,) $(EVAL_ARGS)
 
 prune: venv
 	$(PY) -m compress prune --run $(RUN) $(foreach r,$(PRUNE_RECIPES),--recipe $(r)) $(if $(DATA),--data $(DATA),) $(EVAL_ARGS)

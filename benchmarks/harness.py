@@ -60,6 +60,7 @@ def discover(run: Path) -> list[tuple[Path, str]]:
         found.append((export, "ort"))
     found += [(p, "ort") for p in sorted(stage_dir(run, "prune").glob("*/model.onnx"))]
     found += [(p, "ort") for p in sorted(stage_dir(run, "quantize").glob("*/model_int8_*.onnx"))]
+    found += [(p, "tflite") for p in sorted(stage_dir(run, "quantize").glob("*/*.tflite"))]
     found += [(p, "tflite") for p in sorted(stage_dir(run, "export").glob("*.tflite"))]
     if not found:
         raise InputError(f"{run}: no artifacts to benchmark; run make model / export first")

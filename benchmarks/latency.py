@@ -63,6 +63,10 @@ def make_upscaler(artifact: Path, runtime: str, threads: int):  # noqa: ANN201
         from compress.runtimes import ort_upscaler
 
         return ort_upscaler(artifact, threads), None
+    if runtime == "tflite":
+        from export.tflite_runtime import TFLiteRunner
+
+        return TFLiteRunner(artifact, threads), None
     if runtime == "ort-cuda":
         import onnxruntime as ort
 

@@ -107,7 +107,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from compress.stages import stage_export
 
-    print(json.dumps(stage_export(Path(args.run)), indent=2, default=str))
+    print(json.dumps(stage_export(Path(args.run), not args.no_tflite, args.eval or None), indent=2, default=str))
     return 0
 
 
@@ -172,8 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--run", required=True)
     s.set_defaults(func=_cmd_report)
 
-    s = sub.add_parser("export", help="FP32 ONNX export of a run's baseline with parity check")
+    s = sub.add_parser("export", help="stage 4: FP32 ONNX and TFLite (FP32/FP16/INT8) exports with parity checks")
     s.add_argument("--run", required=True)
+    s.add_argument("--no-tflite", action="store_true", help="ONNX only")
+    s.add_argument("--eval", action="append", default=[], help="extra evaluation folder(s)")
     s.set_defaults(func=_cmd_export)
     return p
 

@@ -108,8 +108,9 @@ def baseline(run: Path) -> tuple[Path, LoadedModel]:
     return path, load_checkpoint(path)
 
 
-def stage_export(run: Path) -> dict[str, object]:
-    """FP32 ONNX export of the run's baseline, with parity against PyTorch on a real image."""
+def stage_export(run: Path, tflite: bool = True, extra_eval: list[str] | None = None) -> dict[str, object]:
+    """FP32 ONNX export of the run's baseline, with parity against PyTorch on a real image, and the
+    TFLite variants (FP32, FP16, dynamic-range INT8, full-integer INT8) when ``tflite``."""
     from export.onnx_export import OPSET, export_onnx, onnx_op_counts, parity
     from compress.runtimes import ort_upscaler
 
@@ -140,4 +141,11 @@ def stage_export(run: Path) -> dict[str, object]:
         "ops": onnx_op_counts(out),
     }
     write_sidecar(out, record)
-    return {"artifact": str(out), "parity_vs_pytorch": par.to_dict()}
+    result: dict[str, object] = {"artifact": str(out), "parity_vs_pytorch": par.to_dict()}
+    if tflite and loaded.arch == "srcnn":
+        result["tflite"] = "skipped: SRCNN has no Keras twin yet (TF's bicubic resize differs from PyTorch's)"
+    elif tflite:
+        from export.tflite_stage import export_tflite
+
+        result["tflite"] = export_tflite(loaded, src, out.parent, extra_eval)
+    return result

@@ -80,8 +80,11 @@ def build_keras(cfg: EDSRConfig | RRDBConfig | SRCNNConfig):  # noqa: ANN201
     conv = lambda n, name, k=3: L.Conv2D(n, k, padding="same", name=tf_name(name))  # noqa: E731
     inp = tfk.Input((None, None, 3), name="lr")
     if isinstance(cfg, EDSRConfig):
-        mean = np.array(cfg.rgb_mean, dtype=np.float32)
-        x = L.Rescaling(cfg.img_range, offset=-cfg.img_range * mean, name="sub_mean")(inp)
+        mean = [float(m) for m in cfg.rgb_mean]  # plain floats: the layer config must serialise
+        # Scale and shift are separate layers so that QAT puts a quantizer on each intermediate tensor
+        # (one Rescaling becomes MUL + ADD in TFLite, and the MUL output would have no range).
+        x = L.Rescaling(1.0, offset=[-m for m in mean], name="sub_mean")(inp)
+        x = L.Rescaling(cfg.img_range, name="range_in")(x)
         x = head = conv(cfg.num_feat, "conv_first")(x)
         for i, mid in enumerate(cfg.mids):
             y = L.ReLU(name=f"body_{i}_relu")(conv(mid, f"body.{i}.conv1")(x))
@@ -93,7 +96,8 @@ def build_keras(cfg: EDSRConfig | RRDBConfig | SRCNNConfig):  # noqa: ANN201
         for k, r in enumerate(upsample_stages(cfg.scale)):
             x = DepthToSpace(r, name=f"upsample_{2 * k + 1}")(conv(cfg.up_width * r * r, f"upsample.{2 * k}")(x))
         x = conv(3, "conv_last")(x)
-        out = L.Rescaling(1.0 / cfg.img_range, offset=mean, name="add_mean")(x)
+        x = L.Rescaling(1.0 / cfg.img_range, name="range_out")(x)
+        out = L.Rescaling(1.0, offset=mean, name="add_mean")(x)
     elif isinstance(cfg, RRDBConfig):
         act = lambda name: L.LeakyReLU(0.2, name=name)  # noqa: E731
         x = SpaceToDepth(cfg.unshuffle, name="unshuffle")(inp) if cfg.unshuffle > 1 else inp

@@ -7,6 +7,7 @@ import dataclasses
 from compress.data import PatchConfig
 from compress.train import TrainConfig
 from quantization.calibration import CalibrationConfig
+from export.tflite_stage import TFLiteQATConfig
 from quantization.ptq import Calibration
 
 METHODS = tuple(c.value for c in Calibration)
@@ -28,6 +29,7 @@ class QuantRecipe:
         data: ``default`` or a folder of HR training images for QAT.
         patch: QAT patches.
         train: QAT fine-tuning (``distill_weight`` distils from the FP32 model).
+        tflite_qat: tfmot QAT of the Keras twin, converted to full-integer TFLite.
     """
 
     ptq_methods: tuple[str, ...] = ("minmax", "percentile", "entropy")
@@ -41,6 +43,7 @@ class QuantRecipe:
     data: str = "default"
     patch: PatchConfig = PatchConfig(lr_patch=32, batch_size=8)
     train: TrainConfig = TrainConfig(steps=200, lr=2e-5, lr_schedule="cosine", distill_weight=0.5)
+    tflite_qat: TFLiteQATConfig = TFLiteQATConfig()
 
     def __post_init__(self) -> None:
         bad = [m for m in self.ptq_methods if m not in METHODS]

@@ -116,4 +116,9 @@ def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_ev
         path = quantize(qat_pre, out_dir / "model_int8_qat.onnx", cache, Calibration.MINMAX)
         finish(path, {"method": "qat", "calibration": {"method": "minmax", "samples": reader.count},
                       "excluded_nodes": [], "qat_seconds": round(log.seconds, 1), "qat_loss": log.loss[-5:]})
+    if recipe.tflite_qat.enabled and loaded.arch != "srcnn":
+        from export.tflite_stage import tfmot_qat_tflite
+
+        results.update(tfmot_qat_tflite(loaded, src, out_dir, recipe.tflite_qat, recipe.data, extra_eval,
+                                        recipe.calibration))
     return {"source": source, "out": str(out_dir), "psnr_y_delta_db": results}

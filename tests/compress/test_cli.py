@@ -69,6 +69,11 @@ def test_model_then_export_stage(tmp_path, capsys, image_dir):
     onnx_side = read_sidecar(run / "30-export" / "model_fp32.onnx")
     assert onnx_side["parity_vs_pytorch"]["max_abs_diff"] < 1e-4
     assert onnx_side["source"]["sha256"] == side["sha256"]
+    for kind in ("fp32", "fp16", "dynamic_int8", "int8"):
+        tfl = read_sidecar(run / "30-export" / f"model_{kind}.tflite")
+        assert tfl["keras_twin_parity_vs_pytorch"]["max_abs_diff"] < 1e-4
+        assert set(tfl["quality"]) == {"embedded"}
+    assert "DEPTH_TO_SPACE:int8" in read_sidecar(run / "30-export" / "model_int8.tflite")["op_input_dtypes"]
 
 
 def test_export_without_model_stage(tmp_path, capsys):

@@ -19,6 +19,7 @@ def test_quantize_stage_ptq_mixed_qat(tmp_path, image_dir):
         "ptq_methods": ["minmax", "percentile"], "calibration": {"lr_patch": 16, "patches_per_image": 2},
         "calibration_data": str(image_dir), "data": str(image_dir), "budget_db": 0.0, "max_float_nodes": 1,
         "patch": {"lr_patch": 16, "batch_size": 2}, "train": {"steps": 3, "lr": 1e-5},
+        "tflite_qat": {"enabled": True, "steps": 2, "patch": {"lr_patch": 16, "batch_size": 2}},
     })
     run_quantize(run, recipe, "model")
     out = run / "20-quantize" / "model"
@@ -30,6 +31,8 @@ def test_quantize_stage_ptq_mixed_qat(tmp_path, image_dir):
     mixed = read_sidecar(out / "model_int8_mixed.onnx")
     assert len(mixed["excluded_nodes"]) <= 1 and mixed["kernels"]["float_convs"] == len(mixed["excluded_nodes"])
     assert read_sidecar(out / "model_int8_percentile.onnx")["calibration"]["percentile"] == 99.999
+    tfl = read_sidecar(out / "model_int8_tfmot_qat.tflite")
+    assert tfl["method"] == "tfmot-qat" and "CONV_2D:int8" in tfl["op_input_dtypes"]
 
 
 def test_missing_source(tmp_path):
