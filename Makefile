@@ -13,10 +13,11 @@ RUN ?= artifacts/run-x$(SCALE)
 TRAIN_OUT ?= artifacts/train
 DEVICE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo cuda || echo cpu)
 TORCH_INDEX ?=
-PRUNE_RECIPES ?= pruning/recipes/channel.toml pruning/recipes/unstructured.toml
-QUANT_RECIPE ?= quantization/recipes/default.toml
-QUANT_SOURCES ?= model
+PRUNE_RECIPES ?= $(if $(filter 1,$(QUICK)),pruning/recipes/quick.toml,pruning/recipes/channel.toml pruning/recipes/unstructured.toml)
+QUANT_RECIPE ?= $(if $(filter 1,$(QUICK)),quantization/recipes/quick.toml,quantization/recipes/default.toml)
+QUANT_SOURCES ?= auto
 PYTEST_ARGS ?=
+QUICK ?= 0
 
 STAMP := $(VENV)/.installed
 EVAL_ARGS := $(foreach d,$(EVAL),--eval $(d))

@@ -79,8 +79,11 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     from quantization.recipe import QuantRecipe
     from quantization.stage import run_quantize
 
+    from quantization.stage import auto_sources
+
     recipe = load_recipe(QuantRecipe, args.recipe, {"data": args.data})
-    for source in args.source or ["model"]:
+    sources = [s for name in (args.source or ["model"]) for s in (auto_sources(Path(args.run)) if name == "auto" else [name])]
+    for source in sources:
         print(json.dumps(run_quantize(Path(args.run), recipe, source, args.eval or None), indent=2, default=str))
     return 0
 
@@ -156,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("quantize", help="stage 3: INT8 PTQ (ORT QDQ), mixed precision and QAT")
     s.add_argument("--run", required=True)
     s.add_argument("--recipe", required=True, help="quantize recipe TOML")
-    s.add_argument("--source", action="append", default=[], help="'model' (default) or 'prune/<name>' (repeatable)")
+    s.add_argument("--source", action="append", default=[], help="'model' (default), 'prune/<name>', or 'auto' (model and every channel-pruned model; repeatable)")
     s.add_argument("--data", default=None, help="training images for QAT (default: embedded set)")
     s.add_argument("--eval", action="append", default=[], help="extra evaluation folder(s)")
     s.set_defaults(func=_cmd_quantize)

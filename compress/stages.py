@@ -142,9 +142,7 @@ def stage_export(run: Path, tflite: bool = True, extra_eval: list[str] | None = 
     }
     write_sidecar(out, record)
     result: dict[str, object] = {"artifact": str(out), "parity_vs_pytorch": par.to_dict()}
-    if tflite and loaded.arch == "srcnn":
-        result["tflite"] = "skipped: SRCNN has no Keras twin yet (TF's bicubic resize differs from PyTorch's)"
-    elif tflite:
+    if tflite:
         from export.tflite_stage import export_tflite
 
         result["tflite"] = export_tflite(loaded, src, out.parent, extra_eval)

@@ -54,7 +54,16 @@ def _layers():  # noqa: ANN202
         def call(self, x):  # noqa: ANN001, ANN201
             return tf.nn.space_to_depth(x, self.block_size)
 
-    return DepthToSpace, SpaceToDepth
+    @tfk.utils.register_keras_serializable(package="srcompress")
+    class ReplicatePad(DepthToSpace):
+        """Pad H and W by repeating edge pixels (``block_size`` = pad width), as PyTorch's bicubic clamps."""
+
+        def call(self, x):  # noqa: ANN001, ANN201
+            p = self.block_size
+            x = tf.concat([x[:, :1]] * p + [x] + [x[:, -1:]] * p, axis=1)
+            return tf.concat([x[:, :, :1]] * p + [x] + [x[:, :, -1:]] * p, axis=2)
+
+    return DepthToSpace, SpaceToDepth, ReplicatePad
 
 
 def tf_name(torch_name: str) -> str:
@@ -76,7 +85,7 @@ def build_keras(cfg: EDSRConfig | RRDBConfig | SRCNNConfig):  # noqa: ANN201
     """A Keras functional model with the canonical model's structure (NHWC RGB in [0, 1])."""
     tfk = keras()
     L = tfk.layers
-    DepthToSpace, SpaceToDepth = _layers()
+    DepthToSpace, SpaceToDepth, ReplicatePad = _layers()
     conv = lambda n, name, k=3: L.Conv2D(n, k, padding="same", name=tf_name(name))  # noqa: E731
     inp = tfk.Input((None, None, 3), name="lr")
     if isinstance(cfg, EDSRConfig):
@@ -119,13 +128,58 @@ def build_keras(cfg: EDSRConfig | RRDBConfig | SRCNNConfig):  # noqa: ANN201
         x = act("act_up2")(conv(u2, "conv_up2")(L.UpSampling2D(2, interpolation="nearest", name="up2")(x)))
         out = conv(3, "conv_last")(act("act_hr")(conv(uh, "conv_hr")(x)))
     else:
-        raise NotImplementedError("SRCNN's Keras twin is not built yet: TF's bicubic resize differs from PyTorch's")
+        # PyTorch's bicubic (a = -0.75, half-pixel centres, clamped edges) as a fixed 5x5 convolution
+        # into scale^2 phases followed by depth_to_space; then SRCNN on RGB or on BT.601 luma.
+        up = L.Conv2D(3 * cfg.scale**2, 5, padding="valid", use_bias=False, trainable=False, name="bicubic")
+        x = DepthToSpace(cfg.scale, name="bicubic_shuffle")(up(ReplicatePad(2, name="bicubic_pad")(inp)))
+        if cfg.channels == 1:
+            y = L.Conv2D(1, 1, trainable=False, name="rgb_to_y")(x)
+            cbcr = L.Conv2D(2, 1, trainable=False, name="rgb_to_cbcr")(x)
+        else:
+            y = x
+        y = L.ReLU(name="relu1")(conv(cfg.num_feat, "conv1", 9)(y))
+        y = L.ReLU(name="relu2")(conv(cfg.num_feat2, "conv2", 5)(y))
+        y = conv(cfg.channels, "conv3", 5)(y)
+        out = y if cfg.channels == 3 else L.Conv2D(3, 1, trainable=False, name="ycbcr_to_rgb")(
+            L.Concatenate(name="ycbcr")([y, cbcr]))
     return tfk.Model(inp, out, name=type(cfg).__name__.removesuffix("Config").lower())
+
+
+def bicubic_taps(scale: int, a: float = -0.75) -> np.ndarray:
+    """(scale, 5) weights: output phase p of PyTorch's bicubic upsampling reads input offsets -2..2."""
+    taps = np.zeros((scale, 5))
+    for p in range(scale):
+        d = (p + 0.5) / scale - 0.5
+        f = int(np.floor(d))
+        t = d - f
+        cubic = lambda x: ((a + 2) * x - (a + 3)) * x * x + 1 if x <= 1 else ((a * x - 5 * a) * x + 8 * a) * x - 4 * a  # noqa: E731
+        for k, dist in zip(range(f - 1, f + 3), (t + 1, t, 1 - t, 2 - t)):
+            taps[p, k + 2] += cubic(abs(dist))
+    return taps
+
+
+def _srcnn_fixed_weights(kmodel, cfg: SRCNNConfig) -> None:  # noqa: ANN001
+    from compress.color import BT601_INVERSE, BT601_MATRIX, BT601_OFFSET
+
+    s, taps = cfg.scale, bicubic_taps(cfg.scale)
+    kernel = np.zeros((5, 5, 3, 3 * s * s), dtype=np.float32)
+    for p in range(s):
+        for q in range(s):
+            for c in range(3):
+                kernel[:, :, c, (p * s + q) * 3 + c] = np.outer(taps[p], taps[q])
+    kmodel.get_layer("bicubic").set_weights([kernel])
+    if cfg.channels == 1:
+        kmodel.get_layer("rgb_to_y").set_weights([BT601_MATRIX[:1].T.reshape(1, 1, 3, 1).astype(np.float32), BT601_OFFSET[:1].astype(np.float32)])
+        kmodel.get_layer("rgb_to_cbcr").set_weights([BT601_MATRIX[1:].T.reshape(1, 1, 3, 2).astype(np.float32), BT601_OFFSET[1:].astype(np.float32)])
+        kmodel.get_layer("ycbcr_to_rgb").set_weights([BT601_INVERSE.T.reshape(1, 1, 3, 3).astype(np.float32),
+                                                      (-BT601_INVERSE @ BT601_OFFSET).astype(np.float32)])
 
 
 def transfer_weights(kmodel, torch_model: torch.nn.Module) -> None:  # noqa: ANN001
     """Copy every convolution of ``torch_model`` into the twin (HWIO, PixelShuffle order handled)."""
     cfg = torch_model.cfg
+    if isinstance(cfg, SRCNNConfig):
+        _srcnn_fixed_weights(kmodel, cfg)
     sd = {k: v.detach().cpu().numpy() for k, v in torch_model.state_dict().items()}
     shuffle_r: dict[str, int] = {}
     if isinstance(cfg, EDSRConfig):

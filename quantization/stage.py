@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,16 @@ def source_checkpoint(run: Path, source: str) -> Path:
     if not path.is_file():
         raise InputError(f"{path}: quantize source {source!r} not found in run {run} (run make model / make prune first)")
     return path
+
+
+def auto_sources(run: Path) -> list[str]:
+    """The baseline and every channel-pruned model of the run (unstructured zeros gain nothing in INT8)."""
+    found = ["model"]
+    for ckpt in sorted(stage_dir(run, "prune").glob("*/model.safetensors")):
+        side = ckpt.with_name(ckpt.name + ".json")
+        if side.is_file() and json.loads(side.read_text()).get("method") == "channel":
+            found.append(f"prune/{ckpt.parent.name}")
+    return found
 
 
 def _calibration_paths(recipe: QuantRecipe) -> list[Path]:
@@ -116,7 +127,7 @@ def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_ev
         path = quantize(qat_pre, out_dir / "model_int8_qat.onnx", cache, Calibration.MINMAX)
         finish(path, {"method": "qat", "calibration": {"method": "minmax", "samples": reader.count},
                       "excluded_nodes": [], "qat_seconds": round(log.seconds, 1), "qat_loss": log.loss[-5:]})
-    if recipe.tflite_qat.enabled and loaded.arch != "srcnn":
+    if recipe.tflite_qat.enabled:
         from export.tflite_stage import tfmot_qat_tflite
 
         results.update(tfmot_qat_tflite(loaded, src, out_dir, recipe.tflite_qat, recipe.data, extra_eval,

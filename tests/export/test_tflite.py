@@ -8,12 +8,13 @@ from export.keras_twins import shuffle_perm, to_keras  # noqa: E402
 from export.onnx_export import parity  # noqa: E402
 from export.tflite_export import TFLiteKind, convert, tflite_ops  # noqa: E402
 from export.tflite_runtime import TFLiteRunner  # noqa: E402
-from tests.conftest import tiny_edsr, tiny_rrdb  # noqa: E402
+from tests.conftest import tiny_edsr, tiny_rrdb, tiny_srcnn  # noqa: E402
 
 pytestmark = pytest.mark.tflite
 
 TWINS = [("edsr_x2", lambda: tiny_edsr(2)), ("edsr_x3", lambda: tiny_edsr(3)), ("edsr_x4", lambda: tiny_edsr(4)),
-         ("rrdb_x4", lambda: tiny_rrdb(4)), ("rrdb_x2", lambda: tiny_rrdb(2))]
+         ("rrdb_x4", lambda: tiny_rrdb(4)), ("rrdb_x2", lambda: tiny_rrdb(2)),
+         ("srcnn_y_x3", lambda: tiny_srcnn(3, 1)), ("srcnn_rgb_x4", lambda: tiny_srcnn(4, 3))]
 
 
 @pytest.mark.parametrize(("name", "make"), TWINS)
@@ -24,6 +25,18 @@ def test_keras_twin_matches_pytorch(name, make):
     with torch.no_grad():
         ref = model(x).numpy().transpose(0, 2, 3, 1)
     assert np.abs(twin(x.numpy().transpose(0, 2, 3, 1)).numpy() - ref).max() < 1e-5
+
+
+def test_bicubic_taps_sum_to_one_and_match_torch():
+    from export.keras_twins import bicubic_taps
+
+    for scale in (2, 3, 4):
+        np.testing.assert_allclose(bicubic_taps(scale).sum(axis=1), 1.0, atol=1e-12)
+    x = torch.zeros(1, 1, 1, 9)
+    x[..., 4] = 1.0  # an impulse: the upsampled row shows the taps of each phase
+    up = torch.nn.functional.interpolate(x, scale_factor=(1, 2), mode="bicubic", align_corners=False)[0, 0, 0]
+    taps = bicubic_taps(2)
+    np.testing.assert_allclose(up[8:10].numpy(), [taps[0][2], taps[1][2]], atol=1e-6)
 
 
 def test_depth_to_space_order_matches_pixel_shuffle():
