@@ -33,6 +33,19 @@ def protected_convs(model: nn.Module) -> list[nn.Module]:
     raise TypeError(f"channel pruning supports EDSR, RRDBNet and SRCNN, not {type(model).__name__}")
 
 
+def inner_convs(model: nn.Module) -> list[nn.Module]:
+    """Convolutions whose outputs stay inside a block (EDSR's conv1, RRDB's growth convolutions, SRCNN's
+    hidden layers): they can be pruned harder than the residual trunk they do not feed directly."""
+    if isinstance(model, EDSR):
+        return [block.conv1 for block in model.body]
+    if isinstance(model, RRDBNet):
+        return [getattr(rdb, f"conv{j}") for block in model.body for rdb in (block.rdb1, block.rdb2, block.rdb3)
+                for j in range(1, 5)]
+    if isinstance(model, SRCNN):
+        return [model.conv1, model.conv2]
+    raise TypeError(f"channel pruning supports EDSR, RRDBNet and SRCNN, not {type(model).__name__}")
+
+
 def event_ratios(schedule: PolynomialDecay) -> list[float]:
     """Channel ratio the schedule asks for at each of its pruning steps."""
     return [schedule(step) for step in schedule.pruning_steps()]
@@ -64,6 +77,7 @@ def prune_channels(
     round_to: int = 8,
     example_size: int = 32,
     global_pruning: bool = False,
+    inner_ratio: float | None = None,
 ) -> ChannelPruning:
     """Prepare AGP channel pruning of ``model``; call ``.step()`` at each of ``schedule.pruning_steps()``.
 
@@ -74,10 +88,20 @@ def prune_channels(
         round_to: keep channel counts at multiples of this.
         example_size: side of the random LR input used to trace the graph.
         global_pruning: rank channel groups across layers instead of pruning each group equally.
+        inner_ratio: final ratio for :func:`inner_convs` (default: the schedule's final sparsity); the
+            same AGP ramp scaled to it.
 
     Importance is the L2 norm of each channel group's weights (torch-pruning's GroupMagnitudeImportance).
     """
     ratios = event_ratios(schedule)
+    final = schedule.final_sparsity
+    if inner_ratio is not None and not 0.0 <= inner_ratio < 1.0:
+        raise ValueError(f"inner_ratio must be in [0, 1), got {inner_ratio!r}")
+    per_layer = {m: inner_ratio for m in inner_convs(model)} if inner_ratio is not None else None
+
+    def scheduler(ratio: float, _steps: int) -> list[float]:
+        return [0.0] + [r * ratio / final if final > 0 else 0.0 for r in ratios]
+
     model.eval()
     device = next(model.parameters()).device
     example = torch.rand(1, 3, example_size, example_size, device=device)
@@ -85,9 +109,10 @@ def prune_channels(
         model,
         example,
         importance=tp.importance.GroupMagnitudeImportance(p=2),
-        pruning_ratio=schedule.final_sparsity,
+        pruning_ratio=final,
+        pruning_ratio_dict=per_layer,
         iterative_steps=len(ratios),
-        iterative_pruning_ratio_scheduler=lambda _ratio, _steps: [0.0, *ratios],
+        iterative_pruning_ratio_scheduler=scheduler,
         ignored_layers=protected_convs(model),
         round_to=round_to,
         global_pruning=global_pruning,

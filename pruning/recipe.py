@@ -23,6 +23,8 @@ class PruneRecipe:
             equally, ``global`` ranks groups across layers.
         skip_first_last: keep the first and last convolutions dense (unstructured).
         round_to: channel counts stay multiples of this (channel).
+        inner_final_sparsity: final channel ratio inside blocks (EDSR's conv1, RRDB's growth
+            convolutions); the trunk follows ``schedule`` (channel; default: the same as the trunk).
         data: ``default`` or a folder of HR training images.
         patch: fine-tuning patches.
         train: fine-tuning; ``train.steps`` must reach past ``schedule.end_step`` to recover.
@@ -33,6 +35,7 @@ class PruneRecipe:
     scope: str = "layer"
     skip_first_last: bool = True
     round_to: int = 8
+    inner_final_sparsity: float | None = None
     data: str = "default"
     patch: PatchConfig = PatchConfig(lr_patch=32, batch_size=8)
     train: TrainConfig = TrainConfig(steps=300, lr=1e-4, distill_weight=0.5)
@@ -42,6 +45,8 @@ class PruneRecipe:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.scope not in ("layer", "global"):
             raise ValueError(f"scope must be layer or global, got {self.scope!r}")
+        if self.inner_final_sparsity is not None and not 0.0 <= self.inner_final_sparsity < 1.0:
+            raise ValueError(f"inner_final_sparsity must be in [0, 1), got {self.inner_final_sparsity}")
         if self.round_to < 1:
             raise ValueError(f"round_to must be >= 1, got {self.round_to}")
         if self.train.steps < self.schedule.end_step:

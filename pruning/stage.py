@@ -42,7 +42,8 @@ def gzip_bytes(path: Path) -> int:
 
 def _fine_tune_channels(model, recipe, batches, scale, teacher) -> tuple[list[tuple[int, dict[str, int]]], float]:  # noqa: ANN001
     """Channel pruning events at the schedule's steps with fine-tuning segments between them."""
-    pruning = prune_channels(model, recipe.schedule, recipe.round_to, global_pruning=recipe.scope == "global")
+    pruning = prune_channels(model, recipe.schedule, recipe.round_to, global_pruning=recipe.scope == "global",
+                             inner_ratio=recipe.inner_final_sparsity)
     steps = recipe.schedule.pruning_steps()
     bounds = [*steps, recipe.train.steps]
     events, seconds = [], 0.0

@@ -75,3 +75,16 @@ def test_round_to_keeps_multiples_of_eight():
         pruning.step()
     assert all(w % 8 == 0 for n, w in pruning.widths().items() if n != "conv_last")
     assert pruning.widths()["conv_first"] < 32
+
+
+def test_inner_ratio_prunes_block_interiors_harder():
+    from compress.archs import EDSR, EDSRConfig
+
+    model = EDSR(EDSRConfig(scale=2, num_feat=32, num_block=2))
+    sched = PolynomialDecay(0.0, 0.25, begin_step=0, end_step=2, frequency=1)
+    pruning = prune_channels(model, sched, round_to=8, inner_ratio=0.5)
+    for _ in sched.pruning_steps():
+        pruning.step()
+    assert model.conv_first.out_channels == 24 and [b.conv1.out_channels for b in model.body] == [16, 16]
+    with pytest.raises(ValueError, match="inner_ratio must be in"):
+        prune_channels(tiny_edsr(2), sched, inner_ratio=1.5)
