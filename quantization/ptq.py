@@ -50,6 +50,30 @@ class Calibration(enum.Enum):
         return {"symmetric": False}
 
 
+def cpu_has_vnni(cpuinfo: str | None = None) -> bool:
+    """Whether this x86 CPU has VNNI (AVX512-VNNI or AVX-VNNI); non-x86 hosts count as yes.
+
+    Without VNNI, ONNX Runtime's U8S8 kernels multiply with VPMADDUBSW, whose int16 sums saturate
+    with full-range 8-bit weights; ORT's documented remedy is 7-bit weights (``reduce_range``).
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return True
+    flags = set(cpuinfo.split())
+    if "avx2" not in flags and "sse4_1" not in flags:
+        return True  # not x86 (or unknown): no VPMADDUBSW path
+    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def reduce_weight_range(setting: str) -> bool:
+    """``auto`` (7-bit weights exactly when the CPU lacks VNNI), ``full`` or ``reduced``."""
+    if setting not in ("auto", "full", "reduced"):
+        raise ValueError(f"weight_range must be auto, full or reduced, got {setting!r}")
+    return setting == "reduced" or (setting == "auto" and not cpu_has_vnni())
+
+
 def preprocess(fp32: Path, out: Path) -> Path:
     """ORT's recommended pre-processing (shape inference and graph optimisation) before quantization."""
     quant_pre_process(str(fp32), str(out), skip_symbolic_shape=False)
@@ -74,12 +98,16 @@ def calibrate(model: Path, reader: PatchCalibrationReader, method: Calibration, 
             for name, td in ranges.data.items()}
 
 
-def quantize(model: Path, out: Path, cache: Path, method: Calibration, exclude: list[str] | None = None) -> Path:
-    """QDQ INT8 model from a pre-processed FP32 model and a calibration cache, written atomically."""
+def quantize(model: Path, out: Path, cache: Path, method: Calibration, exclude: list[str] | None = None,
+             reduce_range: bool = False) -> Path:
+    """QDQ INT8 model from a pre-processed FP32 model and a calibration cache, written atomically.
+
+    ``reduce_range`` quantizes weights to 7 bits ([-64, 64]) for CPUs without VNNI (see :func:`cpu_has_vnni`).
+    """
     with atomic_path(out) as tmp:
         quantize_static(
             str(model), str(tmp), calibration_data_reader=None, quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(QUANT_OPS), per_channel=True, reduce_range=False,
+            op_types_to_quantize=list(QUANT_OPS), per_channel=True, reduce_range=reduce_range,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             nodes_to_exclude=list(exclude or []), calibrate_method=method.ort,
             calibration_cache_path=str(cache),

@@ -22,12 +22,19 @@ from torch.nn.utils import parametrize
 
 
 class PerChannelWeightFakeQuant(nn.Module):
-    """Weight parametrization: symmetric per-output-channel INT8 in [-127, 127]."""
+    """Weight parametrization: symmetric per-output-channel INT8 in [-qmax, qmax].
+
+    ``qmax`` is 127 for ORT's full-range signed weights and 64 for ``reduce_range`` (7-bit) weights.
+    """
+
+    def __init__(self, qmax: int = 127) -> None:
+        super().__init__()
+        self.qmax = qmax
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        scale = (w.detach().abs().amax(dim=(1, 2, 3)) / 127.0).clamp(min=1e-12)
+        scale = (w.detach().abs().amax(dim=(1, 2, 3)) / self.qmax).clamp(min=1e-12)
         zero = torch.zeros(w.shape[0], dtype=torch.int32, device=w.device)
-        return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -127, 127)
+        return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -self.qmax, self.qmax)
 
 
 @dataclasses.dataclass
@@ -73,13 +80,15 @@ class QATState:
     training_ranges: bool = True
 
 
-def prepare_qat(model: nn.Module, calibration: Iterable[np.ndarray], momentum: float = 0.99) -> QATState:
+def prepare_qat(model: nn.Module, calibration: Iterable[np.ndarray], momentum: float = 0.99,
+                reduce_range: bool = False) -> QATState:
     """Insert fake quantization into every convolution of ``model`` (in place).
 
     Args:
         model: canonical FP32 (or pruned) model.
         calibration: LR batches (NCHW float32) that initialise the activation ranges by MinMax.
         momentum: EMA momentum of activation ranges during training.
+        reduce_range: simulate 7-bit weights, as ORT's ``reduce_range`` (CPUs without VNNI).
     """
     convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     ranges = {n: ActivationRange(momentum=momentum, observe_only=True) for n, _ in convs}
@@ -105,7 +114,7 @@ def prepare_qat(model: nn.Module, calibration: Iterable[np.ndarray], momentum: f
     for rng in ranges.values():
         rng.observe_only = False
     for _, conv in convs:
-        parametrize.register_parametrization(conv, "weight", PerChannelWeightFakeQuant())
+        parametrize.register_parametrization(conv, "weight", PerChannelWeightFakeQuant(64 if reduce_range else 127))
     return state
 
 

@@ -20,6 +20,8 @@ class QuantRecipe:
     Attributes:
         ptq_methods: calibration methods to run (``minmax``, ``percentile``, ``entropy``), one artifact each.
         percentile: upper percentile for ``percentile`` calibration.
+        weight_range: ``auto`` (7-bit weights exactly when the CPU lacks VNNI, whose absence makes ORT's
+            U8S8 kernels saturate), ``full`` (8-bit) or ``reduced`` (7-bit).
         calibration_data: ``default`` (the embedded calibration split) or a folder of HR images.
         calibration: patch sampling for calibration.
         mixed_precision: rank layer sensitivity and keep the most sensitive convolutions in float.
@@ -34,6 +36,7 @@ class QuantRecipe:
 
     ptq_methods: tuple[str, ...] = ("minmax", "percentile", "entropy")
     percentile: float = 99.999
+    weight_range: str = "auto"
     calibration_data: str = "default"
     calibration: CalibrationConfig = CalibrationConfig()
     mixed_precision: bool = True
@@ -49,6 +52,8 @@ class QuantRecipe:
         bad = [m for m in self.ptq_methods if m not in METHODS]
         if bad or not self.ptq_methods:
             raise ValueError(f"ptq_methods must be a non-empty subset of {METHODS}, got {list(self.ptq_methods)}")
+        if self.weight_range not in ("auto", "full", "reduced"):
+            raise ValueError(f"weight_range must be auto, full or reduced, got {self.weight_range!r}")
         if not 90.0 <= self.percentile < 100.0:
             raise ValueError(f"percentile must be in [90, 100), got {self.percentile}")
         if self.budget_db < 0:

@@ -32,22 +32,23 @@ class Sensitivity:
 
 
 def rank_sensitivity(model: Path, cache: Path, method: Calibration, score: Scorer,
-                     candidates: list[str] | None = None) -> tuple[float, list[Sensitivity]]:
+                     candidates: list[str] | None = None, reduce_range: bool = False) -> tuple[float, list[Sensitivity]]:
     """PSNR of the all-INT8 model and every candidate's leave-one-out gain, most sensitive first.
 
     Ties keep graph order, so the ranking is deterministic.
     """
     candidates = candidates if candidates is not None else conv_nodes(model)
     with tempfile.TemporaryDirectory(prefix="sens.") as tmp:
-        base = score(quantize(model, Path(tmp) / "all.onnx", cache, method))
-        gains = [Sensitivity(node, round(score(quantize(model, Path(tmp) / "one.onnx", cache, method, [node])) - base, 4))
+        base = score(quantize(model, Path(tmp) / "all.onnx", cache, method, reduce_range=reduce_range))
+        gains = [Sensitivity(node, round(score(quantize(model, Path(tmp) / "one.onnx", cache, method, [node],
+                                                        reduce_range)) - base, 4))
                  for node in candidates]
     order = sorted(range(len(gains)), key=lambda i: (-gains[i].gain_db, i))
     return base, [gains[i] for i in order]
 
 
 def choose_float_nodes(model: Path, cache: Path, method: Calibration, score: Scorer, ranking: list[Sensitivity],
-                       target_db: float, max_nodes: int) -> tuple[list[str], list[tuple[int, float]]]:
+                       target_db: float, max_nodes: int, reduce_range: bool = False) -> tuple[list[str], list[tuple[int, float]]]:
     """Greedy mixed precision: add ranked nodes to the float set until ``score >= target_db``.
 
     Returns the float set and the score after each addition (0 = all INT8).
@@ -55,7 +56,7 @@ def choose_float_nodes(model: Path, cache: Path, method: Calibration, score: Sco
     chosen: list[str] = []
     trace: list[tuple[int, float]] = []
     with tempfile.TemporaryDirectory(prefix="mixed.") as tmp:
-        psnr = score(quantize(model, Path(tmp) / "m.onnx", cache, method))
+        psnr = score(quantize(model, Path(tmp) / "m.onnx", cache, method, reduce_range=reduce_range))
         trace.append((0, round(psnr, 4)))
         for item in ranking:
             if psnr >= target_db or len(chosen) >= max_nodes:
@@ -63,6 +64,6 @@ def choose_float_nodes(model: Path, cache: Path, method: Calibration, score: Sco
             if item.gain_db <= 0:
                 break
             chosen.append(item.node)
-            psnr = score(quantize(model, Path(tmp) / "m.onnx", cache, method, chosen))
+            psnr = score(quantize(model, Path(tmp) / "m.onnx", cache, method, chosen, reduce_range))
             trace.append((len(chosen), round(psnr, 4)))
     return chosen, trace

@@ -100,3 +100,25 @@ def test_sensitivity_ranking_is_deterministic_and_mixed_precision_excludes(tmp_p
     assert len(chosen) == min(2, sum(r.gain_db > 0 for r in rank1)) and trace[0][0] == 0
     q = quantize(pre, tmp_path / "m.onnx", cache, Calibration.MINMAX, chosen)
     assert kernel_report(q)["float_convs"] == len(chosen)
+
+
+def test_vnni_detection_and_weight_range():
+    from quantization.ptq import cpu_has_vnni, reduce_weight_range
+
+    assert not cpu_has_vnni("flags : fpu sse4_1 avx2 fma")
+    assert cpu_has_vnni("flags : fpu sse4_1 avx2 avx512f avx512_vnni")
+    assert cpu_has_vnni("Features : fp asimd asimddp")  # aarch64: no VPMADDUBSW path
+    assert reduce_weight_range("reduced") and not reduce_weight_range("full")
+    with pytest.raises(ValueError, match="weight_range must be"):
+        reduce_weight_range("7bit")
+
+
+def test_reduced_range_weights_stay_within_64(tmp_path, calib_dir):
+    from onnx import numpy_helper
+
+    pre = preprocess(export_onnx(tiny_edsr(2), tmp_path / "f.onnx"), tmp_path / "p.onnx")
+    cache = tmp_path / "c.json"
+    calibrate(pre, _reader(calib_dir), Calibration.MINMAX, cache)
+    q = quantize(pre, tmp_path / "q.onnx", cache, Calibration.MINMAX, reduce_range=True)
+    weights = [numpy_helper.to_array(t) for t in onnx.load(str(q)).graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert weights and max(int(abs(w.astype(int)).max()) for w in weights) <= 64
