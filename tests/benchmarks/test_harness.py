@@ -22,7 +22,7 @@ def test_harness_on_tiny_model(tmp_path):
     torch.save(as_layout(tiny_edsr(2), "edsr-basicsr"), src)
     run = tmp_path / "run"
     stage_model(str(src), None, run)
-    stage_export(run)
+    stage_export(run, tflite=False)
     assert [r for _, r in discover(run)] == ["pytorch", "ort"]
     out = run_bench(run, 2, BenchConfig(sizes=((32, 32), (48, 40)), runs=2, gpu=False))
     data = json.loads(out.read_text())
