@@ -32,8 +32,6 @@ class TileConfig:
     def __post_init__(self) -> None:
         if self.tile < 0 or self.overlap < 0:
             raise ValueError(f"TileConfig: tile={self.tile}, overlap={self.overlap} must be >= 0")
-        if self.tile and self.tile <= 0:
-            raise ValueError("TileConfig.tile must be positive")
 
 
 def torch_upscaler(model: nn.Module, device: str = "cpu") -> Upscaler:
