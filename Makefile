@@ -1,20 +1,22 @@
 # Staged pipeline on one run folder: model -> prune -> quantize -> export -> bench -> report.
 # Each stage reads earlier stages' artifacts under $(RUN) and writes a folder of its own
-# (compress/stages.py lists them in order). Overrides: MODEL= SCALE= DATA= EVAL= RUN=.
+# (compress/stages.py lists them in order). Overrides: MODEL= ARCH= SCALE= DATA= EVAL= RUN=.
 SHELL := /bin/bash
 PY_BOOT ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 MODEL ?=
 SCALE ?= 2
+ARCH ?= edsr
 DATA ?=
 EVAL ?=
-RUN ?= artifacts/run-x$(SCALE)
+RUN ?= artifacts/run-$(if $(filter rrdb,$(ARCH)),rrdb-,)x$(SCALE)
 TRAIN_OUT ?= artifacts/train
 DEVICE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo cuda || echo cpu)
 TORCH_INDEX ?=
 PRUNE_RECIPES ?= $(if $(filter 1,$(QUICK)),pruning/recipes/quick.toml,pruning/recipes/channel.toml pruning/recipes/unstructured.toml)
 QUANT_RECIPE ?= $(if $(filter 1,$(QUICK)),quantization/recipes/quick.toml,quantization/recipes/default.toml)
+QUANT_PRUNED_RECIPE ?= $(if $(filter 1,$(QUICK)),$(QUANT_RECIPE),quantization/recipes/pruned.toml)
 QUANT_SOURCES ?= auto
 PYTEST_ARGS ?=
 QUICK ?= 0
@@ -35,13 +37,15 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 model: venv
-	$(PY) -m compress model $(MODEL_ARG) --scale $(SCALE) --run $(RUN) $(EVAL_ARGS)
+	$(PY) -m compress model $(MODEL_ARG) --arch $(ARCH) --scale $(SCALE) --run $(RUN) $(EVAL_ARGS)
 
-# Trains the default models per compress/recipes/ (x3 and x4 start from the x2 weights, as EDSR does).
+# Trains the default models per compress/recipes/ (EDSR x3 and x4 start from the x2 weights, as EDSR
+# does; the compact RRDB x4 trains from scratch). ARCH=rrdb SCALE=4 runs the pipeline on the RRDB default.
 train: venv
 	$(PY) -m compress train --recipe compress/recipes/train_edsr_x2.toml --out $(TRAIN_OUT)/edsr_baseline_x2.safetensors --device $(DEVICE) $(if $(DATA),--data $(DATA),)
 	$(PY) -m compress train --recipe compress/recipes/train_edsr_x3.toml --out $(TRAIN_OUT)/edsr_baseline_x3.safetensors --init-from $(TRAIN_OUT)/edsr_baseline_x2.safetensors --device $(DEVICE) $(if $(DATA),--data $(DATA),)
 	$(PY) -m compress train --recipe compress/recipes/train_edsr_x4.toml --out $(TRAIN_OUT)/edsr_baseline_x4.safetensors --init-from $(TRAIN_OUT)/edsr_baseline_x2.safetensors --device $(DEVICE) $(if $(DATA),--data $(DATA),)
+	$(PY) -m compress train --recipe compress/recipes/train_rrdb_x4.toml --out $(TRAIN_OUT)/rrdb_compact_x4.safetensors --device $(DEVICE) $(if $(DATA),--data $(DATA),)
 
 TFLITE ?= 1
 export: venv
@@ -51,13 +55,14 @@ prune: venv
 	$(PY) -m compress prune --run $(RUN) $(foreach r,$(PRUNE_RECIPES),--recipe $(r)) $(if $(DATA),--data $(DATA),) $(EVAL_ARGS)
 
 quantize: venv
-	$(PY) -m compress quantize --run $(RUN) --recipe $(QUANT_RECIPE) $(foreach s,$(QUANT_SOURCES),--source $(s)) $(if $(DATA),--data $(DATA),) $(EVAL_ARGS)
+	$(PY) -m compress quantize --run $(RUN) --recipe $(QUANT_RECIPE) --pruned-recipe $(QUANT_PRUNED_RECIPE) $(foreach s,$(QUANT_SOURCES),--source $(s)) $(if $(DATA),--data $(DATA),) $(EVAL_ARGS)
 
 BENCH_SIZES ?= $(if $(filter 1,$(QUICK)),128x128 256x256,128x128 256x256 1080p)
-BENCH_RUNS ?= $(if $(filter 1,$(QUICK)),3,10)
+BENCH_RUNS ?= $(if $(filter 1,$(QUICK)),3,5)
+BENCH_LARGE ?= pareto
 THREADS ?= 2
 bench: venv
-	$(PY) -m compress bench --run $(RUN) --sizes $(BENCH_SIZES) --threads $(THREADS) --runs $(BENCH_RUNS)
+	$(PY) -m compress bench --run $(RUN) --sizes $(BENCH_SIZES) --threads $(THREADS) --runs $(BENCH_RUNS) --large $(BENCH_LARGE)
 
 report: venv
 	$(PY) -m compress report --run $(RUN)

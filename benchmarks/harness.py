@@ -33,6 +33,9 @@ class BenchConfig:
         large_runs: timed calls for inputs over 0.25 LR megapixels.
         tile: LR side above which inference is tiled.
         gpu: also time the CUDA runtimes when a GPU is present.
+        large: ``all`` times every artifact at the large sizes; ``pareto`` only the FP32 ONNX reference
+            and the artifacts on the Pareto front of (latency at the largest small size, PSNR loss on
+            the embedded set), which is what a user picks from, at a fraction of the time.
     """
 
     sizes: tuple[tuple[int, int] | None, ...] = ((128, 128), (256, 256), None)
@@ -42,6 +45,13 @@ class BenchConfig:
     large_runs: int = 3
     tile: int = 512
     gpu: bool = True
+    large: str = "pareto"
+
+    def __post_init__(self) -> None:
+        if self.large not in ("all", "pareto"):
+            raise ValueError(f"large must be 'all' or 'pareto', got {self.large!r}")
+        if self.warmup < 2 or self.runs < 1 or self.large_runs < 1:
+            raise ValueError(f"need warmup >= 2 and runs, large_runs >= 1; got {self.warmup}, {self.runs}, {self.large_runs}")
 
 
 def full_hd_lr(scale: int) -> tuple[int, int]:
@@ -76,8 +86,15 @@ def gpu_present() -> bool:
         return False
 
 
+LARGE_LR_PIXELS = 250_000
+
+
+def is_large(size: tuple[int, int]) -> bool:
+    return size[0] * size[1] > LARGE_LR_PIXELS
+
+
 def run_one(artifact: Path, runtime: str, size: tuple[int, int], scale: int, cfg: BenchConfig) -> dict[str, object]:
-    runs = cfg.large_runs if size[0] * size[1] > 250_000 else cfg.runs
+    runs = cfg.large_runs if is_large(size) else cfg.runs
     cmd = [sys.executable, "-m", "benchmarks.latency", "--artifact", str(artifact), "--runtime", runtime,
            "--height", str(size[0]), "--width", str(size[1]), "--scale", str(scale), "--threads", str(cfg.threads),
            "--warmup", str(cfg.warmup), "--runs", str(runs), "--tile", str(cfg.tile)]
@@ -107,6 +124,26 @@ def machine() -> dict[str, object]:
     return info
 
 
+def large_subset(run: Path, pairs: list[tuple[Path, str]], results: list[dict]) -> list[tuple[Path, str]]:
+    """The FP32 ONNX reference plus the Pareto front of the last timed size (see ``BenchConfig.large``)."""
+    from benchmarks.report import pareto_front, quality_record
+
+    timed = [r for r in results if "error" not in r]
+    if not timed:
+        return pairs
+    last = max((tuple(r["lr_size"]) for r in timed), key=lambda s: s[0] * s[1])
+    ref = quality_record(run, stage_dir(run, "model") / "model.safetensors").get("quality", {}).get("embedded", {})
+    points = {}
+    for r in timed:
+        if tuple(r["lr_size"]) != last:
+            continue
+        q = quality_record(run, run / r["artifact"]).get("quality", {}).get("embedded", {})
+        if "psnr_y_db" in q and "psnr_y_db" in ref:
+            points[(r["artifact"], r["runtime"])] = (r["p50_ms"], ref["psnr_y_db"] - q["psnr_y_db"])
+    keep = pareto_front(points) | {("30-export/model_fp32.onnx", "ort")}
+    return [(a, rt) for a, rt in pairs if (str(a.relative_to(run)), rt) in keep]
+
+
 def run_bench(run: Path, scale: int, cfg: BenchConfig = BenchConfig()) -> Path:
     """Time every artifact of ``run`` at every size; write ``40-bench/latency.json``."""
     pairs = discover(run)
@@ -114,9 +151,11 @@ def run_bench(run: Path, scale: int, cfg: BenchConfig = BenchConfig()) -> Path:
         pairs += [(a, "ort-cuda") for a, r in pairs if r == "ort"]
         pairs += [(a, "pytorch-cuda-fp16") for a, r in pairs if r == "pytorch"]
     sizes = [s if s is not None else full_hd_lr(scale) for s in cfg.sizes]
-    results = []
+    sizes.sort(key=lambda s: s[0] * s[1])
+    results: list[dict] = []
     for size in sizes:
-        for artifact, runtime in pairs:
+        chosen = pairs if cfg.large == "all" or not is_large(size) else large_subset(run, pairs, results)
+        for artifact, runtime in chosen:
             row = {**run_one(artifact, runtime, size, scale, cfg), "artifact": str(artifact.relative_to(run))}
             results.append(row)
             status = row.get("error") or f"p50 {row['p50_ms']:.1f} ms"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-RUNTIMES = ("pytorch", "ort", "ort-cuda", "pytorch-cuda-fp16", "tflite")
+RUNTIMES = ("pytorch", "ort", "ort-cuda", "pytorch-cuda-fp16", "tflite", "tflite-builtin")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,10 +63,10 @@ def make_upscaler(artifact: Path, runtime: str, threads: int):  # noqa: ANN201
         from compress.runtimes import ort_upscaler
 
         return ort_upscaler(artifact, threads), None
-    if runtime == "tflite":
+    if runtime in ("tflite", "tflite-builtin"):
         from export.tflite_runtime import TFLiteRunner
 
-        return TFLiteRunner(artifact, threads), None
+        return TFLiteRunner(artifact, threads, xnnpack=runtime == "tflite"), None
     if runtime == "ort-cuda":
         import onnxruntime as ort
 

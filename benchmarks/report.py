@@ -46,12 +46,23 @@ def max_output_mp(points: list[tuple[float, float]], target_ms: float) -> tuple[
     return round(float(best), 3), bool(best > mp.max() * (1 + 1e-6))
 
 
+def pareto_front(points: dict[object, tuple[float, float]]) -> set[object]:
+    """Keys whose (latency, loss) no other point beats in both (ties in both keep the first seen)."""
+    front = set()
+    items = list(points.items())
+    for key, (lat, loss) in items:
+        dominated = any((ol <= lat and oq <= loss) and (ol < lat or oq < loss) for k, (ol, oq) in items if k != key)
+        if not dominated:
+            front.add(key)
+    return front
+
+
 def _sidecar(path: Path) -> dict:
     side = path.with_name(path.name + ".json")
     return json.loads(side.read_text()) if side.is_file() else {}
 
 
-def _quality_source(run: Path, artifact: Path) -> dict:
+def quality_record(run: Path, artifact: Path) -> dict:
     """Sidecar holding the artifact's quality (an exported ONNX shares its checkpoint's)."""
     side = _sidecar(artifact)
     if "quality" in side:
@@ -76,7 +87,7 @@ def build_rows(run: Path) -> tuple[list[dict], dict]:
     rows = []
     for (rel, runtime), results in groups.items():
         artifact = run / rel
-        side, qside = _sidecar(artifact), _quality_source(run, artifact)
+        side, qside = _sidecar(artifact), quality_record(run, artifact)
         psnr = {k: v["psnr_y_db"] for k, v in qside.get("quality", {}).items()}
         ok = [r for r in results if "error" not in r]
         row = {
@@ -99,9 +110,14 @@ def build_rows(run: Path) -> tuple[list[dict], dict]:
     header = {"run": str(run), "scale": bench["scale"], "machine": bench["machine"], "bench_config": bench["config"],
               "targets_ms": bench["targets_ms"], "libraries": _versions(), "git_commit": _git_commit(),
               "bicubic_psnr_y_db": {k: v["psnr_y_db"] for k, v in base.get("bicubic", {}).items()},
-              "fp32_psnr_y_db": ref,
+              "fp32_psnr_y_db": ref, "stage_seconds": _stage_seconds(run),
               "psnr_convention": "Y of BT.601, scale pixels shaved, 8-bit rounded; LR by PIL antialiased bicubic"}
     return rows, header
+
+
+def _stage_seconds(run: Path) -> dict[str, float]:
+    path = run / "stage_seconds.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _versions() -> dict[str, str]:
@@ -132,6 +148,31 @@ def _fmt(v: object, nd: int = 2) -> str:
     return str(v)
 
 
+LOSS_BUDGETS_DB = (0.1, 0.3)  # the summary's "best within" columns
+
+
+def target_summary(rows: list[dict], eval_set: str = "embedded") -> list[dict]:
+    """Per target: the largest output the FP32 ONNX reference meets, and the best artifact overall and
+    within each loss budget (largest output meeting the target; dB lost on ``eval_set``)."""
+    out = []
+    for target in ("300ms", "1000ms"):
+        def best(cands: list[dict], target: str = target) -> dict | None:
+            cands = [r for r in cands if r["max_output_mp"][target]["mp"] is not None]
+            return max(cands, key=lambda r: r["max_output_mp"][target]["mp"], default=None)
+
+        ref = best([r for r in rows if r["artifact"] == "30-export/model_fp32.onnx" and r["runtime"] == "ort"])
+        picks = {"fp32 ONNX": ref, "best": best(rows)}
+        for budget in LOSS_BUDGETS_DB:
+            picks[f"best within {budget} dB"] = best([r for r in rows if r["db_lost"].get(eval_set, 0.0) <= budget])
+        for label, r in picks.items():
+            if r is not None:
+                out.append({"target": target, "pick": label, "artifact": r["artifact"], "runtime": r["runtime"],
+                            "max_output_mp": r["max_output_mp"][target]["mp"],
+                            "extrapolated": r["max_output_mp"][target]["extrapolated"],
+                            "db_lost": r["db_lost"].get(eval_set, 0.0)})
+    return out
+
+
 def to_markdown(rows: list[dict], header: dict) -> str:
     sets = sorted({k for r in rows for k in r["psnr_y_db"]})
     sizes = sorted({k for r in rows for k in r["latency"]}, key=lambda s: int(s.split("x")[0]) * int(s.split("x")[1]))
@@ -142,7 +183,16 @@ def to_markdown(rows: list[dict], header: dict) -> str:
              "- libraries: " + ", ".join(f"{k} {v}" for k, v in header["libraries"].items()),
              f"- PSNR: {header['psnr_convention']}; bicubic " + ", ".join(f"{k} {v:.2f} dB" for k, v in header["bicubic_psnr_y_db"].items()),
              f"- latency: p50 / p95 ms over {header['bench_config']['runs']} runs after {header['bench_config']['warmup']} warm-ups, "
-             "each configuration in its own process; inputs are LR sizes; verdicts use p50", ""]
+             "each configuration in its own process; inputs are LR sizes; verdicts use p50"]
+    if header.get("stage_seconds"):
+        t = header["stage_seconds"]
+        lines.append(f"- stage wall time: {sum(t.values()) / 60:.1f} min (" + ", ".join(f"{k} {v / 60:.1f}" for k, v in t.items()) + ")")
+    lines += ["", "## Targets: largest output (MP) meeting each latency target", "",
+              "| target | pick | artifact | runtime | max output MP | dB lost (embedded) |", "|---|---|---|---|---|---|"]
+    for t in target_summary(rows):
+        lines.append(f"| {t['target']} | {t['pick']} | {t['artifact']} | {t['runtime']} | "
+                     f"{_fmt(t['max_output_mp'])}{'*' if t['extrapolated'] else ''} | {_fmt(t['db_lost'], 3)} |")
+    lines += ["", "1920x1080 output is 2.07 MP. `*`: extrapolated beyond the largest measured size.", "", "## All artifacts", ""]
     cols = ["artifact", "runtime", "params", "MACs@256 (G)", "file MB", "gzip MB", "sparsity"]
     cols += [f"PSNR-Y {s}" for s in sets] + [f"dB lost {s}" for s in sets]
     cols += [f"{z} p50/p95 ms" for z in sizes] + [f"{z} 300/1000" for z in sizes] + ["max out MP @300ms", "max out MP @1000ms"]
@@ -202,7 +252,7 @@ def write_report(run: Path) -> Path:
     out = stage_dir(run, "report")
     md = to_markdown(rows, header)
     write_text_atomic(out / "report.md", md)
-    write_json_atomic(out / "report.json", {"header": header, "rows": rows})
+    write_json_atomic(out / "report.json", {"header": header, "targets": target_summary(rows), "rows": rows})
     write_text_atomic(out / "report.csv", to_csv(rows))
     png = base64.b64encode(pareto_png(rows)).decode()
     import html

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import warnings
 from pathlib import Path
 
 from compress.errors import InputError
+
+TIMED_STAGES = ("model", "prune", "quantize", "export", "bench")  # wall times go to <run>/stage_seconds.json
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -59,7 +62,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_model(args: argparse.Namespace) -> int:
     from compress.stages import stage_model
 
-    print(json.dumps(stage_model(args.model or None, args.scale, Path(args.run), args.eval or None), indent=2, default=str))
+    print(json.dumps(stage_model(args.model or None, args.scale, Path(args.run), args.eval or None, args.arch),
+                     indent=2, default=str))
     return 0
 
 
@@ -82,9 +86,11 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     from quantization.stage import auto_sources
 
     recipe = load_recipe(QuantRecipe, args.recipe, {"data": args.data})
+    pruned = load_recipe(QuantRecipe, args.pruned_recipe, {"data": args.data}) if args.pruned_recipe else recipe
     sources = [s for name in (args.source or ["model"]) for s in (auto_sources(Path(args.run)) if name == "auto" else [name])]
     for source in sources:
-        print(json.dumps(run_quantize(Path(args.run), recipe, source, args.eval or None), indent=2, default=str))
+        chosen = pruned if source.startswith("prune/") else recipe
+        print(json.dumps(run_quantize(Path(args.run), chosen, source, args.eval or None), indent=2, default=str))
     return 0
 
 
@@ -94,7 +100,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     _, loaded = baseline(Path(args.run))
     sizes = tuple(tuple(int(v) for v in s.split("x")) if s != "1080p" else None for s in args.sizes)
-    cfg = BenchConfig(sizes=sizes, threads=args.threads, runs=args.runs, large_runs=min(args.runs, 3))
+    cfg = BenchConfig(sizes=sizes, threads=args.threads, runs=args.runs, large_runs=min(args.runs, 3), large=args.large)
     print(run_bench(Path(args.run), loaded.scale, cfg))
     return 0
 
@@ -143,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("model", help="stage 1: take a checkpoint into a run as its FP32 baseline")
-    s.add_argument("--model", default="", help="checkpoint (default: the shipped default for --scale)")
+    s.add_argument("--model", default="", help="checkpoint (default: the shipped default for --arch and --scale)")
+    s.add_argument("--arch", choices=("edsr", "rrdb"), default="edsr", help="which shipped default (without --model)")
     s.add_argument("--scale", type=int, default=None)
     s.add_argument("--run", required=True, help="run folder, e.g. artifacts/run-x2")
     s.add_argument("--eval", action="append", default=[], help="extra evaluation folder(s)")
@@ -160,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--run", required=True)
     s.add_argument("--recipe", required=True, help="quantize recipe TOML")
     s.add_argument("--source", action="append", default=[], help="'model' (default), 'prune/<name>', or 'auto' (model and every channel-pruned model; repeatable)")
+    s.add_argument("--pruned-recipe", default=None, help="recipe for the pruned sources (default: --recipe)")
     s.add_argument("--data", default=None, help="training images for QAT (default: embedded set)")
     s.add_argument("--eval", action="append", default=[], help="extra evaluation folder(s)")
     s.set_defaults(func=_cmd_quantize)
@@ -169,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sizes", nargs="+", default=["128x128", "256x256", "1080p"], help="LR HxW sizes, or 1080p")
     s.add_argument("--threads", type=int, default=2)
     s.add_argument("--runs", type=int, default=10)
+    s.add_argument("--large", choices=("pareto", "all"), default="pareto",
+                   help="which artifacts to time at sizes over 0.25 LR MP: the FP32 reference and the Pareto front, or all")
     s.set_defaults(func=_cmd_bench)
 
     s = sub.add_parser("report", help="stage 6: compression report (md, json, csv, html)")
@@ -186,8 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.filterwarnings("default", category=UserWarning, module="compress")
+    start = time.perf_counter()
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        if args.command in TIMED_STAGES and code == 0:
+            from compress.files import record_stage_seconds
+
+            record_stage_seconds(args.run, args.command, time.perf_counter() - start)
+        return code
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

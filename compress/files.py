@@ -63,3 +63,11 @@ def write_sidecar(artifact: str | Path, record: dict[str, object]) -> Path:
 
 def read_sidecar(artifact: str | Path) -> dict[str, object]:
     return json.loads(sidecar_path(artifact).read_text())
+
+
+def record_stage_seconds(run: str | Path, stage: str, seconds: float) -> Path:
+    """Set ``stage``'s wall time in ``<run>/stage_seconds.json`` (the report sums them)."""
+    path = Path(run) / "stage_seconds.json"
+    times = json.loads(path.read_text()) if path.is_file() else {}
+    times[stage] = round(seconds, 1)
+    return write_json_atomic(path, times)

@@ -78,3 +78,25 @@ def onnx_op_counts(path: str | Path) -> dict[str, int]:
     for node in onnx.load(str(path)).graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return dict(sorted(counts.items()))
+
+
+MIN_PARITY_DB = 60.0  # FP32 ONNX must match PyTorch to ~1e-3 of full range
+
+
+def export_checked(model: nn.Module, path: str | Path, probe: torch.Tensor) -> tuple[Path, Parity]:
+    """Export ``model`` to ONNX, run the file in ONNX Runtime on ``probe`` and compare with PyTorch.
+
+    Raises:
+        RuntimeError: if the two disagree by more than ``MIN_PARITY_DB`` PSNR; the file is removed.
+    """
+    from compress.runtimes import ort_upscaler
+
+    out = export_onnx(model, path)
+    with torch.inference_mode():
+        ref = model.eval()(probe).numpy()
+    par = parity(ref, ort_upscaler(out)(probe.numpy()))
+    if par.psnr_db < MIN_PARITY_DB:
+        out.unlink()
+        raise RuntimeError(f"{out}: ONNX output disagrees with PyTorch (PSNR {par.psnr_db:.1f} dB, "
+                           f"max diff {par.max_abs_diff:.3g})")
+    return out, par

@@ -1,5 +1,8 @@
 """A TFLite runner (XNNPACK, configurable threads) usable as an upscaler for any input size.
 
+``xnnpack=False`` runs TFLite's built-in kernels without the default XNNPACK delegate, to show what
+the delegate buys (the ``tflite-builtin`` runtime of ``benchmarks.latency``).
+
 The interpreter is resized for each new input shape. When resizing fails (XNNPACK has been seen to
 refuse reshaping an INT8 model), a fresh interpreter is built for that shape instead.
 """
@@ -18,11 +21,11 @@ from export.keras_twins import keras
 class TFLiteRunner:
     """Run a TFLite SR model on NCHW float32 batches (it converts to and from NHWC)."""
 
-    def __init__(self, path: str | Path, threads: int = 2) -> None:
+    def __init__(self, path: str | Path, threads: int = 2, xnnpack: bool = True) -> None:
         keras()
         import tensorflow as tf
 
-        self.path, self.threads, self._tf = Path(path), threads, tf
+        self.path, self.threads, self._tf, self.xnnpack = Path(path), threads, tf, xnnpack
         if not self.path.is_file():
             raise InputError(f"{self.path}: TFLite file not found")
         self.rebuilt_for: list[tuple[int, ...]] = []
@@ -31,7 +34,10 @@ class TFLiteRunner:
 
     def _new(self):  # noqa: ANN202
         try:
-            return self._tf.lite.Interpreter(model_path=str(self.path), num_threads=self.threads)
+            resolver = self._tf.lite.experimental.OpResolverType
+            return self._tf.lite.Interpreter(
+                model_path=str(self.path), num_threads=self.threads,
+                experimental_op_resolver_type=resolver.AUTO if self.xnnpack else resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
         except ValueError as exc:
             raise InputError(f"{self.path}: not a loadable TFLite model ({exc})") from exc
 

@@ -19,7 +19,7 @@ from compress.recipe import to_dict
 from compress.stages import baseline, count_macs, eval_sets, quality, stage_dir
 from compress.train import TrainConfig, fit
 from compress.trainer import training_images
-from export.onnx_export import export_onnx, parity
+from export.onnx_export import export_checked
 from pruning.channel import prune_channels
 from pruning.magnitude import prune_low_magnitude, strip_pruning
 from pruning.recipe import PruneRecipe
@@ -88,13 +88,7 @@ def run_prune(run: Path, recipe: PruneRecipe, name: str, extra_eval: list[str] |
         detail["widths"] = {n: m.out_channels for n, m in pruned.model.named_modules() if isinstance(m, nn.Conv2d)}
     out_dir = stage_dir(run, "prune") / name
     ckpt = save_checkpoint(pruned.model, pruned.config, out_dir / "model.safetensors", metadata={"stage": "prune"})
-    onnx_path = export_onnx(pruned.model, out_dir / "model.onnx")
-    from compress.runtimes import ort_upscaler
-
-    x = torch.rand(1, 3, 48, 40)
-    with torch.inference_mode():
-        ref = pruned.model(x).numpy()
-    par = parity(ref, ort_upscaler(onnx_path)(x.numpy()))
+    onnx_path, par = export_checked(pruned.model, out_dir / "model.onnx", torch.rand(1, 3, 48, 40))
     sets = eval_sets(scale, extra_eval)
     after = quality(torch_upscaler(pruned.model), sets, scale)
     before = base_side.get("quality", {})

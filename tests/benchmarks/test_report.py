@@ -98,3 +98,44 @@ def test_missing_inputs(tmp_path):
 
 def test_full_hd_lr_sizes():
     assert [full_hd_lr(s) for s in (2, 3, 4)] == [(540, 960), (360, 640), (270, 480)]
+
+
+def test_pareto_front_drops_dominated_points():
+    from benchmarks.report import pareto_front
+
+    pts = {"fp32": (100.0, 0.0), "slow_fp32": (300.0, 0.0), "int8": (40.0, 0.1), "bad_int8": (45.0, 0.3), "tie": (40.0, 0.1)}
+    assert pareto_front(pts) == {"fp32", "int8", "tie"}
+    assert pareto_front({}) == set()
+
+
+def test_large_sizes_time_reference_and_pareto_front_only(tmp_path):
+    from pathlib import Path
+
+    from benchmarks.harness import BenchConfig, large_subset
+
+    run = synthetic_run(tmp_path)
+    results = json.loads((run / "40-bench" / "latency.json").read_text())["results"]
+    pairs = [(run / r, rt) for r, rt in (("00-model/model.safetensors", "pytorch"), ("30-export/model_fp32.onnx", "ort"),
+                                         ("20-quantize/model/model_int8_minmax.onnx", "ort"))]
+    chosen = [(str(Path(a).relative_to(run)), rt) for a, rt in large_subset(run, pairs, results)]
+    # PyTorch eager has the FP32 quality but is slower than ORT FP32: dominated, so not timed at 1080p.
+    assert chosen == [("30-export/model_fp32.onnx", "ort"), ("20-quantize/model/model_int8_minmax.onnx", "ort")]
+    with pytest.raises(ValueError, match="large must be"):
+        BenchConfig(large="some")
+    with pytest.raises(ValueError, match="warmup >= 2"):
+        BenchConfig(warmup=1)
+
+
+def test_target_summary_picks_reference_and_best_within_budget(tmp_path):
+    from benchmarks.report import target_summary
+
+    rows, _ = build_rows(synthetic_run(tmp_path))
+    got = {(t["target"], t["pick"]): t for t in target_summary(rows)}
+    ref = got[("300ms", "fp32 ONNX")]
+    assert ref["artifact"] == "30-export/model_fp32.onnx" and ref["max_output_mp"] == pytest.approx(1.45, abs=1e-3)
+    best = got[("300ms", "best")]  # INT8: 10 + 50 ms/MP -> 5.8 MP, extrapolated past the 0.26 MP measured
+    assert best["artifact"].endswith("model_int8_minmax.onnx") and best["max_output_mp"] == pytest.approx(5.8, abs=1e-3)
+    assert best["extrapolated"] and best["db_lost"] == pytest.approx(0.1)
+    assert got[("1000ms", "best within 0.1 dB")]["artifact"].endswith("model_int8_minmax.onnx")
+    md = write_report(synthetic_run(tmp_path / "b")).read_text()
+    assert "| 300ms | fp32 ONNX | 30-export/model_fp32.onnx | ort | 1.45* | 0.000 |" in md

@@ -13,13 +13,16 @@ SHIPPED = sorted(DEFAULT_DIR.glob("*.safetensors"))
 
 
 def test_default_x2_is_shipped():
-    assert (DEFAULT_DIR / DEFAULT_MODELS[2]).is_file()
+    assert (DEFAULT_DIR / DEFAULT_MODELS[("edsr", 2)]).is_file()
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_shipped_checkpoint_loads_and_beats_bicubic(path):
     loaded = load_checkpoint(path)
-    assert loaded.layout == "edsr-basicsr" and loaded.config.num_feat == 64 and loaded.config.num_block == 16
+    arch = {v: k for k, v in DEFAULT_MODELS.items()}[path.name][0]
+    assert loaded.arch == arch
+    if arch == "edsr":
+        assert loaded.layout == "edsr-basicsr" and loaded.config.num_feat == 64 and loaded.config.num_block == 16
     pair = load_pairs(split_paths("evaluation")[:1], loaded.scale)[0]  # chelsea, never trained on
     model = evaluate(torch_upscaler(loaded.model), [pair], loaded.scale).psnr_y_db
     bicubic = evaluate(bicubic_upscaler(loaded.scale), [pair], loaded.scale).psnr_y_db

@@ -84,3 +84,11 @@ def test_full_integer_keeps_depth_to_space_in_int8(edsr_tflite):
 def test_full_integer_needs_representative_data(tmp_path):
     with pytest.raises(ValueError, match="representative dataset"):
         convert(to_keras(tiny_edsr(2)), TFLiteKind.FULL_INT8, tmp_path / "x.tflite")
+
+
+def test_builtin_kernels_without_xnnpack_agree_with_xnnpack(edsr_tflite):
+    _, paths = edsr_tflite
+    x = np.random.default_rng(3).random((1, 3, 20, 16), dtype=np.float32)
+    for kind in (TFLiteKind.FP32, TFLiteKind.FULL_INT8):
+        fast, builtin = TFLiteRunner(paths[kind]), TFLiteRunner(paths[kind], xnnpack=False)
+        assert parity(builtin(x), fast(x)).psnr_db > 40
