@@ -32,6 +32,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from compress.infer import TileConfig
     from compress.runtimes import open_upscaler
 
+    if args.run:
+        return _eval_run(args)
+    if not args.model or not args.scale:
+        raise InputError("eval needs --model and --scale (or --run)")
     pairs = load_pairs(list_images(args.data), args.scale)
     if args.model == "bicubic":
         fn, label = bicubic_upscaler(args.scale), "bicubic"
@@ -45,6 +49,32 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         for img in out["images"]:
             print(f"{img['name']:20s} PSNR-Y {img['psnr_y_db']:.3f} dB  SSIM-Y {img['ssim_y']:.4f}")
         print(f"{'mean':20s} PSNR-Y {out['psnr_y_db']:.3f} dB  SSIM-Y {out['ssim_y']:.4f}  ({out['convention']})")
+    return 0
+
+
+def _eval_run(args: argparse.Namespace) -> int:
+    """PSNR-Y of every artifact of a run on ``--data``, and dB lost against the run's FP32 model."""
+    from benchmarks.harness import discover
+    from compress.data import list_images, load_pairs
+    from compress.evaluate import evaluate
+    from compress.runtimes import open_upscaler
+    from compress.stages import baseline
+
+    run = Path(args.run)
+    _, loaded = baseline(run)
+    pairs = load_pairs(list_images(args.data), loaded.scale)
+    rows, ref = [], None
+    for artifact, runtime in discover(run):
+        if runtime == "pytorch" and rows:
+            continue
+        psnr = evaluate(open_upscaler(artifact, loaded.scale, args.threads), pairs, loaded.scale).psnr_y_db
+        ref = psnr if ref is None else ref
+        rows.append({"artifact": str(artifact.relative_to(run)), "psnr_y_db": round(psnr, 4),
+                     "db_lost": round(ref - psnr, 4)})
+        if not args.json:
+            print(f"{rows[-1]['artifact']:50s} PSNR-Y {psnr:.3f} dB  lost {ref - psnr:+.3f} dB", flush=True)
+    if args.json:
+        print(json.dumps({"run": str(run), "data": str(args.data), "scale": loaded.scale, "rows": rows}, indent=2))
     return 0
 
 
@@ -131,9 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_inspect)
 
     s = sub.add_parser("eval", help="PSNR-Y / SSIM-Y of a checkpoint, ONNX/TFLite artifact or bicubic")
-    s.add_argument("--model", required=True, help="checkpoint, .onnx, .tflite, or 'bicubic'")
+    s.add_argument("--model", help="checkpoint, .onnx, .tflite, or 'bicubic'")
+    s.add_argument("--run", help="instead of --model: every artifact of this run folder, with dB lost against its FP32 model")
     s.add_argument("--data", required=True, help="folder of HR images")
-    s.add_argument("--scale", type=int, required=True)
+    s.add_argument("--scale", type=int, help="required with --model")
     s.add_argument("--tile", type=int, default=0, help="LR tile size for tiled inference (0: whole image)")
     s.add_argument("--threads", type=int, default=0, help="runtime threads (0: library default)")
     s.add_argument("--json", action="store_true")

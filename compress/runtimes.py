@@ -35,8 +35,12 @@ def ort_upscaler(path: str | Path, threads: int = 0) -> Upscaler:
 
 
 def open_upscaler(path: str | Path, scale: int | None = None, threads: int = 0) -> Upscaler:
-    """Upscaler for a checkpoint (``.pth/.pt/.safetensors``) or an ``.onnx`` file."""
+    """Upscaler for a checkpoint (``.pth/.pt/.safetensors``), an ``.onnx`` or a ``.tflite`` file."""
     path = Path(path)
+    if path.suffix == ".tflite":
+        from export.tflite_runtime import TFLiteRunner
+
+        return TFLiteRunner(path, threads or 2)
     if path.suffix == ".onnx":
         if not path.is_file():
             raise InputError(f"{path}: ONNX file not found")
@@ -49,4 +53,4 @@ def open_upscaler(path: str | Path, scale: int | None = None, threads: int = 0) 
 
             torch.set_num_threads(threads)
         return torch_upscaler(load_checkpoint(path, scale).model)
-    raise InputError(f"{path}: unsupported model file type {path.suffix!r} (.pth, .pt, .safetensors, .onnx)")
+    raise InputError(f"{path}: unsupported model file type {path.suffix!r} (.pth, .pt, .safetensors, .onnx, .tflite)")

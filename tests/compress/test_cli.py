@@ -74,6 +74,19 @@ def test_model_then_export_stage(tmp_path, capsys, image_dir):
         assert tfl["keras_twin_parity_vs_pytorch"]["max_abs_diff"] < 1e-4
         assert set(tfl["quality"]) == {"embedded"}
     assert "DEPTH_TO_SPACE:int8" in read_sidecar(run / "30-export" / "model_int8.tflite")["op_input_dtypes"]
+    assert set(json.loads((run / "stage_seconds.json").read_text())) == {"model", "export"}
+    code, out, err = _run(capsys, "eval", "--run", str(run), "--data", str(image_dir), "--json")
+    assert code == 0, err
+    rows = {r["artifact"]: r for r in json.loads(out)["rows"]}
+    assert rows["00-model/model.safetensors"]["db_lost"] == 0.0
+    assert abs(rows["30-export/model_fp32.onnx"]["db_lost"]) < 1e-3
+    assert abs(rows["30-export/model_fp32.tflite"]["db_lost"]) < 1e-3
+    assert len(rows) == 6  # PyTorch, ONNX, four TFLite variants
+
+
+def test_eval_needs_model_or_run(tmp_path, capsys):
+    code, _, err = _run(capsys, "eval", "--data", str(tmp_path))
+    assert code == 2 and "needs --model and --scale" in err
 
 
 def test_export_without_model_stage(tmp_path, capsys):

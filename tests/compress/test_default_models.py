@@ -27,3 +27,11 @@ def test_shipped_checkpoint_loads_and_beats_bicubic(path):
     model = evaluate(torch_upscaler(loaded.model), [pair], loaded.scale).psnr_y_db
     bicubic = evaluate(bicubic_upscaler(loaded.scale), [pair], loaded.scale).psnr_y_db
     assert model > bicubic + 0.3
+
+
+def test_unshipped_default_names_what_is_shipped():
+    from compress.errors import InputError
+    from compress.stages import default_checkpoint
+
+    with pytest.raises(InputError, match="no shipped default rrdb model for scale 2; shipped: edsr x2"):
+        default_checkpoint(2, "rrdb")
