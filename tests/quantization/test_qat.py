@@ -41,3 +41,28 @@ def test_prepare_train_strip(tmp_path):
     with torch.no_grad():
         assert (model(x) - ref).abs().max() > 0  # weights were trained
     assert set(model.state_dict()) == set(tiny_edsr(2).state_dict())
+
+
+def test_output_points_follow_ort_requantization():
+    from quantization.qat import output_points
+
+    from tests.conftest import tiny_rrdb
+
+    names = {n for n, _ in output_points(tiny_edsr(2))}
+    assert {"body.0", "body.0.conv2", "conv_first", "conv_after_body", "conv_last"} <= names
+    assert "body.0.conv1" not in names  # ReLU follows: ORT fuses it and quantizes after the ReLU
+    rrdb = {n for n, _ in output_points(tiny_rrdb(4))}
+    assert {"body.0", "body.0.rdb1", "body.0.rdb1.conv1", "body.0.rdb1.conv5"} <= rrdb
+
+
+def test_ranges_frozen_by_default_and_follow_ema_when_asked():
+    x = torch.rand(1, 3, 12, 12)
+    for momentum, frozen in ((1.0, True), (0.5, False)):
+        model = tiny_edsr(2)
+        state = prepare_qat(model, [x.numpy()], momentum=momentum)
+        before = {k: (r.lo, r.hi) for k, r in state.ranges.items()}
+        model.train()
+        model(x * 3)
+        after = {k: (r.lo, r.hi) for k, r in state.ranges.items()}
+        assert (before == after) is frozen
+        assert any(k.endswith(":out") for k in state.ranges) and any(k.endswith(":in") for k in state.ranges)
