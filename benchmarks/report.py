@@ -46,14 +46,15 @@ def max_output_mp(points: list[tuple[float, float]], target_ms: float) -> tuple[
     return round(float(best), 3), bool(best > mp.max() * (1 + 1e-6))
 
 
-def pareto_front(points: dict[object, tuple[float, float]]) -> set[object]:
-    """Keys whose (latency, loss) no other point beats in both (ties in both keep the first seen)."""
-    front = set()
-    items = list(points.items())
-    for key, (lat, loss) in items:
-        dominated = any((ol <= lat and oq <= loss) and (ol < lat or oq < loss) for k, (ol, oq) in items if k != key)
-        if not dominated:
+def pareto_front(points: dict[object, tuple[float, float]], loss_tol_db: float = 0.0) -> set[object]:
+    """Keys of the (latency, loss) staircase: from the fastest point on, each kept point loses at least
+    ``loss_tol_db`` less than every faster kept point (with 0, the usual Pareto front; ties in latency go
+    to the lower loss)."""
+    front, best = set(), float("inf")
+    for key, (_, loss) in sorted(points.items(), key=lambda kv: kv[1]):
+        if loss < best - loss_tol_db or not front:
             front.add(key)
+            best = loss
     return front
 
 

@@ -46,7 +46,7 @@ class Calibration(enum.Enum):
         if self is Calibration.PERCENTILE:
             return {"num_bins": 2048, "percentile": percentile, "symmetric": False}
         if self is Calibration.ENTROPY:
-            return {"num_bins": 2048, "num_quantized_bins": 256, "symmetric": False}
+            return {"num_bins": 1024, "num_quantized_bins": 256, "symmetric": False}  # 385 candidate thresholds
         return {"symmetric": False}
 
 

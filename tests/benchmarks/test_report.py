@@ -103,8 +103,10 @@ def test_full_hd_lr_sizes():
 def test_pareto_front_drops_dominated_points():
     from benchmarks.report import pareto_front
 
-    pts = {"fp32": (100.0, 0.0), "slow_fp32": (300.0, 0.0), "int8": (40.0, 0.1), "bad_int8": (45.0, 0.3), "tie": (40.0, 0.1)}
-    assert pareto_front(pts) == {"fp32", "int8", "tie"}
+    pts = {"fp32": (100.0, 0.0), "slow_fp32": (300.0, 0.0), "int8": (40.0, 0.1), "bad_int8": (45.0, 0.3),
+           "tie": (40.0, 0.12), "fp16": (90.0, 0.01), "pruned": (20.0, 0.4)}
+    assert pareto_front(pts) == {"pruned", "int8", "fp16", "fp32"}
+    assert pareto_front(pts, loss_tol_db=0.02) == {"pruned", "int8", "fp16"}  # fp32 gains under 0.02 dB on fp16
     assert pareto_front({}) == set()
 
 
