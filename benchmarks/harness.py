@@ -30,7 +30,7 @@ class BenchConfig:
         threads: runtime threads.
         warmup: untimed calls first (at least 2).
         runs: timed calls per configuration (large inputs use ``large_runs``).
-        large_runs: timed calls for inputs over 0.25 LR megapixels.
+        large_runs: timed calls for inputs over ``LARGE_LR_PIXELS`` (0.1 LR megapixels).
         tile: LR side above which inference is tiled.
         gpu: also time the CUDA runtimes when a GPU is present.
         large: ``all`` times every artifact at the large sizes; ``pareto`` only the FP32 ONNX reference
@@ -87,7 +87,7 @@ def gpu_present() -> bool:
         return False
 
 
-LARGE_LR_PIXELS = 250_000
+LARGE_LR_PIXELS = 100_000  # about 316x316 LR: the 1080p-output sizes at x2, x3 and x4
 LARGE_LOSS_TOL_DB = 0.02  # at large sizes, a slower artifact is timed only if it loses this much less
 
 

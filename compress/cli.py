@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=2)
     s.add_argument("--runs", type=int, default=10)
     s.add_argument("--large", choices=("pareto", "all"), default="pareto",
-                   help="which artifacts to time at sizes over 0.25 LR MP: the FP32 reference and the Pareto front, or all")
+                   help="which artifacts to time at sizes over 0.1 LR MP: the FP32 reference and the Pareto front, or all")
     s.set_defaults(func=_cmd_bench)
 
     s = sub.add_parser("report", help="stage 6: compression report (md, json, csv, html)")

@@ -66,7 +66,8 @@ def default_checkpoint(scale: int, arch: str = "edsr") -> Path:
                          + ", ".join(f"{a} x{s}" for a, s in DEFAULT_MODELS))
     path = DEFAULT_DIR / DEFAULT_MODELS[(arch, scale)]
     if not path.is_file():
-        raise InputError(f"{path}: the shipped default {arch} x{scale} model is missing; pass MODEL=your checkpoint")
+        raise InputError(f"{path}: no shipped {arch} x{scale} weights here (see artifacts/default/MODELS.md); "
+                         f"pass MODEL=your checkpoint, or train them with make train and copy them there")
     return path
 
 

@@ -35,3 +35,12 @@ def test_unshipped_default_names_what_is_shipped():
 
     with pytest.raises(InputError, match="no shipped default rrdb model for scale 2; shipped: edsr x2"):
         default_checkpoint(2, "rrdb")
+
+
+def test_missing_default_weights_say_how_to_get_them(tmp_path, monkeypatch):
+    from compress import stages
+    from compress.errors import InputError
+
+    monkeypatch.setattr(stages, "DEFAULT_DIR", tmp_path)
+    with pytest.raises(InputError, match="no shipped rrdb x4 weights here .* make train"):
+        stages.default_checkpoint(4, "rrdb")
