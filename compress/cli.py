@@ -64,9 +64,7 @@ def _eval_run(args: argparse.Namespace) -> int:
     _, loaded = baseline(run)
     pairs = load_pairs(list_images(args.data), loaded.scale)
     rows, ref = [], None
-    for artifact, runtime in discover(run):
-        if runtime == "pytorch" and rows:
-            continue
+    for artifact, _ in discover(run):  # the baseline checkpoint comes first: it is the reference
         psnr = evaluate(open_upscaler(artifact, loaded.scale, args.threads), pairs, loaded.scale).psnr_y_db
         ref = psnr if ref is None else ref
         rows.append({"artifact": str(artifact.relative_to(run)), "psnr_y_db": round(psnr, 4),
