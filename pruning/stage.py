@@ -67,6 +67,11 @@ def run_prune(run: Path, recipe: PruneRecipe, name: str, extra_eval: list[str] |
     base_side = read_sidecar(src)
     scale = loaded.scale
     model = loaded.model
+    sets = eval_sets(scale, extra_eval)
+    before = dict(base_side.get("quality", {}))
+    missing = {k: v for k, v in sets.items() if k not in before}
+    if missing:  # sets the baseline was not measured on when `make model` ran
+        before.update(quality(torch_upscaler(model), missing, scale))
     storage_before = {**storage_bytes(model), "gzip_file_bytes": gzip_bytes(src)}
     teacher = copy.deepcopy(model).eval() if recipe.train.distill_weight > 0 else None
     if teacher is not None:
@@ -89,9 +94,7 @@ def run_prune(run: Path, recipe: PruneRecipe, name: str, extra_eval: list[str] |
     out_dir = stage_dir(run, "prune") / name
     ckpt = save_checkpoint(pruned.model, pruned.config, out_dir / "model.safetensors", metadata={"stage": "prune"})
     onnx_path, par = export_checked(pruned.model, out_dir / "model.onnx", torch.rand(1, 3, 48, 40))
-    sets = eval_sets(scale, extra_eval)
     after = quality(torch_upscaler(pruned.model), sets, scale)
-    before = base_side.get("quality", {})
     record = {
         "stage": "prune",
         "method": recipe.method,

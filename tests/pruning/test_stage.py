@@ -46,6 +46,16 @@ def test_prune_stage_writes_checkpoint_onnx_and_sidecar(run_dir, image_dir, meth
     assert (run_dir / "00-model" / "model.safetensors").is_file()  # the input is never edited
 
 
+def test_prune_stage_measures_the_baseline_on_extra_eval_sets(run_dir, image_dir):
+    recipe = from_mapping(PruneRecipe, {**TINY, "method": "channel", "data": str(image_dir), "round_to": 4})
+    run_prune(run_dir, recipe, "channel", extra_eval=[str(image_dir)])
+    side = read_sidecar(run_dir / "10-prune" / "channel" / "model.safetensors")
+    assert set(side["psnr_y_delta_db"]) == {"embedded", "imgs"}
+    assert "imgs" not in read_sidecar(run_dir / "00-model" / "model.safetensors")["quality"]
+    before = side["quality_before"]["imgs"]["psnr_y_db"]
+    assert side["psnr_y_delta_db"]["imgs"] == pytest.approx(side["quality"]["imgs"]["psnr_y_db"] - before, abs=1e-3)
+
+
 def test_shipped_prune_recipes_load():
     for path in sorted((REPO / "pruning" / "recipes").glob("*.toml")):
         assert load_recipe(PruneRecipe, path).schedule.power == 3
