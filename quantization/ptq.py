@@ -11,6 +11,7 @@ MinMax under another name. With the cache, the method a sidecar names is the met
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import io
 import math
@@ -28,6 +29,30 @@ from quantization.calibration import PatchCalibrationReader
 
 # Operators quantized when present: convolution and the data movement around it.
 QUANT_OPS = ("Conv", "Add", "Mul", "Sub", "DepthToSpace", "Concat", "Relu", "LeakyRelu", "Resize", "SpaceToDepth")
+
+
+@dataclasses.dataclass(frozen=True)
+class Int8Options:
+    """How ``quantize_static`` builds the INT8 graph beyond the calibration ranges.
+
+    Attributes:
+        reduce_range: 7-bit weights in [-64, 64] for CPUs without VNNI (see :func:`cpu_has_vnni`).
+        float_op_types: operator types left in float, e.g. ``("Add",)`` keeps the residual stream of
+            EDSR / RRDB in float between blocks: the convolutions still run as INT8 kernels and
+            quantize their outputs, but the running sum is not re-rounded to 8 bits after every block.
+    """
+
+    reduce_range: bool = False
+    float_op_types: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        bad = [t for t in self.float_op_types if t not in QUANT_OPS or t == "Conv"]
+        if bad:
+            allowed = [t for t in QUANT_OPS if t != "Conv"]
+            raise ValueError(f"float_op_types must be a subset of {allowed}, got {list(self.float_op_types)}")
+
+    def op_types(self) -> list[str]:
+        return [t for t in QUANT_OPS if t not in self.float_op_types]
 
 
 class Calibration(enum.Enum):
@@ -99,15 +124,15 @@ def calibrate(model: Path, reader: PatchCalibrationReader, method: Calibration, 
 
 
 def quantize(model: Path, out: Path, cache: Path, method: Calibration, exclude: list[str] | None = None,
-             reduce_range: bool = False) -> Path:
+             options: Int8Options = Int8Options()) -> Path:
     """QDQ INT8 model from a pre-processed FP32 model and a calibration cache, written atomically.
 
-    ``reduce_range`` quantizes weights to 7 bits ([-64, 64]) for CPUs without VNNI (see :func:`cpu_has_vnni`).
+    ``exclude`` names nodes kept in float; ``options`` sets 7-bit weights and operator types kept in float.
     """
     with atomic_path(out) as tmp:
         quantize_static(
             str(model), str(tmp), calibration_data_reader=None, quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(QUANT_OPS), per_channel=True, reduce_range=reduce_range,
+            op_types_to_quantize=options.op_types(), per_channel=True, reduce_range=options.reduce_range,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             nodes_to_exclude=list(exclude or []), calibrate_method=method.ort,
             calibration_cache_path=str(cache),

@@ -8,7 +8,7 @@ from compress.data import PatchConfig
 from compress.train import TrainConfig
 from quantization.calibration import CalibrationConfig
 from export.tflite_stage import TFLiteQATConfig
-from quantization.ptq import Calibration
+from quantization.ptq import Calibration, Int8Options
 
 METHODS = tuple(c.value for c in Calibration)
 
@@ -22,6 +22,8 @@ class QuantRecipe:
         percentile: upper percentile for ``percentile`` calibration.
         weight_range: ``auto`` (7-bit weights exactly when the CPU lacks VNNI, whose absence makes ORT's
             U8S8 kernels saturate), ``full`` (8-bit) or ``reduced`` (7-bit).
+        float_op_types: operator types left in float (``["Add"]``: the residual stream stays float
+            between blocks, see :class:`quantization.ptq.Int8Options`).
         calibration_data: ``default`` (the embedded calibration split) or a folder of HR images.
         calibration: patch sampling for calibration.
         mixed_precision: rank layer sensitivity and keep the most sensitive convolutions in float.
@@ -37,6 +39,7 @@ class QuantRecipe:
     ptq_methods: tuple[str, ...] = ("minmax", "percentile", "entropy")
     percentile: float = 99.999
     weight_range: str = "auto"
+    float_op_types: tuple[str, ...] = ()
     calibration_data: str = "default"
     calibration: CalibrationConfig = CalibrationConfig()
     mixed_precision: bool = True
@@ -54,6 +57,7 @@ class QuantRecipe:
             raise ValueError(f"ptq_methods must be a non-empty subset of {METHODS}, got {list(self.ptq_methods)}")
         if self.weight_range not in ("auto", "full", "reduced"):
             raise ValueError(f"weight_range must be auto, full or reduced, got {self.weight_range!r}")
+        Int8Options(float_op_types=self.float_op_types)  # validates the operator types
         if not 90.0 <= self.percentile < 100.0:
             raise ValueError(f"percentile must be in [90, 100), got {self.percentile}")
         if self.budget_db < 0:

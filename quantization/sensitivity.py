@@ -15,7 +15,7 @@ from pathlib import Path
 
 import onnx
 
-from quantization.ptq import Calibration, quantize
+from quantization.ptq import Calibration, Int8Options, quantize
 
 Scorer = Callable[[Path], float]  # a quantized model file -> PSNR-Y in dB
 
@@ -32,23 +32,23 @@ class Sensitivity:
 
 
 def rank_sensitivity(model: Path, cache: Path, method: Calibration, score: Scorer,
-                     candidates: list[str] | None = None, reduce_range: bool = False) -> tuple[float, list[Sensitivity]]:
+                     candidates: list[str] | None = None, options: Int8Options = Int8Options()) -> tuple[float, list[Sensitivity]]:
     """PSNR of the all-INT8 model and every candidate's leave-one-out gain, most sensitive first.
 
     Ties keep graph order, so the ranking is deterministic.
     """
     candidates = candidates if candidates is not None else conv_nodes(model)
     with tempfile.TemporaryDirectory(prefix="sens.") as tmp:
-        base = score(quantize(model, Path(tmp) / "all.onnx", cache, method, reduce_range=reduce_range))
+        base = score(quantize(model, Path(tmp) / "all.onnx", cache, method, options=options))
         gains = [Sensitivity(node, round(score(quantize(model, Path(tmp) / "one.onnx", cache, method, [node],
-                                                        reduce_range)) - base, 4))
+                                                        options)) - base, 4))
                  for node in candidates]
     order = sorted(range(len(gains)), key=lambda i: (-gains[i].gain_db, i))
     return base, [gains[i] for i in order]
 
 
 def choose_float_nodes(model: Path, cache: Path, method: Calibration, score: Scorer, ranking: list[Sensitivity],
-                       target_db: float, max_nodes: int, reduce_range: bool = False) -> tuple[list[str], list[tuple[int, float]]]:
+                       target_db: float, max_nodes: int, options: Int8Options = Int8Options()) -> tuple[list[str], list[tuple[int, float]]]:
     """Greedy mixed precision: add ranked nodes to the float set until ``score >= target_db``.
 
     Returns the float set and the score after each addition (0 = all INT8).
@@ -56,7 +56,7 @@ def choose_float_nodes(model: Path, cache: Path, method: Calibration, score: Sco
     chosen: list[str] = []
     trace: list[tuple[int, float]] = []
     with tempfile.TemporaryDirectory(prefix="mixed.") as tmp:
-        psnr = score(quantize(model, Path(tmp) / "m.onnx", cache, method, reduce_range=reduce_range))
+        psnr = score(quantize(model, Path(tmp) / "m.onnx", cache, method, options=options))
         trace.append((0, round(psnr, 4)))
         for item in ranking:
             if psnr >= target_db or len(chosen) >= max_nodes:
@@ -64,6 +64,6 @@ def choose_float_nodes(model: Path, cache: Path, method: Calibration, score: Sco
             if item.gain_db <= 0:
                 break
             chosen.append(item.node)
-            psnr = score(quantize(model, Path(tmp) / "m.onnx", cache, method, chosen, reduce_range))
+            psnr = score(quantize(model, Path(tmp) / "m.onnx", cache, method, chosen, options))
             trace.append((len(chosen), round(psnr, 4)))
     return chosen, trace

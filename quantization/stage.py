@@ -21,8 +21,8 @@ from compress.train import fit
 from compress.trainer import training_images
 from export.onnx_export import export_onnx, parity
 from quantization.calibration import PatchCalibrationReader, iter_patches
-from quantization.ptq import (Calibration, calibrate, cpu_has_vnni, kernel_report, preprocess, quantize, range_summary,
-                              reduce_weight_range)
+from quantization.ptq import (Calibration, Int8Options, calibrate, cpu_has_vnni, kernel_report, preprocess, quantize,
+                              range_summary, reduce_weight_range)
 from quantization.qat import prepare_qat, strip_qat
 from quantization.recipe import QuantRecipe
 from quantization.sensitivity import choose_float_nodes, rank_sensitivity
@@ -77,8 +77,10 @@ def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_ev
     score_pairs = _centre_crops(load_pairs(_calibration_paths(recipe), scale), scale)
     score = lambda path: evaluate(ort_upscaler(path), score_pairs, scale).psnr_y_db  # noqa: E731
     rr = reduce_weight_range(recipe.weight_range)
+    opts = Int8Options(reduce_range=rr, float_op_types=recipe.float_op_types)
     common = {"weights": {"bits": 7 if rr else 8, "range": "[-64, 64]" if rr else "[-127, 127]",
                           "setting": recipe.weight_range, "cpu_has_vnni": cpu_has_vnni()},
+              "float_op_types": list(recipe.float_op_types),
               "stage": "quantize", "source": {"path": str(src), "sha256": sha256_file(src)}, "arch": loaded.arch,
               "scale": scale, "config": loaded.describe()["config"], "params": loaded.describe()["params"],
               "recipe": to_dict(recipe), "fp32_quality": ref_quality}
@@ -100,7 +102,7 @@ def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_ev
         method = Calibration(name)
         caches[name] = out_dir / f"calibration_{name}.json"
         ranges = calibrate(pre, reader, method, caches[name], recipe.percentile)
-        path = quantize(pre, out_dir / f"model_int8_{name}.onnx", caches[name], method, reduce_range=rr)
+        path = quantize(pre, out_dir / f"model_int8_{name}.onnx", caches[name], method, options=opts)
         finish(path, {"method": "ptq", "calibration": {"method": name, "samples": reader.count,
                       "percentile": recipe.percentile if method is Calibration.PERCENTILE else None,
                       "ranges": range_summary(ranges)}, "excluded_nodes": []})
@@ -109,9 +111,9 @@ def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_ev
         best = max(recipe.ptq_methods, key=lambda m: score(out_dir / f"model_int8_{m}.onnx"))
         method = Calibration(best)
         target = score(fp32) - recipe.budget_db
-        base, ranking = rank_sensitivity(pre, caches[best], method, score, reduce_range=rr)
-        chosen, trace = choose_float_nodes(pre, caches[best], method, score, ranking, target, recipe.max_float_nodes, rr)
-        path = quantize(pre, out_dir / "model_int8_mixed.onnx", caches[best], method, chosen, rr)
+        base, ranking = rank_sensitivity(pre, caches[best], method, score, options=opts)
+        chosen, trace = choose_float_nodes(pre, caches[best], method, score, ranking, target, recipe.max_float_nodes, opts)
+        path = quantize(pre, out_dir / "model_int8_mixed.onnx", caches[best], method, chosen, opts)
         finish(path, {"method": "ptq-mixed", "calibration": {"method": best, "samples": reader.count},
                       "excluded_nodes": chosen, "sensitivity": {"score_images": [p.name for p in score_pairs],
                       "int8_psnr_y_db": round(base, 4), "target_psnr_y_db": round(target, 4),
@@ -119,7 +121,8 @@ def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_ev
 
     if recipe.qat:
         model = copy.deepcopy(loaded.model)
-        state = prepare_qat(model, iter_patches(reader.paths, scale, recipe.calibration), reduce_range=rr)
+        state = prepare_qat(model, iter_patches(reader.paths, scale, recipe.calibration), reduce_range=rr,
+                            quantize_add="Add" not in recipe.float_op_types)
         pairs = load_pairs(training_images(recipe.data), scale, LOMIRI_MAX_SIDE)
         teacher = loaded.model.eval() if recipe.train.distill_weight > 0 else None
         log = fit(model, random_patches(pairs, scale, recipe.patch), recipe.train, scale, teacher=teacher, desc="qat")
@@ -128,7 +131,7 @@ def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_ev
         qat_pre = preprocess(qat_fp32, out_dir / "model_qat_fp32_pre.onnx")
         cache = out_dir / "calibration_qat_minmax.json"
         calibrate(qat_pre, reader, Calibration.MINMAX, cache)
-        path = quantize(qat_pre, out_dir / "model_int8_qat.onnx", cache, Calibration.MINMAX, reduce_range=rr)
+        path = quantize(qat_pre, out_dir / "model_int8_qat.onnx", cache, Calibration.MINMAX, options=opts)
         finish(path, {"method": "qat", "calibration": {"method": "minmax", "samples": reader.count},
                       "excluded_nodes": [], "qat_seconds": round(log.seconds, 1), "qat_loss": log.loss[-5:]})
     if recipe.tflite_qat.enabled:

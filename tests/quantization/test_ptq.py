@@ -8,7 +8,7 @@ from compress.errors import InputError
 from compress.runtimes import ort_upscaler
 from export.onnx_export import export_onnx, parity
 from quantization.calibration import CalibrationConfig, PatchCalibrationReader, iter_patches
-from quantization.ptq import Calibration, calibrate, kernel_report, preprocess, quantize
+from quantization.ptq import Calibration, Int8Options, calibrate, kernel_report, preprocess, quantize
 from quantization.sensitivity import choose_float_nodes, conv_nodes, rank_sensitivity
 from tests.conftest import tiny_edsr, tiny_rrdb, tiny_srcnn, write_image
 
@@ -119,6 +119,20 @@ def test_reduced_range_weights_stay_within_64(tmp_path, calib_dir):
     pre = preprocess(export_onnx(tiny_edsr(2), tmp_path / "f.onnx"), tmp_path / "p.onnx")
     cache = tmp_path / "c.json"
     calibrate(pre, _reader(calib_dir), Calibration.MINMAX, cache)
-    q = quantize(pre, tmp_path / "q.onnx", cache, Calibration.MINMAX, reduce_range=True)
+    q = quantize(pre, tmp_path / "q.onnx", cache, Calibration.MINMAX, options=Int8Options(reduce_range=True))
     weights = [numpy_helper.to_array(t) for t in onnx.load(str(q)).graph.initializer if t.data_type == onnx.TensorProto.INT8]
     assert weights and max(int(abs(w.astype(int)).max()) for w in weights) <= 64
+
+
+def test_float_op_types_keep_residual_adds_float_and_convs_integer(tmp_path, calib_dir):
+    pre = preprocess(export_onnx(tiny_edsr(2), tmp_path / "f.onnx"), tmp_path / "p.onnx")
+    cache = tmp_path / "c.json"
+    calibrate(pre, _reader(calib_dir), Calibration.MINMAX, cache)
+    q = quantize(pre, tmp_path / "q.onnx", cache, Calibration.MINMAX, options=Int8Options(float_op_types=("Add",)))
+    report = kernel_report(q)
+    assert report["float_convs"] == 0 and report["integer_convs"] == len(conv_nodes(pre))
+    assert any(n.startswith("Add:") for n in report["float_nodes"])
+    assert not any(n.startswith("Add:") for n in kernel_report(quantize(pre, tmp_path / "a.onnx", cache,
+                                                                           Calibration.MINMAX))["float_nodes"])
+    with pytest.raises(ValueError, match="float_op_types must be a subset"):
+        Int8Options(float_op_types=("Conv",))
