@@ -37,9 +37,12 @@ class Int8Options:
 
     Attributes:
         reduce_range: 7-bit weights in [-64, 64] for CPUs without VNNI (see :func:`cpu_has_vnni`).
-        float_op_types: operator types left in float, e.g. ``("Add",)`` keeps the residual stream of
-            EDSR / RRDB in float between blocks: the convolutions still run as INT8 kernels and
-            quantize their outputs, but the running sum is not re-rounded to 8 bits after every block.
+        float_op_types: operator types ``quantize_static`` leaves unquantized. ORT still fuses such a
+            node into an integer kernel when DequantizeLinear feeds it and QuantizeLinear follows it
+            (EDSR's residual ``Add`` before a convolution becomes ``QLinearAdd``); what stays float is
+            the rest: with ``("Add",)``, EDSR's output mean-shift ``Add``, so the SR image is not
+            rounded to an 8-bit grid over the output's range, coarser than the image's own 8 bits.
+            :func:`kernel_report` lists what ran in float.
     """
 
     reduce_range: bool = False

@@ -75,11 +75,14 @@ def fake_quant_activation(x: torch.Tensor, rng: ActivationRange) -> torch.Tensor
     return torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, 255)
 
 
-def output_points(model: nn.Module, quantize_add: bool = True) -> list[tuple[str, nn.Module]]:
+def output_points(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Modules whose outputs ORT's QDQ model requantizes, beyond the convolution inputs.
 
-    Convolution outputs (unless a ReLU follows, which ORT fuses), and, when ``quantize_add``, the
-    residual blocks whose forward ends in an ``Add`` (EDSR's ResBlock, RRDB's dense blocks and RRDB blocks).
+    Convolution outputs (unless a ReLU follows, which ORT fuses), and the residual blocks whose
+    forward ends in an ``Add`` (EDSR's ResBlock, RRDB's dense blocks and RRDB blocks). Those ``Add``
+    outputs are requantized even when the recipe leaves ``Add`` out of the quantized operator types:
+    they feed a quantized convolution, and ORT then fuses DequantizeLinear-Add-QuantizeLinear into
+    ``QLinearAdd``.
     """
     from compress.archs.edsr import ResBlock
     from compress.archs.rrdb import RRDB, ResidualDenseBlock
@@ -88,9 +91,8 @@ def output_points(model: nn.Module, quantize_add: bool = True) -> list[tuple[str
     relu_fed = {id(b.conv1) for b in model.modules() if isinstance(b, ResBlock)}
     relu_fed |= {id(m.conv1) for m in model.modules() if isinstance(m, SRCNN)}
     relu_fed |= {id(m.conv2) for m in model.modules() if isinstance(m, SRCNN)}
-    blocks = (ResBlock, ResidualDenseBlock, RRDB) if quantize_add else ()
     return [(n, m) for n, m in model.named_modules()
-            if (isinstance(m, nn.Conv2d) and id(m) not in relu_fed) or isinstance(m, blocks)]
+            if (isinstance(m, nn.Conv2d) and id(m) not in relu_fed) or isinstance(m, (ResBlock, ResidualDenseBlock, RRDB))]
 
 
 @dataclasses.dataclass
@@ -107,7 +109,7 @@ class QATState:
 
 
 def prepare_qat(model: nn.Module, calibration: Iterable[np.ndarray], momentum: float = 1.0,
-                reduce_range: bool = False, quantize_add: bool = True) -> QATState:
+                reduce_range: bool = False) -> QATState:
     """Insert fake quantization into every convolution of ``model`` (in place).
 
     Args:
@@ -115,12 +117,11 @@ def prepare_qat(model: nn.Module, calibration: Iterable[np.ndarray], momentum: f
         calibration: LR batches (NCHW float32) that initialise the activation ranges by MinMax.
         momentum: EMA momentum of activation ranges during training (1: frozen at the MinMax calibration).
         reduce_range: simulate 7-bit weights, as ORT's ``reduce_range`` (CPUs without VNNI).
-        quantize_add: simulate the requantized residual ``Add`` outputs (false when ORT keeps ``Add`` in float).
     """
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"momentum must be in [0, 1], got {momentum}")
     convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    outs = output_points(model, quantize_add)
+    outs = output_points(model)
     ranges = {f"{n}:{side}": ActivationRange(momentum=momentum, observe_only=True)
               for side, mods in (("in", convs), ("out", outs)) for n, _ in mods}
     state = QATState(convs=convs, ranges=ranges, hooks=[])

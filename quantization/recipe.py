@@ -22,8 +22,8 @@ class QuantRecipe:
         percentile: upper percentile for ``percentile`` calibration.
         weight_range: ``auto`` (7-bit weights exactly when the CPU lacks VNNI, whose absence makes ORT's
             U8S8 kernels saturate), ``full`` (8-bit) or ``reduced`` (7-bit).
-        float_op_types: operator types left in float (``["Add"]``: the residual stream stays float
-            between blocks, see :class:`quantization.ptq.Int8Options`).
+        float_op_types: operator types ``quantize_static`` leaves unquantized (see
+            :class:`quantization.ptq.Int8Options` for what ORT still fuses).
         calibration_data: ``default`` (the embedded calibration split) or a folder of HR images.
         calibration: patch sampling for calibration.
         mixed_precision: rank layer sensitivity and keep the most sensitive convolutions in float.

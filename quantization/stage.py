@@ -121,8 +121,7 @@ def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_ev
 
     if recipe.qat:
         model = copy.deepcopy(loaded.model)
-        state = prepare_qat(model, iter_patches(reader.paths, scale, recipe.calibration), reduce_range=rr,
-                            quantize_add="Add" not in recipe.float_op_types)
+        state = prepare_qat(model, iter_patches(reader.paths, scale, recipe.calibration), reduce_range=rr)
         pairs = load_pairs(training_images(recipe.data), scale, LOMIRI_MAX_SIDE)
         teacher = loaded.model.eval() if recipe.train.distill_weight > 0 else None
         log = fit(model, random_patches(pairs, scale, recipe.patch), recipe.train, scale, teacher=teacher, desc="qat")
