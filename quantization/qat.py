@@ -128,7 +128,7 @@ def prepare_qat(model: nn.Module, calibration: Iterable[np.ndarray], momentum: f
 
     def quant(key: str, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         rng = state.ranges[key]
-        if rng.observe_only or (module.training and state.training_ranges):
+        if rng.observe_only or (module.training and state.training_ranges and rng.momentum < 1.0):
             rng.update(x.detach())
         return x if rng.observe_only else fake_quant_activation(x, rng)
 
