@@ -37,7 +37,7 @@ class QuantRecipe:
     """
 
     ptq_methods: tuple[str, ...] = ("minmax", "percentile", "entropy")
-    percentile: float = 99.999
+    percentile: float = 99.99
     weight_range: str = "auto"
     float_op_types: tuple[str, ...] = ()
     calibration_data: str = "default"
