@@ -80,7 +80,6 @@ def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_ev
     opts = Int8Options(reduce_range=rr, float_op_types=recipe.float_op_types)
     common = {"weights": {"bits": 7 if rr else 8, "range": "[-64, 64]" if rr else "[-127, 127]",
                           "setting": recipe.weight_range, "cpu_has_vnni": cpu_has_vnni()},
-              "float_op_types": list(recipe.float_op_types),
               "stage": "quantize", "source": {"path": str(src), "sha256": sha256_file(src)}, "arch": loaded.arch,
               "scale": scale, "config": loaded.describe()["config"], "params": loaded.describe()["params"],
               "recipe": to_dict(recipe), "fp32_quality": ref_quality}

@@ -124,7 +124,7 @@ def test_reduced_range_weights_stay_within_64(tmp_path, calib_dir):
     assert weights and max(int(abs(w.astype(int)).max()) for w in weights) <= 64
 
 
-def test_float_op_types_keep_residual_adds_float_and_convs_integer(tmp_path, calib_dir):
+def test_float_op_types_leave_the_output_add_float_and_convs_integer(tmp_path, calib_dir):
     pre = preprocess(export_onnx(tiny_edsr(2), tmp_path / "f.onnx"), tmp_path / "p.onnx")
     cache = tmp_path / "c.json"
     calibrate(pre, _reader(calib_dir), Calibration.MINMAX, cache)
