@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from compress.errors import InputError
-from compress.files import write_json_atomic, write_text_atomic
+from compress.files import read_sidecar, sidecar_path, write_json_atomic, write_text_atomic
 from compress.stages import stage_dir
 
 LIBS = ("torch", "torch-pruning", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorflow", "tf-keras",
@@ -59,8 +59,8 @@ def pareto_front(points: dict[object, tuple[float, float]], loss_tol_db: float =
 
 
 def _sidecar(path: Path) -> dict:
-    side = path.with_name(path.name + ".json")
-    return json.loads(side.read_text()) if side.is_file() else {}
+    """The artifact's sidecar, or ``{}`` for an artifact written without one."""
+    return read_sidecar(path) if sidecar_path(path).is_file() else {}
 
 
 def quality_record(run: Path, artifact: Path) -> dict:

@@ -141,7 +141,33 @@ def quantize(model: Path, out: Path, cache: Path, method: Calibration, exclude: 
             calibration_cache_path=str(cache),
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )
+        if exclude:
+            model_proto = onnx.load(str(tmp))
+            read_unquantized_inputs(model_proto.graph, set(exclude))
+            onnx.save(model_proto, str(tmp))
     return out
+
+
+def read_unquantized_inputs(graph: onnx.GraphProto, nodes: set[str]) -> None:
+    """Make the named nodes read the float tensors before their inputs' QuantizeLinear (in place).
+
+    ``quantize_static`` leaves an excluded node's weights in float but still feeds it through
+    DequantizeLinear and quantizes its output for the next node; ORT (1.2x and later, its
+    ``WeightBiasQuantization`` transformer) then quantizes the float weights itself and fuses the
+    node into ``QLinearConv``, so the node would run in INT8 after all. Reading the float tensor
+    breaks that pattern: the node really runs in float, on an input that was never rounded.
+    """
+    producer = {o: n for n in graph.node for o in n.output}
+    for node in graph.node:
+        if node.name not in nodes:
+            continue
+        for i, name in enumerate(node.input):
+            dq = producer.get(name)
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            q = producer.get(dq.input[0])
+            if q is not None and q.op_type == "QuantizeLinear":
+                node.input[i] = q.input[0]
 
 
 def range_summary(ranges: dict[str, tuple[float, float]]) -> dict[str, float]:

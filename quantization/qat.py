@@ -9,9 +9,10 @@ those get fake quantization too (:func:`output_points`); a convolution followed 
 alone there, since ORT fuses the ReLU and quantizes after it, which the next input point covers.
 
 Activation ranges come from MinMax calibration on the calibration patches and stay frozen by
-default (``momentum=1``): the trained model is then quantized by ORT with MinMax ranges from the
-same patches, so the network trains under the ranges it will run with (a moving average of batch
-ranges would drift away from them). Gradients pass straight through (Bengio et al., arXiv:1308.3432).
+default (``momentum=1``), and :func:`write_qat_ranges` hands exactly those ranges to ORT's
+``quantize_static`` for the tensors QAT simulated, so the network trains under the ranges it will run
+with (a moving average of batch ranges, or a fresh calibration of the trained model, would drift away
+from them). Gradients pass straight through (Bengio et al., arXiv:1308.3432).
 After training, :func:`strip_qat` leaves a float model whose weights were trained for INT8.
 """
 
@@ -19,8 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -100,12 +103,15 @@ class QATState:
     """Handles to undo QAT: hooks, parametrized convolutions and activation ranges.
 
     ``ranges`` is keyed ``<module>:in`` (convolution inputs) and ``<module>:out`` (see :func:`output_points`).
+    ``aliases`` maps a convolution input key to the block output key whose tensor it is (EDSR's
+    ``body.1.conv1:in`` is ``body.0:out``): one tensor, one range object, quantized once.
     """
 
     convs: list[tuple[str, nn.Conv2d]]
     ranges: dict[str, ActivationRange]
     hooks: list[torch.utils.hooks.RemovableHandle]
     training_ranges: bool = True
+    aliases: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def prepare_qat(model: nn.Module, calibration: Iterable[np.ndarray], momentum: float = 1.0,
@@ -125,6 +131,7 @@ def prepare_qat(model: nn.Module, calibration: Iterable[np.ndarray], momentum: f
     ranges = {f"{n}:{side}": ActivationRange(momentum=momentum, observe_only=True)
               for side, mods in (("in", convs), ("out", outs)) for n, _ in mods}
     state = QATState(convs=convs, ranges=ranges, hooks=[])
+    produced: dict[int, tuple[str, torch.Tensor]] = {}  # block outputs of the current calibration batch
 
     def quant(key: str, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         rng = state.ranges[key]
@@ -133,10 +140,20 @@ def prepare_qat(model: nn.Module, calibration: Iterable[np.ndarray], momentum: f
         return x if rng.observe_only else fake_quant_activation(x, rng)
 
     def pre_hook(key: str):  # noqa: ANN202
-        return lambda module, args: (quant(key, module, args[0]), *args[1:])
+        def hook(module: nn.Module, args: tuple) -> tuple:
+            if state.ranges[key].observe_only and id(args[0]) in produced:
+                state.aliases[key] = produced[id(args[0])][0]
+            if key in state.aliases and not state.ranges[key].observe_only:
+                return args  # the producing block's output hook quantized this tensor
+            return (quant(key, module, args[0]), *args[1:])
+        return hook
 
     def post_hook(key: str):  # noqa: ANN202
-        return lambda module, args, output: quant(key, module, output)
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+            if state.ranges[key].observe_only and not isinstance(module, nn.Conv2d):
+                produced[id(output)] = (key, output)  # the reference keeps the id unique in this batch
+            return quant(key, module, output)
+        return hook
 
     for name, conv in convs:
         state.hooks.append(conv.register_forward_pre_hook(pre_hook(f"{name}:in")))
@@ -145,7 +162,11 @@ def prepare_qat(model: nn.Module, calibration: Iterable[np.ndarray], momentum: f
     model.eval()
     with torch.no_grad():
         for batch in calibration:
+            produced.clear()
             model(torch.from_numpy(batch))
+    produced.clear()
+    for key, source in state.aliases.items():
+        ranges[key] = ranges[source]
     for rng in ranges.values():
         rng.observe_only = False
     for _, conv in convs:
@@ -161,3 +182,71 @@ def strip_qat(state: QATState) -> None:
         if parametrize.is_parametrized(conv, "weight"):
             parametrize.remove_parametrizations(conv, "weight", leave_parametrized=False)
     state.hooks.clear()
+
+
+def _tensor_keys(state: QATState, model: Path) -> dict[str, str]:
+    """QAT range key -> the ONNX tensor it quantizes, found through each convolution's weight name."""
+    convs = {n.input[1]: n for n in onnx.load(str(model), load_external_data=False).graph.node if n.op_type == "Conv"}
+    keys: dict[str, str] = {}
+    for name, _ in state.convs:
+        node = convs.get(f"{name}.weight")
+        if node is None:
+            raise ValueError(f"{model}: no Conv node with weight {name}.weight (QAT ranges cannot be mapped)")
+        keys[f"{name}:in"] = node.input[0]
+        if f"{name}:out" in state.ranges:
+            keys[f"{name}:out"] = node.output[0]
+    for key, source in state.aliases.items():
+        keys[source] = keys[key]
+    return keys
+
+
+def load_qat_ranges(state: QATState, model: Path, cache: Path) -> int:
+    """Replace QAT's MinMax ranges with those of an ORT calibration cache (e.g. Percentile).
+
+    Args:
+        state: from :func:`prepare_qat`, before training.
+        model: the pre-processed FP32 ONNX model the cache was calibrated on.
+        cache: calibration cache written by :func:`quantization.ptq.calibrate`.
+
+    Returns:
+        The number of range keys taken from the cache (the others keep their MinMax range).
+    """
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    data = load_tensors_data(cache)
+    loaded = 0
+    for key, tensor in _tensor_keys(state, model).items():
+        if tensor in data:
+            lo, hi = (float(np.asarray(v).reshape(-1)[0]) for v in data[tensor].range_value)
+            state.ranges[key].lo, state.ranges[key].hi = min(lo, 0.0), max(hi, 0.0)
+            loaded += 1
+    return loaded
+
+
+def write_qat_ranges(state: QATState, model: Path, cache: Path) -> int:
+    """Overwrite ORT calibration ranges in ``cache`` with the ranges QAT trained under.
+
+    Each convolution of ``state`` is found in the ONNX ``model`` by its weight initializer
+    (``<module>.weight``, as the exporter names it); its input tensor takes the ``<module>:in`` range
+    and its output tensor the ``<module>:out`` range where QAT simulated one. A block output is the
+    input of the convolution it aliases. Tensors QAT did not simulate keep the cache's calibrated range.
+
+    Args:
+        state: QAT state after training (ranges kept after :func:`strip_qat`).
+        model: the pre-processed FP32 ONNX model that ``quantize_static`` will read.
+        cache: calibration cache written by :func:`quantization.ptq.calibrate` for ``model``; rewritten.
+
+    Returns:
+        The number of tensors whose range now comes from QAT.
+    """
+    from onnxruntime.quantization.calibrate import TensorData, load_tensors_data, save_tensors_data
+
+    data = load_tensors_data(cache)
+    written = set()
+    for key, tensor in _tensor_keys(state, model).items():
+        if tensor in data:
+            rng = state.ranges[key]
+            data[tensor] = TensorData(lowest=np.float32(rng.lo), highest=np.float32(rng.hi))
+            written.add(tensor)
+    save_tensors_data(data, cache)
+    return len(written)

@@ -8,7 +8,7 @@ from compress.data import PatchConfig
 from compress.train import TrainConfig
 from quantization.calibration import CalibrationConfig
 from export.tflite_stage import TFLiteQATConfig
-from quantization.ptq import Calibration, Int8Options
+from quantization.ptq import Calibration, Int8Options, reduce_weight_range
 
 METHODS = tuple(c.value for c in Calibration)
 
@@ -30,6 +30,7 @@ class QuantRecipe:
         budget_db: mixed precision stops once INT8 is within this of FP32 (on the calibration images).
         max_float_nodes: at most this many convolutions stay float.
         qat: run quantization-aware training too.
+        qat_calibration: the calibration method whose ranges QAT trains under and ORT then runs with.
         data: ``default`` or a folder of HR training images for QAT.
         patch: QAT patches.
         train: QAT fine-tuning (``distill_weight`` distils from the FP32 model).
@@ -46,6 +47,7 @@ class QuantRecipe:
     budget_db: float = 0.05
     max_float_nodes: int = 4
     qat: bool = True
+    qat_calibration: str = "minmax"
     data: str = "default"
     patch: PatchConfig = PatchConfig(lr_patch=32, batch_size=8)
     train: TrainConfig = TrainConfig(steps=200, lr=2e-5, lr_schedule="cosine", distill_weight=0.5)
@@ -55,8 +57,9 @@ class QuantRecipe:
         bad = [m for m in self.ptq_methods if m not in METHODS]
         if bad or not self.ptq_methods:
             raise ValueError(f"ptq_methods must be a non-empty subset of {METHODS}, got {list(self.ptq_methods)}")
-        if self.weight_range not in ("auto", "full", "reduced"):
-            raise ValueError(f"weight_range must be auto, full or reduced, got {self.weight_range!r}")
+        reduce_weight_range(self.weight_range)  # validates the setting
+        if self.qat_calibration not in METHODS:
+            raise ValueError(f"qat_calibration must be one of {METHODS}, got {self.qat_calibration!r}")
         Int8Options(float_op_types=self.float_op_types)  # validates the operator types
         if not 90.0 <= self.percentile < 100.0:
             raise ValueError(f"percentile must be in [90, 100), got {self.percentile}")

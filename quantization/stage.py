@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from compress.checkpoint import LoadedModel, load_checkpoint
-from compress.data import ImagePair, list_images, load_pairs, random_patches
+from compress.data import ImagePair, list_images, load_pair, load_pairs, random_patches
 from compress.default_data import LOMIRI_MAX_SIDE, split_paths
 from compress.errors import InputError
 from compress.evaluate import evaluate
@@ -23,7 +23,7 @@ from export.onnx_export import export_onnx, parity
 from quantization.calibration import PatchCalibrationReader, iter_patches
 from quantization.ptq import (Calibration, Int8Options, calibrate, cpu_has_vnni, kernel_report, preprocess, quantize,
                               range_summary, reduce_weight_range)
-from quantization.qat import prepare_qat, strip_qat
+from quantization.qat import load_qat_ranges, prepare_qat, strip_qat, write_qat_ranges
 from quantization.recipe import QuantRecipe
 from quantization.sensitivity import choose_float_nodes, rank_sensitivity
 
@@ -53,13 +53,16 @@ def _calibration_paths(recipe: QuantRecipe) -> list[Path]:
     return split_paths("calibration") if recipe.calibration_data == "default" else list_images(recipe.calibration_data)
 
 
-def _centre_crops(pairs: list[ImagePair], scale: int) -> list[ImagePair]:
+def _centre_crops(paths: list[Path], scale: int) -> list[ImagePair]:
+    """Centre crops of each calibration image, decoded one at a time (only the crops are kept)."""
     out = []
-    for p in pairs:
+    for path in paths:
+        p = load_pair(path, scale)
         h, w = p.lr.shape[:2]
         s = min(SCORE_CROP, h, w)
         y, x = (h - s) // 2, (w - s) // 2
-        out.append(ImagePair(p.name, p.hr[y * scale:(y + s) * scale, x * scale:(x + s) * scale], p.lr[y:y + s, x:x + s]))
+        out.append(ImagePair(p.name, p.hr[y * scale:(y + s) * scale, x * scale:(x + s) * scale].copy(),
+                             p.lr[y:y + s, x:x + s].copy()))
     return out
 
 
@@ -74,7 +77,7 @@ def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_ev
     reader = PatchCalibrationReader(_calibration_paths(recipe), scale, recipe.calibration)
     sets = eval_sets(scale, extra_eval)
     ref_quality = quality(ort_upscaler(fp32), sets, scale)
-    score_pairs = _centre_crops(load_pairs(_calibration_paths(recipe), scale), scale)
+    score_pairs = _centre_crops(reader.paths, scale)
     score = lambda path: evaluate(ort_upscaler(path), score_pairs, scale).psnr_y_db  # noqa: E731
     rr = reduce_weight_range(recipe.weight_range)
     opts = Int8Options(reduce_range=rr, float_op_types=recipe.float_op_types)
@@ -121,16 +124,24 @@ def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_ev
     if recipe.qat:
         model = copy.deepcopy(loaded.model)
         state = prepare_qat(model, iter_patches(reader.paths, scale, recipe.calibration), reduce_range=rr)
+        qat_method = Calibration(recipe.qat_calibration)
+        if qat_method is not Calibration.MINMAX:  # train under the ranges of the chosen calibration
+            if recipe.qat_calibration not in caches:
+                caches[recipe.qat_calibration] = out_dir / f"calibration_{recipe.qat_calibration}.json"
+                calibrate(pre, reader, qat_method, caches[recipe.qat_calibration], recipe.percentile)
+            load_qat_ranges(state, pre, caches[recipe.qat_calibration])
         pairs = load_pairs(training_images(recipe.data), scale, LOMIRI_MAX_SIDE)
         teacher = loaded.model.eval() if recipe.train.distill_weight > 0 else None
         log = fit(model, random_patches(pairs, scale, recipe.patch), recipe.train, scale, teacher=teacher, desc="qat")
         strip_qat(state)
         qat_fp32 = export_onnx(model, out_dir / "model_qat_fp32.onnx")
         qat_pre = preprocess(qat_fp32, out_dir / "model_qat_fp32_pre.onnx")
-        cache = out_dir / "calibration_qat_minmax.json"
-        calibrate(qat_pre, reader, Calibration.MINMAX, cache)
-        path = quantize(qat_pre, out_dir / "model_int8_qat.onnx", cache, Calibration.MINMAX, options=opts)
-        finish(path, {"method": "qat", "calibration": {"method": "minmax", "samples": reader.count},
+        cache = out_dir / "calibration_qat.json"
+        calibrate(qat_pre, reader, qat_method, cache, recipe.percentile)  # tensors QAT did not simulate
+        trained = write_qat_ranges(state, qat_pre, cache)
+        path = quantize(qat_pre, out_dir / "model_int8_qat.onnx", cache, qat_method, options=opts)
+        finish(path, {"method": "qat", "calibration": {"method": recipe.qat_calibration, "samples": reader.count,
+                                                        "tensors_with_qat_ranges": trained},
                       "excluded_nodes": [], "qat_seconds": round(log.seconds, 1), "qat_loss": log.loss[-5:]})
     if recipe.tflite_qat.enabled:
         from export.tflite_stage import tfmot_qat_tflite

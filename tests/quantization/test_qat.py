@@ -66,3 +66,72 @@ def test_ranges_frozen_by_default_and_follow_ema_when_asked():
         after = {k: (r.lo, r.hi) for k, r in state.ranges.items()}
         assert (before == after) is frozen
         assert any(k.endswith(":out") for k in state.ranges) and any(k.endswith(":in") for k in state.ranges)
+
+
+
+class _OneBatchReader:
+    """ORT calibration reader over a fixed list of batches."""
+
+    def __init__(self, batches: list[np.ndarray]) -> None:
+        self.batches = batches
+        self.rewind()
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._it, None)
+        return None if batch is None else {"lr": batch}
+
+    def rewind(self) -> None:
+        self._it = iter(self.batches)
+
+
+def test_write_qat_ranges_puts_trained_ranges_in_ort_cache(tmp_path):
+    import onnx
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    from export.onnx_export import export_onnx
+    from quantization.ptq import Calibration, calibrate, preprocess
+    from quantization.qat import _tensor_keys, write_qat_ranges
+
+    model = tiny_edsr(2)
+    x = torch.rand(1, 3, 12, 12)
+    state = prepare_qat(model, [x.numpy()])
+    state.ranges["conv_first:in"].hi = 7.5  # a range no calibration of this model would give
+    strip_qat(state)
+    pre = preprocess(export_onnx(model, tmp_path / "m.onnx"), tmp_path / "pre.onnx")
+    cache = tmp_path / "cache.json"
+    calibrate(pre, _OneBatchReader([x.numpy()]), Calibration.MINMAX, cache)
+    written = write_qat_ranges(state, pre, cache)
+
+    convs = {n.input[1]: n for n in onnx.load(str(pre)).graph.node if n.op_type == "Conv"}
+    data = load_tensors_data(cache)
+    hi = lambda tensor: float(np.asarray(data[tensor].range_value[1]))  # noqa: E731
+    assert hi(convs["conv_first.weight"].input[0]) == 7.5
+    last = state.ranges["conv_last:out"]
+    assert hi(convs["conv_last.weight"].output[0]) == np.float32(last.hi)
+    assert written == len(set(_tensor_keys(state, pre).values()))
+
+
+def test_block_outputs_alias_the_next_convolution_input():
+    model = tiny_edsr(2)
+    state = prepare_qat(model, [torch.rand(1, 3, 12, 12).numpy()])
+    assert state.aliases["body.1.conv1:in"] == "body.0:out"
+    assert state.ranges["body.1.conv1:in"] is state.ranges["body.0:out"]
+    assert "body.0.conv2:in" not in state.aliases  # a ReLU output, not a block output
+
+
+def test_load_qat_ranges_from_a_percentile_cache(tmp_path):
+    from export.onnx_export import export_onnx
+    from quantization.ptq import Calibration, calibrate, preprocess
+    from quantization.qat import _tensor_keys, load_qat_ranges
+
+    model = tiny_edsr(2)
+    x = torch.rand(4, 3, 16, 16) * 2
+    pre = preprocess(export_onnx(model, tmp_path / "m.onnx"), tmp_path / "pre.onnx")
+    cache = tmp_path / "cache.json"
+    calibrate(pre, _OneBatchReader([b[None].numpy() for b in x]), Calibration.PERCENTILE, cache, 90.0)
+    state = prepare_qat(model, [b[None].numpy() for b in x])
+    minmax = {k: (r.lo, r.hi) for k, r in state.ranges.items()}
+    assert load_qat_ranges(state, pre, cache) == len(_tensor_keys(state, pre))
+    narrower = [k for k, r in state.ranges.items() if r.hi - r.lo < minmax[k][1] - minmax[k][0] - 1e-6]
+    assert "conv_first:in" in narrower  # a 90th percentile clips the input range
+    assert all(r.lo <= 0 <= r.hi for r in state.ranges.values())

@@ -18,6 +18,7 @@ def test_quantize_stage_ptq_mixed_qat(tmp_path, image_dir):
     recipe = from_mapping(QuantRecipe, {
         "ptq_methods": ["minmax", "percentile"], "calibration": {"lr_patch": 16, "patches_per_image": 2},
         "calibration_data": str(image_dir), "data": str(image_dir), "budget_db": 0.0, "max_float_nodes": 1,
+        "qat_calibration": "percentile",
         "patch": {"lr_patch": 16, "batch_size": 2}, "train": {"steps": 3, "lr": 1e-5},
         "tflite_qat": {"enabled": True, "steps": 2, "patch": {"lr_patch": 16, "batch_size": 2}},
     })
@@ -31,6 +32,8 @@ def test_quantize_stage_ptq_mixed_qat(tmp_path, image_dir):
     mixed = read_sidecar(out / "model_int8_mixed.onnx")
     assert len(mixed["excluded_nodes"]) <= 1 and mixed["kernels"]["float_convs"] == len(mixed["excluded_nodes"])
     assert read_sidecar(out / "model_int8_percentile.onnx")["calibration"]["percentile"] == 99.99
+    qat = read_sidecar(out / "model_int8_qat.onnx")["calibration"]
+    assert qat["method"] == "percentile" and qat["tensors_with_qat_ranges"] > 0
     tfl = read_sidecar(out / "model_int8_tfmot_qat.tflite")
     assert tfl["method"] == "tfmot-qat" and "CONV_2D:int8" in tfl["op_input_dtypes"]
 
@@ -47,3 +50,5 @@ def test_recipe_validation_and_shipped_recipe():
         from_mapping(QuantRecipe, {"ptq_methods": ["kl"]})
     with pytest.raises(InputError, match=r"percentile must be in \[90, 100\)"):
         from_mapping(QuantRecipe, {"percentile": 100.0})
+    with pytest.raises(InputError, match=r"qat_calibration must be one of"):
+        from_mapping(QuantRecipe, {"qat_calibration": "mse"})
