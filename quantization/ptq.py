@@ -155,7 +155,10 @@ def read_unquantized_inputs(graph: onnx.GraphProto, nodes: set[str]) -> None:
     DequantizeLinear and quantizes its output for the next node; ORT (1.2x and later, its
     ``WeightBiasQuantization`` transformer) then quantizes the float weights itself and fuses the
     node into ``QLinearConv``, so the node would run in INT8 after all. Reading the float tensor
-    breaks that pattern: the node really runs in float, on an input that was never rounded.
+    breaks that pattern: the node really runs in float, on an input that was never rounded. The
+    cost: the producer of that tensor now also hands it to a float consumer, so ORT cannot fuse the
+    producer either (a leading Conv+ReLU stays float too). :func:`kernel_report` lists both, and
+    the sensitivity scores measure exactly this graph.
     """
     producer = {o: n for n in graph.node for o in n.output}
     for node in graph.node:

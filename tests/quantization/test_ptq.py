@@ -99,7 +99,8 @@ def test_sensitivity_ranking_is_deterministic_and_mixed_precision_excludes(tmp_p
     chosen, trace = choose_float_nodes(pre, cache, Calibration.MINMAX, score, rank1, target_db=1e9, max_nodes=2)
     assert len(chosen) == min(2, sum(r.gain_db > 0 for r in rank1)) and trace[0][0] == 0
     q = quantize(pre, tmp_path / "m.onnx", cache, Calibration.MINMAX, chosen)
-    assert kernel_report(q)["float_convs"] == len(chosen)
+    report = kernel_report(q)
+    assert all(f"Conv:{n}" in report["float_nodes"] for n in chosen) and report["float_convs"] >= len(chosen)
 
 
 def test_vnni_detection_and_weight_range():
@@ -136,3 +137,16 @@ def test_float_op_types_leave_the_output_add_float_and_convs_integer(tmp_path, c
                                                                            Calibration.MINMAX))["float_nodes"])
     with pytest.raises(ValueError, match="float_op_types must be a subset"):
         Int8Options(float_op_types=("Conv",))
+
+
+def test_excluded_middle_convolution_really_runs_in_float(tmp_path, calib_dir):
+    # ORT would quantize an excluded node's float weights itself and fuse it between its DQ input and
+    # Q output; quantize() makes it read the unquantized tensor instead.
+    pre = preprocess(export_onnx(tiny_edsr(2), tmp_path / "f.onnx"), tmp_path / "p.onnx")
+    cache = tmp_path / "c.json"
+    calibrate(pre, _reader(calib_dir), Calibration.MINMAX, cache)
+    middle = conv_nodes(pre)[2]
+    report = kernel_report(quantize(pre, tmp_path / "q.onnx", cache, Calibration.MINMAX, [middle]))
+    assert f"Conv:{middle}" in report["float_nodes"]
+    # its producer (a Conv+ReLU) now hands a float tensor to it and cannot fuse either; no other node changes
+    assert report["float_convs"] == 2 and report["integer_convs"] == len(conv_nodes(pre)) - 2
