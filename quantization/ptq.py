@@ -122,8 +122,13 @@ def calibrate(model: Path, reader: PatchCalibrationReader, method: Calibration, 
             ranges = calibrator.compute_data()
         del calibrator
     save_tensors_data(ranges, cache)
-    return {name: (float(np.asarray(td.range_value[0]).min()), float(np.asarray(td.range_value[1]).max()))
-            for name, td in ranges.data.items()}
+    return {name: tensor_range(td) for name, td in ranges.data.items()}
+
+
+def tensor_range(td: object) -> tuple[float, float]:
+    """(low, high) of one calibration-cache entry (an ORT ``TensorData``) as floats."""
+    lo, hi = td.range_value
+    return float(np.asarray(lo).min()), float(np.asarray(hi).max())
 
 
 def quantize(model: Path, out: Path, cache: Path, method: Calibration, exclude: list[str] | None = None,

@@ -28,6 +28,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from quantization.ptq import tensor_range
+
 
 class PerChannelWeightFakeQuant(nn.Module):
     """Weight parametrization: symmetric per-output-channel INT8 in [-qmax, qmax].
@@ -217,7 +219,7 @@ def load_qat_ranges(state: QATState, model: Path, cache: Path) -> int:
     loaded = 0
     for key, tensor in _tensor_keys(state, model).items():
         if tensor in data:
-            lo, hi = (float(np.asarray(v).reshape(-1)[0]) for v in data[tensor].range_value)
+            lo, hi = tensor_range(data[tensor])
             state.ranges[key].lo, state.ranges[key].hi = min(lo, 0.0), max(hi, 0.0)
             loaded += 1
     return loaded
