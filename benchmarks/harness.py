@@ -66,9 +66,10 @@ def discover(run: Path) -> list[tuple[Path, str]]:
     model = stage_dir(run, "model") / "model.safetensors"
     if model.is_file():
         found.append((model, "pytorch"))
-    export = stage_dir(run, "export") / "model_fp32.onnx"
-    if export.is_file():
-        found.append((export, "ort"))
+    for name in ("model_fp32.onnx", "model_fp32_plain.onnx"):
+        export = stage_dir(run, "export") / name
+        if export.is_file():
+            found.append((export, "ort"))
     found += [(p, "ort") for p in sorted(stage_dir(run, "prune").glob("*/model.onnx"))]
     found += [(p, "ort") for p in sorted(stage_dir(run, "quantize").glob("*/model_int8_*.onnx"))]
     found += [(p, "tflite") for p in sorted(stage_dir(run, "quantize").glob("*/*.tflite"))]

@@ -68,7 +68,7 @@ def quality_record(run: Path, artifact: Path) -> dict:
     side = _sidecar(artifact)
     if "quality" in side:
         return side
-    if artifact.name == "model_fp32.onnx" or artifact.name == "model.onnx":
+    if artifact.name in ("model_fp32.onnx", "model_fp32_plain.onnx", "model.onnx"):
         twin = artifact.parent / "model.safetensors" if artifact.name == "model.onnx" else \
             stage_dir(run, "model") / "model.safetensors"
         return _sidecar(twin)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from compress.files import atomic_path
+from export.onnx_tail import rewrite_narrow_tail
 
 OPSET = 18
 INPUT_NAME = "lr"
@@ -46,13 +47,16 @@ def parity(reference: np.ndarray, candidate: np.ndarray) -> Parity:
     )
 
 
-def export_onnx(model: nn.Module, path: str | Path, sample: torch.Tensor | None = None) -> Path:
+def export_onnx(model: nn.Module, path: str | Path, sample: torch.Tensor | None = None,
+                narrow_tail: bool = True) -> Path:
     """Export a canonical model to ONNX with dynamic H and W, written atomically and checked.
 
     Args:
         model: canonical model (NCHW RGB in [0, 1]).
         path: output ``.onnx`` file.
         sample: example LR input (default 1x3x64x64).
+        narrow_tail: apply the exact output-convolution rewrites of :mod:`export.onnx_tail`
+            (recorded in the file's metadata); ``False`` writes the graph as PyTorch exports it.
     """
     model = model.eval().cpu()
     sample = sample if sample is not None else torch.rand(1, 3, 64, 64)
@@ -69,6 +73,10 @@ def export_onnx(model: nn.Module, path: str | Path, sample: torch.Tensor | None 
             verbose=False,
         )
         program.save(str(tmp))
+        if narrow_tail:
+            proto = onnx.load(str(tmp))
+            if rewrite_narrow_tail(proto):
+                onnx.save(proto, str(tmp))
         onnx.checker.check_model(str(tmp), full_check=True)
     return Path(path)
 
@@ -83,7 +91,8 @@ def onnx_op_counts(path: str | Path) -> dict[str, int]:
 MIN_PARITY_DB = 60.0  # FP32 ONNX must match PyTorch to ~1e-3 of full range
 
 
-def export_checked(model: nn.Module, path: str | Path, probe: torch.Tensor) -> tuple[Path, Parity]:
+def export_checked(model: nn.Module, path: str | Path, probe: torch.Tensor,
+                   narrow_tail: bool = True) -> tuple[Path, Parity]:
     """Export ``model`` to ONNX, run the file in ONNX Runtime on ``probe`` and compare with PyTorch.
 
     Raises:
@@ -91,7 +100,7 @@ def export_checked(model: nn.Module, path: str | Path, probe: torch.Tensor) -> t
     """
     from compress.runtimes import ort_upscaler
 
-    out = export_onnx(model, path)
+    out = export_onnx(model, path, narrow_tail=narrow_tail)
     with torch.inference_mode():
         ref = model.eval()(probe).numpy()
     par = parity(ref, ort_upscaler(out)(probe.numpy()))

@@ -25,6 +25,7 @@ from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_d
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from compress.files import atomic_path
+from export.onnx_tail import range_aliases
 from quantization.calibration import PatchCalibrationReader
 
 # Operators quantized when present: convolution and the data movement around it.
@@ -110,10 +111,14 @@ def preprocess(fp32: Path, out: Path) -> Path:
 
 def calibrate(model: Path, reader: PatchCalibrationReader, method: Calibration, cache: Path,
               percentile: float = 99.999) -> dict[str, tuple[float, float]]:
-    """Run one calibrator over the reader and write ORT's calibration cache; returns the ranges."""
+    """Run one calibrator over the reader and write ORT's calibration cache; returns the ranges.
+
+    A convolution output that a channel ``Slice`` trims (:mod:`export.onnx_tail`) takes the range of
+    the Slice output, so padded zero channels do not move the statistic.
+    """
     with tempfile.TemporaryDirectory(prefix="calib.") as tmp:
         calibrator = create_calibrator(
-            model, list(QUANT_OPS), augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+            model, list(QUANT_OPS) + ["Slice"], augmented_model_path=str(Path(tmp) / "augmented.onnx"),
             calibrate_method=method.ort, extra_options=method.calibrator_options(percentile),
         )
         reader.rewind()
@@ -121,6 +126,9 @@ def calibrate(model: Path, reader: PatchCalibrationReader, method: Calibration, 
             calibrator.collect_data(reader)
             ranges = calibrator.compute_data()
         del calibrator
+    for padded, sliced in range_aliases(onnx.load(str(model)).graph).items():
+        if padded in ranges and sliced in ranges:
+            ranges[padded] = ranges[sliced]
     save_tensors_data(ranges, cache)
     return {name: tensor_range(td) for name, td in ranges.data.items()}
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from compress.checkpoint import LoadedModel, load_checkpoint
 from compress.data import ImagePair, list_images, load_pair, load_pairs, random_patches
@@ -20,6 +21,7 @@ from compress.stages import eval_sets, quality, stage_dir
 from compress.train import fit
 from compress.trainer import training_images
 from export.onnx_export import export_onnx, parity
+from export.onnx_tail import recorded_rewrites
 from quantization.calibration import PatchCalibrationReader, iter_patches
 from quantization.ptq import (Calibration, Int8Options, calibrate, cpu_has_vnni, kernel_report, preprocess, quantize,
                               range_summary, reduce_weight_range)
@@ -85,7 +87,8 @@ def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_ev
                           "setting": recipe.weight_range, "cpu_has_vnni": cpu_has_vnni()},
               "stage": "quantize", "source": {"path": str(src), "sha256": sha256_file(src)}, "arch": loaded.arch,
               "scale": scale, "config": loaded.describe()["config"], "params": loaded.describe()["params"],
-              "recipe": to_dict(recipe), "fp32_quality": ref_quality}
+              "recipe": to_dict(recipe), "fp32_quality": ref_quality,
+              "tail_rewrites": recorded_rewrites(onnx.load(str(fp32)))}
     sample = next(iter_patches(reader.paths, scale, recipe.calibration))
     fp32_out = ort_upscaler(fp32)(sample)
     results: dict[str, dict] = {}
