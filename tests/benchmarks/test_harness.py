@@ -23,9 +23,10 @@ def test_harness_on_tiny_model(tmp_path):
     run = tmp_path / "run"
     stage_model(str(src), None, run)
     stage_export(run, tflite=False)
-    assert [r for _, r in discover(run)] == ["pytorch", "ort"]
+    assert [(a.name, r) for a, r in discover(run)] == [
+        ("model.safetensors", "pytorch"), ("model_fp32.onnx", "ort"), ("model_fp32_plain.onnx", "ort")]
     out = run_bench(run, 2, BenchConfig(sizes=((32, 32), (48, 40)), runs=2, gpu=False))
     data = json.loads(out.read_text())
-    assert len(data["results"]) == 4 and all("error" not in r for r in data["results"])
+    assert len(data["results"]) == 6 and all("error" not in r for r in data["results"])
     row = data["results"][-1]
     assert row["lr_size"] == [48, 40] and row["out_size"] == [96, 80] and row["p50_ms"] > 0 and row["peak_rss_mb"] > 0

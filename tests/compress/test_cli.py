@@ -68,6 +68,8 @@ def test_model_then_export_stage(tmp_path, capsys, image_dir):
     assert code == 0, err
     onnx_side = read_sidecar(run / "30-export" / "model_fp32.onnx")
     assert onnx_side["parity_vs_pytorch"]["max_abs_diff"] < 1e-4
+    assert [r["kind"] for r in onnx_side["tail_rewrites"]] == ["subpixel"]
+    assert read_sidecar(run / "30-export" / "model_fp32_plain.onnx")["tail_rewrites"] == []
     assert onnx_side["source"]["sha256"] == side["sha256"]
     for kind in ("fp32", "fp16", "dynamic_int8", "int8"):
         tfl = read_sidecar(run / "30-export" / f"model_{kind}.tflite")
@@ -80,8 +82,9 @@ def test_model_then_export_stage(tmp_path, capsys, image_dir):
     rows = {r["artifact"]: r for r in json.loads(out)["rows"]}
     assert rows["00-model/model.safetensors"]["db_lost"] == 0.0
     assert abs(rows["30-export/model_fp32.onnx"]["db_lost"]) < 1e-3
+    assert abs(rows["30-export/model_fp32_plain.onnx"]["db_lost"]) < 1e-3
     assert abs(rows["30-export/model_fp32.tflite"]["db_lost"]) < 1e-3
-    assert len(rows) == 6  # PyTorch, ONNX, four TFLite variants
+    assert len(rows) == 7  # PyTorch, ONNX (output conv rewritten, and plain), four TFLite variants
 
 
 def test_eval_needs_model_or_run(tmp_path, capsys):
