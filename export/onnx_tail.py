@@ -102,9 +102,35 @@ def _padded(array: np.ndarray, rows: int) -> np.ndarray:
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class _Index:
+    """Lookups over one graph: initializers, the node producing each tensor, how often each is read."""
+
+    inits: dict[str, onnx.TensorProto]
+    producer: dict[str, onnx.NodeProto]
+    uses: dict[str, int]
+
+    @classmethod
+    def of(cls, graph: onnx.GraphProto) -> _Index:
+        uses: dict[str, int] = {}
+        for n in graph.node:
+            for name in n.input:
+                uses[name] = uses.get(name, 0) + 1
+        for o in graph.output:
+            uses[o.name] = uses.get(o.name, 0) + 1
+        return cls({t.name: t for t in graph.initializer}, {o: n for n in graph.node for o in n.output}, uses)
+
+    def array(self, name: str) -> np.ndarray | None:
+        return numpy_helper.to_array(self.inits[name]) if name in self.inits else None
+
+    def owned(self, name: str) -> bool:
+        """An initializer read by exactly one node (safe to change in place)."""
+        return name in self.inits and self.uses.get(name) == 1
+
+
 def output_convs(graph: onnx.GraphProto) -> set[str]:
     """Names of the convolutions that reach a graph output through non-convolution nodes only."""
-    producer = {o: n for n in graph.node for o in n.output}
+    producer = _Index.of(graph).producer
     found: set[str] = set()
     seen: set[str] = set()
     stack = [o.name for o in graph.output]
@@ -120,6 +146,55 @@ def output_convs(graph: onnx.GraphProto) -> set[str]:
     return found
 
 
+def _shuffle_block(node: onnx.NodeProto, weight: np.ndarray, idx: _Index) -> int:
+    """r of the CRD PixelShuffle that only ``node`` reads, when ``node`` is a plain 3x3 conv; else 1."""
+    d2s = idx.producer.get(node.input[0])
+    if (d2s is None or d2s.op_type != "DepthToSpace" or _attr(d2s, "mode", b"DCR") not in (b"CRD", "CRD")
+            or idx.uses.get(d2s.output[0]) != 1 or not _plain_3x3(node, weight)):
+        return 1
+    return int(_attr(d2s, "blocksize", 1))
+
+
+def _rewrite(g: onnx.GraphProto, node: onnx.NodeProto, idx: _Index, panel: int
+             ) -> tuple[TailRewrite, list[onnx.NodeProto], onnx.NodeProto | None] | None:
+    """Rewrite one convolution in place: (record, nodes to insert after it, node to drop), or None."""
+    weight = idx.array(node.input[1])
+    bias_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    if weight is None or weight.shape[0] >= panel or not idx.owned(node.input[1]) or (
+            bias_name is not None and not idx.owned(bias_name)):
+        return None
+    out_channels = weight.shape[0]
+    bias = idx.array(bias_name) if bias_name else np.zeros(out_channels, weight.dtype)
+    block = _shuffle_block(node, weight, idx)
+    kind = TailKind.SUBPIXEL if block >= 2 else TailKind.PADDED
+    dropped = None
+    if kind is TailKind.SUBPIXEL:
+        dropped = idx.producer[node.input[0]]
+        weight, bias = lr_kernel(weight, block), np.repeat(bias, block * block)
+        node.input[0] = dropped.input[0]
+    kept = weight.shape[0]
+    rows = -(-kept // panel) * panel
+    idx.inits[node.input[1]].CopyFrom(numpy_helper.from_array(_padded(weight, rows), node.input[1]))
+    if bias_name is None:
+        bias_name = f"{node.input[1]}_bias"
+        g.initializer.append(onnx.TensorProto())
+        idx.inits[bias_name] = g.initializer[-1]
+        del node.input[2:]
+        node.input.append(bias_name)
+    idx.inits[bias_name].CopyFrom(numpy_helper.from_array(_padded(bias, rows), bias_name))
+    y = node.output[0]
+    node.output[0] = f"{y}_padded"
+    bounds = [numpy_helper.from_array(np.array([v], np.int64), f"{y}_slice_{k}")
+              for k, v in (("start", 0), ("end", kept), ("axis", 1))]
+    g.initializer.extend(bounds)
+    sliced = y if kind is TailKind.PADDED else f"{y}_lr"
+    extra = [helper.make_node("Slice", [f"{y}_padded"] + [t.name for t in bounds], [sliced], name=f"{node.name}_slice")]
+    if kind is TailKind.SUBPIXEL:
+        extra.append(helper.make_node("DepthToSpace", [sliced], [y], blocksize=block, mode="CRD",
+                                      name=f"{node.name}_pixel_shuffle"))
+    return TailRewrite(node.name, kind, out_channels, rows, block), extra, dropped
+
+
 def rewrite_narrow_tail(model: onnx.ModelProto, panel: int = PANEL) -> list[TailRewrite]:
     """Rewrite each output convolution (:func:`output_convs`) with fewer than ``panel`` outputs, in place.
 
@@ -127,64 +202,22 @@ def rewrite_narrow_tail(model: onnx.ModelProto, panel: int = PANEL) -> list[Tail
     also recorded in the model's metadata under ``METADATA_KEY``.
     """
     g = model.graph
-    inits = {t.name: t for t in g.initializer}
-    producer = {o: n for n in g.node for o in n.output}
-    uses: dict[str, int] = {}
-    for n in g.node:
-        for name in n.input:
-            uses[name] = uses.get(name, 0) + 1
-    graph_outputs = {o.name for o in g.output}
+    idx = _Index.of(g)
     tail = output_convs(g)
     done: list[TailRewrite] = []
-    removed: set[int] = set()
+    dropped: set[int] = set()
     after: dict[int, list[onnx.NodeProto]] = {}
     for node in g.node:
-        if node.name not in tail or node.input[1] not in inits or uses.get(node.input[1]) != 1:
-            continue
-        weight = numpy_helper.to_array(inits[node.input[1]])
-        has_bias = len(node.input) > 2 and node.input[2] in inits and uses.get(node.input[2]) == 1
-        if len(node.input) > 2 and node.input[2] and not has_bias:
-            continue
-        bias = numpy_helper.to_array(inits[node.input[2]]) if has_bias else np.zeros(weight.shape[0], weight.dtype)
-        o = weight.shape[0]
-        if o >= panel:
-            continue
-        d2s = producer.get(node.input[0])
-        block = 1
-        if (d2s is not None and d2s.op_type == "DepthToSpace" and _attr(d2s, "mode", b"DCR") in (b"CRD", "CRD")
-                and uses.get(d2s.output[0]) == 1 and d2s.output[0] not in graph_outputs and _plain_3x3(node, weight)):
-            block = int(_attr(d2s, "blocksize", 1))
-        kind = TailKind.SUBPIXEL if block >= 2 else TailKind.PADDED
-        if kind is TailKind.SUBPIXEL:
-            weight, bias = lr_kernel(weight, block), np.repeat(bias, block * block)
-            node.input[0] = d2s.input[0]
-            removed.add(id(d2s))
-        kept = weight.shape[0]
-        rows = -(-kept // panel) * panel
-        inits[node.input[1]].CopyFrom(numpy_helper.from_array(_padded(weight, rows), node.input[1]))
-        bias_name = node.input[2] if has_bias else node.input[1] + "_bias"
-        if has_bias:
-            inits[bias_name].CopyFrom(numpy_helper.from_array(_padded(bias, rows), bias_name))
-        else:
-            g.initializer.append(numpy_helper.from_array(_padded(bias, rows), bias_name))
-            del node.input[2:]
-            node.input.append(bias_name)
-        y = node.output[0]
-        node.output[0] = f"{y}_padded"
-        stops = [numpy_helper.from_array(np.array([v], np.int64), f"{y}_slice_{k}")
-                 for k, v in (("start", 0), ("end", kept), ("axis", 1))]
-        g.initializer.extend(stops)
-        sliced = y if kind is TailKind.PADDED else f"{y}_lr"
-        extra = [helper.make_node("Slice", [f"{y}_padded"] + [t.name for t in stops], [sliced], name=f"{node.name}_slice")]
-        if kind is TailKind.SUBPIXEL:
-            extra.append(helper.make_node("DepthToSpace", [sliced], [y], blocksize=block, mode="CRD",
-                                          name=f"{node.name}_pixel_shuffle"))
-        after[id(node)] = extra
-        done.append(TailRewrite(node.name, kind, o, rows, block))
+        result = _rewrite(g, node, idx, panel) if node.name in tail else None
+        if result is not None:
+            record, after[id(node)], drop = result
+            done.append(record)
+            if drop is not None:
+                dropped.add(id(drop))
     if done:
         nodes = []
         for n in g.node:
-            if id(n) not in removed:
+            if id(n) not in dropped:
                 nodes.append(n)
                 nodes.extend(after.get(id(n), []))
         del g.node[:]
@@ -209,21 +242,14 @@ def range_aliases(graph: onnx.GraphProto) -> dict[str, str]:
     The Slice keeps exactly the real channels, so its output's calibration range is the range the
     padded tensor should be quantized with (zeros would shift a Percentile or Entropy statistic).
     """
-    inits = {t.name: t for t in graph.initializer}
-    producer = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, int] = {}
-    for n in graph.node:
-        for name in n.input:
-            consumers[name] = consumers.get(name, 0) + 1
-
-    def const(name: str) -> list[int] | None:
-        return numpy_helper.to_array(inits[name]).tolist() if name in inits else None
-
+    idx = _Index.of(graph)
     out = {}
     for n in graph.node:
-        if n.op_type != "Slice" or len(n.input) < 4 or consumers.get(n.input[0]) != 1:
+        if n.op_type != "Slice" or len(n.input) < 4 or idx.uses.get(n.input[0]) != 1:
             continue
-        src = producer.get(n.input[0])
-        if src is not None and src.op_type == "Conv" and const(n.input[1]) == [0] and const(n.input[3]) == [1]:
+        src = idx.producer.get(n.input[0])
+        start, axis = idx.array(n.input[1]), idx.array(n.input[3])
+        if (src is not None and src.op_type == "Conv" and start is not None and axis is not None
+                and start.tolist() == [0] and axis.tolist() == [1]):
             out[n.input[0]] = n.output[0]
     return out

@@ -66,3 +66,37 @@ def test_calibration_range_of_a_padded_output_is_the_sliced_range(tmp_path):
     ranges = calibrate(pre, reader, Calibration.PERCENTILE, tmp_path / "cache.json", percentile=99.0)
     ((padded, sliced),) = aliases.items()
     assert ranges[padded] == ranges[sliced]
+
+
+def _graph(bias: bool, shuffle_is_output: bool) -> onnx.ModelProto:
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    inits = [numpy_helper.from_array(rng.standard_normal((3, 2, 3, 3)).astype(np.float32), "w")]
+    if bias:
+        inits.append(numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), "b"))
+    nodes = [helper.make_node("DepthToSpace", ["x"], ["hr"], blocksize=2, mode="CRD", name="d2s"),
+             helper.make_node("Conv", ["hr", "w"] + (["b"] if bias else []), ["y"], pads=[1, 1, 1, 1], name="conv")]
+    outs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 10, 12])]
+    if shuffle_is_output:
+        outs.append(helper.make_tensor_value_info("hr", TensorProto.FLOAT, [1, 2, 10, 12]))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 5, 6])], outs, inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.mark.parametrize(("bias", "shuffle_is_output", "kind"), [
+    (True, False, TailKind.SUBPIXEL), (False, False, TailKind.SUBPIXEL), (True, True, TailKind.PADDED)])
+def test_rewrite_on_hand_built_graphs(bias, shuffle_is_output, kind):
+    import onnxruntime as ort
+
+    from export.onnx_tail import rewrite_narrow_tail
+
+    model = _graph(bias, shuffle_is_output)
+    x = np.random.default_rng(2).random((1, 8, 5, 6), dtype=np.float32)
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})  # noqa: E731
+    ref = run(model)
+    (rec,) = rewrite_narrow_tail(model)
+    onnx.checker.check_model(model, full_check=True)
+    assert rec.kind is kind and rec.padded_channels == 16
+    for a, b in zip(ref, run(model)):
+        np.testing.assert_allclose(b, a, atol=1e-5)
