@@ -16,8 +16,8 @@ float rounding), so they are applied to the output convolution of every exported
 * ``PADDED``: zero filters pad any other narrow output convolution (RRDB's and SRCNN's last one) to
   16 outputs; a ``Slice`` drops them.
 
-A sliced convolution output's calibration range is the range of the ``Slice`` output (the padded
-zeros carry no information): :func:`range_aliases` names those pairs for the calibration step.
+The padded convolution output, its ``Slice`` and the tail's PixelShuffle hold the same values and
+share one quantization range (:func:`tied_tensors`), taken from the ``Slice`` output.
 """
 
 from __future__ import annotations
@@ -236,20 +236,32 @@ def recorded_rewrites(model: onnx.ModelProto) -> list[dict[str, object]]:
     return []
 
 
-def range_aliases(graph: onnx.GraphProto) -> dict[str, str]:
-    """{convolution output: Slice output} for each channel-sliced convolution output of ``graph``.
+def tied_tensors(graph: onnx.GraphProto) -> list[tuple[str, ...]]:
+    """(sliced, padded[, shuffled]) for each channel-sliced convolution output of ``graph``.
 
-    The Slice keeps exactly the real channels, so its output's calibration range is the range the
-    padded tensor should be quantized with (zeros would shift a Percentile or Entropy statistic).
+    The tensors of one tuple hold the same values (the Slice drops only zero channels, the tail's
+    DepthToSpace only moves values), so they must share one quantization range: otherwise the INT8
+    graph would requantize the image between them. The first, the Slice output, holds exactly the
+    real values, so its calibration range is the one to share (padded zeros would shift a Percentile
+    or Entropy statistic).
     """
     idx = _Index.of(graph)
-    out = {}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n)
+    out = []
     for n in graph.node:
         if n.op_type != "Slice" or len(n.input) < 4 or idx.uses.get(n.input[0]) != 1:
             continue
         src = idx.producer.get(n.input[0])
         start, axis = idx.array(n.input[1]), idx.array(n.input[3])
-        if (src is not None and src.op_type == "Conv" and start is not None and axis is not None
-                and start.tolist() == [0] and axis.tolist() == [1]):
-            out[n.input[0]] = n.output[0]
+        if (src is None or src.op_type != "Conv" or start is None or axis is None
+                or start.tolist() != [0] or axis.tolist() != [1]):
+            continue
+        group = (n.output[0], n.input[0])
+        after = consumers.get(n.output[0], [])
+        if len(after) == 1 and after[0].op_type == "DepthToSpace" and idx.uses.get(n.output[0]) == 1:
+            group += (after[0].output[0],)
+        out.append(group)
     return out

@@ -25,7 +25,7 @@ from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_d
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from compress.files import atomic_path
-from export.onnx_tail import range_aliases
+from export.onnx_tail import tied_tensors
 from quantization.calibration import PatchCalibrationReader
 
 # Operators quantized when present: convolution and the data movement around it.
@@ -113,8 +113,8 @@ def calibrate(model: Path, reader: PatchCalibrationReader, method: Calibration, 
               percentile: float = 99.999) -> dict[str, tuple[float, float]]:
     """Run one calibrator over the reader and write ORT's calibration cache; returns the ranges.
 
-    A convolution output that a channel ``Slice`` trims (:mod:`export.onnx_tail`) takes the range of
-    the Slice output, so padded zero channels do not move the statistic.
+    A convolution output that a channel ``Slice`` trims (:mod:`export.onnx_tail`), and the tail's
+    PixelShuffle after it, take the range of the Slice output (:func:`export.onnx_tail.tied_tensors`).
     """
     with tempfile.TemporaryDirectory(prefix="calib.") as tmp:
         calibrator = create_calibrator(
@@ -126,9 +126,10 @@ def calibrate(model: Path, reader: PatchCalibrationReader, method: Calibration, 
             calibrator.collect_data(reader)
             ranges = calibrator.compute_data()
         del calibrator
-    for padded, sliced in range_aliases(onnx.load(str(model)).graph).items():
-        if padded in ranges and sliced in ranges:
-            ranges[padded] = ranges[sliced]
+    for ref, *tied in tied_tensors(onnx.load(str(model)).graph):
+        for name in tied:
+            if ref in ranges and name in ranges:
+                ranges[name] = ranges[ref]
     save_tensors_data(ranges, cache)
     return {name: tensor_range(td) for name, td in ranges.data.items()}
 

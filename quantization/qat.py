@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from export.onnx_tail import tied_tensors
 from quantization.ptq import tensor_range
 
 
@@ -231,7 +232,9 @@ def write_qat_ranges(state: QATState, model: Path, cache: Path) -> int:
     Each convolution of ``state`` is found in the ONNX ``model`` by its weight initializer
     (``<module>.weight``, as the exporter names it); its input tensor takes the ``<module>:in`` range
     and its output tensor the ``<module>:out`` range where QAT simulated one. A block output is the
-    input of the convolution it aliases. Tensors QAT did not simulate keep the cache's calibrated range.
+    input of the convolution it aliases, and the tensors tied to a rewritten output convolution
+    (:func:`export.onnx_tail.tied_tensors`) take its range. Tensors QAT did not simulate keep the
+    cache's calibrated range.
 
     Args:
         state: QAT state after training (ranges kept after :func:`strip_qat`).
@@ -250,5 +253,11 @@ def write_qat_ranges(state: QATState, model: Path, cache: Path) -> int:
             rng = state.ranges[key]
             data[tensor] = TensorData(lowest=np.float32(rng.lo), highest=np.float32(rng.hi))
             written.add(tensor)
+    for group in tied_tensors(onnx.load(str(model), load_external_data=False).graph):
+        source = next((t for t in group if t in written), None)
+        for name in group if source is not None else ():
+            if name in data:
+                data[name] = data[source]
+                written.add(name)
     save_tensors_data(data, cache)
     return len(written)

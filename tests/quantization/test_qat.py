@@ -89,6 +89,7 @@ def test_write_qat_ranges_puts_trained_ranges_in_ort_cache(tmp_path):
     from onnxruntime.quantization.calibrate import load_tensors_data
 
     from export.onnx_export import export_onnx
+    from export.onnx_tail import tied_tensors
     from quantization.ptq import Calibration, calibrate, preprocess
     from quantization.qat import _tensor_keys, write_qat_ranges
 
@@ -108,7 +109,9 @@ def test_write_qat_ranges_puts_trained_ranges_in_ort_cache(tmp_path):
     assert hi(convs["conv_first.weight"].input[0]) == 7.5
     last = state.ranges["conv_last:out"]
     assert hi(convs["conv_last.weight"].output[0]) == np.float32(last.hi)
-    assert written == len(set(_tensor_keys(state, pre).values()))
+    (tied,) = tied_tensors(onnx.load(str(pre)).graph)  # padded output, its Slice, the tail PixelShuffle
+    assert len(tied) == 3 and {hi(t) for t in tied} == {np.float32(last.hi)}
+    assert written == len(set(_tensor_keys(state, pre).values()) | set(tied))
 
 
 def test_block_outputs_alias_the_next_convolution_input():
