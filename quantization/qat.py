@@ -188,18 +188,25 @@ def strip_qat(state: QATState) -> None:
 
 
 def _tensor_keys(state: QATState, model: Path) -> dict[str, str]:
-    """QAT range key -> the ONNX tensor it quantizes, found through each convolution's weight name."""
+    """QAT range key -> the ONNX tensor it quantizes, found through each convolution's weight name.
+
+    ORT's pre-processing folds a constant ``Mul`` after a convolution (RRDB's 0.2 residual scale) into
+    its weights and renames them ``ConvMulFusion_W_<name>``; such a convolution's output is the
+    rescaled tensor, so only its input range maps (the output keeps its calibrated range).
+    """
     convs = {n.input[1]: n for n in onnx.load(str(model), load_external_data=False).graph.node if n.op_type == "Conv"}
     keys: dict[str, str] = {}
     for name, _ in state.convs:
         node = convs.get(f"{name}.weight")
-        if node is None:
+        fused = convs.get(f"ConvMulFusion_W_{name}.weight")
+        if node is None and fused is None:
             raise ValueError(f"{model}: no Conv node with weight {name}.weight (QAT ranges cannot be mapped)")
-        keys[f"{name}:in"] = node.input[0]
-        if f"{name}:out" in state.ranges:
+        keys[f"{name}:in"] = (node or fused).input[0]
+        if node is not None and f"{name}:out" in state.ranges:
             keys[f"{name}:out"] = node.output[0]
     for key, source in state.aliases.items():
-        keys[source] = keys[key]
+        if key in keys:
+            keys[source] = keys[key]
     return keys
 
 

@@ -138,3 +138,28 @@ def test_load_qat_ranges_from_a_percentile_cache(tmp_path):
     narrower = [k for k, r in state.ranges.items() if r.hi - r.lo < minmax[k][1] - minmax[k][0] - 1e-6]
     assert "conv_first:in" in narrower  # a 90th percentile clips the input range
     assert all(r.lo <= 0 <= r.hi for r in state.ranges.values())
+
+
+def test_rrdb_ranges_map_through_ort_fused_residual_scale(tmp_path):
+    """ORT's pre-processing folds RRDB's 0.2 residual scale into conv5 (renaming its weight)."""
+    import onnx
+
+    from export.onnx_export import export_onnx
+    from quantization.ptq import Calibration, calibrate, preprocess
+    from quantization.qat import _tensor_keys, load_qat_ranges, write_qat_ranges
+    from tests.conftest import tiny_rrdb
+
+    model = tiny_rrdb(4)
+    x = torch.rand(2, 3, 12, 12)
+    batches = [b[None].numpy() for b in x]
+    pre = preprocess(export_onnx(model, tmp_path / "m.onnx"), tmp_path / "pre.onnx")
+    weights = {n.input[1] for n in onnx.load(str(pre)).graph.node if n.op_type == "Conv"}
+    assert "ConvMulFusion_W_body.0.rdb1.conv5.weight" in weights
+    cache = tmp_path / "cache.json"
+    calibrate(pre, _OneBatchReader(batches), Calibration.PERCENTILE, cache, 99.0)
+    state = prepare_qat(model, batches)
+    keys = _tensor_keys(state, pre)
+    assert "body.0.rdb1.conv5:in" in keys and "body.0.rdb1.conv5:out" not in keys
+    assert load_qat_ranges(state, pre, cache) == len(keys)
+    strip_qat(state)
+    assert write_qat_ranges(state, pre, cache) >= len(set(keys.values()))
