@@ -130,6 +130,7 @@ def stage_export(run: Path, tflite: bool = True, extra_eval: list[str] | None = 
     pair = load_pairs(split_paths("evaluation")[:1], loaded.scale)[0]
     probe = torch.from_numpy(pair.lr[:128, :128].transpose(2, 0, 1)[None].copy())
     base = read_sidecar(src)
+    # the rewritten graph is exported last: it is the ``out`` / ``par`` reported below and TFLite's folder
     for name, rewrite in (("model_fp32_plain.onnx", False), ("model_fp32.onnx", True)):
         out, par = export_checked(loaded.model, stage_dir(run, "export") / name, probe, narrow_tail=rewrite)
         write_sidecar(out, _onnx_record(src, loaded, base, par, onnx_op_counts(out), OPSET,

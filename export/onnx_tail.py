@@ -105,21 +105,25 @@ def _padded(array: np.ndarray, rows: int) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class _Index:
-    """Lookups over one graph: initializers, the node producing each tensor, how often each is read."""
+    """Lookups over one graph: initializers, the node producing each tensor, the nodes reading each,
+    and how often each is read (a graph output counts as one read)."""
 
     inits: dict[str, onnx.TensorProto]
     producer: dict[str, onnx.NodeProto]
+    consumers: dict[str, list[onnx.NodeProto]]
     uses: dict[str, int]
 
     @classmethod
     def of(cls, graph: onnx.GraphProto) -> _Index:
-        uses: dict[str, int] = {}
+        consumers: dict[str, list[onnx.NodeProto]] = {}
         for n in graph.node:
             for name in n.input:
-                uses[name] = uses.get(name, 0) + 1
+                consumers.setdefault(name, []).append(n)
+        uses = {name: len(nodes) for name, nodes in consumers.items()}
         for o in graph.output:
             uses[o.name] = uses.get(o.name, 0) + 1
-        return cls({t.name: t for t in graph.initializer}, {o: n for n in graph.node for o in n.output}, uses)
+        return cls({t.name: t for t in graph.initializer}, {o: n for n in graph.node for o in n.output},
+                   consumers, uses)
 
     def array(self, name: str) -> np.ndarray | None:
         return numpy_helper.to_array(self.inits[name]) if name in self.inits else None
@@ -247,10 +251,6 @@ def tied_tensors(graph: onnx.GraphProto) -> list[tuple[str, ...]]:
     or Entropy statistic).
     """
     idx = _Index.of(graph)
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in graph.node:
-        for name in n.input:
-            consumers.setdefault(name, []).append(n)
     out = []
     for n in graph.node:
         if n.op_type != "Slice" or len(n.input) < 4 or idx.uses.get(n.input[0]) != 1:
@@ -261,7 +261,7 @@ def tied_tensors(graph: onnx.GraphProto) -> list[tuple[str, ...]]:
                 or start.tolist() != [0] or axis.tolist() != [1]):
             continue
         group = (n.output[0], n.input[0])
-        after = consumers.get(n.output[0], [])
+        after = idx.consumers.get(n.output[0], [])
         if len(after) == 1 and after[0].op_type == "DepthToSpace" and idx.uses.get(n.output[0]) == 1:
             group += (after[0].output[0],)
         out.append(group)

@@ -205,8 +205,7 @@ def _tensor_keys(state: QATState, model: Path) -> dict[str, str]:
         if node is not None and f"{name}:out" in state.ranges:
             keys[f"{name}:out"] = node.output[0]
     for key, source in state.aliases.items():
-        if key in keys:
-            keys[source] = keys[key]
+        keys[source] = keys[key]
     return keys
 
 
