@@ -25,7 +25,7 @@ STAMP := $(VENV)/.installed
 EVAL_ARGS := $(foreach d,$(EVAL),--eval $(d))
 MODEL_ARG := $(if $(MODEL),--model $(MODEL),)
 
-.PHONY: venv model train prune quantize export bench bench-pytest report compare all test clean
+.PHONY: venv model train train-data prune quantize export bench bench-pytest report compare all test clean
 venv: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PY_BOOT) -m venv $(VENV)
@@ -41,7 +41,15 @@ model: venv
 
 # Trains the default models per compress/recipes/ (EDSR x3 and x4 start from the x2 weights, as EDSR
 # does; the compact RRDB x4 trains from scratch). ARCH=rrdb SCALE=4 runs the pipeline on the RRDB default.
-train: venv
+# Debian's wallpaper photographs (compress/default_data.py WALLPAPERS) join the training data.
+WALLPAPER_PKGS := lomiri-wallpapers-16.04 lomiri-wallpapers-20.04
+train-data:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  dpkg -s $(WALLPAPER_PKGS) >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(WALLPAPER_PKGS); } \
+	  || echo "warning: could not install $(WALLPAPER_PKGS); training uses the packaged photographs only"; \
+	else echo "note: run as root (or apt-get install $(WALLPAPER_PKGS)) to add Debian's wallpaper photographs"; fi
+
+train: venv train-data
 	$(PY) -m compress train --recipe compress/recipes/train_edsr_x2.toml --out $(TRAIN_OUT)/edsr_baseline_x2.safetensors --device $(DEVICE) $(if $(DATA),--data $(DATA),)
 	$(PY) -m compress train --recipe compress/recipes/train_edsr_x3.toml --out $(TRAIN_OUT)/edsr_baseline_x3.safetensors --init-from $(TRAIN_OUT)/edsr_baseline_x2.safetensors --device $(DEVICE) $(if $(DATA),--data $(DATA),)
 	$(PY) -m compress train --recipe compress/recipes/train_edsr_x4.toml --out $(TRAIN_OUT)/edsr_baseline_x4.safetensors --init-from $(TRAIN_OUT)/edsr_baseline_x2.safetensors --device $(DEVICE) $(if $(DATA),--data $(DATA),)

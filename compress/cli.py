@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -82,8 +83,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     overrides = {"scale": args.scale, "data": args.data, "init_from": args.init_from}
     recipe = load_recipe(TrainRecipe, args.recipe, overrides)
-    record = train_model(recipe, Path(args.out), device=args.device, recipe_file=str(args.recipe))
-    print(dumps({k: record[k] for k in ("stage", "train_seconds", "val_psnr_y_db")}))
+    if args.precision or args.max_minutes is not None:
+        train = dataclasses.replace(recipe.train, **{k: v for k, v in (("precision", args.precision),
+                                                                       ("max_minutes", args.max_minutes)) if v is not None})
+        recipe = dataclasses.replace(recipe, train=train)
+    record = train_model(recipe, Path(args.out), device=args.device, recipe_file=str(args.recipe),
+                         continue_from=args.continue_from)
+    print(dumps({k: record[k] for k in ("stage", "precision", "steps_done", "train_seconds", "val_psnr_y_db",
+                                        "continued_from", "written") if k in record}))
+    if not record["written"]:
+        print(f"kept {args.continue_from}: validation PSNR-Y {record['val_psnr_y_db'][-1][1]:.3f} dB is not better "
+              f"than its {record['continued_from']['val_psnr_y_db']:.3f} dB; {args.out} not written", file=sys.stderr)
     return 0
 
 
@@ -174,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scale", type=int, default=None, help="override the recipe's scale")
     s.add_argument("--data", default=None, help="override the recipe's data folder")
     s.add_argument("--init-from", default=None, help="checkpoint whose matching tensors initialise the model")
+    s.add_argument("--continue-from", default=None,
+                   help="warm-start every tensor from this checkpoint; --out is written only if it validates better")
+    s.add_argument("--precision", choices=["auto", "bf16", "fp32"], default=None,
+                   help="override the recipe's train.precision (auto: bf16 autocast where the CPU has AMX/AVX512-BF16)")
+    s.add_argument("--max-minutes", type=float, default=None, help="override the recipe's wall-time budget")
     s.add_argument("--device", default="cpu")
     s.set_defaults(func=_cmd_train)
 

@@ -4,9 +4,11 @@ Splits are fixed by name. ``sporco``'s barbara and monarch are Set14 images and 
 test image, so all three stay in the evaluation split and are never trained on. Licences are listed
 per image; DEFAULT_DATA.md in ``artifacts/default`` repeats them.
 
-Training may add the 15 CC-BY / CC-BY-SA photographs of Debian's ``lomiri-wallpapers-16.04``
-(``apt-get install lomiri-wallpapers-16.04``), shrunk to at most ``LOMIRI_MAX_SIDE`` pixels first
-since they are JPEGs whose finest detail is compression noise.
+Training adds the photographs among Debian's wallpaper packages (:data:`WALLPAPERS`: the 15 of
+``lomiri-wallpapers-16.04`` and 2 of ``lomiri-wallpapers-20.04``, CC0 / CC-BY / CC-BY-SA; the
+renders in those packages and in ``ukui-wallpapers`` are left out), shrunk to at most
+``LOMIRI_MAX_SIDE`` pixels first since they are JPEGs whose finest detail is compression noise.
+``make train`` installs the packages; missing ones are skipped.
 """
 
 from __future__ import annotations
@@ -63,6 +65,35 @@ def split_paths(split: str) -> list[Path]:
     return [img.path() for img in IMAGES if img.split == split]
 
 
+@dataclasses.dataclass(frozen=True)
+class Wallpaper:
+    """A photograph shipped by a Debian wallpaper package."""
+
+    package: str
+    name: str
+    licence: str
+
+    def path(self) -> Path:
+        return LOMIRI_DIR / self.name
+
+
+def _lomiri(release: str, licence: str, *names: str) -> tuple[Wallpaper, ...]:
+    return tuple(Wallpaper(f"lomiri-wallpapers-{release}", f"{n}.jpg", licence) for n in names)
+
+
+#: Photographs only (checked by eye); licences from each package's ``copyright`` file.
+WALLPAPERS: tuple[Wallpaper, ...] = (
+    *_lomiri("16.04", "CC-BY-4.0", "aitzgorri_by_Aitzol_Berasategi", "friends_by_Aitzol_Berasategi",
+             "life_by_Aitzol_Berasategi", "picosdeeuropa_by_Aitzol_Berasategi", "sunset_by_Aitzol_Berasategi",
+             "Picture_0B_by_freespace", "Picture_1A_by_freespace", "umang_by_Abhishek_Mudgal", "Wine_by_Jakkub_Mede"),
+    *_lomiri("16.04", "CC-BY-SA-4.0", "analogpattern_by_Peter_Nerlich", "Bridge_by_Sander_Klootwijk",
+             "Dragonfly_by_Bolly", "free_by_Peter_Nerlich", "greentock_by_Peter_Nerlich"),
+    *_lomiri("16.04", "CC0-1.0", "seeding_by_Clements_Engelhardt"),
+    *_lomiri("20.04", "CC-BY-SA-3.0", "Infinite-Sea_by_Aury88", "Kleiber_by_Lukas_Baubkus"),
+)
+WALLPAPER_PACKAGES = tuple(sorted({w.package for w in WALLPAPERS}))
+
+
 def lomiri_paths() -> list[Path]:
-    """The Debian wallpapers when installed, else an empty list."""
-    return sorted(LOMIRI_DIR.glob("*_by_*.jpg")) if LOMIRI_DIR.is_dir() else []
+    """The wallpaper photographs that are installed (an empty list when none is)."""
+    return [w.path() for w in WALLPAPERS if w.path().is_file()]

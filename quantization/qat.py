@@ -45,7 +45,7 @@ class PerChannelWeightFakeQuant(nn.Module):
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         scale = (w.detach().abs().amax(dim=(1, 2, 3)) / self.qmax).clamp(min=1e-12)
         zero = torch.zeros(w.shape[0], dtype=torch.int32, device=w.device)
-        return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -self.qmax, self.qmax)
+        return torch.fake_quantize_per_channel_affine(w.float(), scale.float(), zero, 0, -self.qmax, self.qmax)
 
 
 @dataclasses.dataclass
@@ -78,7 +78,8 @@ class ActivationRange:
 
 def fake_quant_activation(x: torch.Tensor, rng: ActivationRange) -> torch.Tensor:
     scale, zero = rng.qparams()
-    return torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, 255)
+    # FP32 rounding even under bf16 autocast: the grid is ORT's, not bf16's
+    return torch.fake_quantize_per_tensor_affine(x.float(), scale, zero, 0, 255)
 
 
 def output_points(model: nn.Module) -> list[tuple[str, nn.Module]]:

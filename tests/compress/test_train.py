@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from compress.data import PatchConfig, list_images, load_pairs, random_patches
-from compress.train import TrainConfig, fit, lr_at
+from compress.train import TrainConfig, fit, lr_at, resolve_precision
 from tests.conftest import tiny_edsr
 
 
@@ -18,11 +18,50 @@ def test_lr_schedules():
     assert lr_at(warm, 0) == pytest.approx(0.1)
 
 
+def test_wall_time_fraction_drives_the_schedule():
+    cos = TrainConfig(steps=100, lr=1.0, min_lr_ratio=0.0, max_minutes=1.0)
+    assert lr_at(cos, 10, time_fraction=0.5) == pytest.approx(0.5)  # time is further along than steps
+    assert lr_at(cos, 50, time_fraction=0.1) == pytest.approx(0.5)  # steps are further along
+
+
+def test_precision_resolution():
+    assert resolve_precision("auto", "cpu", cpu_bf16=True) == "bf16"
+    assert resolve_precision("auto", "cpu", cpu_bf16=False) == "fp32"
+    assert resolve_precision("fp32", "cpu", cpu_bf16=True) == "fp32"
+    assert resolve_precision("bf16", "cpu", cpu_bf16=False) == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("fp16", "cpu")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_each_precision_reduces_the_loss_and_keeps_fp32_weights(image_dir, precision):
+    pairs = load_pairs(list_images(image_dir), 2)
+    model = tiny_edsr(2)
+    batches = random_patches(pairs, 2, PatchConfig(lr_patch=16, batch_size=4, seed=0))
+    log = fit(model, batches, TrainConfig(steps=100, lr=1e-3, precision=precision), 2)
+    assert log.precision == precision
+    assert log.loss[-1][1] < 0.7 * log.loss[0][1]
+    for name, p in model.state_dict().items():
+        assert p.dtype == torch.float32, name
+        assert p.is_contiguous(), name  # safetensors needs contiguous tensors
+
+
+def test_wall_time_budget_stops_training(image_dir):
+    pairs = load_pairs(list_images(image_dir), 2)
+    log = fit(tiny_edsr(2), random_patches(pairs, 2, PatchConfig(lr_patch=8, batch_size=2)),
+              TrainConfig(steps=10_000, max_minutes=1e-4), 2)
+    assert 1 <= log.steps_done < 10_000
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="lr_schedule"):
         TrainConfig(lr_schedule="linear")
     with pytest.raises(ValueError, match="distill_weight"):
         TrainConfig(distill_weight=2)
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="half")
+    with pytest.raises(ValueError, match="max_minutes"):
+        TrainConfig(max_minutes=float("inf"))
 
 
 def test_loss_falls_and_validation_logged(image_dir):

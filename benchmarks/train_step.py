@@ -1,0 +1,77 @@
+"""Seconds per training step of EDSR-baseline (or a given size) in FP32 and bf16 autocast.
+
+Each precision runs in its own process (``--precision`` given) or, without it, every precision is
+run side by side as subprocesses and a table is printed. Conditions (CPU and features, threads,
+batch and patch size) are printed with the figures::
+
+    python -m benchmarks.train_step --steps 12 --warmup 3 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+
+def _one(precision: str, steps: int, warmup: int, batch: int, patch: int, scale: int) -> dict[str, object]:
+    from compress.archs import EDSR, EDSRConfig
+
+    model = EDSR(EDSRConfig(scale=scale))
+    bf16 = precision == "bf16"
+    fmt = torch.channels_last if bf16 else torch.contiguous_format
+    model.to(memory_format=fmt).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    gen = torch.Generator().manual_seed(0)
+    lr = torch.rand(batch, 3, patch, patch, generator=gen).contiguous(memory_format=fmt)
+    hr = torch.rand(batch, 3, patch * scale, patch * scale, generator=gen)
+    times = []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(lr)
+        loss = torch.nn.functional.l1_loss(out.float(), hr)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return {"precision": precision, "median_s": statistics.median(times), "min_s": min(times)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from compress.core.cpu import host_cpu
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--precision", choices=["fp32", "bf16"], help="run one precision in this process")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--patch", type=int, default=48, help="LR patch side")
+    ap.add_argument("--scale", type=int, default=2)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.precision:
+        print(json.dumps(_one(args.precision, args.steps, args.warmup, args.batch, args.patch, args.scale)))
+        return 0
+    rows = []
+    for precision in ("fp32", "bf16"):
+        cmd = [sys.executable, "-m", "benchmarks.train_step", "--precision", precision] + [
+            f"--{k}={v}" for k, v in vars(args).items() if k != "precision"]
+        rows.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
+    print(f"# EDSR-baseline x{args.scale} training step, batch {args.batch} x {args.patch}x{args.patch} LR, "
+          f"{args.threads} threads, torch {torch.__version__}, {host_cpu().describe()}")
+    for r in rows:
+        print(f"{r['precision']:5s} median {r['median_s']:.3f} s  min {r['min_s']:.3f} s  "
+              f"({rows[0]['median_s'] / r['median_s']:.2f}x FP32)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
