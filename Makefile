@@ -1,6 +1,6 @@
 # Staged pipeline on one run folder: model -> prune -> quantize -> export -> bench -> report.
 # Each stage reads earlier stages' artifacts under $(RUN) and writes a folder of its own
-# (compress/stages.py lists them in order). Overrides: MODEL= ARCH= SCALE= DATA= EVAL= RUN=.
+# (compress/pipeline/stages.py lists them in order). Overrides: MODEL= ARCH= SCALE= DATA= EVAL= RUN=.
 SHELL := /bin/bash
 PY_BOOT ?= python3
 VENV ?= .venv
@@ -41,7 +41,7 @@ model: venv
 
 # Trains the default models per compress/recipes/ (EDSR x3 and x4 start from the x2 weights, as EDSR
 # does; the compact RRDB x4 trains from scratch). ARCH=rrdb SCALE=4 runs the pipeline on the RRDB default.
-# Debian's wallpaper photographs (compress/default_data.py WALLPAPERS) join the training data.
+# Debian's wallpaper photographs (compress/core/default_data.py WALLPAPERS) join the training data.
 WALLPAPER_PKGS := lomiri-wallpapers-16.04 lomiri-wallpapers-20.04
 train-data:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -76,7 +76,7 @@ report: venv
 	$(PY) -m compress report --run $(RUN)
 
 compare: venv
-	$(PY) -m benchmarks.compare $(A) $(B)
+	$(PY) -m compress.pipeline.compare $(A) $(B)
 
 # pytest-benchmark suite (pedantic, fixed rounds) on the run's key artifacts; JSON in $(RUN)/40-bench/
 bench-pytest: venv

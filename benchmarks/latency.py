@@ -3,7 +3,7 @@
 ``python -m benchmarks.latency --artifact A --runtime ort --height H --width W --scale S --threads T``
 prints one JSON object: p50 / p95 / min / mean milliseconds over ``runs`` timed calls after
 ``warmup`` untimed ones, and the process's peak resident memory. Large inputs run through the same
-tiled inference the deployable runtime uses (``compress.infer.upscale``), so memory stays bounded.
+tiled inference the deployable runtime uses (``compress.core.infer.upscale``), so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-RUNTIMES = ("pytorch", "ort", "ort-cuda", "pytorch-cuda-fp16", "tflite", "tflite-builtin")
+from export.runtimes import RUNTIMES
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,52 +58,14 @@ def time_calls(fn, warmup: int, runs: int, sync=None) -> Timing:  # noqa: ANN001
     return Timing.of(times)
 
 
-def make_upscaler(artifact: Path, runtime: str, threads: int):  # noqa: ANN201
-    """(upscaler, sync) for a runtime; sync is None on the CPU."""
-    if runtime == "ort":
-        from compress.runtimes import ort_upscaler
-
-        return ort_upscaler(artifact, threads), None
-    if runtime in ("tflite", "tflite-builtin"):
-        from export.tflite_runtime import TFLiteRunner
-
-        return TFLiteRunner(artifact, threads, xnnpack=runtime == "tflite"), None
-    if runtime == "ort-cuda":
-        import onnxruntime as ort
-
-        from compress.runtimes import ort_session
-
-        sess = ort_session(artifact, threads, ["CUDAExecutionProvider"])
-        if "CUDAExecutionProvider" not in sess.get_providers():
-            raise RuntimeError("ONNX Runtime's CUDA provider is not available")
-        name = sess.get_inputs()[0].name
-        return (lambda x: sess.run(None, {name: x})[0]), None  # sess.run returns host memory: synchronous
-    import torch
-
-    from compress.checkpoint import load_checkpoint
-
-    torch.set_num_threads(threads)
-    model = load_checkpoint(artifact).model
-    if runtime == "pytorch":
-        from compress.infer import torch_upscaler
-
-        return torch_upscaler(model), None
-    if runtime == "pytorch-cuda-fp16":
-        model = model.half().cuda().eval()
-
-        def run(x: np.ndarray) -> np.ndarray:
-            with torch.inference_mode():
-                return model(torch.from_numpy(x).cuda().half()).float().cpu().numpy()
-
-        return run, torch.cuda.synchronize
-    raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
-
-
 def measure(artifact: Path, runtime: str, height: int, width: int, scale: int, threads: int,
             warmup: int, runs: int, tile: int) -> dict[str, object]:
-    from compress.infer import TileConfig, upscale
+    from compress.core.infer import TileConfig, upscale
 
-    fn, sync = make_upscaler(artifact, runtime, threads)
+    from export.runtimes import open_artifact
+
+    opened = open_artifact(artifact, runtime, threads, scale)
+    fn, sync = opened.run, opened.sync
     lr = np.random.default_rng(0).random((height, width, 3), dtype=np.float32)
     tiles = TileConfig(tile=tile if max(height, width) > tile else 0)
     timing = time_calls(lambda: upscale(fn, lr, scale, tiles), warmup, runs, sync)
@@ -116,7 +79,7 @@ def measure(artifact: Path, runtime: str, height: int, width: int, scale: int, t
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.latency")
     p.add_argument("--artifact", required=True, type=Path)
-    p.add_argument("--runtime", required=True, choices=RUNTIMES)
+    p.add_argument("--runtime", required=True, choices=[rt.name for rt in RUNTIMES])
     p.add_argument("--height", type=int, required=True)
     p.add_argument("--width", type=int, required=True)
     p.add_argument("--scale", type=int, required=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compress.runtimes import ort_upscaler
+from export.runtimes import ort_upscaler
 
 RUN = Path(os.environ.get("RUN", "artifacts/run-x2"))
 KEY = ["30-export/model_fp32.onnx", "10-prune/channel/model.onnx", "20-quantize/model/model_int8_minmax.onnx",

@@ -20,7 +20,7 @@ import torch
 
 
 def _one(precision: str, steps: int, warmup: int, batch: int, patch: int, scale: int) -> dict[str, object]:
-    from compress.archs import EDSR, EDSRConfig
+    from compress.core.archs import EDSR, EDSRConfig
 
     model = EDSR(EDSRConfig(scale=scale))
     bf16 = precision == "bf16"

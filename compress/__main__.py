@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from compress.cli import main
+from compress.pipeline.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

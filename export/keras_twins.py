@@ -16,8 +16,8 @@ import os
 import numpy as np
 import torch
 
-from compress.archs import EDSRConfig, RRDBConfig, SRCNNConfig
-from compress.archs.edsr import upsample_stages
+from compress.core.archs import EDSRConfig, RRDBConfig, SRCNNConfig
+from compress.core.archs.edsr import upsample_stages
 
 
 def keras():  # noqa: ANN201
@@ -159,7 +159,7 @@ def bicubic_taps(scale: int, a: float = -0.75) -> np.ndarray:
 
 
 def _srcnn_fixed_weights(kmodel, cfg: SRCNNConfig) -> None:  # noqa: ANN001
-    from compress.color import BT601_INVERSE, BT601_MATRIX, BT601_OFFSET
+    from compress.core.color import BT601_INVERSE, BT601_MATRIX, BT601_OFFSET
 
     s, taps = cfg.scale, bicubic_taps(cfg.scale)
     kernel = np.zeros((5, 5, 3, 3 * s * s), dtype=np.float32)

@@ -13,7 +13,7 @@ import onnx
 import torch
 from torch import nn
 
-from compress.files import atomic_path
+from compress.core.files import atomic_path
 from export.onnx_tail import rewrite_narrow_tail
 
 OPSET = 18
@@ -98,7 +98,7 @@ def export_checked(model: nn.Module, path: str | Path, probe: torch.Tensor,
     Raises:
         RuntimeError: if the two disagree by more than ``MIN_PARITY_DB`` PSNR; the file is removed.
     """
-    from compress.runtimes import ort_upscaler
+    from export.runtimes import ort_upscaler
 
     out = export_onnx(model, path, narrow_tail=narrow_tail)
     with torch.inference_mode():

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.files import atomic_path
+from compress.core.files import atomic_path
 from export.keras_twins import keras
 
 

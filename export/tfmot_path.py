@@ -11,12 +11,31 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import numpy as np
 
 from export.keras_twins import keras
+from compress.core.data import PatchConfig
 from pruning.schedule import PolynomialDecay
+
+
+@dataclasses.dataclass(frozen=True)
+class TFLiteQATConfig:
+    """tfmot QAT settings (the quantize recipe's ``[tflite_qat]`` table).
+
+    Attributes:
+        enabled: run it.
+        steps: fine-tuning steps.
+        lr: Adam learning rate.
+        patch: training patches.
+    """
+
+    enabled: bool = True
+    steps: int = 100
+    lr: float = 1e-6
+    patch: PatchConfig = PatchConfig(lr_patch=32, batch_size=8, seed=4)
 
 
 def _tfmot():  # noqa: ANN202

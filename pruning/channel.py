@@ -18,7 +18,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from compress.archs import EDSR, RRDBNet, SRCNN
+from compress.core.archs import EDSR, RRDBNet, SRCNN
 from pruning.schedule import PolynomialDecay
 
 

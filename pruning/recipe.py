@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from compress.data import PatchConfig
-from compress.train import TrainConfig
+from compress.core.data import PatchConfig
+from compress.core.train import TrainConfig
 from pruning.schedule import PolynomialDecay
 
 METHODS = ("unstructured", "channel")

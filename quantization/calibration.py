@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
-from compress.data import load_pair
-from compress.errors import InputError
+from compress.core.data import load_pair
+from compress.core.errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)

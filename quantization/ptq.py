@@ -24,7 +24,7 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, 
 from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from compress.files import atomic_path
+from compress.core.files import atomic_path
 from export.onnx_tail import tied_tensors
 from quantization.calibration import PatchCalibrationReader
 

@@ -91,9 +91,9 @@ def output_points(model: nn.Module) -> list[tuple[str, nn.Module]]:
     they feed a quantized convolution, and ORT then fuses DequantizeLinear-Add-QuantizeLinear into
     ``QLinearAdd``.
     """
-    from compress.archs.edsr import ResBlock
-    from compress.archs.rrdb import RRDB, ResidualDenseBlock
-    from compress.archs.srcnn import SRCNN
+    from compress.core.archs.edsr import ResBlock
+    from compress.core.archs.rrdb import RRDB, ResidualDenseBlock
+    from compress.core.archs.srcnn import SRCNN
 
     relu_fed = {id(b.conv1) for b in model.modules() if isinstance(b, ResBlock)}
     relu_fed |= {id(m.conv1) for m in model.modules() if isinstance(m, SRCNN)}

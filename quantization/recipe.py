@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from compress.data import PatchConfig
-from compress.train import TrainConfig
+from compress.core.data import PatchConfig
+from compress.core.train import TrainConfig
 from quantization.calibration import CalibrationConfig
-from export.tflite_stage import TFLiteQATConfig
+from export.tfmot_path import TFLiteQATConfig
 from quantization.ptq import Calibration, Int8Options, reduce_weight_range
 
 METHODS = tuple(c.value for c in Calibration)

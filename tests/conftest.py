@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from compress.archs import EDSR, RRDBNet, SRCNN, EDSRConfig, RRDBConfig, SRCNNConfig
+from compress.core.archs import EDSR, RRDBNet, SRCNN, EDSRConfig, RRDBConfig, SRCNNConfig
 
 REPO = Path(__file__).resolve().parents[1]
 EVALDATA = REPO.parent / "shared" / "evaldata"

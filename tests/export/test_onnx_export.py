@@ -3,7 +3,7 @@ import onnx
 import pytest
 import torch
 
-from compress.runtimes import ort_upscaler
+from export.runtimes import ort_upscaler
 from export.onnx_export import export_onnx, onnx_op_counts, parity
 from tests.conftest import tiny_edsr, tiny_rrdb, tiny_srcnn
 

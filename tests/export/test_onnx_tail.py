@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from compress.runtimes import ort_upscaler
+from export.runtimes import ort_upscaler
 from export.onnx_export import export_onnx, onnx_op_counts
 from export.onnx_tail import TailKind, lr_kernel, recorded_rewrites, tied_tensors
 from quantization.calibration import CalibrationConfig, PatchCalibrationReader

@@ -7,7 +7,7 @@ pytest.importorskip("tf_keras")
 from export.keras_twins import shuffle_perm, to_keras  # noqa: E402
 from export.onnx_export import parity  # noqa: E402
 from export.tflite_export import TFLiteKind, convert, tflite_ops  # noqa: E402
-from export.tflite_runtime import TFLiteRunner  # noqa: E402
+from export.runtimes.tflite import TFLiteRunner  # noqa: E402
 from tests.conftest import tiny_edsr, tiny_rrdb, tiny_srcnn  # noqa: E402
 
 pytestmark = pytest.mark.tflite

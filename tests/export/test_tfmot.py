@@ -7,7 +7,7 @@ pytest.importorskip("tensorflow_model_optimization")
 from export.keras_twins import to_keras  # noqa: E402
 from export.onnx_export import parity  # noqa: E402
 from export.tflite_export import TFLiteKind, convert, tflite_ops  # noqa: E402
-from export.tflite_runtime import TFLiteRunner  # noqa: E402
+from export.runtimes.tflite import TFLiteRunner  # noqa: E402
 from export.tfmot_path import prune_keras, qat_keras, tfmot_schedule  # noqa: E402
 from pruning.schedule import PolynomialDecay  # noqa: E402
 from tests.conftest import tiny_edsr, tiny_rrdb  # noqa: E402

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from compress.checkpoint import load_checkpoint, rebuild, save_checkpoint
-from compress.runtimes import ort_upscaler
+from compress.core.checkpoint import load_checkpoint, rebuild, save_checkpoint
+from export.runtimes import ort_upscaler
 from export.onnx_export import export_onnx
 from pruning.channel import prune_channels
 from pruning.schedule import PolynomialDecay
@@ -66,7 +66,7 @@ def test_rrdb_concatenations_stay_consistent():
 
 
 def test_round_to_keeps_multiples_of_eight():
-    from compress.archs import EDSR, EDSRConfig
+    from compress.core.archs import EDSR, EDSRConfig
 
     model = EDSR(EDSRConfig(scale=2, num_feat=32, num_block=2))
     _prune_8 = PolynomialDecay(0.0, 0.3, begin_step=0, end_step=1, frequency=1)
@@ -78,7 +78,7 @@ def test_round_to_keeps_multiples_of_eight():
 
 
 def test_inner_ratio_prunes_block_interiors_harder():
-    from compress.archs import EDSR, EDSRConfig
+    from compress.core.archs import EDSR, EDSRConfig
 
     model = EDSR(EDSRConfig(scale=2, num_feat=32, num_block=2))
     sched = PolynomialDecay(0.0, 0.25, begin_step=0, end_step=2, frequency=1)

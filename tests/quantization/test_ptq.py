@@ -3,9 +3,9 @@ import onnx
 import pytest
 import torch
 
-from compress.default_data import split_paths
-from compress.errors import InputError
-from compress.runtimes import ort_upscaler
+from compress.core.default_data import split_paths
+from compress.core.errors import InputError
+from export.runtimes import ort_upscaler
 from export.onnx_export import export_onnx, parity
 from quantization.calibration import CalibrationConfig, PatchCalibrationReader, iter_patches
 from quantization.ptq import Calibration, Int8Options, calibrate, kernel_report, preprocess, quantize
@@ -23,7 +23,7 @@ def calib_dir(tmp_path):
 
 
 def _reader(folder, scale=2, n=3):
-    from compress.data import list_images
+    from compress.core.data import list_images
 
     return PatchCalibrationReader(list_images(folder), scale, CalibrationConfig(lr_patch=16, patches_per_image=n))
 
@@ -83,8 +83,8 @@ def test_methods_give_different_ranges(tmp_path, calib_dir):
 
 
 def test_sensitivity_ranking_is_deterministic_and_mixed_precision_excludes(tmp_path, calib_dir):
-    from compress.data import list_images, load_pairs
-    from compress.evaluate import evaluate
+    from compress.core.data import list_images, load_pairs
+    from compress.core.evaluate import evaluate
 
     model = tiny_edsr(2)
     pre = preprocess(export_onnx(model, tmp_path / "f.onnx"), tmp_path / "p.onnx")

@@ -1,0 +1,63 @@
+"""SRCNN (Dong et al., "Image Super-Resolution Using Deep Convolutional Networks", TPAMI 2016).
+
+The 9-5-5 network runs on a bicubic-upsampled input. ``channels=1`` is the common Y-channel variant
+(the network sees BT.601 luma; Cb/Cr are bicubic), ``channels=3`` runs on RGB. Parameter names follow
+the most used PyTorch implementation (``conv1``, ``conv2``, ``conv3``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from compress.core.color import rgb_to_ycbcr, ycbcr_to_rgb
+
+
+@dataclasses.dataclass(frozen=True)
+class SRCNNConfig:
+    """Hyperparameters of SRCNN.
+
+    Attributes:
+        scale: upscaling factor of the bicubic pre-upsampling (2, 3 or 4).
+        channels: 1 (Y only) or 3 (RGB).
+        num_feat: width of conv1 (64 in the paper).
+        num_feat2: width of conv2 (32 in the paper).
+    """
+
+    scale: int = 2
+    channels: int = 1
+    num_feat: int = 64
+    num_feat2: int = 32
+
+    def __post_init__(self) -> None:
+        if self.scale not in (2, 3, 4):
+            raise ValueError(f"SRCNNConfig.scale must be 2, 3 or 4, got {self.scale!r}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"SRCNNConfig.channels must be 1 or 3, got {self.channels!r}")
+
+
+class SRCNN(nn.Module):
+    """SRCNN mapping LR RGB in [0, 1] to HR RGB in [0, 1] (the bicubic upsampling is part of the graph)."""
+
+    def __init__(self, cfg: SRCNNConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.scale = cfg.scale
+        self.conv1 = nn.Conv2d(cfg.channels, cfg.num_feat, 9, padding=4)
+        self.conv2 = nn.Conv2d(cfg.num_feat, cfg.num_feat2, 5, padding=2)
+        self.conv3 = nn.Conv2d(cfg.num_feat2, cfg.channels, 5, padding=2)
+        self.relu = nn.ReLU(inplace=True)
+
+    def _net(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv3(self.relu(self.conv2(self.relu(self.conv1(x)))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        up = F.interpolate(x, scale_factor=self.cfg.scale, mode="bicubic", align_corners=False)
+        if self.cfg.channels == 3:
+            return self._net(up)
+        ycc = rgb_to_ycbcr(up)
+        y = self._net(ycc[:, :1])
+        return ycbcr_to_rgb(torch.cat([y, ycc[:, 1:]], 1))

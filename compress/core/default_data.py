@@ -1,0 +1,119 @@
+"""The embedded default image set: photographs shipped by installed packages, no network needed.
+
+Splits are fixed by name. ``sporco``'s barbara and monarch are Set14 images and kodim23 is a Kodak
+test image, so all three stay in the evaluation split and are never trained on. Licences are listed
+per image; DEFAULT_DATA.md in ``artifacts/default`` repeats them.
+
+Training adds the photographs among Debian's wallpaper packages (:data:`WALLPAPERS`: the 15 of
+``lomiri-wallpapers-16.04`` and 2 of ``lomiri-wallpapers-20.04``, CC0 / CC-BY / CC-BY-SA; the
+renders in those packages and in ``ukui-wallpapers`` are left out), shrunk to at most
+``LOMIRI_MAX_SIDE`` pixels first since they are JPEGs whose finest detail is compression noise.
+``make train`` installs the packages; missing ones are skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from pathlib import Path
+
+from compress.core.errors import InputError
+
+LOMIRI_DIR = Path("/usr/share/backgrounds")
+LOMIRI_MAX_SIDE = 1200
+SPLITS = ("train", "calibration", "evaluation")
+
+
+@dataclasses.dataclass(frozen=True)
+class PackagedImage:
+    """A photograph inside an installed Python package."""
+
+    package: str
+    relpath: str
+    split: str
+    licence: str
+
+    def path(self) -> Path:
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.submodule_search_locations:
+            raise InputError(f"default image set: package {self.package!r} is not installed (pip install {self.package})")
+        return Path(next(iter(spec.submodule_search_locations))) / self.relpath
+
+
+IMAGES: tuple[PackagedImage, ...] = (
+    PackagedImage("skimage", "data/rocket.jpg", "train", "public domain (NASA)"),
+    PackagedImage("skimage", "data/hubble_deep_field.jpg", "train", "public domain (NASA)"),
+    PackagedImage("skimage", "data/motorcycle_left.png", "train", "Middlebury stereo 2014, free for research"),
+    PackagedImage("skimage", "data/coffee.png", "train", "CC0 (Rachel Michetti)"),
+    PackagedImage("sklearn", "datasets/images/china.jpg", "train", "CC-BY 2.0"),
+    PackagedImage("sklearn", "datasets/images/flower.jpg", "train", "CC-BY 2.0"),
+    PackagedImage("sporco", "data/sail.png", "train", "Waterloo BragZone, free of copyright restrictions"),
+    PackagedImage("sporco", "data/tulips.png", "train", "Waterloo BragZone, free of copyright restrictions"),
+    PackagedImage("skimage", "data/astronaut.png", "calibration", "public domain (NASA)"),
+    PackagedImage("matplotlib", "mpl-data/sample_data/grace_hopper.jpg", "calibration", "public domain (US Navy)"),
+    PackagedImage("skimage", "data/chelsea.png", "evaluation", "public domain (Stefan van der Walt)"),
+    PackagedImage("sporco", "data/barbara.png", "evaluation", "attributed to Allen Gersho; Set14 image"),
+    PackagedImage("sporco", "data/monarch.png", "evaluation", "Waterloo BragZone; Set14 image"),
+    PackagedImage("sporco", "data/kodim23.png", "evaluation", "Kodak, released for unrestricted use"),
+)
+
+
+def split_paths(split: str) -> list[Path]:
+    """Files of one split of the packaged images."""
+    if split not in SPLITS:
+        raise InputError(f"default image set: split must be one of {SPLITS}, got {split!r}")
+    return [img.path() for img in IMAGES if img.split == split]
+
+
+@dataclasses.dataclass(frozen=True)
+class Wallpaper:
+    """A photograph shipped by a Debian wallpaper package."""
+
+    package: str
+    name: str
+    licence: str
+
+    def path(self) -> Path:
+        return LOMIRI_DIR / self.name
+
+
+def _lomiri(release: str, licence: str, *names: str) -> tuple[Wallpaper, ...]:
+    return tuple(Wallpaper(f"lomiri-wallpapers-{release}", f"{n}.jpg", licence) for n in names)
+
+
+#: Photographs only (checked by eye); licences from each package's ``copyright`` file.
+WALLPAPERS: tuple[Wallpaper, ...] = (
+    *_lomiri("16.04", "CC-BY-4.0", "aitzgorri_by_Aitzol_Berasategi", "friends_by_Aitzol_Berasategi",
+             "life_by_Aitzol_Berasategi", "picosdeeuropa_by_Aitzol_Berasategi", "sunset_by_Aitzol_Berasategi",
+             "Picture_0B_by_freespace", "Picture_1A_by_freespace", "umang_by_Abhishek_Mudgal", "Wine_by_Jakkub_Mede"),
+    *_lomiri("16.04", "CC-BY-SA-4.0", "analogpattern_by_Peter_Nerlich", "Bridge_by_Sander_Klootwijk",
+             "Dragonfly_by_Bolly", "free_by_Peter_Nerlich", "greentock_by_Peter_Nerlich"),
+    *_lomiri("16.04", "CC0-1.0", "seeding_by_Clements_Engelhardt"),
+    *_lomiri("20.04", "CC-BY-SA-3.0", "Infinite-Sea_by_Aury88", "Kleiber_by_Lukas_Baubkus"),
+)
+WALLPAPER_PACKAGES = tuple(sorted({w.package for w in WALLPAPERS}))
+
+
+def lomiri_paths() -> list[Path]:
+    """The wallpaper photographs that are installed (an empty list when none is)."""
+    return [w.path() for w in WALLPAPERS if w.path().is_file()]
+
+
+def training_images(data: str) -> list[Path]:
+    """Fine-tuning and training images: ``default`` (the packaged train split plus the installed
+    wallpaper photographs) or every image of the folder ``data`` (``DATA=``)."""
+    from compress.core.data import list_images
+
+    if data == "default":
+        return split_paths("train") + lomiri_paths()
+    return list_images(data)
+
+
+def training_pairs(data: str, scale: int, max_side: int = LOMIRI_MAX_SIDE) -> list:
+    """(HR, LR) pairs of :func:`training_images`, each image shrunk to ``max_side`` first (0: never).
+
+    The one loader of training data, used by ``train``, pruning fine-tuning, QAT and tfmot.
+    """
+    from compress.core.data import load_pairs
+
+    return load_pairs(training_images(data), scale, max_side or None)

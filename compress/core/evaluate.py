@@ -1,0 +1,87 @@
+"""Quality evaluation of an upscaler (or bicubic) on a folder of HR images."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from pathlib import Path
+
+from compress.core.data import ImagePair, bicubic_up, list_images, load_pairs, to_array, to_image
+from compress.core.default_data import split_paths
+from compress.core.infer import TileConfig, Upscaler, upscale
+from compress.core.metrics import psnr_rgb_db, psnr_y_db, ssim_y
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageScore:
+    name: str
+    psnr_y_db: float
+    ssim_y: float
+    psnr_rgb_db: float
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalResult:
+    """Per-image and mean scores. Convention: Y of BT.601, ``scale`` pixels shaved, 8-bit rounding."""
+
+    scale: int
+    images: tuple[ImageScore, ...]
+
+    @property
+    def psnr_y_db(self) -> float:
+        return float(np.mean([s.psnr_y_db for s in self.images]))
+
+    @property
+    def ssim_y(self) -> float:
+        return float(np.mean([s.ssim_y for s in self.images]))
+
+    @property
+    def psnr_rgb_db(self) -> float:
+        return float(np.mean([s.psnr_rgb_db for s in self.images]))
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "convention": f"Y (BT.601), {self.scale}px border shaved, 8-bit rounded",
+            "scale": self.scale,
+            "psnr_y_db": round(self.psnr_y_db, 4),
+            "ssim_y": round(self.ssim_y, 5),
+            "psnr_rgb_db": round(self.psnr_rgb_db, 4),
+            "images": [{k: (round(v, 5) if isinstance(v, float) else v) for k, v in dataclasses.asdict(s).items()}
+                       for s in self.images],
+        }
+
+
+def bicubic_upscaler(scale: int) -> Upscaler:
+    """PIL bicubic as an upscaler (the literature's reference row)."""
+
+    def run(x: np.ndarray) -> np.ndarray:
+        img = to_image(x[0].transpose(1, 2, 0))
+        return to_array(bicubic_up(img, scale)).transpose(2, 0, 1)[None]
+
+    return run
+
+
+def evaluate(fn: Upscaler, pairs: Sequence[ImagePair], scale: int, tiles: TileConfig = TileConfig()) -> EvalResult:
+    scores = []
+    for pair in pairs:
+        sr = upscale(fn, pair.lr, scale, tiles)
+        scores.append(
+            ImageScore(pair.name, psnr_y_db(sr, pair.hr, scale), ssim_y(sr, pair.hr, scale), psnr_rgb_db(sr, pair.hr, scale))
+        )
+    return EvalResult(scale=scale, images=tuple(scores))
+
+
+def eval_sets(scale: int, extra: list[str] | None) -> dict[str, list[ImagePair]]:
+    """The embedded evaluation split plus any extra folders, keyed by a short name."""
+    sets = {"embedded": load_pairs(split_paths("evaluation"), scale)}
+    for folder in extra or []:
+        name = Path(folder).name if Path(folder).name != "HR" else Path(folder).parent.name
+        sets[name] = load_pairs(list_images(folder), scale)
+    return sets
+
+
+def quality(fn, sets: dict[str, list[ImagePair]], scale: int) -> dict[str, dict[str, object]]:  # noqa: ANN001
+    return {name: evaluate(fn, pairs, scale).to_dict() for name, pairs in sets.items()}

@@ -1,0 +1,122 @@
+"""Atomic writes, hashing, JSON reading and the sidecars of every artifact the pipeline writes.
+
+A sidecar (``<artifact>.json``) is built by :func:`write_sidecar` only: schema version, the file's
+name, size and sha256, one ``source`` block (:func:`source_block`) and the stage's own fields.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from compress.core.errors import InputError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path in the target's folder; rename it over ``path`` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json_atomic(path: str | Path, obj: object) -> Path:
+    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+SIDECAR_SCHEMA = 2
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def read_json(path: str | Path) -> object:
+    """Parse a JSON file the pipeline reads; a missing, unreadable or invalid file is an
+    :class:`InputError` that names it (NaN and Infinity are refused: they are not JSON)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
+    except FileNotFoundError as exc:
+        raise InputError(f"{path}: file not found") from exc
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def read_json_object(path: str | Path) -> dict[str, object]:
+    """:func:`read_json` for files that must hold a JSON object."""
+    obj = read_json(path)
+    if not isinstance(obj, dict):
+        raise InputError(f"{path}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def source_block(path: str | Path, **extra: object) -> dict[str, object]:
+    """The ``source`` block of a sidecar: the input file's path and sha256 (plus ``extra``)."""
+    return {"path": str(path), "sha256": sha256_file(path), **extra}
+
+
+def sidecar_path(artifact: str | Path) -> Path:
+    """``model.onnx`` -> ``model.onnx.json``."""
+    artifact = Path(artifact)
+    return artifact.with_name(artifact.name + ".json")
+
+
+def write_sidecar(artifact: str | Path, record: dict[str, object],
+                  source: str | Path | dict[str, object] | None = None) -> Path:
+    """Write the JSON sidecar of an artifact.
+
+    Args:
+        artifact: the file described.
+        record: the stage's fields (``stage``, ``format``, metrics, ...).
+        source: the input it was made from: a path (see :func:`source_block`) or a ready block.
+    """
+    artifact = Path(artifact)
+    full: dict[str, object] = {"schema_version": SIDECAR_SCHEMA, "artifact": artifact.name,
+                               "size_bytes": artifact.stat().st_size, "sha256": sha256_file(artifact)}
+    if source is not None:
+        full["source"] = source if isinstance(source, dict) else source_block(source)
+    full.update(record)
+    return write_json_atomic(sidecar_path(artifact), full)
+
+
+def read_sidecar(artifact: str | Path) -> dict[str, object]:
+    """The sidecar of ``artifact`` (an :class:`InputError` naming the file if it is missing or corrupt)."""
+    return read_json_object(sidecar_path(artifact))
+
+
+def record_stage_seconds(run: str | Path, stage: str, seconds: float) -> Path:
+    """Set ``stage``'s wall time in ``<run>/stage_seconds.json`` (the report sums them)."""
+    path = Path(run) / "stage_seconds.json"
+    times = read_json_object(path) if path.is_file() else {}
+    times[stage] = round(seconds, 1)
+    return write_json_atomic(path, times)

@@ -1,0 +1,80 @@
+"""Typed recipes: TOML files read into frozen dataclasses with eager validation.
+
+Unknown keys and wrong types are reported with the file and the dotted field name; the dataclasses'
+own ``__post_init__`` checks report bad values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+from compress.core.errors import InputError
+
+T = TypeVar("T")
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise InputError(f"{where}: expected a table, got {value!r}")
+        return from_mapping(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, where)
+            except InputError as exc:
+                errors.append(str(exc))
+        raise InputError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise InputError(f"{where}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        inner = args[0] if args else Any
+        return tuple(_coerce(inner, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+        raise InputError(f"{where}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def from_mapping(cls: type[T], mapping: dict[str, Any], where: str = "recipe") -> T:
+    """Build dataclass ``cls`` from a mapping, validating names, types and values."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(mapping) - names)
+    if unknown:
+        raise InputError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(names)}")
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in mapping.items()}
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{where}: {exc}") from exc
+
+
+def load_recipe(cls: type[T], path: str | Path, overrides: dict[str, Any] | None = None) -> T:
+    """Read a TOML recipe into ``cls``; ``overrides`` replace top-level keys (e.g. from the CLI)."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise InputError(f"{path}: recipe not found") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{path}: not valid TOML ({exc})") from exc
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return from_mapping(cls, data, where=str(path))
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """Recipe to a plain dict (round-trips through :func:`from_mapping`)."""
+    return dataclasses.asdict(obj)

@@ -1,0 +1,241 @@
+"""The training / fine-tuning loop shared by default-model training, pruning and QAT.
+
+L1 loss (Lim et al., EDSR), Adam, cosine or step learning-rate decay, periodic validation PSNR-Y,
+resumable checkpoints, CPU or CUDA. Where the processor has native bf16 matrix instructions (AMX-BF16
+or AVX512-BF16, :mod:`compress.core.cpu`) the forward pass runs under ``torch.autocast`` in bfloat16
+with channels_last tensors; loss, gradients' master copies (the FP32 parameters) and Adam's state stay
+FP32, as in mixed-precision training (Micikevicius et al., 2018; bf16 needs no loss scaling). Stages plug in through ``hooks`` (called after every optimizer
+step, e.g. to re-apply pruning masks) and an optional teacher for distillation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from compress.core.cpu import host_cpu
+from compress.core.data import ImagePair
+from compress.core.evaluate import evaluate
+from compress.core.files import atomic_path
+from compress.core.infer import torch_upscaler
+
+StepHook = Callable[[int], None]
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def resolve_precision(setting: str, device: str, cpu_bf16: bool | None = None) -> str:
+    """The precision ``fit`` trains in: ``bf16`` or ``fp32``.
+
+    Args:
+        setting: ``auto``, ``bf16`` or ``fp32``.
+        device: ``cpu`` or ``cuda``.
+        cpu_bf16: whether the CPU runs bf16 natively (default: read from this host's flags).
+    """
+    if setting not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {setting!r}")
+    if setting != "auto":
+        return setting
+    if device.startswith("cuda"):
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    native = host_cpu().native_bf16 if cpu_bf16 is None else cpu_bf16
+    return "bf16" if native else "fp32"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings.
+
+    Attributes:
+        steps: optimizer steps.
+        lr: peak learning rate of Adam.
+        lr_schedule: ``cosine`` (to ``lr * min_lr_ratio``) or ``step`` (halve at 50% and 75%).
+        warmup_steps: linear warm-up steps.
+        min_lr_ratio: final learning rate as a fraction of ``lr`` (cosine).
+        val_every: validate every this many steps (0: only at the end).
+        ckpt_every: write a resumable checkpoint every this many steps (0: never).
+        distill_weight: weight of the L1 distance to the teacher's output (0: no distillation).
+        grad_clip: max gradient norm (0: off).
+        seed: torch seed.
+        precision: ``auto`` (bf16 autocast where the device runs bf16 natively, else FP32), ``bf16``
+            or ``fp32``.
+        max_minutes: wall-time budget (0: none): training stops when it is spent, and the cosine /
+            step schedule runs over whichever of steps and time is further along.
+    """
+
+    steps: int = 1000
+    lr: float = 2e-4
+    lr_schedule: str = "cosine"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.01
+    val_every: int = 0
+    ckpt_every: int = 0
+    distill_weight: float = 0.0
+    grad_clip: float = 0.0
+    seed: int = 0
+    precision: str = "auto"
+    max_minutes: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.steps < 0:
+            raise ValueError(f"TrainConfig.steps must be >= 0, got {self.steps}")
+        if not self.lr > 0:
+            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
+        if self.lr_schedule not in ("cosine", "step", "constant"):
+            raise ValueError(f"TrainConfig.lr_schedule must be cosine, step or constant, got {self.lr_schedule!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"TrainConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if not (math.isfinite(self.max_minutes) and self.max_minutes >= 0):
+            raise ValueError(f"TrainConfig.max_minutes must be finite and >= 0, got {self.max_minutes}")
+        if not 0 <= self.distill_weight <= 1:
+            raise ValueError(f"TrainConfig.distill_weight must be in [0, 1], got {self.distill_weight}")
+
+
+def lr_at(cfg: TrainConfig, step: int, time_fraction: float = 0.0) -> float:
+    """Learning rate at ``step`` (0-based), ``time_fraction`` of the wall-time budget spent."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant" or cfg.steps == 0:
+        return cfg.lr
+    t = max((step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1), time_fraction)
+    if cfg.lr_schedule == "step":
+        return cfg.lr * (0.5 ** (int(t >= 0.5) + int(t >= 0.75)))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+
+@dataclasses.dataclass
+class TrainLog:
+    """Losses and validation scores, one entry per logged step."""
+
+    loss: list[tuple[int, float]] = dataclasses.field(default_factory=list)
+    val_psnr_y_db: list[tuple[int, float]] = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+    precision: str = "fp32"
+    steps_done: int = 0
+
+
+def _load_resume(path: Path | None, model: nn.Module, opt: torch.optim.Optimizer, device: str) -> int:
+    """Restore model and optimizer from a resume checkpoint if there is one; the step to start at."""
+    if path is None or not path.is_file():
+        return 0
+    state = torch.load(path, map_location=device, weights_only=True)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    return int(state["step"])
+
+
+def _save_resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}, tmp)
+
+
+def _loss(model: nn.Module, teacher: nn.Module | None, cfg: TrainConfig, lr_t: torch.Tensor, hr_t: torch.Tensor,
+          bf16: bool) -> torch.Tensor:
+    """L1 to the HR patch (and to the teacher's output), forward under bf16 autocast when asked; FP32 loss."""
+    with torch.autocast(lr_t.device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = model(lr_t)
+        target = None
+        if teacher is not None and cfg.distill_weight > 0:
+            with torch.no_grad():
+                target = teacher(lr_t)
+    out = out.float()
+    loss = nn.functional.l1_loss(out, hr_t)
+    if target is not None:
+        loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * nn.functional.l1_loss(out, target.float())
+    return loss
+
+
+def _validate(model: nn.Module, val_pairs: Sequence[ImagePair], scale: int, device: str, fmt: torch.memory_format) -> float:
+    """PSNR-Y of the FP32 model on ``val_pairs`` (validation never runs in bf16)."""
+    model.eval().to(memory_format=torch.contiguous_format)
+    psnr = evaluate(torch_upscaler(model, device), val_pairs, scale).psnr_y_db
+    model.to(device, memory_format=fmt).train()
+    return psnr
+
+
+def fit(
+    model: nn.Module,
+    batches: Iterator[tuple[np.ndarray, np.ndarray]],
+    cfg: TrainConfig,
+    scale: int,
+    val_pairs: Sequence[ImagePair] = (),
+    hooks: Sequence[StepHook] = (),
+    teacher: nn.Module | None = None,
+    device: str = "cpu",
+    resume: Path | None = None,
+    params: Sequence[torch.nn.Parameter] | None = None,
+    desc: str = "train",
+) -> TrainLog:
+    """Train ``model`` in place on ``batches`` of (lr, hr) NCHW arrays.
+
+    Args:
+        model: canonical model (RGB in [0, 1] to RGB in [0, 1]).
+        batches: endless iterator of patch batches.
+        cfg: optimisation settings (``cfg.precision`` picks bf16 autocast or FP32, see
+            :func:`resolve_precision`; the log records the one used).
+        scale: SR factor, for validation.
+        val_pairs: validation images; PSNR-Y is logged every ``cfg.val_every`` steps and at the end.
+        hooks: called with the step number after each optimizer step.
+        teacher: frozen model for output distillation (``cfg.distill_weight``).
+        device: ``cpu`` or ``cuda``.
+        resume: checkpoint file written every ``cfg.ckpt_every`` steps and read at start if present.
+        params: parameters to optimise (default: all that require grad).
+        desc: progress-bar label.
+    """
+    torch.manual_seed(cfg.seed)
+    log = TrainLog(precision=resolve_precision(cfg.precision, device))
+    bf16 = log.precision == "bf16"
+    fmt = torch.channels_last if bf16 else torch.contiguous_format
+    model.to(device, memory_format=fmt).train()
+    if teacher is not None:
+        teacher.to(device, memory_format=fmt).eval()
+    trainable = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(trainable, lr=cfg.lr, betas=(0.9, 0.99))
+    start = _load_resume(resume, model, opt, device)
+    t0 = time.perf_counter()
+    budget_s = cfg.max_minutes * 60.0
+    bar = tqdm(range(start, cfg.steps), desc=desc, initial=start, total=cfg.steps, mininterval=5, disable=None)
+    running, done = 0.0, start
+    for step in bar:
+        lr_np, hr_np = next(batches)
+        lr_t = torch.from_numpy(lr_np).to(device).contiguous(memory_format=fmt)
+        hr_t = torch.from_numpy(hr_np).to(device)
+        spent = (time.perf_counter() - t0) / budget_s if budget_s else 0.0
+        lr_now = lr_at(cfg, step, spent)
+        for group in opt.param_groups:
+            group["lr"] = lr_now
+        loss = _loss(model, teacher, cfg, lr_t, hr_t, bf16)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+        opt.step()
+        for hook in hooks:
+            hook(step + 1)
+        running = 0.98 * running + 0.02 * loss.item() if step > start else loss.item()
+        last = step + 1 == cfg.steps or (budget_s and time.perf_counter() - t0 >= budget_s)
+        if (step + 1) % 50 == 0 or last:
+            log.loss.append((step + 1, running))
+            bar.set_postfix(loss=f"{running:.4f}", lr=f"{lr_now:.2e}")
+        if val_pairs and ((cfg.val_every and (step + 1) % cfg.val_every == 0) or last):
+            log.val_psnr_y_db.append((step + 1, _validate(model, val_pairs, scale, device, fmt)))
+            tqdm.write(f"[{desc}] step {step + 1}: val PSNR-Y {log.val_psnr_y_db[-1][1]:.3f} dB")
+        if resume is not None and cfg.ckpt_every and ((step + 1) % cfg.ckpt_every == 0 or last):
+            _save_resume(resume, model, opt, step + 1)
+        done = step + 1
+        if last:
+            break
+    bar.close()
+    log.seconds = time.perf_counter() - t0
+    log.steps_done = done
+    model.eval().to(memory_format=torch.contiguous_format)
+    if teacher is not None:
+        teacher.to(memory_format=torch.contiguous_format)
+    return log

@@ -1,0 +1,167 @@
+"""The ``bench`` stage: time every artifact of a run, each configuration in its own process.
+
+Configurations are interleaved (sizes outer, artifacts inner) so that drift of a shared machine
+hits every variant alike, and the results land in ``<run>/40-bench/latency.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+from compress.core.errors import InputError
+from compress.core.files import write_json_atomic
+from compress.pipeline.contract import BENCH_ORDER, artifact_kind, find, path_of
+from export.runtimes import available, runtime
+
+TARGETS_MS = (300.0, 1000.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """What to time.
+
+    Attributes:
+        sizes: LR input sizes (height, width); ``None`` entries mean "the LR size whose output is 1920x1080".
+        threads: runtime threads.
+        warmup: untimed calls first (at least 2).
+        runs: timed calls per configuration (large inputs use ``large_runs``).
+        large_runs: timed calls for inputs over ``LARGE_LR_PIXELS`` (0.1 LR megapixels).
+        tile: LR side above which inference is tiled.
+        gpu: also time the CUDA runtimes when a GPU is present.
+        large: ``all`` times every artifact at the large sizes; ``pareto`` only the FP32 ONNX reference
+            and the artifacts on the Pareto front of (latency at the largest small size, PSNR loss on
+            the embedded set, ignoring loss differences under ``LARGE_LOSS_TOL_DB``), which is what a
+            user picks from, at a fraction of the time.
+    """
+
+    sizes: tuple[tuple[int, int] | None, ...] = ((128, 128), (256, 256), None)
+    threads: int = 2
+    warmup: int = 2
+    runs: int = 10
+    large_runs: int = 3
+    tile: int = 512
+    gpu: bool = True
+    large: str = "pareto"
+
+    def __post_init__(self) -> None:
+        if self.large not in ("all", "pareto"):
+            raise ValueError(f"large must be 'all' or 'pareto', got {self.large!r}")
+        if self.warmup < 2 or self.runs < 1 or self.large_runs < 1:
+            raise ValueError(f"need warmup >= 2 and runs, large_runs >= 1; got {self.warmup}, {self.runs}, {self.large_runs}")
+
+
+def full_hd_lr(scale: int) -> tuple[int, int]:
+    """LR size whose x``scale`` output is 1920x1080 (rounded up)."""
+    return (-(-1080 // scale), -(-1920 // scale))
+
+
+def discover(run: Path) -> list[tuple[Path, str]]:
+    """(artifact, runtime) pairs of a run, in pipeline order (:data:`contract.BENCH_ORDER`)."""
+    found = [(p, artifact_kind(key).runtime) for key in BENCH_ORDER for p in find(run, key)]
+    if not found:
+        raise InputError(f"{run}: no artifacts to benchmark; run make model / export first")
+    return found
+
+
+def extra_runtimes(pairs: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
+    """The same artifacts on every present ``bench_extra`` runtime (GPU variants) of the runtime table."""
+    extra = []
+    for rt in available():
+        if rt.bench_extra:
+            extra += [(a, rt.name) for a, r in pairs if a.suffix in rt.suffixes and runtime(r).primary]
+    return extra
+
+
+def gpu_present() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+LARGE_LR_PIXELS = 100_000  # about 316x316 LR: the 1080p-output sizes at x2, x3 and x4
+LARGE_LOSS_TOL_DB = 0.02  # at large sizes, a slower artifact is timed only if it loses this much less
+
+
+def is_large(size: tuple[int, int]) -> bool:
+    return size[0] * size[1] > LARGE_LR_PIXELS
+
+
+def run_one(artifact: Path, runtime: str, size: tuple[int, int], scale: int, cfg: BenchConfig) -> dict[str, object]:
+    runs = cfg.large_runs if is_large(size) else cfg.runs
+    cmd = [sys.executable, "-m", "benchmarks.latency", "--artifact", str(artifact), "--runtime", runtime,
+           "--height", str(size[0]), "--width", str(size[1]), "--scale", str(scale), "--threads", str(cfg.threads),
+           "--warmup", str(cfg.warmup), "--runs", str(runs), "--tile", str(cfg.tile)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[2])
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
+        return {"artifact": str(artifact), "runtime": runtime, "lr_size": list(size), "error": tail[0]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def machine() -> dict[str, object]:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info: dict[str, object] = {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+                               "python": platform.python_version()}
+    if gpu_present():
+        import torch
+
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def large_subset(run: Path, pairs: list[tuple[Path, str]], results: list[dict]) -> list[tuple[Path, str]]:
+    """The FP32 ONNX reference plus the Pareto front of the last timed size (see ``BenchConfig.large``)."""
+    from compress.pipeline.report import pareto_front, quality_record
+
+    timed = [r for r in results if "error" not in r]
+    if not timed:
+        return pairs
+    last = max((tuple(r["lr_size"]) for r in timed), key=lambda s: s[0] * s[1])
+    ref = quality_record(run, path_of(run, "baseline")).get("quality", {}).get("embedded", {})
+    points = {}
+    for r in timed:
+        if tuple(r["lr_size"]) != last:
+            continue
+        q = quality_record(run, run / r["artifact"]).get("quality", {}).get("embedded", {})
+        if "psnr_y_db" in q and "psnr_y_db" in ref:
+            points[(r["artifact"], r["runtime"])] = (r["p50_ms"], ref["psnr_y_db"] - q["psnr_y_db"])
+    keep = pareto_front(points, LARGE_LOSS_TOL_DB) | {(artifact_kind("fp32_onnx").pattern, "ort")}
+    return [(a, rt) for a, rt in pairs if (str(a.relative_to(run)), rt) in keep]
+
+
+def run_bench(run: Path, scale: int, cfg: BenchConfig = BenchConfig()) -> Path:
+    """Time every artifact of ``run`` at every size; write ``40-bench/latency.json``."""
+    pairs = discover(run)
+    if cfg.gpu:
+        pairs += extra_runtimes(pairs)
+    sizes = [s if s is not None else full_hd_lr(scale) for s in cfg.sizes]
+    sizes.sort(key=lambda s: s[0] * s[1])
+    results: list[dict] = []
+    for size in sizes:
+        chosen = pairs if cfg.large == "all" or not is_large(size) else large_subset(run, pairs, results)
+        for artifact, runtime in chosen:
+            row = {**run_one(artifact, runtime, size, scale, cfg), "artifact": str(artifact.relative_to(run))}
+            results.append(row)
+            status = row.get("error") or f"p50 {row['p50_ms']:.1f} ms"
+            print(f"[bench] {row['artifact']:45s} {runtime:8s} {size[0]}x{size[1]}: {status}", flush=True)
+    out = path_of(run, "latency")
+    write_json_atomic(out, {"machine": machine(), "config": dataclasses.asdict(cfg), "scale": scale,
+                            "targets_ms": list(TARGETS_MS), "results": results})
+    return out

@@ -1,0 +1,253 @@
+"""Argument parsing for ``python -m compress``; every command reports bad input without a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from compress.core.errors import InputError
+
+TIMED_STAGES = ("model", "prune", "quantize", "export", "bench")  # wall times go to <run>/stage_seconds.json
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from compress.core.checkpoint import load_checkpoint
+
+    info = load_checkpoint(args.checkpoint, args.scale).describe()
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for key in ("arch", "scale", "num_feat", "num_block", "params", "layout"):
+            print(f"{key:10s} {info[key]}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from compress.core.data import list_images, load_pairs
+    from compress.core.evaluate import bicubic_upscaler, evaluate
+    from compress.core.infer import TileConfig
+    from export.runtimes import open_upscaler
+
+    if args.run:
+        return _eval_run(args)
+    if not args.model or not args.scale:
+        raise InputError("eval needs --model and --scale (or --run)")
+    pairs = load_pairs(list_images(args.data), args.scale)
+    if args.model == "bicubic":
+        fn, label = bicubic_upscaler(args.scale), "bicubic"
+    else:
+        fn, label = open_upscaler(args.model, args.scale, threads=args.threads), args.model
+    result = evaluate(fn, pairs, args.scale, TileConfig(tile=args.tile))
+    out = {"model": label, "data": str(args.data), **result.to_dict()}
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        for img in out["images"]:
+            print(f"{img['name']:20s} PSNR-Y {img['psnr_y_db']:.3f} dB  SSIM-Y {img['ssim_y']:.4f}")
+        print(f"{'mean':20s} PSNR-Y {out['psnr_y_db']:.3f} dB  SSIM-Y {out['ssim_y']:.4f}  ({out['convention']})")
+    return 0
+
+
+def _eval_run(args: argparse.Namespace) -> int:
+    """PSNR-Y of every artifact of a run on ``--data``, and dB lost against the run's FP32 model."""
+    from compress.pipeline.bench_stage import discover
+    from compress.core.data import list_images, load_pairs
+    from compress.core.evaluate import evaluate
+    from export.runtimes import open_upscaler
+    from compress.pipeline.contract import baseline
+
+    run = Path(args.run)
+    _, loaded = baseline(run)
+    pairs = load_pairs(list_images(args.data), loaded.scale)
+    rows, ref = [], None
+    for artifact, _ in discover(run):  # the baseline checkpoint comes first: it is the reference
+        psnr = evaluate(open_upscaler(artifact, loaded.scale, args.threads), pairs, loaded.scale).psnr_y_db
+        ref = psnr if ref is None else ref
+        rows.append({"artifact": str(artifact.relative_to(run)), "psnr_y_db": round(psnr, 4),
+                     "db_lost": round(ref - psnr, 4)})
+        if not args.json:
+            print(f"{rows[-1]['artifact']:50s} PSNR-Y {psnr:.3f} dB  lost {ref - psnr:+.3f} dB", flush=True)
+    if args.json:
+        print(json.dumps({"run": str(run), "data": str(args.data), "scale": loaded.scale, "rows": rows}, indent=2))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from compress.core.recipe import load_recipe
+    from compress.pipeline.trainer import TrainRecipe, dumps, train_model
+
+    overrides = {"scale": args.scale, "data": args.data, "init_from": args.init_from}
+    recipe = load_recipe(TrainRecipe, args.recipe, overrides)
+    if args.precision or args.max_minutes is not None:
+        train = dataclasses.replace(recipe.train, **{k: v for k, v in (("precision", args.precision),
+                                                                       ("max_minutes", args.max_minutes)) if v is not None})
+        recipe = dataclasses.replace(recipe, train=train)
+    record = train_model(recipe, Path(args.out), device=args.device, recipe_file=str(args.recipe),
+                         continue_from=args.continue_from)
+    print(dumps({k: record[k] for k in ("stage", "precision", "steps_done", "train_seconds", "val_psnr_y_db",
+                                        "continued_from", "written") if k in record}))
+    if not record["written"]:
+        print(f"kept {args.continue_from}: validation PSNR-Y {record['val_psnr_y_db'][-1][1]:.3f} dB is not better "
+              f"than its {record['continued_from']['val_psnr_y_db']:.3f} dB; {args.out} not written", file=sys.stderr)
+    return 0
+
+
+def _cmd_model(args: argparse.Namespace) -> int:
+    from compress.pipeline.model_stage import stage_model
+
+    print(json.dumps(stage_model(args.model or None, args.scale, Path(args.run), args.eval or None, args.arch),
+                     indent=2, default=str))
+    return 0
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    from compress.core.recipe import load_recipe
+    from pruning.recipe import PruneRecipe
+    from compress.pipeline.prune_stage import run_prune
+
+    for path in args.recipe:
+        recipe = load_recipe(PruneRecipe, path, {"data": args.data})
+        print(json.dumps(run_prune(Path(args.run), recipe, Path(path).stem, args.eval or None), indent=2, default=str))
+    return 0
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from compress.core.recipe import load_recipe
+    from quantization.recipe import QuantRecipe
+    from compress.pipeline.quantize_stage import run_quantize
+
+    from compress.pipeline.quantize_stage import auto_sources
+
+    recipe = load_recipe(QuantRecipe, args.recipe, {"data": args.data})
+    pruned = load_recipe(QuantRecipe, args.pruned_recipe, {"data": args.data}) if args.pruned_recipe else recipe
+    sources = [s for name in (args.source or ["model"]) for s in (auto_sources(Path(args.run)) if name == "auto" else [name])]
+    for source in sources:
+        chosen = pruned if source.startswith("prune/") else recipe
+        print(json.dumps(run_quantize(Path(args.run), chosen, source, args.eval or None), indent=2, default=str))
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from compress.pipeline.bench_stage import BenchConfig, run_bench
+    from compress.pipeline.contract import baseline
+
+    _, loaded = baseline(Path(args.run))
+    sizes = tuple(tuple(int(v) for v in s.split("x")) if s != "1080p" else None for s in args.sizes)
+    cfg = BenchConfig(sizes=sizes, threads=args.threads, runs=args.runs, large_runs=min(args.runs, 3), large=args.large)
+    print(run_bench(Path(args.run), loaded.scale, cfg))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from compress.pipeline.report import write_report
+
+    path = write_report(Path(args.run))
+    print(path.read_text())
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from compress.pipeline.export_stage import stage_export
+
+    print(json.dumps(stage_export(Path(args.run), not args.no_tflite, args.eval or None), indent=2, default=str))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m compress", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("inspect", help="detect architecture, scale and hyperparameters of a checkpoint")
+    s.add_argument("checkpoint")
+    s.add_argument("--scale", type=int, default=None, help="required for SRCNN checkpoints")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_cmd_inspect)
+
+    s = sub.add_parser("eval", help="PSNR-Y / SSIM-Y of a checkpoint, ONNX/TFLite artifact or bicubic")
+    s.add_argument("--model", help="checkpoint, .onnx, .tflite, or 'bicubic'")
+    s.add_argument("--run", help="instead of --model: every artifact of this run folder, with dB lost against its FP32 model")
+    s.add_argument("--data", required=True, help="folder of HR images")
+    s.add_argument("--scale", type=int, help="required with --model")
+    s.add_argument("--tile", type=int, default=0, help="LR tile size for tiled inference (0: whole image)")
+    s.add_argument("--threads", type=int, default=0, help="runtime threads (0: library default)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_cmd_eval)
+
+    s = sub.add_parser("train", help="train a model from HR images per a TOML recipe")
+    s.add_argument("--recipe", required=True)
+    s.add_argument("--out", required=True, help="output .safetensors")
+    s.add_argument("--scale", type=int, default=None, help="override the recipe's scale")
+    s.add_argument("--data", default=None, help="override the recipe's data folder")
+    s.add_argument("--init-from", default=None, help="checkpoint whose matching tensors initialise the model")
+    s.add_argument("--continue-from", default=None,
+                   help="warm-start every tensor from this checkpoint; --out is written only if it validates better")
+    s.add_argument("--precision", choices=["auto", "bf16", "fp32"], default=None,
+                   help="override the recipe's train.precision (auto: bf16 autocast where the CPU has AMX/AVX512-BF16)")
+    s.add_argument("--max-minutes", type=float, default=None, help="override the recipe's wall-time budget")
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("model", help="stage 1: take a checkpoint into a run as its FP32 baseline")
+    s.add_argument("--model", default="", help="checkpoint (default: the shipped default for --arch and --scale)")
+    s.add_argument("--arch", choices=("edsr", "rrdb"), default="edsr", help="which shipped default (without --model)")
+    s.add_argument("--scale", type=int, default=None)
+    s.add_argument("--run", required=True, help="run folder, e.g. artifacts/run-x2")
+    s.add_argument("--eval", action="append", default=[], help="extra evaluation folder(s)")
+    s.set_defaults(func=_cmd_model)
+
+    s = sub.add_parser("prune", help="stage 2: AGP unstructured or channel pruning of a run's baseline")
+    s.add_argument("--run", required=True)
+    s.add_argument("--recipe", action="append", required=True, help="prune recipe TOML (repeatable)")
+    s.add_argument("--data", default=None, help="training images for fine-tuning (default: embedded set)")
+    s.add_argument("--eval", action="append", default=[], help="extra evaluation folder(s)")
+    s.set_defaults(func=_cmd_prune)
+
+    s = sub.add_parser("quantize", help="stage 3: INT8 PTQ (ORT QDQ), mixed precision and QAT")
+    s.add_argument("--run", required=True)
+    s.add_argument("--recipe", required=True, help="quantize recipe TOML")
+    s.add_argument("--source", action="append", default=[], help="'model' (default), 'prune/<name>', or 'auto' (model and every channel-pruned model; repeatable)")
+    s.add_argument("--pruned-recipe", default=None, help="recipe for the pruned sources (default: --recipe)")
+    s.add_argument("--data", default=None, help="training images for QAT (default: embedded set)")
+    s.add_argument("--eval", action="append", default=[], help="extra evaluation folder(s)")
+    s.set_defaults(func=_cmd_quantize)
+
+    s = sub.add_parser("bench", help="stage 5: latency of every artifact, each configuration in its own process")
+    s.add_argument("--run", required=True)
+    s.add_argument("--sizes", nargs="+", default=["128x128", "256x256", "1080p"], help="LR HxW sizes, or 1080p")
+    s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--runs", type=int, default=10)
+    s.add_argument("--large", choices=("pareto", "all"), default="pareto",
+                   help="which artifacts to time at sizes over 0.1 LR MP: the FP32 reference and the Pareto front, or all")
+    s.set_defaults(func=_cmd_bench)
+
+    s = sub.add_parser("report", help="stage 6: compression report (md, json, csv, html)")
+    s.add_argument("--run", required=True)
+    s.set_defaults(func=_cmd_report)
+
+    s = sub.add_parser("export", help="stage 4: FP32 ONNX and TFLite (FP32/FP16/INT8) exports with parity checks")
+    s.add_argument("--run", required=True)
+    s.add_argument("--no-tflite", action="store_true", help="ONNX only")
+    s.add_argument("--eval", action="append", default=[], help="extra evaluation folder(s)")
+    s.set_defaults(func=_cmd_export)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.filterwarnings("default", category=UserWarning, module="compress")
+    start = time.perf_counter()
+    try:
+        code = int(args.func(args) or 0)
+        if args.command in TIMED_STAGES and code == 0:
+            from compress.core.files import record_stage_seconds
+
+            record_stage_seconds(args.run, args.command, time.perf_counter() - start)
+        return code
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

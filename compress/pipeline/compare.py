@@ -1,0 +1,78 @@
+"""``make compare A=<run|report.json> B=<run|report.json>``: two reports side by side with deltas."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from compress.core.errors import InputError
+
+
+def load_report(path: str | Path) -> dict:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "50-report" / "report.json"
+    if not path.is_file():
+        raise InputError(f"{path}: no report.json (run make report first)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def _get(row: dict | None, key: str, sub: str | None = None) -> float | None:
+    if row is None:
+        return None
+    value = row.get(key)
+    if sub is not None:
+        value = (value or {}).get(sub)
+        if isinstance(value, dict):
+            value = value.get("p50_ms")
+    return value
+
+
+def compare(a: dict, b: dict, eval_set: str = "embedded", size: str = "256x256") -> list[dict]:
+    """Rows matched by (artifact, runtime); each metric as A, B and B - A."""
+    index_a = {(r["artifact"], r["runtime"]): r for r in a["rows"]}
+    index_b = {(r["artifact"], r["runtime"]): r for r in b["rows"]}
+    out = []
+    for key in list(index_a) + [k for k in index_b if k not in index_a]:
+        ra, rb = index_a.get(key), index_b.get(key)
+        entry = {"artifact": key[0], "runtime": key[1]}
+        for name, k, sub in (("psnr_y_db", "psnr_y_db", eval_set), ("db_lost", "db_lost", eval_set),
+                             (f"p50_ms@{size}", "latency", size), ("size_bytes", "size_bytes", None), ("params", "params", None)):
+            va, vb = _get(ra, k, sub), _get(rb, k, sub)
+            entry[name] = (va, vb, None if va is None or vb is None else round(vb - va, 4))
+        out.append(entry)
+    return out
+
+
+def format_table(rows: list[dict]) -> str:
+    metrics = [k for k in rows[0] if k not in ("artifact", "runtime")] if rows else []
+    head = ["artifact", "runtime"] + [f"{m} A | B | B-A" for m in metrics]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    fmt = lambda v: "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))  # noqa: E731
+    for r in rows:
+        lines.append("| " + " | ".join([r["artifact"], r["runtime"]] + [" | ".join(fmt(v) for v in r[m]) for m in metrics]) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m compress.pipeline.compare")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--eval-set", default="embedded")
+    p.add_argument("--size", default="256x256")
+    args = p.parse_args(argv)
+    try:
+        print(format_table(compare(load_report(args.a), load_report(args.b), args.eval_set, args.size)))
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

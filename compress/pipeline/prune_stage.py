@@ -1,0 +1,124 @@
+"""The ``prune`` stage: baseline of a run -> pruned checkpoint, its ONNX export and a sidecar."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import gzip
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from compress.core.checkpoint import count_params, rebuild, save_checkpoint
+from compress.core.data import load_pairs, random_patches
+from compress.core.default_data import training_pairs
+from compress.core.files import read_sidecar, write_sidecar
+from compress.core.infer import torch_upscaler
+from compress.core.recipe import to_dict
+from compress.core.checkpoint import count_macs
+from compress.core.evaluate import eval_sets, quality
+from compress.pipeline.contract import baseline, path_of
+from compress.core.train import TrainConfig, fit
+from export.onnx_export import export_checked
+from pruning.channel import prune_channels
+from pruning.magnitude import prune_low_magnitude, strip_pruning
+from pruning.recipe import PruneRecipe
+
+
+def storage_bytes(model: nn.Module) -> dict[str, int]:
+    """Sizes of the weights: dense FP32, and sparse as a bitmap of non-zeros plus FP32 values."""
+    dense = sparse = 0
+    for tensor in model.state_dict().values():
+        n = tensor.numel()
+        nnz = int((tensor != 0).sum())
+        dense += 4 * n
+        sparse += min(4 * n, (n + 7) // 8 + 4 * nnz)
+    return {"dense_fp32_bytes": dense, "sparse_bitmap_bytes": sparse}
+
+
+def gzip_bytes(path: Path) -> int:
+    return len(gzip.compress(path.read_bytes(), compresslevel=9))
+
+
+def _fine_tune_channels(model, recipe, batches, scale, teacher) -> tuple[list[tuple[int, dict[str, int]]], float]:  # noqa: ANN001
+    """Channel pruning events at the schedule's steps with fine-tuning segments between them."""
+    pruning = prune_channels(model, recipe.schedule, recipe.round_to, global_pruning=recipe.scope == "global",
+                             inner_ratio=recipe.inner_final_sparsity)
+    steps = recipe.schedule.pruning_steps()
+    bounds = [*steps, recipe.train.steps]
+    events, seconds = [], 0.0
+    for i, start in enumerate(steps):
+        pruning.step()
+        events.append((start, round(recipe.schedule(start), 4)))
+        length = bounds[i + 1] - start
+        if length <= 0:
+            continue
+        last = i == len(steps) - 1
+        seg = dataclasses.replace(
+            recipe.train, steps=length, lr_schedule=recipe.train.lr_schedule if last else "constant", warmup_steps=0
+        )
+        seconds += fit(model, batches, seg, scale, teacher=teacher, desc=f"prune seg {i + 1}/{len(steps)}").seconds
+    return events, seconds
+
+
+def run_prune(run: Path, recipe: PruneRecipe, name: str, extra_eval: list[str] | None = None) -> dict[str, object]:
+    """Prune the run's baseline per ``recipe`` into ``<run>/10-prune/<name>/``."""
+    src, loaded = baseline(run)
+    base_side = read_sidecar(src)
+    scale = loaded.scale
+    model = loaded.model
+    sets = eval_sets(scale, extra_eval)
+    before = dict(base_side.get("quality", {}))
+    missing = {k: v for k, v in sets.items() if k not in before}
+    if missing:  # sets the baseline was not measured on when `make model` ran
+        before.update(quality(torch_upscaler(model), missing, scale))
+    storage_before = {**storage_bytes(model), "gzip_file_bytes": gzip_bytes(src)}
+    teacher = copy.deepcopy(model).eval() if recipe.train.distill_weight > 0 else None
+    if teacher is not None:
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+    pairs = training_pairs(recipe.data, scale)
+    batches = random_patches(pairs, scale, recipe.patch)
+    if recipe.method == "unstructured":
+        state = prune_low_magnitude(model, recipe.schedule, recipe.scope, recipe.skip_first_last)
+        log = fit(model, batches, recipe.train, scale, hooks=[state.update], teacher=teacher, desc=f"prune {name}")
+        detail = {"events": state.history, "overall_sparsity": round(state.overall_sparsity(), 4)}
+        detail["layer_sparsity"] = {k: round(v, 4) for k, v in strip_pruning(state).items()}
+        seconds = log.seconds
+    else:
+        events, seconds = _fine_tune_channels(model, recipe, batches, scale, teacher)
+        detail = {"events": events}
+    pruned = rebuild(model, scale)
+    if recipe.method == "channel":
+        detail["widths"] = {n: m.out_channels for n, m in pruned.model.named_modules() if isinstance(m, nn.Conv2d)}
+    ckpt = save_checkpoint(pruned.model, pruned.config, path_of(run, "pruned", name), metadata={"stage": "prune"})
+    onnx_path, par = export_checked(pruned.model, path_of(run, "pruned_onnx", name), torch.rand(1, 3, 48, 40))
+    after = quality(torch_upscaler(pruned.model), sets, scale)
+    record = {
+        "stage": "prune",
+        "method": recipe.method,
+        "recipe": to_dict(recipe),
+        "schedule": recipe.schedule.get_config(),
+        "arch": pruned.arch,
+        "scale": scale,
+        "config": pruned.describe()["config"],
+        "params": count_params(pruned.model),
+        "params_before": base_side.get("params"),
+        "macs_256x256": count_macs(pruned.model),
+        "macs_256x256_before": base_side.get("macs_256x256"),
+        "storage": {**storage_bytes(pruned.model), "gzip_file_bytes": gzip_bytes(ckpt)},
+        "storage_before": storage_before,
+        "speedup_note": "unstructured zeros do not run faster in dense runtimes (ONNX Runtime, TFLite); only storage shrinks"
+        if recipe.method == "unstructured" else "channels are removed: dense runtimes do less work",
+        "fine_tune_seconds": round(seconds, 1),
+        "quality": after,
+        "quality_before": before,
+        "psnr_y_delta_db": {k: round(after[k]["psnr_y_db"] - before[k]["psnr_y_db"], 4) for k in after if k in before},
+        **detail,
+    }
+    write_sidecar(ckpt, record, source=src)
+    write_sidecar(onnx_path, {"stage": "prune-export", "format": "onnx-fp32", "parity_vs_pytorch": par.to_dict(),
+                              "params": record["params"], "macs_256x256": record["macs_256x256"]}, source=ckpt)
+    return {"artifact": str(ckpt), "psnr_y_delta_db": record["psnr_y_delta_db"], "macs_256x256": record["macs_256x256"],
+            "macs_256x256_before": record["macs_256x256_before"]}

@@ -1,0 +1,157 @@
+"""The ``quantize`` stage: a run's FP32 (or pruned) checkpoint -> INT8 QDQ ONNX models with sidecars."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from compress.core.checkpoint import LoadedModel, load_checkpoint
+from compress.core.data import ImagePair, list_images, load_pair, random_patches
+from compress.core.default_data import split_paths, training_pairs
+from compress.core.errors import InputError
+from compress.core.evaluate import eval_sets, evaluate, quality
+from compress.core.files import read_sidecar, sidecar_path, write_sidecar
+from compress.core.recipe import to_dict
+from compress.core.train import fit
+from compress.pipeline.contract import find, path_of, stage_dir
+from export.runtimes import ort_upscaler
+from export.onnx_export import export_onnx, parity
+from export.onnx_tail import recorded_rewrites
+from quantization.calibration import PatchCalibrationReader, iter_patches
+from quantization.ptq import (Calibration, Int8Options, calibrate, cpu_has_vnni, kernel_report, preprocess, quantize,
+                              range_summary, reduce_weight_range)
+from quantization.qat import load_qat_ranges, prepare_qat, strip_qat, write_qat_ranges
+from quantization.recipe import QuantRecipe
+from quantization.sensitivity import choose_float_nodes, rank_sensitivity
+
+SCORE_CROP = 96  # LR side of the centre crops that score sensitivity
+
+
+def source_checkpoint(run: Path, source: str) -> Path:
+    """``model`` (the baseline) or ``prune/<name>`` (a pruned model) inside ``run``."""
+    path = path_of(run, "baseline") if source == "model" else path_of(run, "pruned", source.removeprefix("prune/"))
+    if not path.is_file():
+        raise InputError(f"{path}: quantize source {source!r} not found in run {run} (run make model / make prune first)")
+    return path
+
+
+def auto_sources(run: Path) -> list[str]:
+    """The baseline and every channel-pruned model of the run (unstructured zeros gain nothing in INT8)."""
+    found = ["model"]
+    for ckpt in find(run, "pruned"):
+        if sidecar_path(ckpt).is_file() and read_sidecar(ckpt).get("method") == "channel":
+            found.append(f"prune/{ckpt.parent.name}")
+    return found
+
+
+def _calibration_paths(recipe: QuantRecipe) -> list[Path]:
+    return split_paths("calibration") if recipe.calibration_data == "default" else list_images(recipe.calibration_data)
+
+
+def _centre_crops(paths: list[Path], scale: int) -> list[ImagePair]:
+    """Centre crops of each calibration image, decoded one at a time (only the crops are kept)."""
+    out = []
+    for path in paths:
+        p = load_pair(path, scale)
+        h, w = p.lr.shape[:2]
+        s = min(SCORE_CROP, h, w)
+        y, x = (h - s) // 2, (w - s) // 2
+        out.append(ImagePair(p.name, p.hr[y * scale:(y + s) * scale, x * scale:(x + s) * scale].copy(),
+                             p.lr[y:y + s, x:x + s].copy()))
+    return out
+
+
+def _run_qat(loaded: LoadedModel, recipe: QuantRecipe, reader: PatchCalibrationReader, pre: Path, out_dir: Path,
+             caches: dict[str, Path], rr: bool, opts: Int8Options, finish) -> None:  # noqa: ANN001
+    """QAT under the chosen calibration's ranges, then ORT quantizes the trained model with exactly those."""
+    scale = loaded.scale
+    model = copy.deepcopy(loaded.model)
+    state = prepare_qat(model, iter_patches(reader.paths, scale, recipe.calibration), reduce_range=rr)
+    qat_method = Calibration(recipe.qat_calibration)
+    if qat_method is not Calibration.MINMAX:  # train under the ranges of the chosen calibration
+        if recipe.qat_calibration not in caches:
+            caches[recipe.qat_calibration] = out_dir / f"calibration_{recipe.qat_calibration}.json"
+            calibrate(pre, reader, qat_method, caches[recipe.qat_calibration], recipe.percentile)
+        load_qat_ranges(state, pre, caches[recipe.qat_calibration])
+    pairs = training_pairs(recipe.data, scale)
+    teacher = loaded.model.eval() if recipe.train.distill_weight > 0 else None
+    log = fit(model, random_patches(pairs, scale, recipe.patch), recipe.train, scale, teacher=teacher, desc="qat")
+    strip_qat(state)
+    qat_fp32 = export_onnx(model, out_dir / "model_qat_fp32.onnx")
+    qat_pre = preprocess(qat_fp32, out_dir / "model_qat_fp32_pre.onnx")
+    cache = out_dir / "calibration_qat.json"
+    calibrate(qat_pre, reader, qat_method, cache, recipe.percentile)  # tensors QAT did not simulate
+    trained = write_qat_ranges(state, qat_pre, cache)
+    path = quantize(qat_pre, out_dir / "model_int8_qat.onnx", cache, qat_method, options=opts)
+    finish(path, {"method": "qat", "calibration": {"method": recipe.qat_calibration, "samples": reader.count,
+                                                    "tensors_with_qat_ranges": trained},
+                  "excluded_nodes": [], "qat_seconds": round(log.seconds, 1), "qat_loss": log.loss[-5:]})
+
+
+def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_eval: list[str] | None = None) -> dict:
+    """PTQ per method, mixed precision and QAT for one source model of ``run``."""
+    src = source_checkpoint(run, source)
+    loaded = load_checkpoint(src)
+    scale = loaded.scale
+    out_dir = stage_dir(run, "quantize") / source.replace("/", "-")
+    fp32 = export_onnx(loaded.model, out_dir / "model_fp32.onnx")
+    pre = preprocess(fp32, out_dir / "model_fp32_pre.onnx")
+    reader = PatchCalibrationReader(_calibration_paths(recipe), scale, recipe.calibration)
+    sets = eval_sets(scale, extra_eval)
+    ref_quality = quality(ort_upscaler(fp32), sets, scale)
+    score_pairs = _centre_crops(reader.paths, scale)
+    score = lambda path: evaluate(ort_upscaler(path), score_pairs, scale).psnr_y_db  # noqa: E731
+    rr = reduce_weight_range(recipe.weight_range)
+    opts = Int8Options(reduce_range=rr, float_op_types=recipe.float_op_types)
+    common = {"weights": {"bits": 7 if rr else 8, "range": "[-64, 64]" if rr else "[-127, 127]",
+                          "setting": recipe.weight_range, "cpu_has_vnni": cpu_has_vnni()},
+              "stage": "quantize", "arch": loaded.arch,
+              "scale": scale, "config": loaded.describe()["config"], "params": loaded.describe()["params"],
+              "recipe": to_dict(recipe), "fp32_quality": ref_quality,
+              "tail_rewrites": recorded_rewrites(onnx.load(str(fp32)))}
+    sample = next(iter_patches(reader.paths, scale, recipe.calibration))
+    fp32_out = ort_upscaler(fp32)(sample)
+    results: dict[str, dict] = {}
+
+    def finish(path: Path, extra: dict) -> None:
+        q = quality(ort_upscaler(path), sets, scale)
+        record = {**common, **extra, "format": "onnx-qdq-int8", "quality": q,
+                  "psnr_y_delta_db": {k: round(q[k]["psnr_y_db"] - ref_quality[k]["psnr_y_db"], 4) for k in q},
+                  "parity_vs_fp32_onnx": parity(fp32_out, ort_upscaler(path)(sample)).to_dict(),
+                  "kernels": kernel_report(path), "fp32_size_bytes": fp32.stat().st_size}
+        write_sidecar(path, record, source=src)
+        results[path.name] = record["psnr_y_delta_db"]
+
+    caches: dict[str, Path] = {}
+    for name in recipe.ptq_methods:
+        method = Calibration(name)
+        caches[name] = out_dir / f"calibration_{name}.json"
+        ranges = calibrate(pre, reader, method, caches[name], recipe.percentile)
+        path = quantize(pre, out_dir / f"model_int8_{name}.onnx", caches[name], method, options=opts)
+        finish(path, {"method": "ptq", "calibration": {"method": name, "samples": reader.count,
+                      "percentile": recipe.percentile if method is Calibration.PERCENTILE else None,
+                      "ranges": range_summary(ranges)}, "excluded_nodes": []})
+
+    if recipe.mixed_precision and recipe.max_float_nodes > 0:
+        best = max(recipe.ptq_methods, key=lambda m: score(out_dir / f"model_int8_{m}.onnx"))
+        method = Calibration(best)
+        target = score(fp32) - recipe.budget_db
+        base, ranking = rank_sensitivity(pre, caches[best], method, score, options=opts)
+        chosen, trace = choose_float_nodes(pre, caches[best], method, score, ranking, target, recipe.max_float_nodes, opts)
+        path = quantize(pre, out_dir / "model_int8_mixed.onnx", caches[best], method, chosen, opts)
+        finish(path, {"method": "ptq-mixed", "calibration": {"method": best, "samples": reader.count},
+                      "excluded_nodes": chosen, "sensitivity": {"score_images": [p.name for p in score_pairs],
+                      "int8_psnr_y_db": round(base, 4), "target_psnr_y_db": round(target, 4),
+                      "ranking": [(s.node, s.gain_db) for s in ranking], "trace": trace}})
+
+    if recipe.qat:
+        _run_qat(loaded, recipe, reader, pre, out_dir, caches, rr, opts, finish)
+    if recipe.tflite_qat.enabled:
+        from compress.pipeline.tflite_stage import tfmot_qat_tflite
+
+        results.update(tfmot_qat_tflite(loaded, src, out_dir, recipe.tflite_qat, recipe.data, extra_eval,
+                                        recipe.calibration))
+    return {"source": source, "out": str(out_dir), "psnr_y_delta_db": results}

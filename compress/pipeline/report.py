@@ -1,0 +1,267 @@
+"""The compression report: one row per (artifact, runtime) with size, quality, latency and verdicts.
+
+Reads the sidecars every stage wrote and ``40-bench/latency.json``; writes ``report.md``,
+``report.json``, ``report.csv`` and ``report.html`` (with a Pareto plot of PSNR loss against latency)
+into ``<run>/50-report/``.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import fnmatch
+import io
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from compress.core.errors import InputError
+from compress.core.files import read_json_object, read_sidecar, sidecar_path, write_json_atomic, write_text_atomic
+from compress.pipeline.contract import STAGE_SECONDS, artifact_kind, path_of, stage_dir
+
+LIBS = ("torch", "torch-pruning", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorflow", "tf-keras",
+        "tensorflow-model-optimization", "numpy")
+
+
+def size_label(lr: list[int]) -> str:
+    return f"{lr[0]}x{lr[1]}"
+
+
+def max_output_mp(points: list[tuple[float, float]], target_ms: float) -> tuple[float | None, bool]:
+    """Largest output megapixels meeting ``target_ms`` from (out_mp, p50_ms) points.
+
+    Latency is fitted as a + b * MP by least squares (convolution cost is linear in pixels, and tiled
+    inference keeps it so). Returns (MP, extrapolated?) or (None, False) if there are too few points.
+    """
+    pts = sorted(points)
+    if len(pts) < 2:
+        return None, False
+    mp, ms = np.array(pts).T
+    b, a = np.polyfit(mp, ms, 1)
+    if b <= 0:
+        return None, False
+    best = max((target_ms - a) / b, 0.0)
+    return round(float(best), 3), bool(best > mp.max() * (1 + 1e-6))
+
+
+def pareto_front(points: dict[object, tuple[float, float]], loss_tol_db: float = 0.0) -> set[object]:
+    """Keys of the (latency, loss) staircase: from the fastest point on, each kept point loses at least
+    ``loss_tol_db`` less than every faster kept point (with 0, the usual Pareto front; ties in latency go
+    to the lower loss)."""
+    front, best = set(), float("inf")
+    for key, (_, loss) in sorted(points.items(), key=lambda kv: kv[1]):
+        if loss < best - loss_tol_db or not front:
+            front.add(key)
+            best = loss
+    return front
+
+
+def _sidecar(path: Path) -> dict:
+    """The artifact's sidecar, or ``{}`` for an artifact written without one."""
+    return read_sidecar(path) if sidecar_path(path).is_file() else {}
+
+
+def quality_record(run: Path, artifact: Path) -> dict:
+    """Sidecar holding the artifact's quality (an exported ONNX shares its checkpoint's)."""
+    side = _sidecar(artifact)
+    if "quality" in side:
+        return side
+    rel = artifact.relative_to(run).as_posix() if artifact.is_relative_to(run) else artifact.name
+    if rel in (artifact_kind("fp32_onnx").pattern, artifact_kind("fp32_plain_onnx").pattern):
+        return _sidecar(path_of(run, "baseline"))
+    if fnmatch.fnmatch(rel, artifact_kind("pruned_onnx").pattern):
+        return _sidecar(path_of(run, "pruned", artifact.parent.name))
+    return side
+
+
+def build_rows(run: Path) -> tuple[list[dict], dict]:
+    bench_file = path_of(run, "latency")
+    if not bench_file.is_file():
+        raise InputError(f"{bench_file}: no benchmark results; run make bench first")
+    bench = read_json_object(bench_file)
+    base = _sidecar(path_of(run, "baseline"))
+    ref = {k: v["psnr_y_db"] for k, v in base.get("quality", {}).items()}
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in bench["results"]:
+        groups.setdefault((r["artifact"], r["runtime"]), []).append(r)
+    rows = []
+    for (rel, runtime), results in groups.items():
+        artifact = run / rel
+        side, qside = _sidecar(artifact), quality_record(run, artifact)
+        psnr = {k: v["psnr_y_db"] for k, v in qside.get("quality", {}).items()}
+        ok = [r for r in results if "error" not in r]
+        row = {
+            "artifact": rel, "runtime": runtime, "format": side.get("format", qside.get("format", "")),
+            "method": side.get("method", qside.get("method", "")),
+            "params": qside.get("params", side.get("params")), "macs_256x256": qside.get("macs_256x256"),
+            "size_bytes": artifact.stat().st_size if artifact.is_file() else None,
+            "gzip_bytes": qside.get("storage", {}).get("gzip_file_bytes"),
+            "sparsity": qside.get("overall_sparsity"),
+            "psnr_y_db": psnr, "db_lost": {k: round(ref[k] - v, 4) for k, v in psnr.items() if k in ref},
+            "latency": {size_label(r["lr_size"]): {"p50_ms": r["p50_ms"], "p95_ms": r["p95_ms"], "min_ms": r["min_ms"],
+                                                   "out_mp": r["out_mp"], "peak_rss_mb": r["peak_rss_mb"]} for r in ok},
+            "errors": {size_label(r["lr_size"]): r["error"] for r in results if "error" in r},
+        }
+        row["verdicts"] = {lab: {f"{int(t)}ms": v["p50_ms"] <= t for t in bench["targets_ms"]} for lab, v in row["latency"].items()}
+        points = [(r["out_mp"], r["p50_ms"]) for r in ok]
+        row["max_output_mp"] = {f"{int(t)}ms": dict(zip(("mp", "extrapolated"), max_output_mp(points, t)))
+                                for t in bench["targets_ms"]}
+        rows.append(row)
+    header = {"run": str(run), "scale": bench["scale"], "machine": bench["machine"], "bench_config": bench["config"],
+              "targets_ms": bench["targets_ms"], "libraries": _versions(), "git_commit": _git_commit(),
+              "bicubic_psnr_y_db": {k: v["psnr_y_db"] for k, v in base.get("bicubic", {}).items()},
+              "fp32_psnr_y_db": ref, "stage_seconds": _stage_seconds(run),
+              "psnr_convention": "Y of BT.601, scale pixels shaved, 8-bit rounded; LR by PIL antialiased bicubic"}
+    return rows, header
+
+
+def _stage_seconds(run: Path) -> dict[str, float]:
+    path = run / STAGE_SECONDS
+    return read_json_object(path) if path.is_file() else {}
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for lib in LIBS:
+        try:
+            out[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _fmt(v: object, nd: int = 2) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "pass" if v else "FAIL"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+LOSS_BUDGETS_DB = (0.1, 0.3)  # the summary's "best within" columns
+
+
+def target_summary(rows: list[dict], eval_set: str = "embedded") -> list[dict]:
+    """Per target: the largest output the FP32 ONNX reference meets, and the best artifact overall and
+    within each loss budget (largest output meeting the target; dB lost on ``eval_set``)."""
+    out = []
+    for target in ("300ms", "1000ms"):
+        def best(cands: list[dict], target: str = target) -> dict | None:
+            cands = [r for r in cands if r["max_output_mp"][target]["mp"] is not None]
+            return max(cands, key=lambda r: r["max_output_mp"][target]["mp"], default=None)
+
+        ref = best([r for r in rows if r["artifact"] == artifact_kind("fp32_onnx").pattern and r["runtime"] == "ort"])
+        picks = {"fp32 ONNX": ref, "best": best(rows)}
+        for budget in LOSS_BUDGETS_DB:
+            picks[f"best within {budget} dB"] = best([r for r in rows if r["db_lost"].get(eval_set, 0.0) <= budget])
+        for label, r in picks.items():
+            if r is not None:
+                out.append({"target": target, "pick": label, "artifact": r["artifact"], "runtime": r["runtime"],
+                            "max_output_mp": r["max_output_mp"][target]["mp"],
+                            "extrapolated": r["max_output_mp"][target]["extrapolated"],
+                            "db_lost": r["db_lost"].get(eval_set, 0.0)})
+    return out
+
+
+def to_markdown(rows: list[dict], header: dict) -> str:
+    sets = sorted({k for r in rows for k in r["psnr_y_db"]})
+    sizes = sorted({k for r in rows for k in r["latency"]}, key=lambda s: int(s.split("x")[0]) * int(s.split("x")[1]))
+    m = header["machine"]
+    lines = [f"# Compression report: {header['run']} (x{header['scale']})", "",
+             f"- machine: {m.get('cpu')}, {m.get('cores')} cores{', GPU ' + m['gpu'] if m.get('gpu') else ''}; "
+             f"threads {header['bench_config']['threads']}; git {header['git_commit']}",
+             "- libraries: " + ", ".join(f"{k} {v}" for k, v in header["libraries"].items()),
+             f"- PSNR: {header['psnr_convention']}; bicubic " + ", ".join(f"{k} {v:.2f} dB" for k, v in header["bicubic_psnr_y_db"].items()),
+             f"- latency: p50 / p95 ms over {header['bench_config']['runs']} runs after {header['bench_config']['warmup']} warm-ups, "
+             "each configuration in its own process; inputs are LR sizes; verdicts use p50"]
+    if header.get("stage_seconds"):
+        t = header["stage_seconds"]
+        lines.append(f"- stage wall time: {sum(t.values()) / 60:.1f} min (" + ", ".join(f"{k} {v / 60:.1f}" for k, v in t.items()) + ")")
+    lines += ["", "## Targets: largest output (MP) meeting each latency target", "",
+              "| target | pick | artifact | runtime | max output MP | dB lost (embedded) |", "|---|---|---|---|---|---|"]
+    for t in target_summary(rows):
+        lines.append(f"| {t['target']} | {t['pick']} | {t['artifact']} | {t['runtime']} | "
+                     f"{_fmt(t['max_output_mp'])}{'*' if t['extrapolated'] else ''} | {_fmt(t['db_lost'], 3)} |")
+    lines += ["", "1920x1080 output is 2.07 MP. `*`: extrapolated beyond the largest measured size.", "", "## All artifacts", ""]
+    cols = ["artifact", "runtime", "params", "MACs@256 (G)", "file MB", "gzip MB", "sparsity"]
+    cols += [f"PSNR-Y {s}" for s in sets] + [f"dB lost {s}" for s in sets]
+    cols += [f"{z} p50/p95 ms" for z in sizes] + [f"{z} 300/1000" for z in sizes] + ["max out MP @300ms", "max out MP @1000ms"]
+    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        mx = [f"{_fmt(r['max_output_mp'][t]['mp'])}{'*' if r['max_output_mp'][t]['extrapolated'] else ''}" for t in ("300ms", "1000ms")]
+        cells = [r["artifact"], r["runtime"], _fmt(r["params"]), _fmt(r["macs_256x256"] / 1e9 if r["macs_256x256"] else None),
+                 _fmt(r["size_bytes"] / 1e6 if r["size_bytes"] else None), _fmt(r["gzip_bytes"] / 1e6 if r["gzip_bytes"] else None),
+                 _fmt(r["sparsity"])]
+        cells += [_fmt(r["psnr_y_db"].get(s), 3) for s in sets] + [_fmt(r["db_lost"].get(s), 3) for s in sets]
+        cells += [f"{_fmt(r['latency'][z]['p50_ms'], 1)} / {_fmt(r['latency'][z]['p95_ms'], 1)}" if z in r["latency"] else "-" for z in sizes]
+        cells += [f"{_fmt(r['verdicts'][z]['300ms'])} / {_fmt(r['verdicts'][z]['1000ms'])}" if z in r["verdicts"] else "-" for z in sizes]
+        lines.append("| " + " | ".join(cells + mx) + " |")
+    lines += ["", "`*` extrapolated beyond the largest measured size (linear fit of p50 against output megapixels).",
+              "Unstructured sparsity shrinks only storage (gzip column): dense runtimes do not skip zeros."]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["artifact", "runtime", "params", "macs_256x256", "size_bytes", "gzip_bytes", "sparsity", "eval_set",
+                     "psnr_y_db", "db_lost", "lr_size", "p50_ms", "p95_ms", "pass_300ms", "pass_1000ms"])
+    for r in rows:
+        for s in r["psnr_y_db"] or {"": None}:
+            for z, lat in r["latency"].items():
+                writer.writerow([r["artifact"], r["runtime"], r["params"], r["macs_256x256"], r["size_bytes"], r["gzip_bytes"],
+                                 r["sparsity"], s, r["psnr_y_db"].get(s), r["db_lost"].get(s), z, lat["p50_ms"], lat["p95_ms"],
+                                 r["verdicts"][z]["300ms"], r["verdicts"][z]["1000ms"]])
+    return buf.getvalue()
+
+
+def pareto_png(rows: list[dict], size: str = "256x256", eval_set: str = "embedded") -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        if size in r["latency"] and eval_set in r["db_lost"]:
+            ax.scatter(r["latency"][size]["p50_ms"], r["db_lost"][eval_set])
+            ax.annotate(f"{r['artifact']} ({r['runtime']})", (r["latency"][size]["p50_ms"], r["db_lost"][eval_set]), fontsize=6)
+    ax.set_xlabel(f"p50 latency at {size} LR (ms)")
+    ax.set_ylabel(f"PSNR-Y lost vs FP32 on {eval_set} (dB)")
+    ax.set_title("PSNR loss against latency")
+    ax.grid(alpha=0.3)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_report(run: Path) -> Path:
+    rows, header = build_rows(run)
+    if not any(r["latency"] for r in rows):
+        raise InputError(f"{path_of(run, 'latency')}: no configuration was timed successfully; "
+                         "nothing to report (rerun make bench and read its errors)")
+    out = stage_dir(run, "report")
+    md = to_markdown(rows, header)
+    write_text_atomic(out / "report.md", md)
+    write_json_atomic(path_of(run, "report"), {"header": header, "targets": target_summary(rows), "rows": rows})
+    write_text_atomic(out / "report.csv", to_csv(rows))
+    png = base64.b64encode(pareto_png(rows)).decode()
+    import html
+
+    write_text_atomic(out / "report.html", "<!doctype html><meta charset=utf-8><title>Compression report</title>"
+                      f"<img alt='Pareto plot' src='data:image/png;base64,{png}'><pre>{html.escape(md)}</pre>\n")
+    return out / "report.md"

@@ -1,0 +1,173 @@
+"""Training a model from images: the ``train`` stage behind ``make train``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+
+from compress.core.checkpoint import build_model, load_checkpoint, save_checkpoint
+from compress.core.cpu import host_cpu
+from compress.core.evaluate import evaluate
+from compress.core.infer import torch_upscaler
+from compress.core.archs import EDSRConfig, RRDBConfig, SRCNNConfig
+from compress.core.data import PatchConfig, list_images, load_pairs, random_patches
+from compress.core.default_data import LOMIRI_MAX_SIDE, split_paths, training_images, training_pairs
+from compress.core.errors import InputError
+from compress.core.files import read_sidecar, sha256_file, sidecar_path, write_sidecar
+from compress.core.recipe import to_dict
+from compress.core.train import TrainConfig, fit
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainRecipe:
+    """What to train on which images.
+
+    Attributes:
+        arch: ``edsr``, ``rrdb`` or ``srcnn``.
+        scale: SR factor.
+        num_feat / num_block / num_grow_ch / res_scale: architecture size (canonical BasicSR names).
+        data: ``default`` (packaged photographs plus Debian's wallpapers when installed) or a folder.
+        max_side: shrink training images so their longer side is at most this (0: never).
+        val_data: folder of validation images (default: the embedded evaluation split when ``data`` is
+            ``default``, else none).
+        init_from: checkpoint whose matching tensors initialise the model (e.g. x2 body for x3/x4).
+        patch: patch sampling.
+        train: optimisation.
+    """
+
+    arch: str = "edsr"
+    scale: int = 2
+    num_feat: int = 64
+    num_block: int = 16
+    num_grow_ch: int = 32
+    res_scale: float = 1.0
+    data: str = "default"
+    max_side: int = LOMIRI_MAX_SIDE
+    val_data: str = ""
+    init_from: str = ""
+    patch: PatchConfig = PatchConfig()
+    train: TrainConfig = TrainConfig()
+
+    def __post_init__(self) -> None:
+        if self.arch not in ("edsr", "rrdb", "srcnn"):
+            raise ValueError(f"arch must be edsr, rrdb or srcnn, got {self.arch!r}")
+
+    def model_config(self) -> EDSRConfig | RRDBConfig | SRCNNConfig:
+        if self.arch == "edsr":
+            return EDSRConfig(scale=self.scale, num_feat=self.num_feat, num_block=self.num_block, res_scale=self.res_scale)
+        if self.arch == "rrdb":
+            return RRDBConfig(scale=self.scale, num_feat=self.num_feat, num_block=self.num_block, num_grow_ch=self.num_grow_ch)
+        return SRCNNConfig(scale=self.scale)
+
+
+def validation_images(data: str, val_data: str = "") -> list[Path]:
+    """``val_data``'s images, else the embedded evaluation split for the default data, else none."""
+    if val_data:
+        return list_images(val_data)
+    return split_paths("evaluation") if data == "default" else []
+
+
+def init_matching(model: torch.nn.Module, path: str) -> list[str]:
+    """Copy every tensor of ``path`` whose name and shape match; returns the names copied."""
+    src = load_checkpoint(path).model.state_dict()
+    dst = model.state_dict()
+    copied = [k for k, v in src.items() if k in dst and dst[k].shape == v.shape]
+    model.load_state_dict({**dst, **{k: src[k] for k in copied}})
+    return copied
+
+
+@dataclasses.dataclass(frozen=True)
+class Continuation:
+    """Warm start from a trained checkpoint, kept only if training validates better.
+
+    Attributes:
+        source: the checkpoint every tensor is loaded from (its architecture must match the recipe's).
+        val_psnr_y_db: its PSNR-Y on the recipe's validation images, measured before training.
+        history: the training runs that produced ``source`` (from its sidecar), oldest first.
+    """
+
+    source: Path
+    val_psnr_y_db: float
+    history: tuple[dict[str, object], ...]
+
+
+def start_continuation(model: torch.nn.Module, source: str | Path, val, scale: int) -> Continuation:
+    """Load all of ``source`` into ``model`` and score it on ``val`` (a list of image pairs)."""
+    source = Path(source)
+    state = load_checkpoint(source, scale).model.state_dict()
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise InputError(f"{source}: does not match the recipe's architecture ({first})") from exc
+    if not val:
+        raise InputError(f"{source}: continuing needs validation images to decide whether to keep the result")
+    psnr = evaluate(torch_upscaler(model.eval()), val, scale).psnr_y_db
+    previous: dict[str, object] = {}
+    if sidecar_path(source).is_file():
+        previous = read_sidecar(source)
+    history = tuple(previous.get("history") or ([_summary(previous)] if previous else []))
+    return Continuation(source, psnr, history)
+
+
+def _summary(record: dict[str, object]) -> dict[str, object]:
+    """What one training run adds to a checkpoint's history."""
+    keys = ("recipe_file", "precision", "cpu", "steps_done", "train_seconds", "val_psnr_y_db", "continued_from")
+    out = {k: record[k] for k in keys if k in record}
+    if "steps_done" not in out and isinstance(record.get("recipe"), dict):
+        out["steps_done"] = record["recipe"].get("train", {}).get("steps")
+    return out
+
+
+def train_model(recipe: TrainRecipe, out: Path, device: str = "cpu", recipe_file: str = "",
+                continue_from: str | Path | None = None) -> dict[str, object]:
+    """Train per ``recipe`` and write ``out`` (safetensors) with its sidecar.
+
+    With ``continue_from``, every tensor starts from that checkpoint and ``out`` is written only if
+    the final validation PSNR-Y beats the checkpoint's; otherwise nothing is written (``written``
+    is false in the returned record), so repeated runs can only improve a shipped model.
+    """
+    files = training_images(recipe.data)
+    pairs = training_pairs(recipe.data, recipe.scale, recipe.max_side)
+    val = load_pairs(validation_images(recipe.data, recipe.val_data), recipe.scale)
+    model = build_model(recipe.model_config())
+    cont = start_continuation(model, continue_from, val, recipe.scale) if continue_from else None
+    copied = init_matching(model, recipe.init_from) if recipe.init_from and cont is None else []
+    batches = random_patches(pairs, recipe.scale, recipe.patch)
+    resume = out.with_name(out.name + ".resume.pt")
+    log = fit(model, batches, recipe.train, recipe.scale, val, device=device, resume=resume, desc=f"train {out.stem}")
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise InputError(f"training diverged: NaN weights; lower train.lr in {recipe_file or 'the recipe'}")
+    record: dict[str, object] = {
+        "stage": "train",
+        "recipe_file": recipe_file,
+        "recipe": to_dict(recipe),
+        "training_images": [{"file": str(p), "sha256": sha256_file(p)} for p in files],
+        "initialised_tensors": len(copied),
+        "device": device,
+        "precision": log.precision,
+        "cpu": host_cpu().describe(),
+        "steps_done": log.steps_done,
+        "train_seconds": round(log.seconds, 1),
+        "loss": log.loss[-20:],
+        "val_psnr_y_db": log.val_psnr_y_db,
+    }
+    final = log.val_psnr_y_db[-1][1] if log.val_psnr_y_db else float("-inf")
+    if cont is not None:
+        record["continued_from"] = {"file": str(cont.source), "sha256": sha256_file(cont.source),
+                                    "val_psnr_y_db": round(cont.val_psnr_y_db, 4)}
+        record["history"] = [*cont.history, _summary(record)]
+        record["written"] = final > cont.val_psnr_y_db
+        resume.unlink(missing_ok=True)
+        if not record["written"]:
+            return record
+    save_checkpoint(model, recipe.model_config(), out, metadata={"stage": "train", "recipe": to_dict(recipe)})
+    write_sidecar(out, record)
+    resume.unlink(missing_ok=True)
+    record["written"] = True
+    return record
+def dumps(record: dict[str, object]) -> str:
+    return json.dumps(record, indent=2, default=str)

@@ -1,0 +1,58 @@
+"""The record every runtime entry of :data:`export.runtimes.RUNTIMES` is."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from collections.abc import Callable
+from pathlib import Path
+
+from compress.core.infer import Upscaler
+
+
+@dataclasses.dataclass(frozen=True)
+class Opened:
+    """An artifact opened on a runtime.
+
+    Attributes:
+        run: NCHW float32 in [0, 1] -> NCHW float32, the upscaler.
+        sync: waits for an asynchronous device before the bench reads the clock (None on the CPU).
+    """
+
+    run: Upscaler
+    sync: Callable[[], None] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    """One way to run an artifact.
+
+    Attributes:
+        name: the name used by ``bench`` (``--runtime``), the report and ``latency.json``.
+        suffixes: file suffixes it opens.
+        library: the Python module whose import decides whether it is present.
+        device: ``cpu`` or ``cuda``.
+        open: ``open(path, threads, scale)`` -> :class:`Opened` (``threads`` 0: the library's default;
+            ``scale`` is needed by checkpoints whose shapes do not reveal it).
+        primary: the runtime ``eval``, ``upscale`` and ``serve`` use for its suffixes (one per suffix).
+        bench_extra: the bench also times every artifact of the primary runtime for these suffixes on
+            it, when present (GPU variants).
+        available: extra presence check beyond the import (a GPU), or None.
+        note: what it is, for help texts and the report.
+    """
+
+    name: str
+    suffixes: tuple[str, ...]
+    library: str
+    device: str
+    open: Callable[[Path, int, int | None], Opened]
+    primary: bool = False
+    bench_extra: bool = False
+    available: Callable[[], bool] | None = None
+    note: str = ""
+
+    def present(self) -> bool:
+        """Whether this host can run it: the library is installed (and the device is there)."""
+        if importlib.util.find_spec(self.library) is None:
+            return False
+        return self.available() if self.available is not None else True

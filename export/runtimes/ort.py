@@ -1,0 +1,59 @@
+"""ONNX Runtime: CPU and CUDA execution providers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from compress.core.errors import InputError
+from compress.core.infer import Upscaler
+from export.runtimes.base import Opened, Runtime
+
+
+def ort_session(path: str | Path, threads: int = 0, providers: list[str] | None = None):  # noqa: ANN201
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise InputError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]})") from exc
+
+
+def ort_upscaler(path: str | Path, threads: int = 0) -> Upscaler:
+    sess = ort_session(path, threads)
+    name = sess.get_inputs()[0].name
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return sess.run(None, {name: x.astype(np.float32)})[0]
+
+    return run
+
+
+def _open_cpu(path: Path, threads: int, scale: int | None) -> Opened:
+    return Opened(ort_upscaler(path, threads))
+
+
+def _open_cuda(path: Path, threads: int, scale: int | None) -> Opened:
+    sess = ort_session(path, threads, ["CUDAExecutionProvider"])
+    if "CUDAExecutionProvider" not in sess.get_providers():
+        raise RuntimeError("ONNX Runtime's CUDA provider is not available")
+    name = sess.get_inputs()[0].name
+    return Opened(lambda x: sess.run(None, {name: x})[0])  # sess.run returns host memory: synchronous
+
+
+def _cuda() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+ORT = Runtime("ort", (".onnx",), "onnxruntime", "cpu", _open_cpu, primary=True,
+              note="ONNX Runtime, CPU execution provider (MLAS)")
+ORT_CUDA = Runtime("ort-cuda", (".onnx",), "onnxruntime", "cuda", _open_cuda, bench_extra=True, available=_cuda,
+                   note="ONNX Runtime, CUDA execution provider")

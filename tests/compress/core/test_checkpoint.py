@@ -1,0 +1,144 @@
+import math
+import pickle
+import warnings
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from compress.core.checkpoint import load_checkpoint, save_checkpoint
+from compress.core.errors import InputError
+from tests.conftest import LAYOUT_CASES, as_layout, tiny_edsr, tiny_rrdb, tiny_srcnn
+
+
+def _save(tmp_path, obj, name="ckpt.pth"):
+    path = tmp_path / name
+    if name.endswith(".safetensors"):
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in obj.items()}, str(path))
+    else:
+        torch.save(obj, path)
+    return path
+
+
+@pytest.mark.parametrize(("layout", "make"), LAYOUT_CASES)
+def test_every_layout_loads_and_reproduces_outputs(tmp_path, layout, make):
+    model = make()
+    path = _save(tmp_path, as_layout(model, layout))
+    loaded = load_checkpoint(path, model.cfg.scale)
+    assert loaded.layout == layout
+    x = torch.rand(1, 3, 12, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x), model(x))
+
+
+def _official_edsr_forward(sd, x255, n_block, scale):
+    """EDSR-PyTorch's forward written with its own parameter names, on 0..255 input."""
+    conv = lambda x, k: F.conv2d(x, sd[k + ".weight"], sd[k + ".bias"], padding=sd[k + ".weight"].shape[-1] // 2)
+    x = conv(x255, "sub_mean")
+    x = conv(x, "head.0")
+    res = x
+    for i in range(n_block):
+        res = res + conv(F.relu(conv(res, f"body.{i}.body.0")), f"body.{i}.body.2")
+    x = x + conv(res, f"body.{n_block}")
+    k = 0
+    while f"tail.0.{k}.weight" in sd:
+        x = F.pixel_shuffle(conv(x, f"tail.0.{k}"), 2 if scale == 4 else scale)
+        k += 2
+    return conv(conv(x, "tail.1"), "add_mean")
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_official_edsr_semantics_with_mean_shift_and_range(tmp_path, scale):
+    model = tiny_edsr(scale)
+    sd = as_layout(model, "edsr-official")
+    loaded = load_checkpoint(_save(tmp_path, sd), scale)
+    x = torch.rand(1, 3, 9, 11)
+    with torch.no_grad():
+        ref = _official_edsr_forward(sd, x * 255.0, 2, scale) / 255.0
+        torch.testing.assert_close(loaded.model(x), ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("wrapper", ["params_ema", "params", "state_dict"])
+def test_wrappers_and_module_prefix(tmp_path, wrapper):
+    sd = {"module." + k: v for k, v in as_layout(tiny_rrdb(4), "rrdb-basicsr").items()}
+    loaded = load_checkpoint(_save(tmp_path, {wrapper: sd, "iter": 5}))
+    assert loaded.arch == "rrdb" and loaded.scale == 4
+
+
+def test_safetensors_input(tmp_path):
+    loaded = load_checkpoint(_save(tmp_path, as_layout(tiny_edsr(3), "edsr-official"), "m.safetensors"))
+    assert (loaded.arch, loaded.scale, loaded.layout) == ("edsr", 3, "edsr-official")
+
+
+def test_canonical_round_trip_keeps_srcnn_scale(tmp_path):
+    model = tiny_srcnn(4, 1)
+    path = save_checkpoint(model, model.cfg, tmp_path / "s.safetensors")
+    loaded = load_checkpoint(path)
+    assert loaded.config == model.cfg
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x), model(x))
+
+
+def test_fp16_storage_round_trip(tmp_path):
+    model = tiny_edsr(2)
+    loaded = load_checkpoint(save_checkpoint(model, model.cfg, tmp_path / "h.safetensors", fp16=True))
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(loaded.model.state_dict()[k], v.half().float())
+
+
+def test_unknown_layout_lists_keys_and_supported(tmp_path):
+    path = _save(tmp_path, {"encoder.weight": torch.zeros(2, 2), "decoder.bias": torch.zeros(2)})
+    with pytest.raises(InputError) as err:
+        load_checkpoint(path)
+    msg = str(err.value)
+    assert str(path) in msg and "encoder.weight" in msg and "edsr-official" in msg and "rrdb-esrgan-old" in msg
+
+
+def test_srcnn_needs_scale(tmp_path):
+    path = _save(tmp_path, as_layout(tiny_srcnn(3), "srcnn"))
+    with pytest.raises(InputError, match="scale"):
+        load_checkpoint(path)
+
+
+def test_wrong_scale_is_named(tmp_path):
+    path = _save(tmp_path, as_layout(tiny_edsr(2), "edsr-basicsr"))
+    with pytest.raises(InputError, match=r"x2 edsr model, but scale 4"):
+        load_checkpoint(path, 4)
+
+
+def test_nan_weights_are_rejected(tmp_path):
+    sd = as_layout(tiny_edsr(2), "edsr-basicsr")
+    sd["body.1.conv2.weight"][0, 0, 0, 0] = math.nan
+    with pytest.raises(InputError, match=r"body\.1\.conv2\.weight.*NaN"):
+        load_checkpoint(_save(tmp_path, sd))
+
+
+def test_corrupt_and_non_checkpoint_files(tmp_path):
+    text = tmp_path / "notes.pth"
+    text.write_text("not a checkpoint")
+    with pytest.raises(InputError, match="notes.pth"):
+        load_checkpoint(text)
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 20)
+    with pytest.raises(InputError, match="bad.safetensors"):
+        load_checkpoint(bad)
+    with pytest.raises(InputError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pth")
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("executed",))
+
+
+def test_pickled_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"conv1.weight": _Payload()}, f)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(InputError, match="evil.pth"):
+            load_checkpoint(path)

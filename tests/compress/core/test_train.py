@@ -1,0 +1,108 @@
+import numpy as np
+import pytest
+import torch
+
+from compress.core.data import PatchConfig, list_images, load_pairs, random_patches
+from compress.core.train import TrainConfig, fit, lr_at, resolve_precision
+from tests.conftest import tiny_edsr
+
+
+def test_lr_schedules():
+    cos = TrainConfig(steps=100, lr=1.0, lr_schedule="cosine", min_lr_ratio=0.0)
+    assert lr_at(cos, 0) == pytest.approx(1.0)
+    assert lr_at(cos, 50) == pytest.approx(0.5)
+    assert lr_at(cos, 100) == pytest.approx(0.0, abs=1e-12)
+    step = TrainConfig(steps=100, lr=1.0, lr_schedule="step")
+    assert [lr_at(step, s) for s in (0, 49, 50, 75)] == [1.0, 1.0, 0.5, 0.25]
+    warm = TrainConfig(steps=100, lr=1.0, warmup_steps=10)
+    assert lr_at(warm, 0) == pytest.approx(0.1)
+
+
+def test_wall_time_fraction_drives_the_schedule():
+    cos = TrainConfig(steps=100, lr=1.0, min_lr_ratio=0.0, max_minutes=1.0)
+    assert lr_at(cos, 10, time_fraction=0.5) == pytest.approx(0.5)  # time is further along than steps
+    assert lr_at(cos, 50, time_fraction=0.1) == pytest.approx(0.5)  # steps are further along
+
+
+def test_precision_resolution():
+    assert resolve_precision("auto", "cpu", cpu_bf16=True) == "bf16"
+    assert resolve_precision("auto", "cpu", cpu_bf16=False) == "fp32"
+    assert resolve_precision("fp32", "cpu", cpu_bf16=True) == "fp32"
+    assert resolve_precision("bf16", "cpu", cpu_bf16=False) == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("fp16", "cpu")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_each_precision_reduces_the_loss_and_keeps_fp32_weights(image_dir, precision):
+    pairs = load_pairs(list_images(image_dir), 2)
+    model = tiny_edsr(2)
+    batches = random_patches(pairs, 2, PatchConfig(lr_patch=16, batch_size=4, seed=0))
+    log = fit(model, batches, TrainConfig(steps=100, lr=1e-3, precision=precision), 2)
+    assert log.precision == precision
+    assert log.loss[-1][1] < 0.7 * log.loss[0][1]
+    for name, p in model.state_dict().items():
+        assert p.dtype == torch.float32, name
+        assert p.is_contiguous(), name  # safetensors needs contiguous tensors
+
+
+def test_wall_time_budget_stops_training(image_dir):
+    pairs = load_pairs(list_images(image_dir), 2)
+    log = fit(tiny_edsr(2), random_patches(pairs, 2, PatchConfig(lr_patch=8, batch_size=2)),
+              TrainConfig(steps=10_000, max_minutes=1e-4), 2)
+    assert 1 <= log.steps_done < 10_000
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="linear")
+    with pytest.raises(ValueError, match="distill_weight"):
+        TrainConfig(distill_weight=2)
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="half")
+    with pytest.raises(ValueError, match="max_minutes"):
+        TrainConfig(max_minutes=float("inf"))
+
+
+def test_loss_falls_and_validation_logged(image_dir):
+    pairs = load_pairs(list_images(image_dir), 2)
+    model = tiny_edsr(2)
+    batches = random_patches(pairs, 2, PatchConfig(lr_patch=16, batch_size=4, seed=0))
+    log = fit(model, batches, TrainConfig(steps=100, lr=1e-3), 2, val_pairs=pairs[:1])
+    first, last = log.loss[0][1], log.loss[-1][1]
+    assert last < 0.7 * first
+    assert log.val_psnr_y_db and log.val_psnr_y_db[-1][0] == 100
+
+
+def test_resume_continues_from_checkpoint(image_dir, tmp_path):
+    pairs = load_pairs(list_images(image_dir), 2)
+    resume = tmp_path / "r.pt"
+    cfg = TrainConfig(steps=10, lr=1e-3, ckpt_every=5)
+    model = tiny_edsr(2)
+    fit(model, random_patches(pairs, 2, PatchConfig(lr_patch=8, batch_size=2)), cfg, 2, resume=resume)
+    assert torch.load(resume, weights_only=True)["step"] == 10
+    again = tiny_edsr(2, seed=1)
+    log = fit(again, random_patches(pairs, 2, PatchConfig(lr_patch=8, batch_size=2)), cfg, 2, resume=resume)
+    assert log.loss == []  # nothing left to do: all 10 steps were already done
+    for a, b in zip(model.state_dict().values(), again.state_dict().values()):
+        torch.testing.assert_close(a, b)
+
+
+def test_hooks_see_every_step(image_dir):
+    pairs = load_pairs(list_images(image_dir), 2)
+    seen = []
+    fit(tiny_edsr(2), random_patches(pairs, 2, PatchConfig(lr_patch=8, batch_size=2)), TrainConfig(steps=3), 2,
+        hooks=[seen.append])
+    assert seen == [1, 2, 3]
+
+
+def test_distillation_pulls_towards_teacher(image_dir):
+    pairs = load_pairs(list_images(image_dir), 2)
+    teacher, student = tiny_edsr(2, seed=5), tiny_edsr(2, seed=6)
+    x = torch.from_numpy(np.ascontiguousarray(pairs[0].lr.transpose(2, 0, 1)[None]))
+    with torch.no_grad():
+        before = (student(x) - teacher(x)).abs().mean()
+    fit(student, random_patches(pairs, 2, PatchConfig(lr_patch=16, batch_size=4)),
+        TrainConfig(steps=60, lr=1e-3, distill_weight=1.0), 2, teacher=teacher)
+    with torch.no_grad():
+        assert (student(x) - teacher(x)).abs().mean() < 0.5 * before

@@ -1,0 +1,33 @@
+import json
+
+import pytest
+
+from compress.pipeline.bench_stage import BenchConfig, discover, run_bench
+from benchmarks.latency import Timing, time_calls
+from compress.pipeline.export_stage import stage_export
+from compress.pipeline.model_stage import stage_model
+from tests.conftest import as_layout, tiny_edsr
+
+
+def test_timing_statistics():
+    t = Timing.of([0.001, 0.002, 0.003, 0.010])
+    assert (t.min_ms, t.p50_ms, t.runs) == (1.0, 2.5, 4)
+    with pytest.raises(ValueError, match="warmup must be >= 2"):
+        time_calls(lambda: None, warmup=1, runs=3)
+
+
+def test_harness_on_tiny_model(tmp_path):
+    import torch
+
+    src = tmp_path / "e.pt"
+    torch.save(as_layout(tiny_edsr(2), "edsr-basicsr"), src)
+    run = tmp_path / "run"
+    stage_model(str(src), None, run)
+    stage_export(run, tflite=False)
+    assert [(a.name, r) for a, r in discover(run)] == [
+        ("model.safetensors", "pytorch"), ("model_fp32.onnx", "ort"), ("model_fp32_plain.onnx", "ort")]
+    out = run_bench(run, 2, BenchConfig(sizes=((32, 32), (48, 40)), runs=2, gpu=False))
+    data = json.loads(out.read_text())
+    assert len(data["results"]) == 6 and all("error" not in r for r in data["results"])
+    row = data["results"][-1]
+    assert row["lr_size"] == [48, 40] and row["out_size"] == [96, 80] and row["p50_ms"] > 0 and row["peak_rss_mb"] > 0

@@ -1,0 +1,97 @@
+import json
+
+import pytest
+import torch
+
+from compress.core.checkpoint import save_checkpoint
+from compress.pipeline.cli import main
+from compress.core.files import read_sidecar
+from tests.conftest import as_layout, tiny_edsr, tiny_srcnn
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_inspect_json(tmp_path, capsys):
+    path = tmp_path / "edsr.pth"
+    torch.save({"params": as_layout(tiny_edsr(3), "edsr-basicsr")}, path)
+    code, out, _ = _run(capsys, "inspect", str(path), "--json")
+    info = json.loads(out)
+    assert code == 0
+    assert {k: info[k] for k in ("arch", "scale", "num_feat", "num_block", "layout")} == {
+        "arch": "edsr", "scale": 3, "num_feat": 16, "num_block": 2, "layout": "edsr-basicsr"}
+    assert info["params"] == sum(p.numel() for p in tiny_edsr(3).parameters())
+
+
+def test_bad_checkpoint_gives_message_not_traceback(tmp_path, capsys):
+    path = tmp_path / "x.pth"
+    torch.save({"foo.weight": torch.zeros(1)}, path)
+    code, _, err = _run(capsys, "inspect", str(path))
+    assert code == 2
+    assert err.startswith(f"error: {path}: unknown checkpoint layout") and "Traceback" not in err
+
+
+def test_eval_bicubic_and_model_json(image_dir, tmp_path, capsys):
+    code, out, _ = _run(capsys, "eval", "--model", "bicubic", "--data", str(image_dir), "--scale", "2", "--json")
+    bicubic = json.loads(out)
+    assert code == 0 and len(bicubic["images"]) == 3 and bicubic["psnr_y_db"] > 25
+    model = tiny_srcnn(2, 3)
+    torch.nn.init.zeros_(model.conv3.weight)
+    torch.nn.init.zeros_(model.conv3.bias)  # SRCNN predicts the image itself: a zeroed last layer outputs black
+    ckpt = save_checkpoint(model, model.cfg, tmp_path / "s.safetensors")
+    code, out, _ = _run(capsys, "eval", "--model", str(ckpt), "--data", str(image_dir), "--scale", "2", "--json")
+    result = json.loads(out)
+    assert code == 0 and result["psnr_y_db"] < bicubic["psnr_y_db"]
+    assert {"psnr_y_db", "ssim_y", "name"} <= set(result["images"][0])
+
+
+def test_eval_empty_folder(tmp_path, capsys):
+    code, _, err = _run(capsys, "eval", "--model", "bicubic", "--data", str(tmp_path), "--scale", "2")
+    assert code == 2 and "no images" in err
+
+
+def test_model_then_export_stage(tmp_path, capsys, image_dir):
+    model = tiny_edsr(2)
+    src = tmp_path / "official.pt"
+    torch.save(as_layout(model, "edsr-official"), src)
+    run = tmp_path / "run"
+    code, _, err = _run(capsys, "model", "--model", str(src), "--run", str(run), "--eval", str(image_dir))
+    assert code == 0, err
+    side = read_sidecar(run / "00-model" / "model.safetensors")
+    assert side["source"]["layout"] == "edsr-official" and side["stage"] == "model"
+    assert set(side["quality"]) == {"embedded", "imgs"}
+    assert side["macs_256x256"] > 0 and len(side["sha256"]) == 64
+    code, _, err = _run(capsys, "export", "--run", str(run))
+    assert code == 0, err
+    onnx_side = read_sidecar(run / "30-export" / "model_fp32.onnx")
+    assert onnx_side["parity_vs_pytorch"]["max_abs_diff"] < 1e-4
+    assert [r["kind"] for r in onnx_side["tail_rewrites"]] == ["subpixel"]
+    assert read_sidecar(run / "30-export" / "model_fp32_plain.onnx")["tail_rewrites"] == []
+    assert onnx_side["source"]["sha256"] == side["sha256"]
+    for kind in ("fp32", "fp16", "dynamic_int8", "int8"):
+        tfl = read_sidecar(run / "30-export" / f"model_{kind}.tflite")
+        assert tfl["keras_twin_parity_vs_pytorch"]["max_abs_diff"] < 1e-4
+        assert set(tfl["quality"]) == {"embedded"}
+    assert "DEPTH_TO_SPACE:int8" in read_sidecar(run / "30-export" / "model_int8.tflite")["op_input_dtypes"]
+    assert set(json.loads((run / "stage_seconds.json").read_text())) == {"model", "export"}
+    code, out, err = _run(capsys, "eval", "--run", str(run), "--data", str(image_dir), "--json")
+    assert code == 0, err
+    rows = {r["artifact"]: r for r in json.loads(out)["rows"]}
+    assert rows["00-model/model.safetensors"]["db_lost"] == 0.0
+    assert abs(rows["30-export/model_fp32.onnx"]["db_lost"]) < 1e-3
+    assert abs(rows["30-export/model_fp32_plain.onnx"]["db_lost"]) < 1e-3
+    assert abs(rows["30-export/model_fp32.tflite"]["db_lost"]) < 1e-3
+    assert len(rows) == 7  # PyTorch, ONNX (output conv rewritten, and plain), four TFLite variants
+
+
+def test_eval_needs_model_or_run(tmp_path, capsys):
+    code, _, err = _run(capsys, "eval", "--data", str(tmp_path))
+    assert code == 2 and "needs --model and --scale" in err
+
+
+def test_export_without_model_stage(tmp_path, capsys):
+    code, _, err = _run(capsys, "export", "--run", str(tmp_path / "nothing"))
+    assert code == 2 and "run `make model`" in err

@@ -1,0 +1,83 @@
+import pytest
+import torch
+
+from compress.core.checkpoint import load_checkpoint
+from compress.core.errors import InputError
+from compress.core.files import read_sidecar
+from compress.core.recipe import from_mapping, load_recipe
+from compress.pipeline.model_stage import stage_model
+from pruning.recipe import PruneRecipe
+from compress.pipeline.prune_stage import run_prune, storage_bytes
+from tests.conftest import REPO, as_layout, tiny_edsr
+
+TINY = {
+    "schedule": {"initial_sparsity": 0.0, "final_sparsity": 0.5, "begin_step": 0, "end_step": 4, "frequency": 2},
+    "patch": {"lr_patch": 16, "batch_size": 2},
+    "train": {"steps": 6, "lr": 1e-4, "distill_weight": 0.5},
+}
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    src = tmp_path / "edsr.pt"
+    torch.save(as_layout(tiny_edsr(2), "edsr-official"), src)
+    run = tmp_path / "run"
+    stage_model(str(src), None, run)
+    return run
+
+
+@pytest.mark.parametrize("method", ["channel", "unstructured"])
+def test_prune_stage_writes_checkpoint_onnx_and_sidecar(run_dir, image_dir, method):
+    recipe = from_mapping(PruneRecipe, {**TINY, "method": method, "data": str(image_dir), "round_to": 4})
+    run_prune(run_dir, recipe, method)
+    out = run_dir / "10-prune" / method
+    side = read_sidecar(out / "model.safetensors")
+    assert side["schedule"]["final_sparsity"] == 0.5 and side["method"] == method
+    assert set(side["psnr_y_delta_db"]) == {"embedded"}
+    assert read_sidecar(out / "model.onnx")["parity_vs_pytorch"]["max_abs_diff"] < 1e-4
+    loaded = load_checkpoint(out / "model.safetensors")
+    if method == "channel":
+        assert side["macs_256x256"] < 0.5 * side["macs_256x256_before"]
+        assert loaded.config.num_feat == 8
+    else:
+        assert side["overall_sparsity"] == pytest.approx(0.5, abs=0.01)
+        assert side["macs_256x256"] == side["macs_256x256_before"]
+        assert side["storage"]["sparse_bitmap_bytes"] < side["storage_before"]["sparse_bitmap_bytes"]
+    assert (run_dir / "00-model" / "model.safetensors").is_file()  # the input is never edited
+
+
+def test_prune_stage_measures_the_baseline_on_extra_eval_sets(run_dir, image_dir):
+    recipe = from_mapping(PruneRecipe, {**TINY, "method": "channel", "data": str(image_dir), "round_to": 4})
+    run_prune(run_dir, recipe, "channel", extra_eval=[str(image_dir)])
+    side = read_sidecar(run_dir / "10-prune" / "channel" / "model.safetensors")
+    assert set(side["psnr_y_delta_db"]) == {"embedded", "imgs"}
+    assert "imgs" not in read_sidecar(run_dir / "00-model" / "model.safetensors")["quality"]
+    before = side["quality_before"]["imgs"]["psnr_y_db"]
+    assert side["psnr_y_delta_db"]["imgs"] == pytest.approx(side["quality"]["imgs"]["psnr_y_db"] - before, abs=1e-3)
+
+
+def test_shipped_prune_recipes_load():
+    for path in sorted((REPO / "pruning" / "recipes").glob("*.toml")):
+        assert load_recipe(PruneRecipe, path).schedule.power == 3
+
+
+@pytest.mark.parametrize(
+    ("mapping", "message"),
+    [
+        ({"method": "random"}, "method must be one of"),
+        ({"schedule": {**TINY["schedule"], "final_sparsity": 1.2}}, r"final_sparsity must be in \[0, 1\)"),
+        ({"train": {"steps": 2}}, r"train.steps \(2\) must be >= schedule.end_step \(4\)"),
+        ({"schedule": {**TINY["schedule"], "freq": 3}}, r"unknown field\(s\) \['freq'\]"),
+    ],
+)
+def test_bad_recipe_values(mapping, message):
+    with pytest.raises(InputError, match=message):
+        from_mapping(PruneRecipe, {**TINY, **mapping})
+
+
+def test_storage_bytes_counts_zeros():
+    model = torch.nn.Conv2d(4, 4, 3, bias=False)
+    dense = storage_bytes(model)
+    torch.nn.init.zeros_(model.weight)
+    assert dense["dense_fp32_bytes"] == 4 * 144
+    assert storage_bytes(model)["sparse_bitmap_bytes"] == 18

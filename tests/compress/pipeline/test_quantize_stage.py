@@ -1,0 +1,55 @@
+import pytest
+import torch
+
+from compress.core.errors import InputError
+from compress.core.files import read_sidecar
+from compress.core.recipe import from_mapping, load_recipe
+from compress.pipeline.model_stage import stage_model
+from quantization.recipe import QuantRecipe
+from compress.pipeline.quantize_stage import run_quantize
+from tests.conftest import REPO, as_layout, tiny_edsr
+
+
+def test_quantize_stage_ptq_mixed_qat(tmp_path, image_dir):
+    src = tmp_path / "edsr.pth"
+    torch.save({"params": as_layout(tiny_edsr(2), "edsr-basicsr")}, src)
+    run = tmp_path / "run"
+    stage_model(str(src), None, run)
+    recipe = from_mapping(QuantRecipe, {
+        "ptq_methods": ["minmax", "percentile"], "calibration": {"lr_patch": 16, "patches_per_image": 2},
+        "calibration_data": str(image_dir), "data": str(image_dir), "budget_db": 0.0, "max_float_nodes": 1,
+        "qat_calibration": "percentile",
+        "patch": {"lr_patch": 16, "batch_size": 2}, "train": {"steps": 3, "lr": 1e-5},
+        "tflite_qat": {"enabled": True, "steps": 2, "patch": {"lr_patch": 16, "batch_size": 2}},
+    })
+    run_quantize(run, recipe, "model")
+    out = run / "20-quantize" / "model"
+    for name in ("minmax", "percentile", "mixed", "qat"):
+        side = read_sidecar(out / f"model_int8_{name}.onnx")
+        assert side["kernels"]["integer_convs"] > 0
+        assert set(side["psnr_y_delta_db"]) == {"embedded"}
+        assert side["calibration"]["samples"] == 6
+    mixed = read_sidecar(out / "model_int8_mixed.onnx")
+    assert len(mixed["excluded_nodes"]) <= 1 and mixed["kernels"]["float_convs"] >= len(mixed["excluded_nodes"])
+    assert all(f"Conv:{n}" in mixed["kernels"]["float_nodes"] for n in mixed["excluded_nodes"])
+    assert read_sidecar(out / "model_int8_percentile.onnx")["calibration"]["percentile"] == 99.99
+    qat = read_sidecar(out / "model_int8_qat.onnx")["calibration"]
+    assert qat["method"] == "percentile" and qat["tensors_with_qat_ranges"] > 0
+    tfl = read_sidecar(out / "model_int8_tfmot_qat.tflite")
+    assert tfl["method"] == "tfmot-qat" and "CONV_2D:int8" in tfl["op_input_dtypes"]
+
+
+def test_missing_source(tmp_path):
+    recipe = QuantRecipe()
+    with pytest.raises(InputError, match="quantize source 'prune/channel' not found"):
+        run_quantize(tmp_path, recipe, "prune/channel")
+
+
+def test_recipe_validation_and_shipped_recipe():
+    assert load_recipe(QuantRecipe, REPO / "quantization" / "recipes" / "default.toml").qat
+    with pytest.raises(InputError, match=r"ptq_methods must be a non-empty subset"):
+        from_mapping(QuantRecipe, {"ptq_methods": ["kl"]})
+    with pytest.raises(InputError, match=r"percentile must be in \[90, 100\)"):
+        from_mapping(QuantRecipe, {"percentile": 100.0})
+    with pytest.raises(InputError, match=r"qat_calibration must be one of"):
+        from_mapping(QuantRecipe, {"qat_calibration": "mse"})

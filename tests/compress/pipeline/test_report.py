@@ -1,0 +1,143 @@
+import json
+
+import pytest
+
+from compress.pipeline.compare import compare, format_table, load_report
+from compress.pipeline.bench_stage import full_hd_lr
+from compress.pipeline.report import build_rows, max_output_mp, write_report
+from compress.core.errors import InputError
+from compress.core.files import write_json_atomic
+
+
+def _side(path, record):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x" * 100)
+    write_json_atomic(path.with_name(path.name + ".json"), record)
+
+
+def _q(psnr):
+    return {"embedded": {"psnr_y_db": psnr}, "Set5": {"psnr_y_db": psnr + 3}}
+
+
+def synthetic_run(tmp_path, slow_ms=400.0):
+    run = tmp_path / "run"
+    _side(run / "00-model" / "model.safetensors", {"quality": _q(30.0), "bicubic": _q(28.0), "params": 1000,
+                                                   "macs_256x256": 2e9, "format": "pytorch-fp32"})
+    _side(run / "30-export" / "model_fp32.onnx", {"format": "onnx-fp32", "parity_vs_pytorch": {}})
+    _side(run / "20-quantize" / "model" / "model_int8_minmax.onnx", {"format": "onnx-qdq-int8", "quality": _q(29.9)})
+    results = []
+    for rel, runtime, per_mp in (("00-model/model.safetensors", "pytorch", slow_ms),
+                                 ("30-export/model_fp32.onnx", "ort", 200.0),
+                                 ("20-quantize/model/model_int8_minmax.onnx", "ort", 50.0)):
+        for lr in ((128, 128), (256, 256)):
+            mp = lr[0] * lr[1] * 4 / 1e6
+            results.append({"artifact": rel, "runtime": runtime, "lr_size": list(lr), "out_mp": mp, "p50_ms": 10 + per_mp * mp,
+                            "p95_ms": 12 + per_mp * mp, "min_ms": 9 + per_mp * mp, "peak_rss_mb": 100.0})
+    results.append({"artifact": "30-export/model_fp32.onnx", "runtime": "ort-cuda", "lr_size": [128, 128], "error": "no CUDA"})
+    write_json_atomic(run / "40-bench" / "latency.json", {
+        "machine": {"cpu": "test cpu", "cores": 2}, "config": {"threads": 2, "runs": 10, "warmup": 2}, "scale": 2,
+        "targets_ms": [300.0, 1000.0], "results": results})
+    return run
+
+
+def test_max_output_mp_linear_fit():
+    assert max_output_mp([(0.0, 100.0), (1.0, 300.0)], 300.0) == (1.0, False)
+    assert max_output_mp([(0.0, 100.0), (1.0, 300.0)], 1000.0) == (4.5, True)
+    assert max_output_mp([(1.0, 50.0)], 300.0) == (None, False)
+
+
+def test_rows_cover_every_artifact_and_verdicts_follow_thresholds(tmp_path):
+    rows, header = build_rows(synthetic_run(tmp_path))
+    by = {(r["artifact"], r["runtime"]): r for r in rows}
+    assert set(by) == {("00-model/model.safetensors", "pytorch"), ("30-export/model_fp32.onnx", "ort"),
+                       ("20-quantize/model/model_int8_minmax.onnx", "ort"), ("30-export/model_fp32.onnx", "ort-cuda")}
+    slow = by[("00-model/model.safetensors", "pytorch")]
+    # 256x256 LR at x2 = 0.262 MP: 10 + 400 * 0.262 = 114.9 ms -> passes both targets
+    assert slow["verdicts"]["256x256"] == {"300ms": True, "1000ms": True}
+    assert by[("20-quantize/model/model_int8_minmax.onnx", "ort")]["db_lost"] == {"embedded": 0.1, "Set5": 0.1}
+    assert by[("30-export/model_fp32.onnx", "ort")]["psnr_y_db"]["embedded"] == 30.0  # shares the checkpoint's quality
+    assert by[("30-export/model_fp32.onnx", "ort-cuda")]["errors"] == {"128x128": "no CUDA"}
+    assert header["fp32_psnr_y_db"]["embedded"] == 30.0
+
+
+def test_verdict_fails_over_threshold(tmp_path):
+    rows, _ = build_rows(synthetic_run(tmp_path, slow_ms=2000.0))
+    slow = next(r for r in rows if r["runtime"] == "pytorch")
+    assert slow["verdicts"]["256x256"] == {"300ms": False, "1000ms": True}  # 10 + 2000 * 0.262 = 534 ms
+
+
+def test_report_files_and_markdown_rows(tmp_path):
+    run = synthetic_run(tmp_path)
+    md = write_report(run).read_text()
+    for name in ("model.safetensors", "model_fp32.onnx", "model_int8_minmax.onnx"):
+        assert name in md
+    out = run / "50-report"
+    assert {p.name for p in out.iterdir()} >= {"report.md", "report.json", "report.csv", "report.html"}
+    assert "data:image/png;base64," in (out / "report.html").read_text()
+    assert len((out / "report.csv").read_text().splitlines()) == 1 + 3 * 2 * 2  # 3 timed rows x 2 sets x 2 sizes
+
+
+def test_compare_two_reports(tmp_path):
+    a = synthetic_run(tmp_path / "a")
+    b = synthetic_run(tmp_path / "b", slow_ms=800.0)
+    write_report(a)
+    write_report(b)
+    rows = compare(load_report(a), load_report(b / "50-report" / "report.json"))
+    slow = next(r for r in rows if r["runtime"] == "pytorch")
+    assert slow["p50_ms@256x256"][2] == pytest.approx(400 * 0.262144, abs=1e-3)
+    assert slow["psnr_y_db"] == (30.0, 30.0, 0.0)
+    assert "model_int8_minmax.onnx" in format_table(rows)
+
+
+def test_missing_inputs(tmp_path):
+    with pytest.raises(InputError, match="run make bench first"):
+        build_rows(tmp_path)
+    with pytest.raises(InputError, match="no report.json"):
+        load_report(tmp_path)
+
+
+def test_full_hd_lr_sizes():
+    assert [full_hd_lr(s) for s in (2, 3, 4)] == [(540, 960), (360, 640), (270, 480)]
+
+
+def test_pareto_front_drops_dominated_points():
+    from compress.pipeline.report import pareto_front
+
+    pts = {"fp32": (100.0, 0.0), "slow_fp32": (300.0, 0.0), "int8": (40.0, 0.1), "bad_int8": (45.0, 0.3),
+           "tie": (40.0, 0.12), "fp16": (90.0, 0.01), "pruned": (20.0, 0.4)}
+    assert pareto_front(pts) == {"pruned", "int8", "fp16", "fp32"}
+    assert pareto_front(pts, loss_tol_db=0.02) == {"pruned", "int8", "fp16"}  # fp32 gains under 0.02 dB on fp16
+    assert pareto_front({}) == set()
+
+
+def test_large_sizes_time_reference_and_pareto_front_only(tmp_path):
+    from pathlib import Path
+
+    from compress.pipeline.bench_stage import BenchConfig, large_subset
+
+    run = synthetic_run(tmp_path)
+    results = json.loads((run / "40-bench" / "latency.json").read_text())["results"]
+    pairs = [(run / r, rt) for r, rt in (("00-model/model.safetensors", "pytorch"), ("30-export/model_fp32.onnx", "ort"),
+                                         ("20-quantize/model/model_int8_minmax.onnx", "ort"))]
+    chosen = [(str(Path(a).relative_to(run)), rt) for a, rt in large_subset(run, pairs, results)]
+    # PyTorch eager has the FP32 quality but is slower than ORT FP32: dominated, so not timed at 1080p.
+    assert chosen == [("30-export/model_fp32.onnx", "ort"), ("20-quantize/model/model_int8_minmax.onnx", "ort")]
+    with pytest.raises(ValueError, match="large must be"):
+        BenchConfig(large="some")
+    with pytest.raises(ValueError, match="warmup >= 2"):
+        BenchConfig(warmup=1)
+
+
+def test_target_summary_picks_reference_and_best_within_budget(tmp_path):
+    from compress.pipeline.report import target_summary
+
+    rows, _ = build_rows(synthetic_run(tmp_path))
+    got = {(t["target"], t["pick"]): t for t in target_summary(rows)}
+    ref = got[("300ms", "fp32 ONNX")]
+    assert ref["artifact"] == "30-export/model_fp32.onnx" and ref["max_output_mp"] == pytest.approx(1.45, abs=1e-3)
+    best = got[("300ms", "best")]  # INT8: 10 + 50 ms/MP -> 5.8 MP, extrapolated past the 0.26 MP measured
+    assert best["artifact"].endswith("model_int8_minmax.onnx") and best["max_output_mp"] == pytest.approx(5.8, abs=1e-3)
+    assert best["extrapolated"] and best["db_lost"] == pytest.approx(0.1)
+    assert got[("1000ms", "best within 0.1 dB")]["artifact"].endswith("model_int8_minmax.onnx")
+    md = write_report(synthetic_run(tmp_path / "b")).read_text()
+    assert "| 300ms | fp32 ONNX | 30-export/model_fp32.onnx | ort | 1.45* | 0.000 |" in md

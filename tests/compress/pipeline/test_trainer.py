@@ -1,0 +1,54 @@
+"""The train command's continue mode: warm start, and never replace better weights with worse ones."""
+
+import dataclasses
+
+import pytest
+
+from compress.core.archs import EDSRConfig
+from compress.core.checkpoint import save_checkpoint
+from compress.core.data import PatchConfig
+from compress.core.errors import InputError
+from compress.core.files import sha256_file
+from compress.core.train import TrainConfig
+from compress.pipeline.trainer import TrainRecipe, train_model
+from tests.conftest import tiny_edsr
+
+
+def _recipe(image_dir, lr: float) -> TrainRecipe:
+    return TrainRecipe(arch="edsr", scale=2, num_feat=16, num_block=2, data=str(image_dir), val_data=str(image_dir),
+                       max_side=0, patch=PatchConfig(lr_patch=8, batch_size=2),
+                       train=TrainConfig(steps=8, lr=lr, precision="fp32"))
+
+
+def _trained_start(image_dir, tmp_path, steps: int = 40):
+    start = tmp_path / "start.safetensors"
+    first = train_model(dataclasses.replace(_recipe(image_dir, 1e-3), train=TrainConfig(steps=steps, lr=1e-3)), start)
+    assert first["written"]
+    return start
+
+
+def test_continue_refuses_to_overwrite_better_weights(image_dir, tmp_path):
+    start = _trained_start(image_dir, tmp_path)
+    before = sha256_file(start)
+    record = train_model(_recipe(image_dir, lr=5.0), start, continue_from=start)  # a learning rate that ruins it
+    assert record["written"] is False
+    assert record["val_psnr_y_db"][-1][1] < record["continued_from"]["val_psnr_y_db"]
+    assert sha256_file(start) == before
+
+
+def test_continue_writes_when_better_and_keeps_history(image_dir, tmp_path):
+    start = _trained_start(image_dir, tmp_path, steps=1)
+    out = tmp_path / "more.safetensors"
+    longer = dataclasses.replace(_recipe(image_dir, 1e-3), train=TrainConfig(steps=60, lr=1e-3, precision="fp32"))
+    record = train_model(longer, out, continue_from=start)
+    assert record["written"] is True and out.is_file()
+    assert record["val_psnr_y_db"][-1][1] > record["continued_from"]["val_psnr_y_db"]
+    assert [h["steps_done"] for h in record["history"]] == [1, 60]
+
+
+def test_continue_needs_a_matching_architecture(image_dir, tmp_path):
+    other = tmp_path / "wide.safetensors"
+    save_checkpoint(tiny_edsr(2), EDSRConfig(scale=2, num_feat=16, num_block=2), other)
+    wider = dataclasses.replace(_recipe(image_dir, 1e-3), num_feat=24)
+    with pytest.raises(InputError, match="does not match"):
+        train_model(wider, tmp_path / "x.safetensors", continue_from=other)
