@@ -1,6 +1,6 @@
 # Staged pipeline on one run folder: model -> prune -> quantize -> export -> bench -> report.
 # Each stage reads earlier stages' artifacts under $(RUN) and writes a folder of its own
-# (compress/pipeline/stages.py lists them in order). Overrides: MODEL= ARCH= SCALE= DATA= EVAL= RUN=.
+# (compress/pipeline/contract.py declares them). Overrides: MODEL= ARCH= SCALE= DATA= EVAL= RUN=.
 SHELL := /bin/bash
 PY_BOOT ?= python3
 VENV ?= .venv

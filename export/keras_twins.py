@@ -16,7 +16,7 @@ import os
 import numpy as np
 import torch
 
-from compress.core.archs import EDSRConfig, RRDBConfig, SRCNNConfig
+from compress.core.archs import EDSRConfig, RRDBConfig, SRCNNConfig, of_config, structure_of
 from compress.core.archs.edsr import upsample_stages
 
 
@@ -81,67 +81,82 @@ def unshuffle_perm(channels_in: int, r: int) -> np.ndarray:
     return shuffle_perm(channels_in * r * r, r)
 
 
+def _edsr_twin(cfg: EDSRConfig, inp, L, conv, layers):  # noqa: ANN001, ANN202
+    DepthToSpace = layers[0]
+    mean = [float(m) for m in cfg.rgb_mean]  # plain floats: the layer config must serialise
+    # Scale and shift are separate layers so that QAT puts a quantizer on each intermediate tensor
+    # (one Rescaling becomes MUL + ADD in TFLite, and the MUL output would have no range).
+    x = L.Rescaling(1.0, offset=[-m for m in mean], name="sub_mean")(inp)
+    x = L.Rescaling(cfg.img_range, name="range_in")(x)
+    x = head = conv(cfg.num_feat, "conv_first")(x)
+    for i, mid in enumerate(cfg.mids):
+        y = L.ReLU(name=f"body_{i}_relu")(conv(mid, f"body.{i}.conv1")(x))
+        y = conv(cfg.num_feat, f"body.{i}.conv2")(y)
+        if cfg.res_scale != 1.0:
+            y = L.Rescaling(cfg.res_scale, name=f"body_{i}_scale")(y)
+        x = L.Add(name=f"body_{i}_add")([x, y])
+    x = L.Add(name="trunk_add")([head, conv(cfg.num_feat, "conv_after_body")(x)])
+    for k, r in enumerate(upsample_stages(cfg.scale)):
+        x = DepthToSpace(r, name=f"upsample_{2 * k + 1}")(conv(cfg.up_width * r * r, f"upsample.{2 * k}")(x))
+    x = conv(3, "conv_last")(x)
+    x = L.Rescaling(1.0 / cfg.img_range, name="range_out")(x)
+    return L.Rescaling(1.0, offset=mean, name="add_mean")(x)
+
+
+def _rrdb_twin(cfg: RRDBConfig, inp, L, conv, layers):  # noqa: ANN001, ANN202
+    SpaceToDepth = layers[1]
+    act = lambda name: L.LeakyReLU(0.2, name=name)  # noqa: E731
+    x = SpaceToDepth(cfg.unshuffle, name="unshuffle")(inp) if cfg.unshuffle > 1 else inp
+    x = feat = conv(cfg.num_feat, "conv_first")(x)
+    for i in range(cfg.num_block):
+        block_in = x
+        for r_i, grow in enumerate(cfg.block_grow(i), start=1):
+            p = f"body.{i}.rdb{r_i}"
+            feats = [x]
+            for j, g in enumerate(grow, start=1):
+                cat = feats[0] if len(feats) == 1 else L.Concatenate(name=tf_name(f"{p}.cat{j}"))(feats)
+                feats.append(act(tf_name(f"{p}.act{j}"))(conv(g, f"{p}.conv{j}")(cat)))
+            y = conv(cfg.num_feat, f"{p}.conv5")(L.Concatenate(name=tf_name(f"{p}.cat5"))(feats))
+            x = L.Add(name=tf_name(f"{p}.add"))([x, L.Rescaling(0.2, name=tf_name(f"{p}.scale"))(y)])
+        x = L.Add(name=f"body_{i}_add")([block_in, L.Rescaling(0.2, name=f"body_{i}_scale")(x)])
+    x = L.Add(name="trunk_add")([feat, conv(cfg.num_feat, "conv_body")(x)])
+    u1, u2, uh = cfg.up_widths
+    x = act("act_up1")(conv(u1, "conv_up1")(L.UpSampling2D(2, interpolation="nearest", name="up1")(x)))
+    x = act("act_up2")(conv(u2, "conv_up2")(L.UpSampling2D(2, interpolation="nearest", name="up2")(x)))
+    return conv(3, "conv_last")(act("act_hr")(conv(uh, "conv_hr")(x)))
+
+
+def _srcnn_twin(cfg: SRCNNConfig, inp, L, conv, layers):  # noqa: ANN001, ANN202
+    DepthToSpace, _, ReplicatePad = layers
+    # PyTorch's bicubic (a = -0.75, half-pixel centres, clamped edges) as a fixed 5x5 convolution
+    # into scale^2 phases followed by depth_to_space; then SRCNN on RGB or on BT.601 luma.
+    up = L.Conv2D(3 * cfg.scale**2, 5, padding="valid", use_bias=False, trainable=False, name="bicubic")
+    x = DepthToSpace(cfg.scale, name="bicubic_shuffle")(up(ReplicatePad(2, name="bicubic_pad")(inp)))
+    if cfg.channels == 1:
+        y = L.Conv2D(1, 1, trainable=False, name="rgb_to_y")(x)
+        cbcr = L.Conv2D(2, 1, trainable=False, name="rgb_to_cbcr")(x)
+    else:
+        y = x
+    y = L.ReLU(name="relu1")(conv(cfg.num_feat, "conv1", 9)(y))
+    y = L.ReLU(name="relu2")(conv(cfg.num_feat2, "conv2", 5)(y))
+    y = conv(cfg.channels, "conv3", 5)(y)
+    return y if cfg.channels == 3 else L.Conv2D(3, 1, trainable=False, name="ycbcr_to_rgb")(
+        L.Concatenate(name="ycbcr")([y, cbcr]))
+
+
+#: One Keras twin builder per architecture (by :attr:`Architecture.name`).
+TWINS = {"edsr": _edsr_twin, "rrdb": _rrdb_twin, "srcnn": _srcnn_twin}
+
+
 def build_keras(cfg: EDSRConfig | RRDBConfig | SRCNNConfig):  # noqa: ANN201
     """A Keras functional model with the canonical model's structure (NHWC RGB in [0, 1])."""
     tfk = keras()
-    L = tfk.layers
-    DepthToSpace, SpaceToDepth, ReplicatePad = _layers()
-    conv = lambda n, name, k=3: L.Conv2D(n, k, padding="same", name=tf_name(name))  # noqa: E731
+    name = of_config(cfg).name
+    if name not in TWINS:
+        raise ValueError(f"no Keras twin for architecture {name!r}; twins: {sorted(TWINS)}")
+    conv = lambda n, lname, k=3: tfk.layers.Conv2D(n, k, padding="same", name=tf_name(lname))  # noqa: E731
     inp = tfk.Input((None, None, 3), name="lr")
-    if isinstance(cfg, EDSRConfig):
-        mean = [float(m) for m in cfg.rgb_mean]  # plain floats: the layer config must serialise
-        # Scale and shift are separate layers so that QAT puts a quantizer on each intermediate tensor
-        # (one Rescaling becomes MUL + ADD in TFLite, and the MUL output would have no range).
-        x = L.Rescaling(1.0, offset=[-m for m in mean], name="sub_mean")(inp)
-        x = L.Rescaling(cfg.img_range, name="range_in")(x)
-        x = head = conv(cfg.num_feat, "conv_first")(x)
-        for i, mid in enumerate(cfg.mids):
-            y = L.ReLU(name=f"body_{i}_relu")(conv(mid, f"body.{i}.conv1")(x))
-            y = conv(cfg.num_feat, f"body.{i}.conv2")(y)
-            if cfg.res_scale != 1.0:
-                y = L.Rescaling(cfg.res_scale, name=f"body_{i}_scale")(y)
-            x = L.Add(name=f"body_{i}_add")([x, y])
-        x = L.Add(name="trunk_add")([head, conv(cfg.num_feat, "conv_after_body")(x)])
-        for k, r in enumerate(upsample_stages(cfg.scale)):
-            x = DepthToSpace(r, name=f"upsample_{2 * k + 1}")(conv(cfg.up_width * r * r, f"upsample.{2 * k}")(x))
-        x = conv(3, "conv_last")(x)
-        x = L.Rescaling(1.0 / cfg.img_range, name="range_out")(x)
-        out = L.Rescaling(1.0, offset=mean, name="add_mean")(x)
-    elif isinstance(cfg, RRDBConfig):
-        act = lambda name: L.LeakyReLU(0.2, name=name)  # noqa: E731
-        x = SpaceToDepth(cfg.unshuffle, name="unshuffle")(inp) if cfg.unshuffle > 1 else inp
-        x = feat = conv(cfg.num_feat, "conv_first")(x)
-        for i in range(cfg.num_block):
-            block_in = x
-            for r_i, grow in enumerate(cfg.block_grow(i), start=1):
-                p = f"body.{i}.rdb{r_i}"
-                feats = [x]
-                for j, g in enumerate(grow, start=1):
-                    cat = feats[0] if len(feats) == 1 else L.Concatenate(name=tf_name(f"{p}.cat{j}"))(feats)
-                    feats.append(act(tf_name(f"{p}.act{j}"))(conv(g, f"{p}.conv{j}")(cat)))
-                y = conv(cfg.num_feat, f"{p}.conv5")(L.Concatenate(name=tf_name(f"{p}.cat5"))(feats))
-                x = L.Add(name=tf_name(f"{p}.add"))([x, L.Rescaling(0.2, name=tf_name(f"{p}.scale"))(y)])
-            x = L.Add(name=f"body_{i}_add")([block_in, L.Rescaling(0.2, name=f"body_{i}_scale")(x)])
-        x = L.Add(name="trunk_add")([feat, conv(cfg.num_feat, "conv_body")(x)])
-        u1, u2, uh = cfg.up_widths
-        x = act("act_up1")(conv(u1, "conv_up1")(L.UpSampling2D(2, interpolation="nearest", name="up1")(x)))
-        x = act("act_up2")(conv(u2, "conv_up2")(L.UpSampling2D(2, interpolation="nearest", name="up2")(x)))
-        out = conv(3, "conv_last")(act("act_hr")(conv(uh, "conv_hr")(x)))
-    else:
-        # PyTorch's bicubic (a = -0.75, half-pixel centres, clamped edges) as a fixed 5x5 convolution
-        # into scale^2 phases followed by depth_to_space; then SRCNN on RGB or on BT.601 luma.
-        up = L.Conv2D(3 * cfg.scale**2, 5, padding="valid", use_bias=False, trainable=False, name="bicubic")
-        x = DepthToSpace(cfg.scale, name="bicubic_shuffle")(up(ReplicatePad(2, name="bicubic_pad")(inp)))
-        if cfg.channels == 1:
-            y = L.Conv2D(1, 1, trainable=False, name="rgb_to_y")(x)
-            cbcr = L.Conv2D(2, 1, trainable=False, name="rgb_to_cbcr")(x)
-        else:
-            y = x
-        y = L.ReLU(name="relu1")(conv(cfg.num_feat, "conv1", 9)(y))
-        y = L.ReLU(name="relu2")(conv(cfg.num_feat2, "conv2", 5)(y))
-        y = conv(cfg.channels, "conv3", 5)(y)
-        out = y if cfg.channels == 3 else L.Conv2D(3, 1, trainable=False, name="ycbcr_to_rgb")(
-            L.Concatenate(name="ycbcr")([y, cbcr]))
+    out = TWINS[name](cfg, inp, tfk.layers, conv, _layers())
     return tfk.Model(inp, out, name=type(cfg).__name__.removesuffix("Config").lower())
 
 
@@ -178,12 +193,11 @@ def _srcnn_fixed_weights(kmodel, cfg: SRCNNConfig) -> None:  # noqa: ANN001
 def transfer_weights(kmodel, torch_model: torch.nn.Module) -> None:  # noqa: ANN001
     """Copy every convolution of ``torch_model`` into the twin (HWIO, PixelShuffle order handled)."""
     cfg = torch_model.cfg
-    if isinstance(cfg, SRCNNConfig):
+    if isinstance(cfg, SRCNNConfig):  # the twin's fixed bicubic and colour layers
         _srcnn_fixed_weights(kmodel, cfg)
     sd = {k: v.detach().cpu().numpy() for k, v in torch_model.state_dict().items()}
-    shuffle_r: dict[str, int] = {}
-    if isinstance(cfg, EDSRConfig):
-        shuffle_r = {f"upsample.{2 * k}": r for k, r in enumerate(upsample_stages(cfg.scale))}
+    factor = {id(conv): r for conv, r in structure_of(torch_model).upsample_convs}
+    shuffle_r = {name: factor[id(m)] for name, m in torch_model.named_modules() if id(m) in factor}
     for name, module in torch_model.named_modules():
         if not isinstance(module, torch.nn.Conv2d):
             continue

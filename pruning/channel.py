@@ -18,32 +18,19 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from compress.core.archs import EDSR, RRDBNet, SRCNN
+from compress.core.archs import structure_of
 from pruning.schedule import PolynomialDecay
 
 
 def protected_convs(model: nn.Module) -> list[nn.Module]:
-    """Convolutions whose output channels must not be pruned."""
-    if isinstance(model, EDSR):
-        return [m for m in model.upsample if isinstance(m, nn.Conv2d)] + [model.conv_last]
-    if isinstance(model, RRDBNet):
-        return [model.conv_last]
-    if isinstance(model, SRCNN):
-        return [model.conv3]
-    raise TypeError(f"channel pruning supports EDSR, RRDBNet and SRCNN, not {type(model).__name__}")
+    """Convolutions whose output channels must not be pruned (upsampler convolutions, output convolution)."""
+    return structure_of(model).protected_convs()
 
 
 def inner_convs(model: nn.Module) -> list[nn.Module]:
     """Convolutions whose outputs stay inside a block (EDSR's conv1, RRDB's growth convolutions, SRCNN's
     hidden layers): they can be pruned harder than the residual trunk they do not feed directly."""
-    if isinstance(model, EDSR):
-        return [block.conv1 for block in model.body]
-    if isinstance(model, RRDBNet):
-        return [getattr(rdb, f"conv{j}") for block in model.body for rdb in (block.rdb1, block.rdb2, block.rdb3)
-                for j in range(1, 5)]
-    if isinstance(model, SRCNN):
-        return [model.conv1, model.conv2]
-    raise TypeError(f"channel pruning supports EDSR, RRDBNet and SRCNN, not {type(model).__name__}")
+    return list(structure_of(model).inner_convs)
 
 
 def event_ratios(schedule: PolynomialDecay) -> list[float]:

@@ -91,15 +91,13 @@ def output_points(model: nn.Module) -> list[tuple[str, nn.Module]]:
     they feed a quantized convolution, and ORT then fuses DequantizeLinear-Add-QuantizeLinear into
     ``QLinearAdd``.
     """
-    from compress.core.archs.edsr import ResBlock
-    from compress.core.archs.rrdb import RRDB, ResidualDenseBlock
-    from compress.core.archs.srcnn import SRCNN
+    from compress.core.archs import structure_of
 
-    relu_fed = {id(b.conv1) for b in model.modules() if isinstance(b, ResBlock)}
-    relu_fed |= {id(m.conv1) for m in model.modules() if isinstance(m, SRCNN)}
-    relu_fed |= {id(m.conv2) for m in model.modules() if isinstance(m, SRCNN)}
+    facts = structure_of(model)
+    relu_fed = {id(c) for c in facts.relu_fed_convs}
+    blocks = {id(b) for b in facts.residual_blocks}
     return [(n, m) for n, m in model.named_modules()
-            if (isinstance(m, nn.Conv2d) and id(m) not in relu_fed) or isinstance(m, (ResBlock, ResidualDenseBlock, RRDB))]
+            if (isinstance(m, nn.Conv2d) and id(m) not in relu_fed) or id(m) in blocks]
 
 
 @dataclasses.dataclass

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from compress.core.archs import EDSR, SRCNN, EDSRConfig, RRDBConfig, RRDBNet, SRCNNConfig
+from compress.core.archs import of_config
 from compress.core.errors import InputError
-from compress.core.layouts import LAYOUTS, Config, Layout, canonical_layout, matching_layouts
+from compress.core.layouts import LAYOUTS, Config, Layout, matching_layouts
 from compress.core.files import atomic_path
 
 WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model_state_dict", "model", "net", "generator")
@@ -72,17 +72,11 @@ def config_to_dict(cfg: Config) -> dict[str, object]:
 
 def build_model(cfg: Config) -> nn.Module:
     """Instantiate the canonical module for a config."""
-    if isinstance(cfg, EDSRConfig):
-        return EDSR(cfg)
-    if isinstance(cfg, RRDBConfig):
-        return RRDBNet(cfg)
-    if isinstance(cfg, SRCNNConfig):
-        return SRCNN(cfg)
-    raise TypeError(f"unknown config type {type(cfg).__name__}")
+    return of_config(cfg).build(cfg)
 
 
 def arch_of(cfg: Config) -> str:
-    return {EDSRConfig: "edsr", RRDBConfig: "rrdb", SRCNNConfig: "srcnn"}[type(cfg)]
+    return of_config(cfg).name
 
 
 def _read_file(path: Path) -> tuple[dict[str, object], dict[str, str]]:
@@ -202,7 +196,7 @@ def save_checkpoint(
     path = Path(path)
     dtype = torch.float16 if fp16 else torch.float32
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
-    meta = {"arch": arch_of(cfg), "scale": str(cfg.scale), "layout": canonical_layout(arch_of(cfg))}
+    meta = {"arch": arch_of(cfg), "scale": str(cfg.scale), "layout": of_config(cfg).canonical_layout}
     meta["extra"] = json.dumps(metadata or {}, sort_keys=True)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)

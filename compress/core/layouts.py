@@ -232,8 +232,3 @@ LAYOUTS: tuple[Layout, ...] = (
 def matching_layouts(sd: StateDict) -> list[Layout]:
     """All layouts whose predicate accepts ``sd`` (exactly one for any supported checkpoint)."""
     return [layout for layout in LAYOUTS if layout.detect(sd)]
-
-
-def canonical_layout(arch: str) -> str:
-    """Name of the layout the pipeline writes for ``arch``."""
-    return {"edsr": "edsr-basicsr", "rrdb": "rrdb-basicsr", "srcnn": "srcnn"}[arch]

@@ -11,8 +11,11 @@ import warnings
 from pathlib import Path
 
 from compress.core.errors import InputError
+from compress.core.files import record_stage_seconds
+from compress.pipeline.contract import STAGES, inputs
 
 TIMED_STAGES = ("model", "prune", "quantize", "export", "bench")  # wall times go to <run>/stage_seconds.json
+STAGE_NAMES = tuple(st.name for st in STAGES)
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -160,6 +163,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m compress", description=__doc__)
+    p.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("inspect", help="detect architecture, scale and hyperparameters of a checkpoint")
@@ -234,20 +238,41 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-tflite", action="store_true", help="ONNX only")
     s.add_argument("--eval", action="append", default=[], help="extra evaluation folder(s)")
     s.set_defaults(func=_cmd_export)
+    for sp in sub.choices.values():
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an internal error")
     return p
 
 
+INTERNAL_ERROR = 3  # exit status of an unexpected failure (bad input is 2)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command in STAGE_NAMES:
+        inputs(Path(args.run), args.command)  # refuse before writing anything
+    start = time.perf_counter()
+    code = int(args.func(args) or 0)
+    if args.command in TIMED_STAGES and code == 0:
+        record_stage_seconds(args.run, args.command, time.perf_counter() - start)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command: bad input ends in ``error: <file>: <problem>`` and exit 2; anything unexpected
+    in one ``error:`` line and exit 3, with the traceback only under ``--debug``."""
     args = build_parser().parse_args(argv)
     warnings.filterwarnings("default", category=UserWarning, module="compress")
-    start = time.perf_counter()
     try:
-        code = int(args.func(args) or 0)
-        if args.command in TIMED_STAGES and code == 0:
-            from compress.core.files import record_stage_seconds
-
-            record_stage_seconds(args.run, args.command, time.perf_counter() - start)
-        return code
+        return _run(args)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the boundary: one line, not a traceback
+        if args.debug:
+            raise
+        what = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"error: {args.command}: internal error {type(exc).__name__}: {what} (rerun with --debug for the "
+              "traceback)", file=sys.stderr)
+        return INTERNAL_ERROR

@@ -12,7 +12,7 @@ from compress.core.checkpoint import build_model, load_checkpoint, save_checkpoi
 from compress.core.cpu import host_cpu
 from compress.core.evaluate import evaluate
 from compress.core.infer import torch_upscaler
-from compress.core.archs import EDSRConfig, RRDBConfig, SRCNNConfig
+from compress.core.archs import ARCHITECTURES, architecture
 from compress.core.data import PatchConfig, list_images, load_pairs, random_patches
 from compress.core.default_data import LOMIRI_MAX_SIDE, split_paths, training_images, training_pairs
 from compress.core.errors import InputError
@@ -52,15 +52,14 @@ class TrainRecipe:
     train: TrainConfig = TrainConfig()
 
     def __post_init__(self) -> None:
-        if self.arch not in ("edsr", "rrdb", "srcnn"):
-            raise ValueError(f"arch must be edsr, rrdb or srcnn, got {self.arch!r}")
+        names = [a.name for a in ARCHITECTURES]
+        if self.arch not in names:
+            raise ValueError(f"arch must be one of {names}, got {self.arch!r}")
 
-    def model_config(self) -> EDSRConfig | RRDBConfig | SRCNNConfig:
-        if self.arch == "edsr":
-            return EDSRConfig(scale=self.scale, num_feat=self.num_feat, num_block=self.num_block, res_scale=self.res_scale)
-        if self.arch == "rrdb":
-            return RRDBConfig(scale=self.scale, num_feat=self.num_feat, num_block=self.num_block, num_grow_ch=self.num_grow_ch)
-        return SRCNNConfig(scale=self.scale)
+    def model_config(self) -> object:
+        """The architecture's config from the recipe's hyperparameters (those it has)."""
+        return architecture(self.arch).config(scale=self.scale, num_feat=self.num_feat, num_block=self.num_block,
+                                              num_grow_ch=self.num_grow_ch, res_scale=self.res_scale)
 
 
 def validation_images(data: str, val_data: str = "") -> list[Path]:

@@ -13,6 +13,8 @@ import math
 import torch
 from torch import nn
 
+from compress.core.archs.spec import Architecture, Structure
+
 DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
 
 
@@ -110,3 +112,14 @@ class EDSR(nn.Module):
         x = x + self.conv_after_body(self.body(x))
         x = self.conv_last(self.upsample(x))
         return x / self.img_range + self.mean
+
+
+def _structure(model: EDSR) -> Structure:
+    mods = list(model.upsample)
+    ups = tuple((conv, shuffle.upscale_factor) for conv, shuffle in zip(mods[::2], mods[1::2]))
+    inner = tuple(block.conv1 for block in model.body)
+    return Structure(output_conv=model.conv_last, upsample_convs=ups, inner_convs=inner, relu_fed_convs=inner,
+                     residual_blocks=tuple(model.body))
+
+
+ARCH = Architecture("edsr", EDSRConfig, EDSR, _structure, canonical_layout="edsr-basicsr")

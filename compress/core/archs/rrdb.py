@@ -11,6 +11,8 @@ import dataclasses
 
 import torch
 from torch import nn
+
+from compress.core.archs.spec import Architecture, Structure
 from torch.nn import functional as F
 
 GROWTH_CONVS = 4  # conv1..conv4 of a dense block grow the concatenation; conv5 returns to num_feat
@@ -123,3 +125,13 @@ class RRDBNet(nn.Module):
         feat = self.lrelu(self.conv_up2(F.interpolate(feat, scale_factor=2, mode="nearest")))
         out = self.conv_last(self.lrelu(self.conv_hr(feat)))
         return out[..., : h * self.scale, : w * self.scale] if u > 1 else out
+
+
+def _structure(model: RRDBNet) -> Structure:
+    rdbs = [rdb for block in model.body for rdb in (block.rdb1, block.rdb2, block.rdb3)]
+    inner = tuple(getattr(rdb, f"conv{j}") for rdb in rdbs for j in range(1, 5))
+    return Structure(output_conv=model.conv_last, upsample_convs=(), inner_convs=inner, relu_fed_convs=(),
+                     residual_blocks=tuple(rdbs) + tuple(model.body))
+
+
+ARCH = Architecture("rrdb", RRDBConfig, RRDBNet, _structure, canonical_layout="rrdb-basicsr")

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from compress.core.archs.spec import Architecture, Structure
 from compress.core.color import rgb_to_ycbcr, ycbcr_to_rgb
 
 
@@ -61,3 +62,12 @@ class SRCNN(nn.Module):
         ycc = rgb_to_ycbcr(up)
         y = self._net(ycc[:, :1])
         return ycbcr_to_rgb(torch.cat([y, ycc[:, 1:]], 1))
+
+
+def _structure(model: SRCNN) -> Structure:
+    hidden = (model.conv1, model.conv2)
+    return Structure(output_conv=model.conv3, upsample_convs=(), inner_convs=hidden, relu_fed_convs=hidden,
+                     residual_blocks=())
+
+
+ARCH = Architecture("srcnn", SRCNNConfig, SRCNN, _structure, canonical_layout="srcnn")

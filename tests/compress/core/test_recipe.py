@@ -24,7 +24,7 @@ def test_round_trip():
     ("mapping", "message"),
     [
         ({"arhc": "edsr"}, r"unknown field\(s\) \['arhc'\]"),
-        ({"arch": "unet"}, "arch must be edsr, rrdb or srcnn"),
+        ({"arch": "unet"}, "arch must be one of"),
         ({"train": {"lr": -1.0}}, r"recipe.train: TrainConfig.lr must be > 0, got -1.0"),
         ({"train": {"steps": "ten"}}, r"recipe.train.steps: expected int, got 'ten'"),
         ({"patch": {"lr_patch": 1}}, "PatchConfig.lr_patch must be >= 4"),

@@ -94,4 +94,4 @@ def test_eval_needs_model_or_run(tmp_path, capsys):
 
 def test_export_without_model_stage(tmp_path, capsys):
     code, _, err = _run(capsys, "export", "--run", str(tmp_path / "nothing"))
-    assert code == 2 and "run `make model`" in err
+    assert code == 2 and "run `make model RUN=" in err

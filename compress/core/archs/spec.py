@@ -1,0 +1,65 @@
+"""The description every architecture file gives of itself: config, module and structure.
+
+Pruning, QAT, export and the checkpoint loader read these facts instead of testing model types, so an
+architecture is one file (its config, module and :class:`Architecture` entry) plus one entry in each
+capability list (:data:`compress.core.archs.ARCHITECTURES`, :data:`compress.core.layouts.LAYOUTS`,
+the Keras twins of :mod:`export.keras_twins`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from torch import nn
+
+
+@dataclasses.dataclass(frozen=True)
+class Structure:
+    """Structural facts of one built model.
+
+    Attributes:
+        output_conv: the last convolution (3 or 1 outputs at the HR size, or before the last shuffle).
+        upsample_convs: convolutions that feed a PixelShuffle, with its factor (their outputs must be
+            pruned in groups of factor², which torch-pruning does not model).
+        inner_convs: convolutions whose outputs stay inside a block (prunable harder than the trunk).
+        relu_fed_convs: convolutions a ReLU follows (ORT fuses the ReLU: no requantization in between).
+        residual_blocks: modules whose forward ends in a residual ``Add`` (requantized by ORT).
+    """
+
+    output_conv: nn.Conv2d
+    upsample_convs: tuple[tuple[nn.Conv2d, int], ...]
+    inner_convs: tuple[nn.Conv2d, ...]
+    relu_fed_convs: tuple[nn.Conv2d, ...]
+    residual_blocks: tuple[nn.Module, ...]
+
+    def protected_convs(self) -> list[nn.Conv2d]:
+        """Convolutions whose output channels must not be pruned."""
+        return [conv for conv, _ in self.upsample_convs] + [self.output_conv]
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """One architecture.
+
+    Attributes:
+        name: short name (``edsr``, ``rrdb``, ``srcnn``), as in recipes, sidecars and ``ARCH=``.
+        config_type: its frozen config dataclass (canonical BasicSR hyperparameter names).
+        module_type: its ``nn.Module`` (built from a config).
+        structure: the facts of a built model (see :class:`Structure`).
+        canonical_layout: the checkpoint layout a canonical state dict is in.
+    """
+
+    name: str
+    config_type: type
+    module_type: type
+    structure: Callable[[nn.Module], Structure]
+    canonical_layout: str
+
+    def build(self, cfg: object) -> nn.Module:
+        return self.module_type(cfg)
+
+    def config(self, **hyper: object) -> object:
+        """A config from the hyperparameters it has among ``hyper`` (others are ignored)."""
+        names = {f.name for f in dataclasses.fields(self.config_type)}
+        return self.config_type(**{k: v for k, v in hyper.items() if k in names})

@@ -1,0 +1,58 @@
+"""Each architecture describes itself: registry lookups and the structural facts other packages read."""
+
+import pytest
+from torch import nn
+
+from compress.core.archs import ARCHITECTURES, EDSRConfig, architecture, of_config, of_model, structure_of
+from tests.conftest import tiny_edsr, tiny_rrdb, tiny_srcnn
+
+
+def test_registry_names_are_unique_and_round_trip():
+    names = [a.name for a in ARCHITECTURES]
+    assert names == ["edsr", "rrdb", "srcnn"]
+    for arch in ARCHITECTURES:
+        assert architecture(arch.name) is arch
+    with pytest.raises(ValueError, match="unknown architecture 'unet'"):
+        architecture("unet")
+
+
+@pytest.mark.parametrize("scale, factors", [(2, [2]), (3, [3]), (4, [2, 2])])
+def test_edsr_upsampler_convs_and_their_shuffle_factors(scale, factors):
+    model = tiny_edsr(scale)
+    facts = structure_of(model)
+    assert [r for _, r in facts.upsample_convs] == factors
+    assert all(conv.out_channels == model.cfg.up_width * r * r for conv, r in facts.upsample_convs)
+    assert facts.output_conv is model.conv_last and facts.output_conv.out_channels == 3
+    assert facts.relu_fed_convs == tuple(b.conv1 for b in model.body)
+    assert facts.residual_blocks == tuple(model.body)
+    assert facts.protected_convs() == [c for c, _ in facts.upsample_convs] + [model.conv_last]
+
+
+def test_rrdb_facts():
+    model = tiny_rrdb(4)
+    facts = structure_of(model)
+    assert facts.upsample_convs == () and facts.relu_fed_convs == ()
+    assert len(facts.inner_convs) == model.cfg.num_block * 3 * 4
+    assert len(facts.residual_blocks) == model.cfg.num_block * 4  # 3 dense blocks + the RRDB itself
+    assert facts.output_conv is model.conv_last
+
+
+def test_srcnn_facts():
+    model = tiny_srcnn(3)
+    facts = structure_of(model)
+    assert facts.output_conv is model.conv3 and facts.residual_blocks == ()
+    assert facts.relu_fed_convs == (model.conv1, model.conv2)
+
+
+def test_lookups_by_config_and_model():
+    model = tiny_edsr(2)
+    assert of_model(model).name == "edsr" and of_config(model.cfg).name == "edsr"
+    with pytest.raises(TypeError):
+        of_model(nn.Conv2d(3, 3, 3))
+
+
+def test_config_from_recipe_hyperparameters_ignores_foreign_names():
+    cfg = architecture("edsr").config(scale=3, num_feat=32, num_block=4, num_grow_ch=99)
+    assert cfg == EDSRConfig(scale=3, num_feat=32, num_block=4)
+    assert type(architecture("rrdb").build(architecture("rrdb").config(scale=4, num_feat=8, num_block=1,
+                                                                         num_grow_ch=4))).__name__ == "RRDBNet"
