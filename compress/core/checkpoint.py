@@ -96,15 +96,19 @@ def _read_file(path: Path) -> tuple[dict[str, object], dict[str, str]]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise InputError(
-            f"{path}: refused by torch.load(weights_only=True): it holds Python objects beyond tensors "
-            f"and is not loaded for safety ({str(exc).splitlines()[0]})"
-        ) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
-        raise InputError(f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0]})") from exc
+        raise InputError(f"{path}: refused: the file holds Python objects beyond tensors, which could run code "
+                         "when unpickled; only plain tensor checkpoints (or .safetensors) are read") from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, TypeError, AttributeError,
+            IndexError, KeyError, UnicodeDecodeError, MemoryError) as exc:
+        raise InputError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)})") from exc
     if not isinstance(obj, dict):
         raise InputError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
     return obj, {}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def unwrap_state_dict(obj: dict[str, object], path: Path) -> dict[str, torch.Tensor]:
@@ -117,9 +121,9 @@ def unwrap_state_dict(obj: dict[str, object], path: Path) -> dict[str, torch.Ten
                 break
         else:
             break
-    sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    sd = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if not sd:
-        raise InputError(f"{path}: no tensors found; top-level keys: {sorted(obj)[:10]}")
+        raise InputError(f"{path}: no tensors found; top-level keys: {sorted(map(str, obj))[:10]}")
     if all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
     return sd
@@ -162,11 +166,12 @@ def from_state_dict(sd: dict[str, torch.Tensor], scale: int | None, path: Path) 
             raise InputError(f"{path}: tensor {key!r} contains NaN or Inf values")
     try:
         cfg, canon = layout.to_canonical(sd, scale)
-    except (ValueError, KeyError) as exc:
-        raise InputError(f"{path}: layout {layout.name}: {exc}") from exc
+    except (ValueError, KeyError, IndexError, TypeError, ZeroDivisionError) as exc:
+        raise InputError(f"{path}: layout {layout.name}: tensor shapes fit no {layout.arch} model ({_first_line(exc)})") from exc
     if scale is not None and cfg.scale != scale:
         raise InputError(f"{path}: checkpoint is a x{cfg.scale} {layout.arch} model, but scale {scale} was requested")
     model = build_model(cfg)
+    _check_shapes(model, canon, path, layout.name)
     missing, unexpected = model.load_state_dict({k: v.float() for k, v in canon.items()}, strict=False)
     missing = [k for k in missing if k != "mean"]
     if missing or unexpected:
@@ -175,6 +180,15 @@ def from_state_dict(sd: dict[str, torch.Tensor], scale: int | None, path: Path) 
         )
     model.eval()
     return LoadedModel(model=model, arch=layout.arch, config=cfg, layout=layout.name, path=path)
+
+
+def _check_shapes(model: nn.Module, canon: dict[str, torch.Tensor], path: Path, layout: str) -> None:
+    """Name the first tensor whose shape does not fit the detected architecture, with both shapes."""
+    want = model.state_dict()
+    for key, tensor in canon.items():
+        if key in want and tuple(want[key].shape) != tuple(tensor.shape):
+            raise InputError(f"{path}: layout {layout}: tensor {key!r} has shape {tuple(tensor.shape)}, but the "
+                             f"architecture read from the other tensors needs {tuple(want[key].shape)}")
 
 
 def rebuild(model: nn.Module, scale: int) -> LoadedModel:

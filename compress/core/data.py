@@ -7,12 +7,14 @@ within 0.01 dB on Set5. HR images are mod-cropped to the scale first, as the lit
 from __future__ import annotations
 
 import dataclasses
+import os
+import struct
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from compress.core.errors import InputError
 
@@ -36,20 +38,68 @@ def list_images(folder: str | Path) -> list[Path]:
     return files
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Open an image as 8-bit RGB; grayscale and RGBA are converted with an :class:`ImageNotice`."""
+#: Decoded-pixel limit, checked from the header before decoding (``SRCOMPRESS_MAX_PIXELS`` overrides it).
+#: 50 MP is about 600 MB as float32 RGB, well under the memory this toolkit plans for.
+DEFAULT_MAX_PIXELS = 50_000_000
+Image.MAX_IMAGE_PIXELS = None  # our own limit, with a clean error, replaces PIL's bomb warning / error
+
+
+def max_pixels() -> int:
+    """The decoded-pixel limit in force."""
+    raw = os.environ.get("SRCOMPRESS_MAX_PIXELS", "")
+    try:
+        return int(raw) if raw else DEFAULT_MAX_PIXELS
+    except ValueError as exc:
+        raise InputError(f"SRCOMPRESS_MAX_PIXELS: not an integer ({raw!r})") from exc
+
+
+def _to_8bit(img: Image.Image, path: Path) -> Image.Image:
+    """16-bit images to 8 bits by value / 257, rounded (0..65535 onto 0..255); float images refused."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        if arr.min() < 0 or arr.max() > 65535:
+            raise InputError(f"{path}: 32-bit integer image with values outside 0..65535; convert it to 8 or 16 bits")
+        return Image.fromarray(np.round(arr / 257.0).astype(np.uint8), mode="L")
+    if img.mode == "F":
+        raise InputError(f"{path}: floating-point image (mode F); convert it to 8- or 16-bit first")
+    if img.mode in ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
+        return img
+    raise InputError(f"{path}: unsupported image mode {img.mode!r}")
+
+
+def open_image(path: str | Path, limit: int | None = None) -> Image.Image:
+    """Decode an image after checking its header: pixel limit, EXIF orientation applied, 16 bits to 8."""
     path = Path(path)
+    limit = max_pixels() if limit is None else limit
     try:
         with Image.open(path) as im:
+            w, h = im.size
+            if w * h > limit:
+                raise InputError(f"{path}: {w}x{h} = {w * h / 1e6:.1f} MP is over the {limit / 1e6:g} MP decoding "
+                                 "limit (set SRCOMPRESS_MAX_PIXELS to raise it)")
+            if w < 1 or h < 1:
+                raise InputError(f"{path}: empty image ({w}x{h})")
             im.load()
-            img = im
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise InputError(f"{path}: not a readable image ({exc})") from exc
+            img = ImageOps.exif_transpose(im) or im
+    except InputError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
+            EOFError, struct.error, MemoryError) as exc:
+        raise InputError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from exc
+    return _to_8bit(img, path)
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Open an image as 8-bit RGB (see :func:`open_image`); grayscale and RGBA are converted with an
+    :class:`ImageNotice` (alpha composited on white)."""
+    path = Path(path)
+    img = open_image(path)
     if img.mode != "RGB":
+        mode = img.mode
         if img.mode in ("RGBA", "LA", "P", "PA"):
             background = Image.new("RGBA", img.size, (255, 255, 255, 255))
             img = Image.alpha_composite(background, img.convert("RGBA"))
-        warnings.warn(f"{path}: {im.mode} image converted to RGB", ImageNotice, stacklevel=2)
+        warnings.warn(f"{path}: {mode} image converted to RGB", ImageNotice, stacklevel=2)
         img = img.convert("RGB")
     return img
 
@@ -95,6 +145,11 @@ class ImagePair:
     lr: np.ndarray
 
 
+def min_hr_side(scale: int) -> int:
+    """Smallest HR side that leaves pixels to score after shaving ``scale`` from each border."""
+    return 4 * scale
+
+
 def load_pair(path: str | Path, scale: int, max_side: int | None = None) -> ImagePair:
     """HR image -> (optionally shrunk) mod-cropped HR and its LR.
 
@@ -109,8 +164,10 @@ def load_pair(path: str | Path, scale: int, max_side: int | None = None) -> Imag
         f = max_side / max(img.size)
         img = img.resize((round(img.width * f), round(img.height * f)), Image.BICUBIC)
     hr = modcrop(img, scale)
-    if hr.width < scale or hr.height < scale:
-        raise InputError(f"{path}: image of {img.width}x{img.height} is smaller than the scale {scale}")
+    least = min_hr_side(scale)
+    if hr.width < least or hr.height < least:
+        raise InputError(f"{path}: image of {img.width}x{img.height} is too small for x{scale}: PSNR shaves {scale} px "
+                         f"from each border, so both sides must be at least {least} px")
     return ImagePair(name=Path(path).stem, hr=to_array(hr), lr=to_array(bicubic_down(hr, scale)))
 
 

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
-from pathlib import Path
-
 from compress.core.data import ImagePair, bicubic_up, list_images, load_pairs, to_array, to_image
 from compress.core.default_data import split_paths
-from compress.core.infer import TileConfig, Upscaler, upscale
+from compress.core.errors import InputError
+from compress.core.infer import TileConfig, Upscaler, auto_tiles, upscale
 from compress.core.metrics import psnr_rgb_db, psnr_y_db, ssim_y
 
 
@@ -65,12 +66,20 @@ def bicubic_upscaler(scale: int) -> Upscaler:
 
 
 def evaluate(fn: Upscaler, pairs: Sequence[ImagePair], scale: int, tiles: TileConfig = TileConfig()) -> EvalResult:
+    """Score ``fn`` on every pair; a non-finite metric is refused with the image named (never reported)."""
     scores = []
     for pair in pairs:
-        sr = upscale(fn, pair.lr, scale, tiles)
-        scores.append(
-            ImageScore(pair.name, psnr_y_db(sr, pair.hr, scale), ssim_y(sr, pair.hr, scale), psnr_rgb_db(sr, pair.hr, scale))
-        )
+        sr = upscale(fn, pair.lr, scale, auto_tiles(pair.lr.shape, tiles))
+        if not np.isfinite(sr).all():
+            raise InputError(f"{pair.name}: the model's output holds NaN or Inf; no PSNR is reported")
+        score = ImageScore(pair.name, psnr_y_db(sr, pair.hr, scale), ssim_y(sr, pair.hr, scale),
+                           psnr_rgb_db(sr, pair.hr, scale))
+        if not (math.isfinite(score.psnr_y_db) and math.isfinite(score.psnr_rgb_db) and math.isfinite(score.ssim_y)):
+            raise InputError(f"{pair.name}: PSNR is {score.psnr_y_db} (output identical to the reference image); "
+                             "an infinite PSNR is not reported")
+        scores.append(score)
+    if not scores:
+        raise InputError("no images to evaluate")
     return EvalResult(scale=scale, images=tuple(scores))
 
 

@@ -42,7 +42,8 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 
 def write_json_atomic(path: str | Path, obj: object) -> Path:
-    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    """JSON with NaN / Infinity refused (they are not JSON): a ``ValueError`` before anything is written."""
+    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str, allow_nan=False) + "\n")
 
 
 def sha256_file(path: str | Path) -> str:

@@ -45,6 +45,21 @@ def torch_upscaler(model: nn.Module, device: str = "cpu") -> Upscaler:
     return run
 
 
+def _windows(n: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
+    """Tiles along one axis as (start, end, window_start, window_end), every window of one length.
+
+    Each tile ``[start, end)`` is read with ``overlap`` pixels of context; windows at the image edge
+    are shifted inwards rather than cut, so a compiled runtime sees one input shape for every tile.
+    """
+    length = min(n, tile + 2 * overlap)
+    out = []
+    for start in range(0, n, tile):
+        end = min(start + tile, n)
+        ws = min(max(start - overlap, 0), n - length)
+        out.append((start, end, ws, ws + length))
+    return out
+
+
 def upscale(fn: Upscaler, lr: np.ndarray, scale: int, tiles: TileConfig = TileConfig()) -> np.ndarray:
     """Upscale one HWC image in [0, 1]; the output is clipped to [0, 1].
 
@@ -52,23 +67,31 @@ def upscale(fn: Upscaler, lr: np.ndarray, scale: int, tiles: TileConfig = TileCo
         fn: upscaler for NCHW batches.
         lr: HWC float32 image.
         scale: SR factor.
-        tiles: tiling; ``tile=0`` runs the whole image at once.
+        tiles: tiling; ``tile=0`` runs the whole image at once. Tiles are read with ``overlap`` pixels of
+            context on each side and all have one shape (see :func:`_windows`).
     """
     x = np.ascontiguousarray(lr.transpose(2, 0, 1)[None], dtype=np.float32)
     h, w = x.shape[2:]
     if not tiles.tile or (h <= tiles.tile and w <= tiles.tile):
         out = fn(x)
-    else:
-        out = np.zeros((1, 3, h * scale, w * scale), dtype=np.float32)
-        t, o = tiles.tile, tiles.overlap
-        for y0 in range(0, h, t):
-            for x0 in range(0, w, t):
-                y1, x1 = min(y0 + t, h), min(x0 + t, w)
-                ya, xa = max(y0 - o, 0), max(x0 - o, 0)
-                yb, xb = min(y1 + o, h), min(x1 + o, w)
-                part = fn(np.ascontiguousarray(x[:, :, ya:yb, xa:xb]))
-                oy, ox = (y0 - ya) * scale, (x0 - xa) * scale
-                out[:, :, y0 * scale : y1 * scale, x0 * scale : x1 * scale] = part[
-                    :, :, oy : oy + (y1 - y0) * scale, ox : ox + (x1 - x0) * scale
-                ]
-    return np.clip(out[0].transpose(1, 2, 0), 0.0, 1.0)
+        return np.clip(out[0].transpose(1, 2, 0), 0.0, 1.0)
+    out = np.zeros((h * scale, w * scale, 3), dtype=np.float32)
+    for y0, y1, ya, yb in _windows(h, tiles.tile, tiles.overlap):
+        for x0, x1, xa, xb in _windows(w, tiles.tile, tiles.overlap):
+            part = fn(np.ascontiguousarray(x[:, :, ya:yb, xa:xb]))
+            oy, ox = (y0 - ya) * scale, (x0 - xa) * scale
+            crop = part[0, :, oy : oy + (y1 - y0) * scale, ox : ox + (x1 - x0) * scale]
+            out[y0 * scale : y1 * scale, x0 * scale : x1 * scale] = crop.transpose(1, 2, 0)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+#: Evaluation tiles inputs over this many LR pixels, so memory is bounded by the tile, not the image.
+AUTO_TILE_LR_PIXELS = 512 * 512
+AUTO_TILE = TileConfig(tile=256, overlap=24)
+
+
+def auto_tiles(lr_shape: tuple[int, ...], tiles: TileConfig) -> TileConfig:
+    """``tiles`` if tiling was asked for, else :data:`AUTO_TILE` for large inputs, else whole-image."""
+    if tiles.tile or lr_shape[0] * lr_shape[1] <= AUTO_TILE_LR_PIXELS:
+        return tiles
+    return AUTO_TILE

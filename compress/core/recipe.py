@@ -7,6 +7,7 @@ own ``__post_init__`` checks report bad values.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -41,10 +42,20 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         args = typing.get_args(tp)
         inner = args[0] if args else Any
         return tuple(_coerce(inner, v, f"{where}[{i}]") for i, v in enumerate(value))
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise InputError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
+    if tp is int and isinstance(value, float) and not isinstance(value, bool):
+        if not (math.isfinite(value) and value.is_integer()):
+            raise InputError(f"{where}: expected an integer, got {value!r}")
+        return int(value)
     if tp in (int, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
         raise InputError(f"{where}: expected {tp.__name__}, got {value!r}")
+    if typing.get_origin(tp) is typing.Literal and value not in typing.get_args(tp):
+        raise InputError(f"{where}: expected one of {list(typing.get_args(tp))}, got {value!r}")
     return value
 
 
@@ -66,9 +77,11 @@ def load_recipe(cls: type[T], path: str | Path, overrides: dict[str, Any] | None
     """Read a TOML recipe into ``cls``; ``overrides`` replace top-level keys (e.g. from the CLI)."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a UTF-8 BOM is accepted
     except FileNotFoundError as exc:
         raise InputError(f"{path}: recipe not found") from exc
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read the recipe ({exc})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{path}: not valid TOML ({exc})") from exc
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})

@@ -162,6 +162,9 @@ def run_bench(run: Path, scale: int, cfg: BenchConfig = BenchConfig()) -> Path:
             status = row.get("error") or f"p50 {row['p50_ms']:.1f} ms"
             print(f"[bench] {row['artifact']:45s} {runtime:8s} {size[0]}x{size[1]}: {status}", flush=True)
     out = path_of(run, "latency")
+    if results and all("error" in r for r in results):
+        raise InputError(f"{run}: every configuration failed (first: {results[0]['error']}); "
+                         f"{out} is left as it was")
     write_json_atomic(out, {"machine": machine(), "config": dataclasses.asdict(cfg), "scale": scale,
                             "targets_ms": list(TARGETS_MS), "results": results})
     return out

@@ -9,10 +9,12 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import NoReturn
 
 from compress.core.errors import InputError
-from compress.core.files import record_stage_seconds
-from compress.pipeline.contract import STAGES, inputs
+from compress.core.files import read_json_object, record_stage_seconds
+from compress.pipeline import options as opt
+from compress.pipeline.contract import STAGE_SECONDS, STAGES, inputs
 
 TIMED_STAGES = ("model", "prune", "quantize", "export", "bench")  # wall times go to <run>/stage_seconds.json
 STAGE_NAMES = tuple(st.name for st in STAGES)
@@ -161,14 +163,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m compress", description=__doc__)
-    p.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _add_tools(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("inspect", help="detect architecture, scale and hyperparameters of a checkpoint")
     s.add_argument("checkpoint")
-    s.add_argument("--scale", type=int, default=None, help="required for SRCNN checkpoints")
+    s.add_argument("--scale", type=opt.scale, default=None, help="required for SRCNN checkpoints")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_cmd_inspect)
 
@@ -176,30 +174,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", help="checkpoint, .onnx, .tflite, or 'bicubic'")
     s.add_argument("--run", help="instead of --model: every artifact of this run folder, with dB lost against its FP32 model")
     s.add_argument("--data", required=True, help="folder of HR images")
-    s.add_argument("--scale", type=int, help="required with --model")
-    s.add_argument("--tile", type=int, default=0, help="LR tile size for tiled inference (0: whole image)")
-    s.add_argument("--threads", type=int, default=0, help="runtime threads (0: library default)")
+    s.add_argument("--scale", type=opt.scale, help="required with --model")
+    s.add_argument("--tile", type=opt.non_negative_int, default=0,
+                   help="LR tile size for tiled inference (0: whole image, tiled automatically when large)")
+    s.add_argument("--threads", type=opt.non_negative_int, default=0, help="runtime threads (0: library default)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_cmd_eval)
 
     s = sub.add_parser("train", help="train a model from HR images per a TOML recipe")
     s.add_argument("--recipe", required=True)
     s.add_argument("--out", required=True, help="output .safetensors")
-    s.add_argument("--scale", type=int, default=None, help="override the recipe's scale")
+    s.add_argument("--scale", type=opt.scale, default=None, help="override the recipe's scale")
     s.add_argument("--data", default=None, help="override the recipe's data folder")
     s.add_argument("--init-from", default=None, help="checkpoint whose matching tensors initialise the model")
     s.add_argument("--continue-from", default=None,
                    help="warm-start every tensor from this checkpoint; --out is written only if it validates better")
     s.add_argument("--precision", choices=["auto", "bf16", "fp32"], default=None,
                    help="override the recipe's train.precision (auto: bf16 autocast where the CPU has AMX/AVX512-BF16)")
-    s.add_argument("--max-minutes", type=float, default=None, help="override the recipe's wall-time budget")
-    s.add_argument("--device", default="cpu")
+    s.add_argument("--max-minutes", type=opt.positive_float, default=None, help="override the recipe's wall-time budget")
+    s.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     s.set_defaults(func=_cmd_train)
 
+
+def _add_stages(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("model", help="stage 1: take a checkpoint into a run as its FP32 baseline")
     s.add_argument("--model", default="", help="checkpoint (default: the shipped default for --arch and --scale)")
     s.add_argument("--arch", choices=("edsr", "rrdb"), default="edsr", help="which shipped default (without --model)")
-    s.add_argument("--scale", type=int, default=None)
+    s.add_argument("--scale", type=opt.scale, default=None)
     s.add_argument("--run", required=True, help="run folder, e.g. artifacts/run-x2")
     s.add_argument("--eval", action="append", default=[], help="extra evaluation folder(s)")
     s.set_defaults(func=_cmd_model)
@@ -220,11 +221,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--eval", action="append", default=[], help="extra evaluation folder(s)")
     s.set_defaults(func=_cmd_quantize)
 
+    s = sub.add_parser("export", help="stage 4: FP32 ONNX and TFLite (FP32/FP16/INT8) exports with parity checks")
+    s.add_argument("--run", required=True)
+    s.add_argument("--no-tflite", action="store_true", help="ONNX only")
+    s.add_argument("--eval", action="append", default=[], help="extra evaluation folder(s)")
+    s.set_defaults(func=_cmd_export)
+
     s = sub.add_parser("bench", help="stage 5: latency of every artifact, each configuration in its own process")
     s.add_argument("--run", required=True)
-    s.add_argument("--sizes", nargs="+", default=["128x128", "256x256", "1080p"], help="LR HxW sizes, or 1080p")
-    s.add_argument("--threads", type=int, default=2)
-    s.add_argument("--runs", type=int, default=10)
+    s.add_argument("--sizes", nargs="+", type=opt.lr_size, default=["128x128", "256x256", "1080p"],
+                   help="LR HxW sizes, or 1080p")
+    s.add_argument("--threads", type=opt.positive_int, default=2)
+    s.add_argument("--runs", type=opt.positive_int, default=10)
     s.add_argument("--large", choices=("pareto", "all"), default="pareto",
                    help="which artifacts to time at sizes over 0.1 LR MP: the FP32 reference and the Pareto front, or all")
     s.set_defaults(func=_cmd_bench)
@@ -233,11 +241,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--run", required=True)
     s.set_defaults(func=_cmd_report)
 
-    s = sub.add_parser("export", help="stage 4: FP32 ONNX and TFLite (FP32/FP16/INT8) exports with parity checks")
-    s.add_argument("--run", required=True)
-    s.add_argument("--no-tflite", action="store_true", help="ONNX only")
-    s.add_argument("--eval", action="append", default=[], help="extra evaluation folder(s)")
-    s.set_defaults(func=_cmd_export)
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (``error: <command>: <problem>``), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m compress", description=__doc__)
+    p.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
+    sub = p.add_subparsers(dest="command", required=True)
+    _add_tools(sub)
+    _add_stages(sub)
     for sp in sub.choices.values():
         sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an internal error")
     return p
@@ -249,6 +266,9 @@ INTERNAL_ERROR = 3  # exit status of an unexpected failure (bad input is 2)
 def _run(args: argparse.Namespace) -> int:
     if args.command in STAGE_NAMES:
         inputs(Path(args.run), args.command)  # refuse before writing anything
+        seconds = Path(args.run) / STAGE_SECONDS
+        if seconds.exists():
+            read_json_object(seconds)  # a corrupt file is reported now, not after the stage has written
     start = time.perf_counter()
     code = int(args.func(args) or 0)
     if args.command in TIMED_STAGES and code == 0:

@@ -72,3 +72,66 @@ def test_default_set_is_installed_and_set14_images_stay_in_evaluation():
     assert {"barbara.png", "monarch.png"} <= evaluation
     train = {img.relpath.rsplit("/", 1)[-1] for img in IMAGES if img.split == "train"}
     assert not train & {"barbara.png", "monarch.png", "kodim23.png"}
+
+
+def test_sixteen_bit_grayscale_is_scaled_not_clipped(tmp_path):
+    from PIL import Image
+
+    ramp = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)  # 0..65520
+    path = tmp_path / "g16.png"
+    Image.fromarray(ramp).save(path)
+    assert Image.open(path).mode.startswith("I")
+    with pytest.warns(ImageNotice):
+        rgb = np.asarray(load_rgb(path))
+    expected = np.round(ramp / 257.0).astype(np.uint8)
+    np.testing.assert_array_equal(rgb[..., 0], expected)
+    assert (rgb == 255).mean() < 0.01  # the old conversion put 99.6% of such pixels at 255
+
+
+def test_float_tiff_is_refused(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "f.tiff"
+    Image.fromarray(np.random.default_rng(0).random((32, 32), dtype=np.float32)).save(path)
+    with pytest.raises(InputError, match="f.tiff: floating-point image"):
+        load_rgb(path)
+
+
+def test_pixel_limit_is_checked_from_the_header_before_decoding(tmp_path, monkeypatch):
+    path = write_image(tmp_path / "big.png", (300, 200))
+    monkeypatch.setenv("SRCOMPRESS_MAX_PIXELS", "50000")
+    with pytest.raises(InputError, match=r"big.png: 300x200 = 0.1 MP is over the 0.05 MP decoding limit"):
+        load_rgb(path)
+    monkeypatch.setenv("SRCOMPRESS_MAX_PIXELS", "lots")
+    with pytest.raises(InputError, match="SRCOMPRESS_MAX_PIXELS: not an integer"):
+        load_rgb(path)
+
+
+def test_header_claiming_a_huge_image_is_refused_without_decoding(tmp_path):
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)  # 900 MP RGB, no image data at all
+    path = tmp_path / "bomb.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    with pytest.raises(InputError, match="bomb.png: 30000x30000 = 900.0 MP is over"):
+        load_rgb(path)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    from PIL import Image
+
+    img = Image.new("RGB", (40, 20), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    path = tmp_path / "rot.jpg"
+    img.save(path, exif=exif.tobytes())
+    assert load_rgb(path).size == (20, 40)
+
+
+def test_images_too_small_for_the_shave_border_are_refused(tmp_path):
+    with pytest.raises(InputError, match="too small for x4: PSNR shaves 4 px"):
+        load_pair(write_image(tmp_path / "tiny.png", (12, 40)), 4)

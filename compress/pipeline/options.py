@@ -1,0 +1,63 @@
+"""argparse types: every command-line value is validated where it is parsed, with the option named.
+
+A bad value makes argparse print ``error: argument --X: <problem>`` and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+
+SCALES = (2, 3, 4)
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def positive_int(text: str) -> int:
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def scale(text: str) -> int:
+    value = _int(text)
+    if value not in SCALES:
+        raise argparse.ArgumentTypeError(f"scale must be one of {', '.join(map(str, SCALES))}, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def lr_size(text: str) -> str:
+    """``HxW`` (positive integers, at most 8192 each) or ``1080p`` (the LR size of a 1920x1080 output)."""
+    if text == "1080p":
+        return text
+    m = re.fullmatch(r"(\d+)x(\d+)", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"size must be HxW (e.g. 256x256) or 1080p, got {text!r}")
+    h, w = int(m.group(1)), int(m.group(2))
+    if not (1 <= h <= 8192 and 1 <= w <= 8192):
+        raise argparse.ArgumentTypeError(f"size sides must be 1..8192, got {text}")
+    return text

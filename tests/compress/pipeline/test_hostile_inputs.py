@@ -1,0 +1,154 @@
+"""Hostile inputs through the real CLI, each in its own process.
+
+Every case must end with exit status 2 (bad input) or 3 (internal error), a last stderr line that
+starts with ``error:``, no Python traceback, and no file of the run folder changed. Inputs are made
+here; nothing large is committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from compress.core.archs import EDSRConfig
+from compress.core.checkpoint import save_checkpoint
+from export.onnx_export import export_onnx
+from tests.conftest import REPO, as_layout, tiny_edsr, write_image
+
+
+def cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, "-m", "compress", *argv], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def assert_clean_failure(proc: subprocess.CompletedProcess, expect: str = "") -> None:
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert proc.returncode in (2, 3), (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert lines and lines[-1].startswith("error:"), proc.stderr
+    assert expect in lines[-1], lines[-1]
+
+
+def _bomb_png(path: Path, side: int = 30000) -> Path:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    """A run folder with a tiny baseline, a bench result and a report's inputs, plus bad files."""
+    root = tmp_path_factory.mktemp("hostile")
+    run = root / "run"
+    ckpt = save_checkpoint(tiny_edsr(2), EDSRConfig(scale=2, num_feat=16, num_block=2), run / "00-model/model.safetensors")
+    (run / "00-model/model.safetensors.json").write_text(json.dumps({"stage": "model", "quality": {}}))
+    (run / "40-bench").mkdir()
+    (run / "40-bench/latency.json").write_text(json.dumps({"scale": 2, "machine": {}, "config": {}, "targets_ms": [300],
+                                                          "results": [{"artifact": "00-model/model.safetensors",
+                                                                       "runtime": "pytorch", "lr_size": [8, 8],
+                                                                       "error": "boom"}]}))
+    export_onnx(tiny_edsr(2), root / "x2.onnx")
+    imgs = root / "imgs"
+    imgs.mkdir()
+    write_image(imgs / "a.png", (64, 48))
+    for name in ("bomb", "small", "notimg", "float"):
+        (root / name).mkdir()
+    _bomb_png(root / "bomb" / "b.png")
+    write_image(root / "small" / "s.png", (6, 40))
+    (root / "notimg" / "n.png").write_text("not an image")
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).random((40, 40), dtype=np.float32)).save(root / "float" / "f.tiff")
+    (root / "empty.pth").write_bytes(b"")
+    (root / "trunc.safetensors").write_bytes(ckpt.read_bytes()[:200])
+    sd = as_layout(tiny_edsr(2), "edsr-basicsr")
+    sd["body.1.conv1.weight"] = torch.zeros(16, 16, 5, 5)
+    save_file(sd, str(root / "wrongshape.safetensors"))
+    return root
+
+
+class _Evil:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204
+        return (os.system, (f"touch {self.marker}",))
+
+
+CASES = [
+    ("onnx-wrong-scale", ["eval", "--model", "{root}/x2.onnx", "--scale", "4", "--data", "{root}/imgs"], "upscales x2, not x4"),
+    ("wrong-shape", ["inspect", "{root}/wrongshape.safetensors"], "'body.1.conv1.weight' has shape (16, 16, 5, 5)"),
+    ("zero-byte", ["inspect", "{root}/empty.pth"], "empty.pth: not a readable PyTorch checkpoint"),
+    ("truncated", ["inspect", "{root}/trunc.safetensors"], "not a readable safetensors file"),
+    ("bomb-header", ["eval", "--model", "bicubic", "--scale", "2", "--data", "{root}/bomb"], "decoding limit"),
+    ("float-tiff", ["eval", "--model", "bicubic", "--scale", "2", "--data", "{root}/float"], "floating-point image"),
+    ("too-small", ["eval", "--model", "bicubic", "--scale", "4", "--data", "{root}/small"], "too small for x4"),
+    ("not-an-image", ["eval", "--model", "bicubic", "--scale", "2", "--data", "{root}/notimg"], "not a readable image"),
+    ("scale-negative", ["eval", "--model", "bicubic", "--scale", "-1", "--data", "{root}/imgs"], "scale must be one of"),
+    ("tile-negative", ["eval", "--model", "bicubic", "--scale", "2", "--tile", "-5", "--data", "{root}/imgs"], "0 or more"),
+    ("runs-zero", ["bench", "--run", "{root}/run", "--runs", "0"], "positive integer"),
+    ("sizes-garbage", ["bench", "--run", "{root}/run", "--sizes", "abc"], "HxW"),
+    ("report-all-failed", ["report", "--run", "{root}/run"], "no configuration was timed successfully"),
+]
+
+
+@pytest.mark.parametrize("name, argv, expect", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_fails_cleanly_and_changes_nothing(work, name, argv, expect):
+    before = snapshot(work / "run")
+    proc = cli(*[a.format(root=work) for a in argv], cwd=REPO)
+    assert_clean_failure(proc, expect)
+    assert snapshot(work / "run") == before
+
+
+def test_pickle_that_would_create_a_file_is_refused_and_the_file_never_appears(tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"conv_first.weight": torch.zeros(1), "x": _Evil(str(marker))}, tmp_path / "evil.pth")
+    proc = cli("inspect", str(tmp_path / "evil.pth"), cwd=REPO)
+    assert_clean_failure(proc, "could run code")
+    assert "weights_only=False" not in proc.stderr
+    assert not marker.exists()
+
+
+def test_corrupt_run_files_are_named_and_nothing_is_written(tmp_path):
+    run = tmp_path / "run"
+    save_checkpoint(tiny_edsr(2), EDSRConfig(scale=2, num_feat=16, num_block=2), run / "00-model/model.safetensors")
+    (run / "00-model/model.safetensors.json").write_text("{not json")
+    (run / "stage_seconds.json").write_text("[1, 2")
+    before = snapshot(run)
+    proc = cli("export", "--run", str(run), "--no-tflite", cwd=REPO)
+    assert_clean_failure(proc, "stage_seconds.json: not valid JSON")
+    (run / "stage_seconds.json").write_text("{}")
+    before = snapshot(run)
+    proc = cli("export", "--run", str(run), "--no-tflite", cwd=REPO)
+    assert_clean_failure(proc, "model.safetensors.json: not valid JSON")
+    assert snapshot(run) == before
+
+
+@pytest.mark.parametrize("body, expect", [("[train]\nlr = \"fast\"\n", "expected a number"),
+                                          ("[train]\nlr = inf\n", "finite")])
+def test_bad_recipe_fails_before_training(tmp_path, body, expect):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(body)
+    proc = cli("train", "--recipe", str(recipe), "--out", str(tmp_path / "m.safetensors"), cwd=REPO)
+    assert_clean_failure(proc, expect)
+    assert not (tmp_path / "m.safetensors").exists()
