@@ -18,6 +18,7 @@ import torch
 
 from compress.core.archs import EDSRConfig, RRDBConfig, SRCNNConfig, of_config, structure_of
 from compress.core.archs.edsr import upsample_stages
+from compress.core.resize import phase_kernels
 
 
 def keras():  # noqa: ANN201
@@ -55,15 +56,24 @@ def _layers():  # noqa: ANN202
             return tf.nn.space_to_depth(x, self.block_size)
 
     @tfk.utils.register_keras_serializable(package="srcompress")
-    class ReplicatePad(DepthToSpace):
-        """Pad H and W by repeating edge pixels (``block_size`` = pad width), as PyTorch's bicubic clamps."""
+    class BicubicUp(DepthToSpace):
+        """PIL / MATLAB bicubic enlargement by ``block_size`` (:func:`compress.core.resize.bicubic_up`):
+        a fixed 5x5 convolution per output phase, taps outside the image dropped and renormalised."""
 
         def call(self, x):  # noqa: ANN001, ANN201
-            p = self.block_size
-            x = tf.concat([x[:, :1]] * p + [x] + [x[:, -1:]] * p, axis=1)
-            return tf.concat([x[:, :, :1]] * p + [x] + [x[:, :, -1:]] * p, axis=2)
+            s = self.block_size
+            k = phase_kernels(s).transpose(1, 2, 0)[:, :, None, :]  # (5, 5, 1, s*s)
+            kernel = tf.constant(k, dtype=tf.float32)
+            pad = [[0, 0], [2, 2], [2, 2], [0, 0]]
+            chans = [tf.nn.conv2d(tf.pad(x[..., i:i + 1], pad), kernel, 1, "VALID") for i in range(3)]
+            den = tf.nn.conv2d(tf.pad(tf.ones_like(x[..., :1]), pad), kernel, 1, "VALID")
+            # TF depth_to_space reads channel (p*s + q)*C + c for output phase (p, q) and channel c
+            num = tf.stack(chans, axis=-1)  # (N, H, W, s*s, 3)
+            out = num / den[..., None]
+            shape = tf.shape(x)
+            return tf.nn.depth_to_space(tf.reshape(out, [shape[0], shape[1], shape[2], s * s * 3]), s)
 
-    return DepthToSpace, SpaceToDepth, ReplicatePad
+    return DepthToSpace, SpaceToDepth, BicubicUp
 
 
 def tf_name(torch_name: str) -> str:
@@ -127,11 +137,9 @@ def _rrdb_twin(cfg: RRDBConfig, inp, L, conv, layers):  # noqa: ANN001, ANN202
 
 
 def _srcnn_twin(cfg: SRCNNConfig, inp, L, conv, layers):  # noqa: ANN001, ANN202
-    DepthToSpace, _, ReplicatePad = layers
-    # PyTorch's bicubic (a = -0.75, half-pixel centres, clamped edges) as a fixed 5x5 convolution
-    # into scale^2 phases followed by depth_to_space; then SRCNN on RGB or on BT.601 luma.
-    up = L.Conv2D(3 * cfg.scale**2, 5, padding="valid", use_bias=False, trainable=False, name="bicubic")
-    x = DepthToSpace(cfg.scale, name="bicubic_shuffle")(up(ReplicatePad(2, name="bicubic_pad")(inp)))
+    BicubicUp = layers[2]
+    # MATLAB / PIL bicubic enlargement (as in PyTorch), then SRCNN on RGB or on BT.601 luma.
+    x = BicubicUp(cfg.scale, name="bicubic")(inp)
     if cfg.channels == 1:
         y = L.Conv2D(1, 1, trainable=False, name="rgb_to_y")(x)
         cbcr = L.Conv2D(2, 1, trainable=False, name="rgb_to_cbcr")(x)
@@ -160,29 +168,9 @@ def build_keras(cfg: EDSRConfig | RRDBConfig | SRCNNConfig):  # noqa: ANN201
     return tfk.Model(inp, out, name=type(cfg).__name__.removesuffix("Config").lower())
 
 
-def bicubic_taps(scale: int, a: float = -0.75) -> np.ndarray:
-    """(scale, 5) weights: output phase p of PyTorch's bicubic upsampling reads input offsets -2..2."""
-    taps = np.zeros((scale, 5))
-    for p in range(scale):
-        d = (p + 0.5) / scale - 0.5
-        f = int(np.floor(d))
-        t = d - f
-        cubic = lambda x: ((a + 2) * x - (a + 3)) * x * x + 1 if x <= 1 else ((a * x - 5 * a) * x + 8 * a) * x - 4 * a  # noqa: E731
-        for k, dist in zip(range(f - 1, f + 3), (t + 1, t, 1 - t, 2 - t)):
-            taps[p, k + 2] += cubic(abs(dist))
-    return taps
-
-
 def _srcnn_fixed_weights(kmodel, cfg: SRCNNConfig) -> None:  # noqa: ANN001
     from compress.core.color import BT601_INVERSE, BT601_MATRIX, BT601_OFFSET
 
-    s, taps = cfg.scale, bicubic_taps(cfg.scale)
-    kernel = np.zeros((5, 5, 3, 3 * s * s), dtype=np.float32)
-    for p in range(s):
-        for q in range(s):
-            for c in range(3):
-                kernel[:, :, c, (p * s + q) * 3 + c] = np.outer(taps[p], taps[q])
-    kmodel.get_layer("bicubic").set_weights([kernel])
     if cfg.channels == 1:
         kmodel.get_layer("rgb_to_y").set_weights([BT601_MATRIX[:1].T.reshape(1, 1, 3, 1).astype(np.float32), BT601_OFFSET[:1].astype(np.float32)])
         kmodel.get_layer("rgb_to_cbcr").set_weights([BT601_MATRIX[1:].T.reshape(1, 1, 3, 2).astype(np.float32), BT601_OFFSET[1:].astype(np.float32)])

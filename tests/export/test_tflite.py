@@ -27,18 +27,6 @@ def test_keras_twin_matches_pytorch(name, make):
     assert np.abs(twin(x.numpy().transpose(0, 2, 3, 1)).numpy() - ref).max() < 1e-5
 
 
-def test_bicubic_taps_sum_to_one_and_match_torch():
-    from export.keras_twins import bicubic_taps
-
-    for scale in (2, 3, 4):
-        np.testing.assert_allclose(bicubic_taps(scale).sum(axis=1), 1.0, atol=1e-12)
-    x = torch.zeros(1, 1, 1, 9)
-    x[..., 4] = 1.0  # an impulse: the upsampled row shows the taps of each phase
-    up = torch.nn.functional.interpolate(x, scale_factor=(1, 2), mode="bicubic", align_corners=False)[0, 0, 0]
-    taps = bicubic_taps(2)
-    np.testing.assert_allclose(up[8:10].numpy(), [taps[0][2], taps[1][2]], atol=1e-6)
-
-
 def test_depth_to_space_order_matches_pixel_shuffle():
     import tensorflow as tf
 

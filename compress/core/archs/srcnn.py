@@ -11,10 +11,10 @@ import dataclasses
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from compress.core.archs.spec import Architecture, Structure
 from compress.core.color import rgb_to_ycbcr, ycbcr_to_rgb
+from compress.core.resize import bicubic_up
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +56,7 @@ class SRCNN(nn.Module):
         return self.conv3(self.relu(self.conv2(self.relu(self.conv1(x)))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        up = F.interpolate(x, scale_factor=self.cfg.scale, mode="bicubic", align_corners=False)
+        up = bicubic_up(x, self.cfg.scale)  # MATLAB / PIL bicubic (a = -0.5), as SRCNN was trained
         if self.cfg.channels == 3:
             return self._net(up)
         ycc = rgb_to_ycbcr(up)
