@@ -20,6 +20,11 @@ QUANT_PRUNED_RECIPE ?= $(if $(filter 1,$(QUICK)),$(QUANT_RECIPE),quantization/re
 QUANT_SOURCES ?= auto
 PYTEST_ARGS ?=
 QUICK ?= 0
+# NPROC=N runs the training stages (train, prune, quantize) under torchrun with N processes
+# (DistributedDataParallel; Gloo on CPUs, NCCL on GPUs). Multi-node: call torchrun yourself with
+# --nnodes / --rdzv-endpoint (README, "Training on several processes").
+NPROC ?=
+TRAIN_PY = $(if $(NPROC),$(VENV)/bin/torchrun --standalone --nproc-per-node $(NPROC) -m compress,$(PY) -m compress)
 
 STAMP := $(VENV)/.installed
 EVAL_ARGS := $(foreach d,$(EVAL),--eval $(d))
@@ -50,20 +55,20 @@ train-data:
 	else echo "note: run as root (or apt-get install $(WALLPAPER_PKGS)) to add Debian's wallpaper photographs"; fi
 
 train: venv train-data
-	$(PY) -m compress train --recipe compress/recipes/train_edsr_x2.toml --out $(TRAIN_OUT)/edsr_baseline_x2.safetensors --device $(DEVICE) $(if $(DATA),--data $(DATA),)
-	$(PY) -m compress train --recipe compress/recipes/train_edsr_x3.toml --out $(TRAIN_OUT)/edsr_baseline_x3.safetensors --init-from $(TRAIN_OUT)/edsr_baseline_x2.safetensors --device $(DEVICE) $(if $(DATA),--data $(DATA),)
-	$(PY) -m compress train --recipe compress/recipes/train_edsr_x4.toml --out $(TRAIN_OUT)/edsr_baseline_x4.safetensors --init-from $(TRAIN_OUT)/edsr_baseline_x2.safetensors --device $(DEVICE) $(if $(DATA),--data $(DATA),)
-	$(PY) -m compress train --recipe compress/recipes/train_rrdb_x4.toml --out $(TRAIN_OUT)/rrdb_compact_x4.safetensors --device $(DEVICE) $(if $(DATA),--data $(DATA),)
+	$(TRAIN_PY) train --recipe compress/recipes/train_edsr_x2.toml --out $(TRAIN_OUT)/edsr_baseline_x2.safetensors --device $(DEVICE) $(if $(DATA),--data $(DATA),)
+	$(TRAIN_PY) train --recipe compress/recipes/train_edsr_x3.toml --out $(TRAIN_OUT)/edsr_baseline_x3.safetensors --init-from $(TRAIN_OUT)/edsr_baseline_x2.safetensors --device $(DEVICE) $(if $(DATA),--data $(DATA),)
+	$(TRAIN_PY) train --recipe compress/recipes/train_edsr_x4.toml --out $(TRAIN_OUT)/edsr_baseline_x4.safetensors --init-from $(TRAIN_OUT)/edsr_baseline_x2.safetensors --device $(DEVICE) $(if $(DATA),--data $(DATA),)
+	$(TRAIN_PY) train --recipe compress/recipes/train_rrdb_x4.toml --out $(TRAIN_OUT)/rrdb_compact_x4.safetensors --device $(DEVICE) $(if $(DATA),--data $(DATA),)
 
 TFLITE ?= 1
 export: venv
 	$(PY) -m compress export --run $(RUN) $(if $(filter 0,$(TFLITE)),--no-tflite,) $(EVAL_ARGS)
 
 prune: venv
-	$(PY) -m compress prune --run $(RUN) $(foreach r,$(PRUNE_RECIPES),--recipe $(r)) $(if $(DATA),--data $(DATA),) $(EVAL_ARGS)
+	$(TRAIN_PY) prune --run $(RUN) $(foreach r,$(PRUNE_RECIPES),--recipe $(r)) $(if $(DATA),--data $(DATA),) $(EVAL_ARGS)
 
 quantize: venv
-	$(PY) -m compress quantize --run $(RUN) --recipe $(QUANT_RECIPE) --pruned-recipe $(QUANT_PRUNED_RECIPE) $(foreach s,$(QUANT_SOURCES),--source $(s)) $(if $(DATA),--data $(DATA),) $(EVAL_ARGS)
+	$(TRAIN_PY) quantize --run $(RUN) --recipe $(QUANT_RECIPE) --pruned-recipe $(QUANT_PRUNED_RECIPE) $(foreach s,$(QUANT_SOURCES),--source $(s)) $(if $(DATA),--data $(DATA),) $(EVAL_ARGS)
 
 BENCH_SIZES ?= $(if $(filter 1,$(QUICK)),128x128 256x256,128x128 256x256 1080p)
 BENCH_RUNS ?= $(if $(filter 1,$(QUICK)),3,5)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from compress.core.distributed import ranks, share_of_batch
 from compress.core.errors import InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -211,19 +212,25 @@ def check_patchable(pairs: Sequence[ImagePair], lr_patch: int) -> None:
 def random_patches(pairs: Sequence[ImagePair], scale: int, cfg: PatchConfig) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Endless stream of (lr, hr) batches as float32 NCHW arrays.
 
+    ``cfg.batch_size`` is the global batch: under torchrun each rank yields its share of it, drawn
+    from its own seeded stream (``[seed, rank]``), so the ranks see disjoint patches.
+
     Images are drawn with probability proportional to their area, so large photographs are not
     under-sampled.
     """
     if not pairs:
         raise InputError("no training images")
     check_patchable(pairs, cfg.lr_patch)
-    rng = np.random.default_rng(cfg.seed)
+    r = ranks()
+    batch = share_of_batch(cfg.batch_size)
+    # one process keeps the recipe's stream; under torchrun each rank draws its own disjoint stream
+    rng = np.random.default_rng([cfg.seed, r.rank] if r.distributed else cfg.seed)
     areas = np.array([p.lr.shape[0] * p.lr.shape[1] for p in pairs], dtype=np.float64)
     prob = areas / areas.sum()
     p, s = cfg.lr_patch, scale
     while True:
         lrs, hrs = [], []
-        for idx in rng.choice(len(pairs), size=cfg.batch_size, p=prob):
+        for idx in rng.choice(len(pairs), size=batch, p=prob):
             pair = pairs[idx]
             h, w = pair.lr.shape[:2]
             y, x = int(rng.integers(0, h - p + 1)), int(rng.integers(0, w - p + 1))

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from compress.core.cpu import host_cpu
 from compress.core.data import ImagePair
+from compress.core.distributed import Ranks, ensure_process_group, rank_device
 from compress.core.evaluate import evaluate
 from compress.core.files import atomic_path
 from compress.core.infer import torch_upscaler
@@ -152,12 +153,48 @@ def _loss(model: nn.Module, teacher: nn.Module | None, cfg: TrainConfig, lr_t: t
     return loss
 
 
-def _validate(model: nn.Module, val_pairs: Sequence[ImagePair], scale: int, device: str, fmt: torch.memory_format) -> float:
+def _validate(model: nn.Module, val_pairs: Sequence[ImagePair], scale: int, device: str) -> float:
     """PSNR-Y of the FP32 model on ``val_pairs`` (validation never runs in bf16)."""
-    model.eval().to(memory_format=torch.contiguous_format)
+    model.eval()
     psnr = evaluate(torch_upscaler(model, device), val_pairs, scale).psnr_y_db
-    model.to(device, memory_format=fmt).train()
+    model.train()
     return psnr
+
+
+def _optimizer_step(net: nn.Module, opt: torch.optim.Optimizer, trainable: list, teacher: nn.Module | None,
+                    cfg: TrainConfig, lr_t: torch.Tensor, hr_t: torch.Tensor, bf16: bool, lr_now: float) -> float:
+    """One Adam step at ``lr_now``; returns the loss."""
+    for group in opt.param_groups:
+        group["lr"] = lr_now
+    loss = _loss(net, teacher, cfg, lr_t, hr_t, bf16)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+    opt.step()
+    return loss.item()
+
+
+def _out_of_time(budget_s: float, t0: float, ranks: Ranks) -> bool:
+    """Whether the wall-time budget is spent; under torchrun rank 0's clock decides for every rank."""
+    if not budget_s:
+        return False
+    over = time.perf_counter() - t0 >= budget_s
+    if ranks.distributed:
+        on_gpu = torch.distributed.get_backend() == "nccl"
+        flag = torch.tensor([float(over)], device=f"cuda:{ranks.local_rank}" if on_gpu else "cpu")
+        torch.distributed.broadcast(flag, src=0)
+        over = bool(flag.item())
+    return over
+
+
+def _parallel(model: nn.Module, ranks: Ranks, device: str) -> nn.Module:
+    """``model`` wrapped in DistributedDataParallel under torchrun (it broadcasts rank 0's weights)."""
+    if not ranks.distributed:
+        return model
+    ids = [torch.device(device).index] if device.startswith("cuda") else None
+    # constant buffers only (mean shifts; no batch norm in these SR models): nothing to broadcast per step
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
 
 
 def fit(
@@ -188,7 +225,14 @@ def fit(
         resume: checkpoint file written every ``cfg.ckpt_every`` steps and read at start if present.
         params: parameters to optimise (default: all that require grad).
         desc: progress-bar label.
+
+    Under torchrun the model trains in DistributedDataParallel (gradients averaged over the ranks; every
+    rank holds the same weights after each step, so hooks such as pruning masks, computed from the
+    weights, agree); only rank 0 validates and writes the resume checkpoint, and any number of ranks
+    can resume from it.
     """
+    ranks = ensure_process_group(device)
+    device = rank_device(device)
     torch.manual_seed(cfg.seed)
     log = TrainLog(precision=resolve_precision(cfg.precision, device))
     bf16 = log.precision == "bf16"
@@ -199,6 +243,7 @@ def fit(
     trainable = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(trainable, lr=cfg.lr, betas=(0.9, 0.99))
     start = _load_resume(resume, model, opt, device)
+    net = _parallel(model, ranks, device)
     t0 = time.perf_counter()
     budget_s = cfg.max_minutes * 60.0
     bar = tqdm(range(start, cfg.steps), desc=desc, initial=start, total=cfg.steps, mininterval=5, disable=None)
@@ -209,25 +254,18 @@ def fit(
         hr_t = torch.from_numpy(hr_np).to(device)
         spent = (time.perf_counter() - t0) / budget_s if budget_s else 0.0
         lr_now = lr_at(cfg, step, spent)
-        for group in opt.param_groups:
-            group["lr"] = lr_now
-        loss = _loss(model, teacher, cfg, lr_t, hr_t, bf16)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-        opt.step()
+        loss = _optimizer_step(net, opt, trainable, teacher, cfg, lr_t, hr_t, bf16, lr_now)
         for hook in hooks:
             hook(step + 1)
-        running = 0.98 * running + 0.02 * loss.item() if step > start else loss.item()
-        last = step + 1 == cfg.steps or (budget_s and time.perf_counter() - t0 >= budget_s)
+        running = 0.98 * running + 0.02 * loss if step > start else loss
+        last = step + 1 == cfg.steps or _out_of_time(budget_s, t0, ranks)
         if (step + 1) % 50 == 0 or last:
             log.loss.append((step + 1, running))
             bar.set_postfix(loss=f"{running:.4f}", lr=f"{lr_now:.2e}")
-        if val_pairs and ((cfg.val_every and (step + 1) % cfg.val_every == 0) or last):
-            log.val_psnr_y_db.append((step + 1, _validate(model, val_pairs, scale, device, fmt)))
+        if val_pairs and ranks.rank == 0 and ((cfg.val_every and (step + 1) % cfg.val_every == 0) or last):
+            log.val_psnr_y_db.append((step + 1, _validate(model, val_pairs, scale, device)))
             tqdm.write(f"[{desc}] step {step + 1}: val PSNR-Y {log.val_psnr_y_db[-1][1]:.3f} dB")
-        if resume is not None and cfg.ckpt_every and ((step + 1) % cfg.ckpt_every == 0 or last):
+        if resume is not None and ranks.rank == 0 and cfg.ckpt_every and ((step + 1) % cfg.ckpt_every == 0 or last):
             _save_resume(resume, model, opt, step + 1)
         done = step + 1
         if last:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 import warnings
 from pathlib import Path
 from typing import NoReturn
 
+from compress.core.distributed import is_writer
 from compress.core.errors import InputError
 from compress.core.files import read_json_object, record_stage_seconds
 from compress.pipeline import options as opt
@@ -281,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     in one ``error:`` line and exit 3, with the traceback only under ``--debug``."""
     args = build_parser().parse_args(argv)
     warnings.filterwarnings("default", category=UserWarning, module="compress")
+    if not is_writer():  # under torchrun, rank 0 alone reports; every rank still says its errors
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
     try:
         return _run(args)
     except InputError as exc:

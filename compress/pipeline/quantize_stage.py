@@ -11,6 +11,7 @@ import onnx
 from compress.core.checkpoint import LoadedModel, load_checkpoint
 from compress.core.data import ImagePair, list_images, load_pair, random_patches
 from compress.core.default_data import split_paths, training_pairs
+from compress.core.distributed import is_writer
 from compress.core.errors import InputError
 from compress.core.evaluate import eval_sets, evaluate, quality
 from compress.core.files import read_sidecar, sidecar_path, write_sidecar
@@ -149,7 +150,7 @@ def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_ev
 
     if recipe.qat:
         _run_qat(loaded, recipe, reader, pre, out_dir, caches, rr, opts, finish)
-    if recipe.tflite_qat.enabled:
+    if recipe.tflite_qat.enabled and is_writer():  # TensorFlow training: one process (rank 0 under torchrun)
         from compress.pipeline.tflite_stage import tfmot_qat_tflite
 
         results.update(tfmot_qat_tflite(loaded, src, out_dir, recipe.tflite_qat, recipe.data, extra_eval,

@@ -1,0 +1,91 @@
+"""Training throughput: 1 process x T threads against N torchrun processes x T/N threads.
+
+Each configuration runs ``compress.core.train.fit`` on EDSR-baseline x2 with the default training
+recipe's global batch (16 patches of 48x48 LR) in its own process group, after warm-up steps, and
+prints steps per second side by side with the CPU and its features::
+
+    python -m benchmarks.ddp_steps --steps 12 --warmup 3 --threads 2 --nproc 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _worker(steps: int, warmup: int, batch: int, patch: int, precision: str, out: Path) -> None:
+    from compress.core.archs import EDSR, EDSRConfig
+    from compress.core.distributed import ranks, share_of_batch
+    from compress.core.train import TrainConfig, fit
+
+    model = EDSR(EDSRConfig(scale=2))
+    rng = np.random.default_rng(ranks().rank)
+    local = share_of_batch(batch)
+
+    def batches():  # noqa: ANN202
+        while True:
+            yield (rng.random((local, 3, patch, patch), dtype=np.float32),
+                   rng.random((local, 3, 2 * patch, 2 * patch), dtype=np.float32))
+
+    fit(model, batches(), TrainConfig(steps=warmup, precision=precision), 2)
+    t0 = time.perf_counter()
+    fit(model, batches(), TrainConfig(steps=steps, precision=precision), 2)
+    seconds = time.perf_counter() - t0
+    if ranks().rank == 0:
+        out.write_text(json.dumps({"steps_per_s": steps / seconds, "world": ranks().world}))
+
+
+def _launch(nproc: int, threads: int, args: argparse.Namespace, out: Path) -> dict:
+    worker = ["--worker", str(out), f"--steps={args.steps}", f"--warmup={args.warmup}", f"--batch={args.batch}",
+              f"--patch={args.patch}", f"--precision={args.precision}"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(key, None)
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "benchmarks.ddp_steps", *worker]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "benchmarks.ddp_steps", *worker]
+    subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
+    return json.loads(out.read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2, help="threads in all")
+    ap.add_argument("--nproc", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=16, help="global batch")
+    ap.add_argument("--patch", type=int, default=48)
+    ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    args = ap.parse_args(argv)
+    if args.worker:
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+        _worker(args.steps, args.warmup, args.batch, args.patch, args.precision, args.worker)
+        return 0
+    from compress.core.cpu import host_cpu
+    from compress.core.train import resolve_precision
+
+    tmp = Path(os.environ.get("TMPDIR", "/tmp"))
+    one = _launch(1, args.threads, args, tmp / "ddp_steps_1.json")
+    many = _launch(args.nproc, max(args.threads // args.nproc, 1), args, tmp / "ddp_steps_n.json")
+    print(f"# EDSR-baseline x2, global batch {args.batch} x {args.patch}x{args.patch} LR, "
+          f"{resolve_precision(args.precision, 'cpu')}, {args.steps} steps after {args.warmup}, {host_cpu().describe()}")
+    print(f"1 process x {args.threads} threads: {one['steps_per_s']:.3f} steps/s")
+    print(f"{args.nproc} processes x {max(args.threads // args.nproc, 1)} thread(s) (DDP, Gloo): "
+          f"{many['steps_per_s']:.3f} steps/s ({many['steps_per_s'] / one['steps_per_s']:.2f}x)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

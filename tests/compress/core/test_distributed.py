@@ -1,0 +1,75 @@
+"""The training loop under torchrun: 2 Gloo processes on a tiny EDSR (real processes, loopback only)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+
+
+def launch(nproc: int, out: Path, images: Path, steps: int, die_at: int = 0, resume: Path | None = None,
+           precision: str = "fp32"):
+    out.mkdir(parents=True, exist_ok=True)
+    args = [str(out), str(images), str(steps), str(die_at), str(resume or out / "resume.pt")]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "WORKER_PRECISION": precision}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    if nproc == 1:
+        cmd = [sys.executable, str(WORKER), *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               str(WORKER), *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+
+
+def load(out: Path, rank: int) -> dict:
+    return torch.load(out / f"rank{rank}.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_two_gloo_ranks_hold_identical_weights_and_the_loss_falls(image_dir, tmp_path, precision):
+    proc = launch(2, tmp_path / "a", image_dir, steps=30, precision=precision)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r0, r1 = load(tmp_path / "a", 0), load(tmp_path / "a", 1)
+    assert r0["world"] == 2 and r0["steps_done"] == 30
+    for key in r0["state"]:
+        assert torch.equal(r0["state"][key], r1["state"][key]), key
+    assert r0["after"] < 0.8 * r0["before"]
+
+
+def test_same_seed_and_ranks_give_identical_weights(image_dir, tmp_path):
+    runs = []
+    for name in ("x", "y"):
+        proc = launch(2, tmp_path / name, image_dir, steps=10)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs.append(load(tmp_path / name, 0)["state"])
+    for key in runs[0]:
+        assert torch.equal(runs[0][key], runs[1][key]), key
+
+
+def test_killed_run_resumes_from_its_checkpoint_under_another_number_of_ranks(image_dir, tmp_path):
+    resume = tmp_path / "resume.pt"
+    killed = launch(2, tmp_path / "k", image_dir, steps=10, die_at=7, resume=resume)
+    assert killed.returncode != 0
+    assert torch.load(resume, weights_only=True)["step"] == 5  # rank 0's checkpoint of step 5 survived
+    alone = launch(1, tmp_path / "k", image_dir, steps=10, resume=resume)
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    done = load(tmp_path / "k", 0)
+    assert done["world"] == 1 and done["resumed_from"] == 5 and done["steps_done"] == 10
+    assert torch.load(resume, weights_only=True)["step"] == 10
+
+
+def test_global_batch_must_split_over_the_ranks(monkeypatch):
+    from compress.core.distributed import share_of_batch
+
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(ValueError, match="does not split over 3 processes"):
+        share_of_batch(16)
+    assert share_of_batch(15) == 5
