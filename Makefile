@@ -30,7 +30,7 @@ STAMP := $(VENV)/.installed
 EVAL_ARGS := $(foreach d,$(EVAL),--eval $(d))
 MODEL_ARG := $(if $(MODEL),--model $(MODEL),)
 
-.PHONY: venv model train train-data prune quantize export bench bench-pytest report compare all test clean
+.PHONY: venv model train train-data serve browser-deps prune quantize export bench bench-pytest report compare all test clean
 venv: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PY_BOOT) -m venv $(VENV)
@@ -88,6 +88,21 @@ bench-pytest: venv
 	RUN=$(RUN) $(PY) -m pytest benchmarks -p no:cacheprovider --benchmark-enable -o addopts="" --benchmark-json=$(RUN)/40-bench/pytest-benchmark.json
 
 all: model prune quantize export bench report
+
+# The service and web page (python -m compress serve): SERVE_ARGS="--run artifacts/run-x2" or
+# "--artifact FILE"; with neither, the shipped defaults for every scale. http://127.0.0.1:$(PORT)/
+PORT ?= 8000
+SERVE_ARGS ?=
+serve: venv
+	$(PY) -m compress serve --port $(PORT) $(SERVE_ARGS)
+
+# Debian's chromium and chromedriver for the browser test of the web page (tests skip it without them)
+browser-deps:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver \
+	  || echo "warning: chromium / chromium-driver not installed; the browser test will be skipped"; \
+	else echo "note: apt-get install chromium chromium-driver (as root) to run the browser test"; fi
 
 test: venv
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -215,3 +215,19 @@ def save_checkpoint(
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
     return path
+
+
+def interpolate(a: LoadedModel, b: LoadedModel, alpha: float) -> nn.Module:
+    """Network interpolation (Wang et al., ESRGAN, 2018): every tensor ``(1 - alpha) * A + alpha * B``.
+
+    ``alpha`` 0 and 1 reproduce A and B exactly. Both must be the same architecture with the same shapes.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise InputError(f"alpha must be in [0, 1], got {alpha}")
+    if a.config != b.config:
+        raise InputError(f"{b.path}: not the same architecture as {a.path} ({b.config} vs {a.config})")
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    blended = {k: (sa[k] * (1.0 - alpha) + sb[k] * alpha) if sa[k].is_floating_point() else sa[k] for k in sa}
+    model = build_model(a.config)
+    model.load_state_dict(blended)
+    return model.eval()

@@ -11,15 +11,16 @@ import os
 import struct
 import warnings
 from collections.abc import Iterator, Sequence
+from typing import BinaryIO
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from compress.core.distributed import ranks, share_of_batch
-from compress.core.errors import InputError
+from compress.core.errors import ImageTooLarge, InputError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
 
 class ImageNotice(UserWarning):
@@ -68,15 +69,16 @@ def _to_8bit(img: Image.Image, path: Path) -> Image.Image:
     raise InputError(f"{path}: unsupported image mode {img.mode!r}")
 
 
-def open_image(path: str | Path, limit: int | None = None) -> Image.Image:
-    """Decode an image after checking its header: pixel limit, EXIF orientation applied, 16 bits to 8."""
-    path = Path(path)
+def open_image(src: str | Path | BinaryIO, limit: int | None = None, label: str = "upload") -> Image.Image:
+    """Decode an image (a file, or bytes in a file object named ``label``) after checking its header:
+    pixel limit, EXIF orientation applied, 16 bits to 8."""
+    path = Path(src) if isinstance(src, (str, Path)) else Path(label)
     limit = max_pixels() if limit is None else limit
     try:
-        with Image.open(path) as im:
+        with Image.open(src) as im:
             w, h = im.size
             if w * h > limit:
-                raise InputError(f"{path}: {w}x{h} = {w * h / 1e6:.1f} MP is over the {limit / 1e6:g} MP decoding "
+                raise ImageTooLarge(f"{path}: {w}x{h} = {w * h / 1e6:.1f} MP is over the {limit / 1e6:g} MP decoding "
                                  "limit (set SRCOMPRESS_MAX_PIXELS to raise it)")
             if w < 1 or h < 1:
                 raise InputError(f"{path}: empty image ({w}x{h})")

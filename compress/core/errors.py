@@ -8,3 +8,7 @@ class InputError(ValueError):
 
     The CLI prints the message alone, without a traceback, and exits with status 2.
     """
+
+
+class ImageTooLarge(InputError):
+    """An image over the decoded-pixel limit (refused from its header, before decoding)."""

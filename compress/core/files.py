@@ -41,6 +41,12 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
 def write_json_atomic(path: str | Path, obj: object) -> Path:
     """JSON with NaN / Infinity refused (they are not JSON): a ``ValueError`` before anything is written."""
     return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str, allow_nan=False) + "\n")

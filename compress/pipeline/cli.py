@@ -16,6 +16,7 @@ from compress.core.distributed import is_writer
 from compress.core.errors import InputError
 from compress.core.files import read_json_object, record_stage_seconds
 from compress.pipeline import options as opt
+from compress.pipeline.deploy_cli import add_deploy
 from compress.pipeline.contract import STAGE_SECONDS, STAGES, inputs
 
 TIMED_STAGES = ("model", "prune", "quantize", "export", "bench")  # wall times go to <run>/stage_seconds.json
@@ -257,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     _add_tools(sub)
     _add_stages(sub)
+    add_deploy(sub)
     for sp in sub.choices.values():
         sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an internal error")
     return p

@@ -1,0 +1,113 @@
+"""Images as a deployer has them: decode from a file or bytes, upscale keeping alpha and grayscale, encode.
+
+Rules (stated once, used by ``upscale`` and ``serve``):
+- the decoded-pixel limit and EXIF orientation of :func:`compress.core.data.open_image` apply;
+  16-bit images become 8-bit by value / 257; floating-point images are refused;
+- palette images become RGBA when they have transparency, else RGB;
+- RGBA / LA: the colour goes through the model, the alpha is enlarged separately with PIL's bicubic
+  and put back; grayscale (L / LA) is run as RGB and returned as grayscale (BT.601 luma);
+- the output is 8-bit PNG, JPEG (alpha dropped onto white) or WebP.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from compress.core.data import open_image, to_array, to_image
+from compress.core.errors import InputError
+from compress.core.infer import TileConfig, Upscaler, auto_tiles, upscale
+
+FORMATS = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG", "webp": "WEBP"}
+SNIFFED = {b"\x89PNG\r\n\x1a\n": "png", b"\xff\xd8\xff": "jpeg", b"GIF87a": "gif", b"GIF89a": "gif",
+           b"BM": "bmp", b"II*\x00": "tiff", b"MM\x00*": "tiff"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoded:
+    """An image split for the model.
+
+    Attributes:
+        rgb: HWC float32 in [0, 1].
+        alpha: the alpha channel as an 8-bit ``L`` image, or None.
+        gray: whether the input was grayscale (the output is then grayscale too).
+        mode: the decoded mode, for messages.
+    """
+
+    rgb: np.ndarray
+    alpha: Image.Image | None
+    gray: bool
+    mode: str
+
+
+def sniff(data: bytes) -> str | None:
+    """The image format from the first bytes (not from a file name), or None."""
+    for magic, name in SNIFFED.items():
+        if data.startswith(magic):
+            return name
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def split(img: Image.Image, label: str) -> Decoded:
+    """Colour, alpha and grayness of an 8-bit image (see the module's rules)."""
+    mode = img.mode
+    if mode in ("P", "PA"):
+        img = img.convert("RGBA" if "transparency" in img.info or mode == "PA" else "RGB")
+    elif mode == "1":
+        img = img.convert("L")
+    elif mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
+        img = img.convert("RGB")
+    if img.mode not in ("L", "LA", "RGB", "RGBA"):
+        raise InputError(f"{label}: unsupported image mode {mode!r}")
+    alpha = img.getchannel("A") if img.mode in ("LA", "RGBA") else None
+    gray = img.mode in ("L", "LA")
+    return Decoded(to_array(img.convert("RGB")), alpha, gray, mode)
+
+
+class UnsupportedFormat(InputError):
+    """Content that is no image format this toolkit reads (judged by its bytes, not its name)."""
+
+
+def decode_bytes(data: bytes, label: str = "upload", limit: int | None = None) -> Decoded:
+    """Decode uploaded bytes, their format sniffed from the content."""
+    if sniff(data) is None:
+        raise UnsupportedFormat(f"{label}: not a supported image (PNG, JPEG, WebP, GIF, BMP, TIFF by content)")
+    return split(open_image(io.BytesIO(data), limit=limit, label=label), label)
+
+
+def decode_file(path: str | Path) -> Decoded:
+    return split(open_image(path), str(path))
+
+
+def upscale_decoded(fn: Upscaler, img: Decoded, scale: int, tiles: TileConfig = TileConfig()) -> Image.Image:
+    """Run the model on the colour, enlarge the alpha with bicubic, restore grayscale."""
+    sr = upscale(fn, img.rgb, scale, auto_tiles(img.rgb.shape, tiles))
+    out = to_image(sr)
+    if img.gray:
+        out = out.convert("L")
+    if img.alpha is not None:
+        a = img.alpha.resize((out.width, out.height), Image.BICUBIC)
+        out = out.convert("LA" if img.gray else "RGBA")
+        out.putalpha(a)
+    return out
+
+
+def encode(img: Image.Image, fmt: str = "png", quality: int = 95) -> bytes:
+    """8-bit PNG / JPEG / WebP bytes (JPEG has no alpha: it is composited on white)."""
+    if fmt not in FORMATS:
+        raise InputError(f"output format must be one of {sorted(set(FORMATS))}, got {fmt!r}")
+    kind = FORMATS[fmt]
+    if kind == "JPEG" and img.mode in ("RGBA", "LA"):
+        base = Image.new("RGB", img.size, (255, 255, 255))
+        base.paste(img.convert("RGBA"), mask=img.getchannel("A"))
+        img = base
+    buf = io.BytesIO()
+    options = {"quality": quality} if kind in ("JPEG", "WEBP") else {}
+    img.save(buf, format=kind, **options)
+    return buf.getvalue()

@@ -1,0 +1,73 @@
+"""Pick, from a run's report, the artifact that meets a latency target at a given image size with the
+least PSNR loss, so that ``upscale`` and ``serve`` deploy exactly what the report measured.
+
+Latency at the image's size is read off the report's measured sizes: the p50 of the nearest measured
+size at or above the image's output megapixels, else the largest measured size scaled by the pixel
+ratio (inference time grows linearly with pixels once tiled), which the explanation says.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from compress.core.errors import InputError
+from compress.core.files import read_json_object
+from compress.pipeline.contract import path_of
+
+TARGETS_MS = {"300ms": 300.0, "1000ms": 1000.0, "10s": 10_000.0}
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """An artifact of a run chosen for an image size."""
+
+    artifact: Path
+    runtime: str
+    predicted_ms: float
+    db_lost: float
+    why: str
+
+
+def _loss(row: dict) -> float | None:
+    """The row's worst dB lost over its evaluation sets (0 for the FP32 reference)."""
+    losses = [v for v in row.get("db_lost", {}).values() if isinstance(v, (int, float))]
+    return max(losses) if losses else None
+
+
+def predict_ms(row: dict, out_mp: float) -> tuple[float, str] | None:
+    """p50 latency of ``row`` at ``out_mp`` output megapixels, and how it was obtained."""
+    points = sorted((v["out_mp"], v["p50_ms"], label) for label, v in row.get("latency", {}).items())
+    if not points:
+        return None
+    for mp, ms, label in points:
+        if mp >= out_mp:
+            return ms, f"measured {ms:.0f} ms at {label} LR ({mp:.2f} MP out)"
+    mp, ms, label = points[-1]
+    scaled = ms * out_mp / mp
+    return scaled, f"{ms:.0f} ms measured at {label} LR scaled by pixels to {scaled:.0f} ms"
+
+
+def choose(run: Path, out_mp: float, target: str, max_loss_db: float) -> Choice:
+    """The artifact of ``run`` meeting ``target`` at ``out_mp`` with the least loss (then the fastest).
+
+    Raises:
+        InputError: no report, or no artifact within ``max_loss_db``.
+    """
+    if target not in TARGETS_MS:
+        raise InputError(f"target must be one of {list(TARGETS_MS)}, got {target!r}")
+    report = read_json_object(path_of(run, "report"))
+    budget = TARGETS_MS[target]
+    candidates = []
+    for row in report.get("rows", []):
+        loss, pred = _loss(row), predict_ms(row, out_mp)
+        if loss is None or pred is None or loss > max_loss_db:
+            continue
+        candidates.append((pred[0] > budget, loss, pred[0], row, pred[1]))
+    if not candidates:
+        raise InputError(f"{path_of(run, 'report')}: no timed artifact loses at most {max_loss_db} dB")
+    late, loss, ms, row, how = min(candidates, key=lambda c: (c[0], c[1] if not c[0] else c[2], c[2]))
+    verdict = f"meets {target}" if not late else f"none meets {target}; the fastest within {max_loss_db} dB"
+    why = (f"{row['artifact']} on {row['runtime']}: {verdict} at {out_mp:.2f} MP out ({how}), "
+           f"loses {loss:.3f} dB (worst evaluation set); {len(candidates)} candidates within {max_loss_db} dB")
+    return Choice(Path(run) / row["artifact"], row["runtime"], ms, loss, why)

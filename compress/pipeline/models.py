@@ -1,0 +1,110 @@
+"""The models a service holds: opened once at start-up, chosen per request by scale, tier and size."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+
+import numpy as np
+
+from compress.core.errors import InputError
+from compress.core.files import read_json_object
+from compress.core.infer import Upscaler
+from compress.pipeline.choose import TARGETS_MS, choose
+from compress.pipeline.contract import path_of
+from compress.pipeline.defaults import DEFAULT_MODELS, default_checkpoint
+from export.runtimes import for_file, open_artifact
+
+
+@dataclasses.dataclass(frozen=True)
+class Served:
+    """One opened artifact."""
+
+    artifact: Path
+    runtime: str
+    scale: int
+    run: Upscaler
+    figures: dict[str, object]
+
+
+def _probe_scale(fn: Upscaler) -> int:
+    return int(fn(np.zeros((1, 3, 8, 8), dtype=np.float32)).shape[-1] // 8)
+
+
+def _open(path: Path, runtime: str | None, threads: int, figures: dict[str, object]) -> Served:
+    opened = open_artifact(path, runtime, threads)
+    scale = _probe_scale(opened.run)
+    return Served(path, runtime or for_file(path).name, scale, opened.run, figures)
+
+
+class ModelSet:
+    """Artifacts by scale, plus (with ``run``) everything its report could choose."""
+
+    def __init__(self, artifacts: tuple[Path, ...] = (), run: Path | None = None, blend: tuple[Path, ...] = (),
+                 threads: int = 0, max_loss_db: float = 0.1) -> None:
+        self.run, self.threads, self.max_loss_db = run, threads, max_loss_db
+        self.by_scale: dict[int, Served] = {}
+        self.chosen: dict[tuple[str, str], Served] = {}
+        if run is not None:
+            self._open_run(run)
+        for path in artifacts or (() if run else tuple(default_checkpoint(s) for a, s in DEFAULT_MODELS if a == "edsr")):
+            served = _open(Path(path), None, threads, {})
+            self.by_scale.setdefault(served.scale, served)
+        self.blend = None
+        if blend:
+            self._prepare_blend(artifacts, blend)
+
+    def _open_run(self, run: Path) -> None:
+        report = read_json_object(path_of(run, "report"))
+        scale = int(report["header"]["scale"])
+        for row in report.get("rows", []):
+            losses = [v for v in row.get("db_lost", {}).values() if isinstance(v, (int, float))]
+            if row.get("latency") and losses and max(losses) <= self.max_loss_db:
+                figures = {"db_lost": row["db_lost"], "p50_ms": {k: v["p50_ms"] for k, v in row["latency"].items()}}
+                served = _open(Path(run) / row["artifact"], row["runtime"], self.threads, figures)
+                self.chosen[(row["artifact"], row["runtime"])] = served
+        if not self.chosen:
+            raise InputError(f"{path_of(run, 'report')}: no timed artifact within {self.max_loss_db} dB to serve")
+        self.run_scale = scale
+
+    def _prepare_blend(self, artifacts: tuple[Path, ...], blend: tuple[Path, ...]) -> None:
+        from compress.core.checkpoint import load_checkpoint
+
+        if len(artifacts) != 1 or len(blend) != 1:
+            raise InputError("--blend needs exactly one --artifact (A) and one --blend checkpoint (B)")
+        a, b = load_checkpoint(artifacts[0]), load_checkpoint(blend[0])
+        if a.config != b.config:
+            raise InputError(f"{blend[0]}: not the same architecture as {artifacts[0]}")
+        self.blend = (a, b)
+
+    def scales(self) -> list[int]:
+        return sorted(set(self.by_scale) | ({self.run_scale} if self.run is not None else set()))
+
+    @functools.lru_cache(maxsize=4)  # noqa: B019 (a handful of alphas, held with the service)
+    def _blended(self, alpha: float) -> Upscaler:
+        from compress.core.checkpoint import interpolate
+        from compress.core.infer import torch_upscaler
+
+        return torch_upscaler(interpolate(*self.blend, alpha))
+
+    def pick(self, scale: int, tier: str, out_mp: float, alpha: float | None) -> tuple[Served, str]:
+        """The model for one request, and why it was chosen."""
+        if scale not in self.scales():
+            raise InputError(f"scale {scale} is not served; scales: {self.scales()}")
+        if alpha is not None:
+            if self.blend is None:
+                raise InputError("alpha needs a service started with --artifact A --blend B")
+            base = self.by_scale[scale]
+            return dataclasses.replace(base, run=self._blended(round(alpha, 3))), f"blend alpha={alpha:.3f}"
+        if self.run is not None and scale == self.run_scale:
+            if tier not in TARGETS_MS:
+                raise InputError(f"tier must be one of {list(TARGETS_MS)}, got {tier!r}")
+            c = choose(self.run, out_mp, tier, self.max_loss_db)
+            return self.chosen[(str(c.artifact.relative_to(self.run)), c.runtime)], c.why
+        served = self.by_scale[scale]
+        return served, f"{served.artifact} (the model served for x{scale})"
+
+    def describe(self) -> list[dict[str, object]]:
+        items = list(self.by_scale.values()) + list(self.chosen.values())
+        return [{"artifact": str(m.artifact), "runtime": m.runtime, "scale": m.scale, **m.figures} for m in items]

@@ -1,0 +1,112 @@
+"""``python -m compress upscale IN... --out DIR``: upscale images and folders with a pipeline artifact.
+
+The model is ``--artifact FILE`` (any runtime of :mod:`export.runtimes`), or the artifact a run's
+report says meets ``--target`` at each image's size with the least loss (``--run``), or the shipped
+default for ``--scale``. Large images run in tiles of one shape (bounded memory, no re-planning).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from compress.core.data import IMAGE_SUFFIXES
+from compress.core.errors import InputError
+from compress.core.files import write_bytes_atomic
+from compress.core.imaging import FORMATS, decode_file, encode, upscale_decoded
+from compress.core.infer import TileConfig
+from compress.pipeline.choose import choose
+from compress.pipeline.defaults import default_checkpoint
+from export.runtimes import open_artifact
+
+
+@dataclasses.dataclass(frozen=True)
+class UpscaleOptions:
+    """What ``upscale`` was asked for."""
+
+    out: Path
+    artifact: Path | None = None
+    run: Path | None = None
+    target: str = "1000ms"
+    max_loss_db: float = 0.1
+    scale: int | None = None
+    tile: int = 0
+    threads: int = 0
+    fmt: str = "png"
+    quality: int = 95
+
+
+def expand(inputs: list[str]) -> list[Path]:
+    """Files as given, folders as their images (sorted)."""
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise InputError(f"{p}: no such file or folder")
+    if not files:
+        raise InputError(f"{' '.join(inputs)}: no images found")
+    return files
+
+
+class _Models:
+    """Opened artifacts, reused across images (one per (artifact, runtime))."""
+
+    def __init__(self, opts: UpscaleOptions) -> None:
+        self.opts, self.cache = opts, {}
+
+    def for_image(self, out_mp_per_scale: float) -> tuple[object, int, str]:
+        o = self.opts
+        if o.run is not None:
+            scale = _run_scale(o.run)
+            pick = choose(o.run, out_mp_per_scale * scale * scale, o.target, o.max_loss_db)
+            path, runtime, why = pick.artifact, pick.runtime, pick.why
+        else:
+            path = o.artifact or default_checkpoint(o.scale or 2)
+            runtime, why = None, f"{path}"
+            scale = o.scale
+        key = (str(path), runtime)
+        if key not in self.cache:
+            opened = open_artifact(path, runtime, o.threads, scale)
+            self.cache[key] = (opened.run, scale or _probe_scale(opened.run))
+        fn, scale = self.cache[key]
+        return fn, scale, why
+
+
+def _run_scale(run: Path) -> int:
+    from compress.core.files import read_json_object
+    from compress.pipeline.contract import path_of
+
+    return int(read_json_object(path_of(run, "report"))["header"]["scale"])
+
+
+def _probe_scale(fn) -> int:  # noqa: ANN001
+    import numpy as np
+
+    y = fn(np.zeros((1, 3, 8, 8), dtype=np.float32))
+    return int(y.shape[-1] // 8)
+
+
+def upscale_files(inputs: list[str], opts: UpscaleOptions) -> list[dict[str, object]]:
+    """Upscale every image into ``opts.out``; returns one record per image."""
+    if opts.fmt not in FORMATS:
+        raise InputError(f"--format must be one of {sorted(set(FORMATS))}, got {opts.fmt!r}")
+    files = expand(inputs)
+    models, done = _Models(opts), []
+    suffix = "jpg" if opts.fmt in ("jpeg", "jpg") else opts.fmt
+    for path in tqdm(files, desc="upscale", unit="img", disable=len(files) < 2 or None):
+        img = decode_file(path)
+        h, w = img.rgb.shape[:2]
+        fn, scale, why = models.for_image(h * w / 1e6)
+        out = upscale_decoded(fn, img, scale, TileConfig(tile=opts.tile))
+        target = opts.out / f"{path.stem}_x{scale}.{suffix}"
+        write_bytes_atomic(target, encode(out, opts.fmt, opts.quality))
+        done.append({"input": str(path), "output": str(target), "size": [out.width, out.height], "model": why})
+        tqdm.write(f"{path} -> {target} ({out.width}x{out.height}; {why})", file=sys.stdout)
+    return done

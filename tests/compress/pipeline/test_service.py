@@ -1,0 +1,122 @@
+"""The HTTP service, started for real on 127.0.0.1 (see conftest.py): answers, limits, saturation."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def png(size: tuple[int, int], mode: str = "RGB", seed: int = 0, smooth: bool = False) -> bytes:
+    """A PNG of noise, or (``smooth``) of a gradient that compresses to a few KB at any size."""
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+    if smooth:
+        ramp = (np.arange(size[0]) % 256).astype(np.uint8)
+        arr = np.broadcast_to(ramp[None, :, None], (size[1], size[0], channels)).copy()
+    else:
+        arr = rng.integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
+    img = Image.fromarray(arr[..., 0] if channels == 1 else arr, mode)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def post(url: str, body: bytes, query: str = "", headers: dict | None = None) -> tuple[int, dict, bytes]:
+    req = urllib.request.Request(f"{url}/v1/upscale{query}", data=body, method="POST",
+                                 headers=headers or {"Content-Type": "application/octet-stream"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read()
+
+
+def multipart(field: str, filename: str, data: bytes) -> tuple[bytes, dict]:
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def test_raw_and_multipart_uploads_are_upscaled(service):
+    url, _ = service
+    status, headers, body = post(url, png((40, 30)))
+    assert status == 200 and headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(body)).size == (80, 60)
+    assert headers["x-scale"] == "2" and float(headers["x-inference-ms"]) > 0
+    data, h = multipart("file", "x.png", png((20, 24), "RGBA"))
+    status, headers, body = post(url, data, "?format=webp", h)
+    out = Image.open(io.BytesIO(body))
+    assert status == 200 and out.format == "WEBP" and out.size == (40, 48) and out.mode == "RGBA"
+
+
+def test_models_health_and_metrics(service):
+    url, _ = service
+    with urllib.request.urlopen(url + "/v1/models") as r:
+        models = json.loads(r.read())
+    assert models["scales"] == [2] and models["blend"] is True
+    with urllib.request.urlopen(url + "/healthz") as r:
+        assert json.loads(r.read()) == {"status": "ok"}
+    post(url, png((16, 16)))
+    with urllib.request.urlopen(url + "/metrics") as r:
+        text = r.read().decode()
+    assert 'srcompress_requests_total{tier="1000ms",status="200"}' in text
+    assert 'srcompress_request_seconds_bucket{tier="1000ms",le="+Inf"}' in text
+
+
+@pytest.mark.parametrize("make, query, status, message", [
+    (lambda: b"x" * (1024 * 1024 + 70_000), "", 413, "byte limit"),
+    (lambda: png((1300, 1200), smooth=True), "", 413, "decoding limit"),
+    (lambda: b"%PDF-1.4 not an image", "", 415, "not a supported image"),
+    (lambda: png((40, 30))[:60], "", 422, "not a readable image"),
+    (lambda: png((40, 30)), "?scale=3", 422, "scale 3 is not served"),
+    (lambda: png((40, 30)), "?tier=5ms", 422, "tier must be one of"),
+    (lambda: png((40, 30)), "?scale=abc", 422, "scale"),
+    (lambda: png((40, 30)), "?alpha=2", 422, "alpha must be in [0, 1]"),
+    (lambda: b"", "", 422, "empty upload"),
+], ids=["upload-bytes", "decoded-pixels", "not-an-image", "corrupt", "scale-not-served", "bad-tier", "scale-not-int",
+        "alpha-out-of-range", "empty"])
+def test_bad_requests_get_their_status_and_a_json_error(service, make, query, status, message):
+    url, _ = service
+    code, headers, body = post(url, make(), query)
+    assert code == status, body[:300]
+    assert headers["content-type"].startswith("application/json")
+    assert message in json.loads(body)["error"]
+
+
+def test_a_file_named_png_is_judged_by_its_content(service):
+    url, _ = service
+    data, h = multipart("file", "photo.png", b"GIF87a-but-broken")
+    code, _, body = post(url, data, "", h)
+    assert code == 422 and "not a readable image" in json.loads(body)["error"]
+
+
+def test_saturation_answers_503_with_retry_after(service):
+    url, _ = service
+    big = png((1100, 1000), smooth=True)  # 1.1 MP: takes the only worker for a while (queue 0)
+    results = []
+    first = threading.Thread(target=lambda: results.append(post(url, big)))
+    first.start()
+    time.sleep(0.4)
+    seen = [post(url, png((16, 16))) for _ in range(3)]
+    first.join()
+    assert results[0][0] == 200
+    busy = [s for s in seen if s[0] == 503]
+    assert busy and busy[0][1]["retry-after"] == "1" and "busy" in json.loads(busy[0][2])["error"]
+
+
+def test_alpha_blends_the_two_networks(service):
+    url, _ = service
+    img = png((24, 24), seed=5)
+    outs = {a: np.asarray(Image.open(io.BytesIO(post(url, img, f"?alpha={a}")[2]))) for a in (0.0, 0.5, 1.0)}
+    assert not np.array_equal(outs[0.0], outs[1.0])
+    assert not np.array_equal(outs[0.5], outs[0.0]) and not np.array_equal(outs[0.5], outs[1.0])

@@ -1,0 +1,106 @@
+"""``upscale``: artifacts of every kind, alpha / grayscale / palette / 16-bit, tiling, choice from a report,
+and ``interpolate``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from compress.core.archs import EDSRConfig
+from compress.core.checkpoint import interpolate, load_checkpoint, save_checkpoint
+from compress.core.errors import InputError
+from compress.core.imaging import decode_file, upscale_decoded
+from compress.core.infer import TileConfig, torch_upscaler
+from compress.core.metrics import psnr_y_db
+from compress.pipeline.choose import choose
+from compress.pipeline.cli import main
+from export.onnx_export import export_onnx
+from tests.conftest import tiny_edsr, write_image
+
+CFG = EDSRConfig(scale=2, num_feat=16, num_block=2)
+
+
+@pytest.fixture()
+def ckpt(tmp_path):
+    return save_checkpoint(tiny_edsr(2), CFG, tmp_path / "m.safetensors")
+
+
+def test_folder_of_images_in_every_mode(tmp_path, ckpt):
+    src = tmp_path / "in"
+    src.mkdir()
+    write_image(src / "rgb.png", (30, 20))
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 30, 4), dtype=np.uint8), "RGBA").save(src / "a.png")
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (20, 30), dtype=np.uint8), "L").save(src / "g.png")
+    Image.new("RGB", (30, 20), (10, 200, 30)).convert("P").save(src / "p.gif")
+    Image.fromarray((np.arange(600, dtype=np.uint16).reshape(20, 30) * 100)).save(src / "deep.png")
+    assert main(["upscale", str(src), "--out", str(tmp_path / "out"), "--artifact", str(ckpt)]) == 0
+    outs = {p.stem: Image.open(p) for p in (tmp_path / "out").iterdir()}
+    assert {k: v.size for k, v in outs.items()} == {f"{n}_x2": (60, 40) for n in ("rgb", "a", "g", "p", "deep")}
+    assert outs["a_x2"].mode == "RGBA" and outs["g_x2"].mode == "L" and outs["deep_x2"].mode == "L"
+    alpha_in = Image.open(src / "a.png").getchannel("A").resize((60, 40), Image.BICUBIC)
+    assert np.array_equal(np.asarray(outs["a_x2"].getchannel("A")), np.asarray(alpha_in))  # bicubic alpha, kept
+
+
+def test_onnx_artifact_jpeg_output_and_wrong_scale(tmp_path):
+    onnx_path = export_onnx(tiny_edsr(2), tmp_path / "m.onnx")
+    img = write_image(tmp_path / "x.png", (24, 16))
+    assert main(["upscale", str(img), "--out", str(tmp_path / "o"), "--artifact", str(onnx_path),
+                 "--format", "jpeg", "--quality", "80"]) == 0
+    assert Image.open(tmp_path / "o" / "x_x2.jpg").format == "JPEG"
+
+
+def test_tiled_output_equals_whole_image_within_001_db(tmp_path):
+    model = tiny_edsr(2)
+    img = decode_file(write_image(tmp_path / "big.png", (150, 110), seed=4))
+    whole = np.asarray(upscale_decoded(torch_upscaler(model), img, 2), dtype=np.float32) / 255
+    tiled = np.asarray(upscale_decoded(torch_upscaler(model), img, 2, TileConfig(tile=48, overlap=16)),
+                       dtype=np.float32) / 255
+    hr = np.asarray(Image.open(tmp_path / "big.png").resize((300, 220), Image.BICUBIC), dtype=np.float32) / 255
+    assert abs(psnr_y_db(tiled, hr, 2) - psnr_y_db(whole, hr, 2)) < 0.01
+
+
+def _report(run, rows):
+    (run / "50-report").mkdir(parents=True)
+    (run / "50-report/report.json").write_text(json.dumps({"header": {"scale": 2}, "rows": rows}))
+
+
+def _row(artifact, runtime, loss, p50_at_1mp):
+    return {"artifact": artifact, "runtime": runtime, "db_lost": {"embedded": loss, "Set5": loss},
+            "latency": {"256x256": {"out_mp": 0.26, "p50_ms": p50_at_1mp / 4}, "540x960": {"out_mp": 2.07,
+                                                                                           "p50_ms": p50_at_1mp * 2}}}
+
+
+def test_choice_follows_the_report(tmp_path):
+    _report(tmp_path, [_row("30-export/model_fp32.onnx", "ort", 0.0, 900), _row("20-quantize/model/a.onnx", "ort", 0.08, 200),
+                       _row("20-quantize/model/b.onnx", "ort", 0.02, 280), _row("10-prune/c/model.onnx", "ort", 0.3, 50)])
+    pick = choose(tmp_path, 0.26, "300ms", 0.1)  # at 256x256 LR: fp32 225 ms meets it with no loss
+    assert pick.artifact.name == "model_fp32.onnx" and "meets 300ms" in pick.why
+    pick = choose(tmp_path, 2.07, "1000ms", 0.1)  # at 1080p: a 400 ms, b 560 ms, fp32 1800 ms
+    assert pick.artifact.name == "b.onnx" and pick.db_lost == 0.02
+    pick = choose(tmp_path, 2.07, "300ms", 0.1)  # none within 0.1 dB meets 300 ms: the fastest of those
+    assert pick.artifact.name == "a.onnx" and "none meets 300ms" in pick.why
+    pick = choose(tmp_path, 4.0, "1000ms", 0.1)  # beyond the measured sizes: scaled by pixels
+    assert pick.artifact.name == "a.onnx" and "scaled by pixels" in pick.why
+    with pytest.raises(InputError, match="loses at most -0.5 dB"):
+        choose(tmp_path, 1.0, "1000ms", -0.5)
+
+
+def test_interpolation_reproduces_a_and_b_at_0_and_1(tmp_path):
+    a = save_checkpoint(tiny_edsr(2, seed=0), CFG, tmp_path / "a.safetensors")
+    b = save_checkpoint(tiny_edsr(2, seed=1), CFG, tmp_path / "b.safetensors")
+    la, lb = load_checkpoint(a), load_checkpoint(b)
+    for alpha, ref in ((0.0, la), (1.0, lb)):
+        blended = interpolate(la, lb, alpha).state_dict()
+        for k, v in ref.model.state_dict().items():
+            assert torch.equal(blended[k], v), (alpha, k)
+    half = interpolate(la, lb, 0.3).state_dict()["conv_first.weight"]
+    torch.testing.assert_close(half, 0.7 * la.model.conv_first.weight + 0.3 * lb.model.conv_first.weight)
+    assert main(["interpolate", str(a), str(b), "--alpha", "0.3", "--out", str(tmp_path / "c.safetensors")]) == 0
+    assert load_checkpoint(tmp_path / "c.safetensors").config == CFG
+    other = save_checkpoint(tiny_edsr(3), EDSRConfig(scale=3, num_feat=16, num_block=2), tmp_path / "x3.safetensors")
+    with pytest.raises(InputError, match="not the same architecture"):
+        interpolate(la, load_checkpoint(other), 0.5)
