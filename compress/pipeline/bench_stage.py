@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from compress.core.cpu import host_cpu
 from compress.core.errors import InputError
 from compress.core.files import write_json_atomic
 from compress.pipeline.contract import BENCH_ORDER, artifact_kind, find, path_of
@@ -69,12 +70,14 @@ def discover(run: Path) -> list[tuple[Path, str]]:
     return found
 
 
-def extra_runtimes(pairs: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
-    """The same artifacts on every present ``bench_extra`` runtime (GPU variants) of the runtime table."""
+def extra_runtimes(pairs: list[tuple[Path, str]], gpu: bool) -> list[tuple[Path, str]]:
+    """The same artifacts on every present ``bench_extra`` runtime of the runtime table (OpenVINO, and
+    the GPU variants when ``gpu``), where the runtime applies to the file."""
     extra = []
     for rt in available():
-        if rt.bench_extra:
-            extra += [(a, rt.name) for a, r in pairs if a.suffix in rt.suffixes and runtime(r).primary]
+        if rt.bench_extra and (rt.device == "cpu" or gpu):
+            extra += [(a, rt.name) for a, r in pairs if a.suffix in rt.suffixes and runtime(r).primary
+                      and (rt.applies is None or rt.applies(a))]
     return extra
 
 
@@ -109,16 +112,11 @@ def run_one(artifact: Path, runtime: str, size: tuple[int, int], scale: int, cfg
 
 
 def machine() -> dict[str, object]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info: dict[str, object] = {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
-                               "python": platform.python_version()}
+    """The host, named with the CPU features that decide kernels and precisions."""
+    cpu = host_cpu()
+    info: dict[str, object] = {"cpu": cpu.model_name, "cpu_features": list(cpu.features()),
+                               "cpu_description": cpu.describe(), "cores": os.cpu_count(),
+                               "platform": platform.platform(), "python": platform.python_version()}
     if gpu_present():
         import torch
 
@@ -149,8 +147,7 @@ def large_subset(run: Path, pairs: list[tuple[Path, str]], results: list[dict]) 
 def run_bench(run: Path, scale: int, cfg: BenchConfig = BenchConfig()) -> Path:
     """Time every artifact of ``run`` at every size; write ``40-bench/latency.json``."""
     pairs = discover(run)
-    if cfg.gpu:
-        pairs += extra_runtimes(pairs)
+    pairs += extra_runtimes(pairs, cfg.gpu)
     sizes = [s if s is not None else full_hd_lr(scale) for s in cfg.sizes]
     sizes.sort(key=lambda s: s[0] * s[1])
     results: list[dict] = []

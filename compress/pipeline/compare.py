@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from compress.core.errors import InputError
+from compress.core.files import read_json_object
+from compress.pipeline.contract import path_of
 
 
 def load_report(path: str | Path) -> dict:
     path = Path(path)
     if path.is_dir():
-        path = path / "50-report" / "report.json"
+        path = path_of(path, "report")
     if not path.is_file():
         raise InputError(f"{path}: no report.json (run make report first)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from exc
+    return read_json_object(path)
 
 
 def _get(row: dict | None, key: str, sub: str | None = None) -> float | None:
@@ -51,7 +49,7 @@ def compare(a: dict, b: dict, eval_set: str = "embedded", size: str = "256x256")
 
 def format_table(rows: list[dict]) -> str:
     metrics = [k for k in rows[0] if k not in ("artifact", "runtime")] if rows else []
-    head = ["artifact", "runtime"] + [f"{m} A | B | B-A" for m in metrics]
+    head = ["artifact", "runtime"] + [f"{m} {part}" for m in metrics for part in ("A", "B", "B-A")]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     fmt = lambda v: "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))  # noqa: E731
     for r in rows:

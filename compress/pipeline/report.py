@@ -180,7 +180,8 @@ def to_markdown(rows: list[dict], header: dict) -> str:
     sizes = sorted({k for r in rows for k in r["latency"]}, key=lambda s: int(s.split("x")[0]) * int(s.split("x")[1]))
     m = header["machine"]
     lines = [f"# Compression report: {header['run']} (x{header['scale']})", "",
-             f"- machine: {m.get('cpu')}, {m.get('cores')} cores{', GPU ' + m['gpu'] if m.get('gpu') else ''}; "
+             f"- machine: {m.get('cpu_description', m.get('cpu'))}, {m.get('cores')} cores"
+             f"{', GPU ' + m['gpu'] if m.get('gpu') else ''}; "
              f"threads {header['bench_config']['threads']}; git {header['git_commit']}",
              "- libraries: " + ", ".join(f"{k} {v}" for k, v in header["libraries"].items()),
              f"- PSNR: {header['psnr_convention']}; bicubic " + ", ".join(f"{k} {v:.2f} dB" for k, v in header["bicubic_psnr_y_db"].items()),

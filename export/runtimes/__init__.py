@@ -13,7 +13,7 @@ import numpy as np
 
 from compress.core.errors import InputError
 from compress.core.infer import Upscaler
-from export.runtimes import ort, pytorch, tflite
+from export.runtimes import openvino, ort, pytorch, tflite
 from export.runtimes.base import Opened, Runtime
 from export.runtimes.ort import ort_session, ort_upscaler
 from export.runtimes.tflite import TFLiteRunner, tflite_upscaler
@@ -25,6 +25,8 @@ RUNTIMES: tuple[Runtime, ...] = (
     ort.ORT_CUDA,
     tflite.TFLITE,
     tflite.TFLITE_BUILTIN,
+    openvino.OPENVINO,
+    openvino.OPENVINO_BF16,
 )
 
 __all__ = ["RUNTIMES", "Opened", "Runtime", "TFLiteRunner", "available", "for_file", "open_artifact", "open_upscaler",

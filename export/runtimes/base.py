@@ -37,7 +37,8 @@ class Runtime:
         primary: the runtime ``eval``, ``upscale`` and ``serve`` use for its suffixes (one per suffix).
         bench_extra: the bench also times every artifact of the primary runtime for these suffixes on
             it, when present (GPU variants).
-        available: extra presence check beyond the import (a GPU), or None.
+        available: extra presence check beyond the import (a GPU, native bf16), or None.
+        applies: which files of its suffixes it is meant for (e.g. bf16 inference: float graphs), or None.
         note: what it is, for help texts and the report.
     """
 
@@ -49,6 +50,7 @@ class Runtime:
     primary: bool = False
     bench_extra: bool = False
     available: Callable[[], bool] | None = None
+    applies: Callable[[Path], bool] | None = None
     note: str = ""
 
     def present(self) -> bool:

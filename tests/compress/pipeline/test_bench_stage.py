@@ -6,6 +6,7 @@ from compress.pipeline.bench_stage import BenchConfig, discover, run_bench
 from benchmarks.latency import Timing, time_calls
 from compress.pipeline.export_stage import stage_export
 from compress.pipeline.model_stage import stage_model
+from export.runtimes import available
 from tests.conftest import as_layout, tiny_edsr
 
 
@@ -28,6 +29,9 @@ def test_harness_on_tiny_model(tmp_path):
         ("model.safetensors", "pytorch"), ("model_fp32.onnx", "ort"), ("model_fp32_plain.onnx", "ort")]
     out = run_bench(run, 2, BenchConfig(sizes=((32, 32), (48, 40)), runs=2, gpu=False))
     data = json.loads(out.read_text())
-    assert len(data["results"]) == 6 and all("error" not in r for r in data["results"])
+    extra = [rt.name for rt in available() if rt.bench_extra and rt.device == "cpu"]  # OpenVINO (f32, bf16)
+    assert len(data["results"]) == 2 * (3 + 2 * len(extra)) and all("error" not in r for r in data["results"])
+    assert {r["runtime"] for r in data["results"]} == {"pytorch", "ort", *extra}
+    assert data["machine"]["cpu_description"].startswith(data["machine"]["cpu"])
     row = data["results"][-1]
     assert row["lr_size"] == [48, 40] and row["out_size"] == [96, 80] and row["p50_ms"] > 0 and row["peak_rss_mb"] > 0

@@ -141,3 +141,31 @@ def test_target_summary_picks_reference_and_best_within_budget(tmp_path):
     assert got[("1000ms", "best within 0.1 dB")]["artifact"].endswith("model_int8_minmax.onnx")
     md = write_report(synthetic_run(tmp_path / "b")).read_text()
     assert "| 300ms | fp32 ONNX | 30-export/model_fp32.onnx | ort | 1.45* | 0.000 |" in md
+
+
+def markdown_tables(text: str) -> list[list[str]]:
+    """Every Markdown table in ``text`` as its lines."""
+    tables, current = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def cells(line: str) -> int:
+    return len(line.strip().strip("|").split("|"))
+
+
+def test_every_table_the_project_writes_renders(tmp_path):
+    a, b = synthetic_run(tmp_path / "a"), synthetic_run(tmp_path / "b", slow_ms=800.0)
+    write_report(a)
+    write_report(b)
+    texts = [(a / "50-report" / "report.md").read_text(), format_table(compare(load_report(a), load_report(b)))]
+    tables = [t for text in texts for t in markdown_tables(text)]
+    assert len(tables) >= 3
+    for table in tables:
+        assert set(table[1].replace("|", "").replace(":", "")) == {"-"}, table[1]  # a separator row
+        assert len({cells(line) for line in table}) == 1, "\n".join(table)

@@ -1,0 +1,70 @@
+"""OpenVINO on the CPU: the project's ONNX graphs (FP32 and INT8 QDQ) at f32 or bf16 inference precision.
+
+OpenVINO reads the ONNX file directly; a QDQ graph runs in INT8 (its low-precision transformations
+fuse QuantizeLinear / DequantizeLinear into integer kernels, VNNI or AMX where the CPU has them).
+``openvino-bf16`` asks for bfloat16 inference (``INFERENCE_PRECISION_HINT``) of float graphs and is
+present only where the CPU runs bf16 natively (AMX-BF16 or AVX512-BF16). A model is compiled once per
+input shape and reused (tiles of one shape compile once).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from compress.core.cpu import host_cpu
+from compress.core.errors import InputError
+from export.runtimes.base import Opened, Runtime
+
+
+class OVRunner:
+    """An OpenVINO model compiled per input shape (NCHW float32 in, NCHW float32 out)."""
+
+    def __init__(self, path: Path, threads: int, precision: str) -> None:
+        import openvino as ov
+
+        self.core = ov.Core()
+        try:
+            self.model = self.core.read_model(str(path))
+        except RuntimeError as exc:
+            raise InputError(f"{path}: OpenVINO cannot read it ({str(exc).strip().splitlines()[0]})") from exc
+        self.config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            self.config["INFERENCE_NUM_THREADS"] = threads
+        self.compiled: dict[tuple[int, ...], object] = {}
+
+    def _request(self, shape: tuple[int, ...]):  # noqa: ANN202
+        if shape not in self.compiled:
+            model = self.model.clone()
+            model.reshape({model.inputs[0].any_name: list(shape)})
+            self.compiled[shape] = self.core.compile_model(model, "CPU", self.config).create_infer_request()
+        return self.compiled[shape]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        request = self._request(tuple(x.shape))
+        request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
+        return request.get_output_tensor(0).data.copy()
+
+
+def _float_graph(path: Path) -> bool:
+    """Whether an ONNX graph has no QuantizeLinear (bf16 inference is for float graphs)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return not any(n.op_type == "QuantizeLinear" for n in graph.node)
+
+
+def _open_f32(path: Path, threads: int, scale: int | None) -> Opened:
+    return Opened(OVRunner(path, threads, "f32"))
+
+
+def _open_bf16(path: Path, threads: int, scale: int | None) -> Opened:
+    return Opened(OVRunner(path, threads, "bf16"))
+
+
+OPENVINO = Runtime("openvino", (".onnx", ".xml"), "openvino", "cpu", _open_f32, bench_extra=True,
+                   note="OpenVINO CPU plugin, f32 inference precision (INT8 graphs run in INT8)")
+OPENVINO_BF16 = Runtime("openvino-bf16", (".onnx", ".xml"), "openvino", "cpu", _open_bf16, bench_extra=True,
+                        available=lambda: host_cpu().native_bf16, applies=_float_graph,
+                        note="OpenVINO CPU plugin, bfloat16 inference precision (AMX-BF16 / AVX512-BF16 hosts)")
