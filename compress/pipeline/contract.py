@@ -16,6 +16,7 @@ from pathlib import Path
 
 from compress.core.checkpoint import LoadedModel, load_checkpoint
 from compress.core.errors import InputError
+from compress.core.registry import by_name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,17 +97,11 @@ STAGES: tuple[Stage, ...] = (
 
 
 def stage(name: str) -> Stage:
-    for s in STAGES:
-        if s.name == name:
-            return s
-    raise KeyError(f"no stage {name!r}; stages: {[s.name for s in STAGES]}")
+    return by_name(STAGES, name, "stage")
 
 
 def artifact_kind(key: str) -> ArtifactKind:
-    for kind in ARTIFACTS:
-        if kind.key == key:
-            return kind
-    raise KeyError(f"no artifact kind {key!r}")
+    return by_name(ARTIFACTS, key, "artifact kind", key=lambda k: k.key)
 
 
 def stage_dir(run: Path, name: str) -> Path:

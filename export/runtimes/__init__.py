@@ -13,6 +13,7 @@ import numpy as np
 
 from compress.core.errors import InputError
 from compress.core.infer import Upscaler
+from compress.core.registry import by_name
 from export.runtimes import openvino, ort, pytorch, tflite
 from export.runtimes.base import Opened, Runtime
 from export.runtimes.ort import ort_session, ort_upscaler
@@ -35,10 +36,7 @@ __all__ = ["RUNTIMES", "Opened", "Runtime", "TFLiteRunner", "available", "for_fi
 
 def runtime(name: str) -> Runtime:
     """The entry called ``name``."""
-    for rt in RUNTIMES:
-        if rt.name == name:
-            return rt
-    raise InputError(f"unknown runtime {name!r}; runtimes: {', '.join(r.name for r in RUNTIMES)}")
+    return by_name(RUNTIMES, name, "runtime", InputError)
 
 
 def available() -> tuple[Runtime, ...]:

@@ -15,6 +15,7 @@ from compress.core.archs.edsr import EDSR, EDSRConfig
 from compress.core.archs.rrdb import RRDBConfig, RRDBNet
 from compress.core.archs.spec import Architecture, Structure
 from compress.core.archs.srcnn import SRCNN, SRCNNConfig
+from compress.core.registry import by_name
 
 ARCHITECTURES: tuple[Architecture, ...] = (edsr.ARCH, rrdb.ARCH, srcnn.ARCH)
 
@@ -24,10 +25,7 @@ __all__ = ["ARCHITECTURES", "EDSR", "EDSRConfig", "RRDBNet", "RRDBConfig", "SRCN
 
 def architecture(name: str) -> Architecture:
     """The entry called ``name``."""
-    for arch in ARCHITECTURES:
-        if arch.name == name:
-            return arch
-    raise ValueError(f"unknown architecture {name!r}; known: {', '.join(a.name for a in ARCHITECTURES)}")
+    return by_name(ARCHITECTURES, name, "architecture", ValueError)
 
 
 def of_config(cfg: object) -> Architecture:
