@@ -42,12 +42,14 @@ ARTIFACTS: tuple[ArtifactKind, ...] = (
     ArtifactKind("tfmot_tflite", "20-quantize/*/*.tflite", "tflite"),
     ArtifactKind("fp32_onnx", "30-export/model_fp32.onnx", "ort"),
     ArtifactKind("fp32_plain_onnx", "30-export/model_fp32_plain.onnx", "ort"),
+    ArtifactKind("openvino_ir", "30-export/model_fp32.xml", "openvino"),
     ArtifactKind("tflite", "30-export/*.tflite", "tflite"),
     ArtifactKind("latency", "40-bench/latency.json"),
     ArtifactKind("report", "50-report/report.json"),
 )
 #: The order the bench discovers (and the report lists) timed artifacts in.
-BENCH_ORDER = ("baseline", "fp32_onnx", "fp32_plain_onnx", "pruned_onnx", "int8_onnx", "tfmot_tflite", "tflite")
+BENCH_ORDER = ("baseline", "fp32_onnx", "fp32_plain_onnx", "openvino_ir", "pruned_onnx", "int8_onnx", "tfmot_tflite",
+               "tflite")
 STAGE_SECONDS = "stage_seconds.json"
 
 
@@ -87,9 +89,10 @@ STAGES: tuple[Stage, ...] = (
     Stage("quantize", "20-quantize", "INT8 PTQ and QAT of the baseline and every channel-pruned model",
           ("baseline",), ("pruned",), ("int8_onnx", "tfmot_tflite"), "compress.pipeline.quantize_stage:run_quantize"),
     Stage("export", "30-export", "ONNX / TFLite export with parity", ("baseline",), (),
-          ("fp32_onnx", "fp32_plain_onnx", "tflite"), "compress.pipeline.export_stage:stage_export"),
+          ("fp32_onnx", "fp32_plain_onnx", "openvino_ir", "tflite"), "compress.pipeline.export_stage:stage_export"),
     Stage("bench", "40-bench", "latency harness", ("baseline",),
-          ("fp32_onnx", "fp32_plain_onnx", "pruned_onnx", "int8_onnx", "tfmot_tflite", "tflite"), ("latency",),
+          ("fp32_onnx", "fp32_plain_onnx", "openvino_ir", "pruned_onnx", "int8_onnx", "tfmot_tflite", "tflite"),
+          ("latency",),
           "compress.pipeline.bench_stage:run_bench"),
     Stage("report", "50-report", "compression report", ("baseline", "latency"), (), ("report",),
           "compress.pipeline.report:write_report"),

@@ -11,6 +11,7 @@ from compress.core.data import load_pairs
 from compress.core.default_data import split_paths
 from compress.core.files import read_sidecar, write_sidecar
 from compress.pipeline.contract import baseline, path_of
+from export.runtimes import open_artifact, runtime
 
 
 def stage_export(run: Path, tflite: bool = True, extra_eval: list[str] | None = None) -> dict[str, object]:
@@ -36,11 +37,27 @@ def stage_export(run: Path, tflite: bool = True, extra_eval: list[str] | None = 
         write_sidecar(out, _onnx_record(loaded, base, par, onnx_op_counts(out), OPSET,
                                         recorded_rewrites(onnx.load(str(out)))), source=src)
     result: dict[str, object] = {"artifact": str(out), "parity_vs_pytorch": par.to_dict()}
+    if runtime("openvino").present():
+        result["openvino_ir"] = _export_ir(out, path_of(run, "openvino_ir"), probe.numpy(), loaded, base)
     if tflite:
         from compress.pipeline.tflite_stage import export_tflite
 
         result["tflite"] = export_tflite(loaded, src, out.parent, extra_eval)
     return result
+
+
+def _export_ir(onnx_path: Path, xml: Path, probe, loaded: LoadedModel, base: dict) -> str:  # noqa: ANN001
+    """OpenVINO IR of the rewritten FP32 ONNX, with its parity against ONNX Runtime on the probe."""
+    from export.onnx_export import parity
+    from export.openvino_ir import to_ir
+
+    to_ir(onnx_path, xml)
+    par = parity(open_artifact(onnx_path, "ort").run(probe), open_artifact(xml, "openvino").run(probe))
+    write_sidecar(xml, {"stage": "export", "format": "openvino-ir-fp32", "method": "fp32 OpenVINO IR",
+                        "arch": loaded.arch, "scale": loaded.scale, "params": base.get("params"),
+                        "macs_256x256": base.get("macs_256x256"), "weights_file": xml.with_suffix(".bin").name,
+                        "parity_vs_onnx": par.to_dict()}, source=onnx_path)
+    return str(xml)
 
 
 def _onnx_record(loaded: LoadedModel, base: dict, par: object, ops: dict, opset: int,

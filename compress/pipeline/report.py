@@ -69,7 +69,8 @@ def quality_record(run: Path, artifact: Path) -> dict:
     if "quality" in side:
         return side
     rel = artifact.relative_to(run).as_posix() if artifact.is_relative_to(run) else artifact.name
-    if rel in (artifact_kind("fp32_onnx").pattern, artifact_kind("fp32_plain_onnx").pattern):
+    if rel in (artifact_kind("fp32_onnx").pattern, artifact_kind("fp32_plain_onnx").pattern,
+               artifact_kind("openvino_ir").pattern):
         return _sidecar(path_of(run, "baseline"))
     if fnmatch.fnmatch(rel, artifact_kind("pruned_onnx").pattern):
         return _sidecar(path_of(run, "pruned", artifact.parent.name))

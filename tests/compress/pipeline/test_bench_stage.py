@@ -6,7 +6,7 @@ from compress.pipeline.bench_stage import BenchConfig, discover, run_bench
 from benchmarks.latency import Timing, time_calls
 from compress.pipeline.export_stage import stage_export
 from compress.pipeline.model_stage import stage_model
-from export.runtimes import available
+from export.runtimes import available, runtime
 from tests.conftest import as_layout, tiny_edsr
 
 
@@ -25,12 +25,16 @@ def test_harness_on_tiny_model(tmp_path):
     run = tmp_path / "run"
     stage_model(str(src), None, run)
     stage_export(run, tflite=False)
+    ir = [("model_fp32.xml", "openvino")] if runtime("openvino").present() else []
     assert [(a.name, r) for a, r in discover(run)] == [
-        ("model.safetensors", "pytorch"), ("model_fp32.onnx", "ort"), ("model_fp32_plain.onnx", "ort")]
+        ("model.safetensors", "pytorch"), ("model_fp32.onnx", "ort"), ("model_fp32_plain.onnx", "ort"), *ir]
+    if ir:
+        side = json.loads((run / "30-export/model_fp32.xml.json").read_text())
+        assert (run / "30-export/model_fp32.bin").is_file() and side["parity_vs_onnx"]["max_abs_diff"] < 1e-4
     out = run_bench(run, 2, BenchConfig(sizes=((32, 32), (48, 40)), runs=2, gpu=False))
     data = json.loads(out.read_text())
     extra = [rt.name for rt in available() if rt.bench_extra and rt.device == "cpu"]  # OpenVINO (f32, bf16)
-    assert len(data["results"]) == 2 * (3 + 2 * len(extra)) and all("error" not in r for r in data["results"])
+    assert len(data["results"]) == 2 * (3 + len(ir) + 2 * len(extra)) and all("error" not in r for r in data["results"])
     assert {r["runtime"] for r in data["results"]} == {"pytorch", "ort", *extra}
     assert data["machine"]["cpu_description"].startswith(data["machine"]["cpu"])
     row = data["results"][-1]
