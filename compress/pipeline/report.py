@@ -229,23 +229,68 @@ def to_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def pareto_png(rows: list[dict], size: str = "256x256", eval_set: str = "embedded") -> bytes:
+MARKERS = {"FP32": "o", "FP16": "s", "INT8": "^", "pruned": "D", "pruned + INT8": "P", "bf16": "*"}
+
+
+def technique(row: dict) -> str:
+    """A short name of what was done to the model, for the plot's markers."""
+    art, rt = row["artifact"], row["runtime"]
+    pruned = art.startswith("10-prune/") or "/prune-" in art
+    int8 = "int8" in art
+    if pruned:
+        return "pruned + INT8" if int8 else "pruned"
+    if int8:
+        return "INT8"
+    if "fp16" in art:
+        return "FP16"
+    return "bf16" if rt.endswith("bf16") else "FP32"
+
+
+def _panel(ax, rows: list[dict], size: str, eval_set: str, colours: dict, targets: list[float]) -> None:  # noqa: ANN001
+    points = {(r["artifact"], r["runtime"]): (r["latency"][size]["p50_ms"], r["db_lost"][eval_set])
+              for r in rows if size in r["latency"] and eval_set in r["db_lost"]}
+    for r in rows:
+        key = (r["artifact"], r["runtime"])
+        if key in points:
+            ax.scatter(*points[key], color=colours[r["runtime"]], marker=MARKERS[technique(r)], s=36, zorder=3)
+    front = sorted((points[k] for k in pareto_front(points)), key=lambda p: p[0])
+    if front:
+        ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="0.4", lw=1, zorder=2)
+        for key in pareto_front(points):
+            ax.annotate(Path(key[0]).stem.removeprefix("model_"), points[key], fontsize=6, xytext=(3, 3),
+                        textcoords="offset points")
+    for t in targets:
+        ax.axvline(t, color="tab:red", ls="--", lw=0.8)
+        ax.text(t, ax.get_ylim()[1], f" {t:g} ms", color="tab:red", fontsize=7, va="top")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"p50 latency at {size} LR (ms, log)")
+    ax.grid(alpha=0.3, which="both")
+
+
+def pareto_png(rows: list[dict], size: str = "256x256", eval_set: str = "embedded",
+               targets: tuple[float, ...] = (300.0, 1000.0)) -> bytes:
+    """PSNR loss against latency: colour = runtime, marker = technique, the Pareto front drawn and
+    labelled; a second panel at the largest measured size (the 1080p output) with the targets marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in rows:
-        if size in r["latency"] and eval_set in r["db_lost"]:
-            ax.scatter(r["latency"][size]["p50_ms"], r["db_lost"][eval_set])
-            ax.annotate(f"{r['artifact']} ({r['runtime']})", (r["latency"][size]["p50_ms"], r["db_lost"][eval_set]), fontsize=6)
-    ax.set_xlabel(f"p50 latency at {size} LR (ms)")
-    ax.set_ylabel(f"PSNR-Y lost vs FP32 on {eval_set} (dB)")
-    ax.set_title("PSNR loss against latency")
-    ax.grid(alpha=0.3)
+    sizes = sorted({k for r in rows for k in r["latency"]}, key=lambda s: int(s.split("x")[0]) * int(s.split("x")[1]))
+    panels = [size] + ([sizes[-1]] if sizes and sizes[-1] != size else [])
+    runtimes = sorted({r["runtime"] for r in rows})
+    colours = {rt: plt.get_cmap("tab10")(i % 10) for i, rt in enumerate(runtimes)}
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
+    for ax, sz in zip(axes[0], panels):
+        _panel(ax, rows, sz, eval_set, colours, list(targets) if sz == panels[-1] else [])
+    axes[0][0].set_ylabel(f"PSNR-Y lost vs FP32 on {eval_set} (dB)")
+    handles = [Line2D([], [], ls="", marker="o", color=colours[rt], label=rt) for rt in runtimes]
+    handles += [Line2D([], [], ls="", marker=m, color="0.3", label=t) for t, m in MARKERS.items()]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 7), fontsize=7, frameon=False)
+    fig.suptitle("PSNR loss against latency (grey: Pareto front)")
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     buf = io.BytesIO()
-    fig.tight_layout()
     fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
     return buf.getvalue()
