@@ -116,9 +116,18 @@ def write_sidecar(artifact: str | Path, record: dict[str, object],
     return write_json_atomic(sidecar_path(artifact), full)
 
 
-def read_sidecar(artifact: str | Path) -> dict[str, object]:
-    """The sidecar of ``artifact`` (an :class:`InputError` naming the file if it is missing or corrupt)."""
-    return read_json_object(sidecar_path(artifact))
+def read_sidecar(artifact: str | Path, verify: bool = True) -> dict[str, object]:
+    """The sidecar of ``artifact`` (an :class:`InputError` naming the file if it is missing or corrupt).
+
+    With ``verify``, a sidecar whose recorded sha256 is not the artifact's is refused: the file was
+    replaced after the stage that described it.
+    """
+    record = read_json_object(sidecar_path(artifact))
+    recorded = record.get("sha256")
+    if verify and isinstance(recorded, str) and Path(artifact).is_file() and sha256_file(artifact) != recorded:
+        raise InputError(f"{artifact}: the file is not the one its sidecar describes (sha256 differs); "
+                         "rerun the stage that wrote it")
+    return record
 
 
 def record_stage_seconds(run: str | Path, stage: str, seconds: float) -> Path:

@@ -2,11 +2,13 @@
 
 Rules (stated once, used by ``upscale`` and ``serve``):
 - the decoded-pixel limit and EXIF orientation of :func:`compress.core.data.open_image` apply;
-  16-bit images become 8-bit by value / 257; floating-point images are refused;
+  16-bit grayscale images become 8-bit by value / 257; floating-point images are refused;
 - palette images become RGBA when they have transparency, else RGB;
 - RGBA / LA: the colour goes through the model, the alpha is enlarged separately with PIL's bicubic
   and put back; grayscale (L / LA) is run as RGB and returned as grayscale (BT.601 luma);
-- the output is 8-bit PNG, JPEG (alpha dropped onto white) or WebP.
+- 16-bit RGB files are reduced by PIL to their high byte (at most 1 level from value / 257);
+- animated images: the first frame;
+- the output is 8-bit PNG, JPEG (alpha dropped onto white) or WebP, within each format's size limit.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from compress.core.errors import InputError
 from compress.core.infer import TileConfig, Upscaler, auto_tiles, upscale
 
 FORMATS = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG", "webp": "WEBP"}
+MAX_SIDE = {"PNG": 2**31 - 1, "JPEG": 65_500, "WEBP": 16_383}
 SNIFFED = {b"\x89PNG\r\n\x1a\n": "png", b"\xff\xd8\xff": "jpeg", b"GIF87a": "gif", b"GIF89a": "gif",
            b"BM": "bmp", b"II*\x00": "tiff", b"MM\x00*": "tiff"}
 
@@ -88,6 +91,8 @@ def decode_file(path: str | Path) -> Decoded:
 def upscale_decoded(fn: Upscaler, img: Decoded, scale: int, tiles: TileConfig = TileConfig()) -> Image.Image:
     """Run the model on the colour, enlarge the alpha with bicubic, restore grayscale."""
     sr = upscale(fn, img.rgb, scale, auto_tiles(img.rgb.shape, tiles))
+    if not np.isfinite(sr).all():
+        raise InputError("the model's output holds NaN or Inf; no image is written")
     out = to_image(sr)
     if img.gray:
         out = out.convert("L")
@@ -103,6 +108,10 @@ def encode(img: Image.Image, fmt: str = "png", quality: int = 95) -> bytes:
     if fmt not in FORMATS:
         raise InputError(f"output format must be one of {sorted(set(FORMATS))}, got {fmt!r}")
     kind = FORMATS[fmt]
+    side = MAX_SIDE[kind]
+    if max(img.size) > side:
+        raise InputError(f"a {img.width}x{img.height} output is over {kind}'s limit of {side} pixels a side; "
+                         "choose --format png")
     if kind == "JPEG" and img.mode in ("RGBA", "LA"):
         base = Image.new("RGB", img.size, (255, 255, 255))
         base.paste(img.convert("RGBA"), mask=img.getchannel("A"))

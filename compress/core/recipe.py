@@ -80,7 +80,7 @@ def load_recipe(cls: type[T], path: str | Path, overrides: dict[str, Any] | None
         data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a UTF-8 BOM is accepted
     except FileNotFoundError as exc:
         raise InputError(f"{path}: recipe not found") from exc
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot read the recipe ({exc})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{path}: not valid TOML ({exc})") from exc

@@ -186,7 +186,7 @@ def _add_tools(sub: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("train", help="train a model from HR images per a TOML recipe")
     s.add_argument("--recipe", required=True)
-    s.add_argument("--out", required=True, help="output .safetensors")
+    s.add_argument("--out", required=True, type=opt.safetensors_out, help="output .safetensors")
     s.add_argument("--scale", type=opt.scale, default=None, help="override the recipe's scale")
     s.add_argument("--data", default=None, help="override the recipe's data folder")
     s.add_argument("--init-from", default=None, help="checkpoint whose matching tensors initialise the model")

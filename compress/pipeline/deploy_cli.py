@@ -80,5 +80,5 @@ def add_deploy(sub: argparse._SubParsersAction) -> None:
     s.add_argument("a")
     s.add_argument("b")
     s.add_argument("--alpha", type=float, required=True, help="0 gives A, 1 gives B")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, type=opt.safetensors_out, help="output .safetensors")
     s.set_defaults(func=_cmd_interpolate)

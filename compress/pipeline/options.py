@@ -61,3 +61,15 @@ def lr_size(text: str) -> str:
     if not (1 <= h <= 8192 and 1 <= w <= 8192):
         raise argparse.ArgumentTypeError(f"size sides must be 1..8192, got {text}")
     return text
+
+
+def safetensors_out(text: str) -> str:
+    """An output checkpoint path: ``.safetensors``, not an existing folder."""
+    from pathlib import Path
+
+    path = Path(text)
+    if path.suffix != ".safetensors":
+        raise argparse.ArgumentTypeError(f"{text}: output checkpoints are written as .safetensors")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: is a folder")
+    return text

@@ -82,6 +82,9 @@ def build_rows(run: Path) -> tuple[list[dict], dict]:
     if not bench_file.is_file():
         raise InputError(f"{bench_file}: no benchmark results; run make bench first")
     bench = read_json_object(bench_file)
+    if not (isinstance(bench.get("results"), list) and isinstance(bench.get("targets_ms"), list)
+            and isinstance(bench.get("scale"), int)):
+        raise InputError(f"{bench_file}: not a latency file of make bench (needs results, targets_ms, scale)")
     base = _sidecar(path_of(run, "baseline"))
     ref = {k: v["psnr_y_db"] for k, v in base.get("quality", {}).items()}
     groups: dict[tuple[str, str], list[dict]] = {}

@@ -93,13 +93,26 @@ def _probe_scale(fn) -> int:  # noqa: ANN001
     return int(y.shape[-1] // 8)
 
 
+def _refuse_clashes(files: list[Path]) -> None:
+    """Two inputs with one name would write one output: refuse before anything is written."""
+    seen: dict[str, Path] = {}
+    for path in files:
+        if path.stem in seen:
+            raise InputError(f"{path}: has the same name as {seen[path.stem]}, and both would write "
+                             f"{path.stem}_x*; upscale them into different --out folders")
+        seen[path.stem] = path
+
+
 def upscale_files(inputs: list[str], opts: UpscaleOptions) -> list[dict[str, object]]:
     """Upscale every image into ``opts.out``; returns one record per image."""
     if opts.fmt not in FORMATS:
         raise InputError(f"--format must be one of {sorted(set(FORMATS))}, got {opts.fmt!r}")
     files = expand(inputs)
+    if opts.out.exists() and not opts.out.is_dir():
+        raise InputError(f"{opts.out}: --out must be a folder, and this is a file")
     models, done = _Models(opts), []
     suffix = "jpg" if opts.fmt in ("jpeg", "jpg") else opts.fmt
+    _refuse_clashes(files)
     for path in tqdm(files, desc="upscale", unit="img", disable=len(files) < 2 or None):
         img = decode_file(path)
         h, w = img.rgb.shape[:2]

@@ -30,7 +30,11 @@ def ort_upscaler(path: str | Path, threads: int = 0) -> Upscaler:
     name = sess.get_inputs()[0].name
 
     def run(x: np.ndarray) -> np.ndarray:
-        return sess.run(None, {name: x.astype(np.float32)})[0]
+        try:
+            return sess.run(None, {name: x.astype(np.float32)})[0]
+        except Exception as exc:  # onnxruntime's own exception types: the graph does not take this input
+            raise InputError(f"{path}: ONNX Runtime cannot run it on a float32 image "
+                             f"({str(exc).strip().splitlines()[0][:200]})") from exc
 
     return run
 

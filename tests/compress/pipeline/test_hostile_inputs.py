@@ -17,6 +17,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -152,3 +153,47 @@ def test_bad_recipe_fails_before_training(tmp_path, body, expect):
     proc = cli("train", "--recipe", str(recipe), "--out", str(tmp_path / "m.safetensors"), cwd=REPO)
     assert_clean_failure(proc, expect)
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_second_probe_cases(tmp_path, work):
+    """Cases a second hostile-input probe found (exit 3 or a wrong success before they were fixed)."""
+    ckpt = work / "run/00-model/model.safetensors"
+    img = write_image(tmp_path / "pic.png", (24, 16))
+    (tmp_path / "file.txt").write_text("x")
+    assert_clean_failure(cli("upscale", str(img), "--artifact", str(ckpt), "--out", str(tmp_path / "file.txt"),
+                             cwd=REPO), "--out must be a folder")
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        write_image(tmp_path / sub / "same.png", (24, 16))
+    proc = cli("upscale", str(tmp_path / "a"), str(tmp_path / "b"), "--artifact", str(ckpt), "--out",
+               str(tmp_path / "o"), cwd=REPO)
+    assert_clean_failure(proc, "same name")
+    assert not (tmp_path / "o").exists()
+    assert_clean_failure(cli("interpolate", str(ckpt), str(ckpt), "--alpha", "0.5", "--out", str(tmp_path / "b.pth"),
+                             cwd=REPO), "written as .safetensors")
+    loop = tmp_path / "loop.toml"
+    loop.symlink_to(loop)
+    assert_clean_failure(cli("train", "--recipe", str(loop), "--out", str(tmp_path / "t.safetensors"), cwd=REPO),
+                         "cannot read the recipe")
+    wide = tmp_path / "wide.png"
+    Image.new("RGB", (8200, 1)).save(wide)
+    assert_clean_failure(cli("upscale", str(wide), "--artifact", str(ckpt), "--out", str(tmp_path / "w"),
+                             "--format", "webp", cwd=REPO), "over WEBP's limit")
+
+
+def test_a_replaced_artifact_is_not_reported_with_its_old_sidecar(tmp_path):
+    run = tmp_path / "run"
+    ckpt = save_checkpoint(tiny_edsr(2), EDSRConfig(scale=2, num_feat=16, num_block=2), run / "00-model/model.safetensors")
+    from compress.core.files import write_sidecar
+
+    write_sidecar(ckpt, {"stage": "model", "quality": {"embedded": {"psnr_y_db": 30.0}}})
+    (run / "40-bench").mkdir()
+    (run / "40-bench/latency.json").write_text(json.dumps({"scale": 2, "machine": {}, "config": {"threads": 1},
+                                                          "targets_ms": [300], "results": [
+        {"artifact": "00-model/model.safetensors", "runtime": "pytorch", "lr_size": [8, 8], "out_mp": 0.1,
+         "p50_ms": 1.0, "p95_ms": 1.0, "min_ms": 1.0, "peak_rss_mb": 1.0}]}))
+    ckpt.write_bytes(np.random.default_rng(0).bytes(2000))
+    assert_clean_failure(cli("report", "--run", str(run), cwd=REPO), "not the one its sidecar describes")
+    assert not (run / "50-report").exists()
+    (run / "40-bench/latency.json").write_text("{}")
+    assert_clean_failure(cli("report", "--run", str(run), cwd=REPO), "not a latency file")

@@ -104,3 +104,9 @@ def test_interpolation_reproduces_a_and_b_at_0_and_1(tmp_path):
     other = save_checkpoint(tiny_edsr(3), EDSRConfig(scale=3, num_feat=16, num_block=2), tmp_path / "x3.safetensors")
     with pytest.raises(InputError, match="not the same architecture"):
         interpolate(la, load_checkpoint(other), 0.5)
+
+
+def test_an_output_with_nan_is_refused_not_written_black(tmp_path):
+    img = decode_file(write_image(tmp_path / "x.png", (16, 16)))
+    with pytest.raises(InputError, match="NaN or Inf"):
+        upscale_decoded(lambda x: np.full((1, 3, 32, 32), np.nan, dtype=np.float32), img, 2)
