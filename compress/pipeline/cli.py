@@ -66,15 +66,15 @@ def _eval_run(args: argparse.Namespace) -> int:
     from compress.pipeline.bench_stage import discover
     from compress.core.data import list_images, load_pairs
     from compress.core.evaluate import evaluate
-    from export.runtimes import open_upscaler
     from compress.pipeline.contract import baseline
+    from export.runtimes import open_artifact
 
     run = Path(args.run)
     _, loaded = baseline(run)
     pairs = load_pairs(list_images(args.data), loaded.scale)
     rows, ref = [], None
-    for artifact, _ in discover(run):  # the baseline checkpoint comes first: it is the reference
-        psnr = evaluate(open_upscaler(artifact, loaded.scale, args.threads), pairs, loaded.scale).psnr_y_db
+    for artifact, rt in discover(run):  # the baseline checkpoint comes first: it is the reference
+        psnr = evaluate(open_artifact(artifact, rt, args.threads, loaded.scale).run, pairs, loaded.scale).psnr_y_db
         ref = psnr if ref is None else ref
         rows.append({"artifact": str(artifact.relative_to(run)), "psnr_y_db": round(psnr, 4),
                      "db_lost": round(ref - psnr, 4)})

@@ -45,14 +45,14 @@ def available() -> tuple[Runtime, ...]:
 
 
 def suffixes() -> tuple[str, ...]:
-    return tuple(dict.fromkeys(s for rt in RUNTIMES if rt.primary for s in rt.suffixes))
+    return tuple(dict.fromkeys(s for rt in RUNTIMES for s in rt.suffixes))
 
 
 def for_file(path: str | Path) -> Runtime:
-    """The primary runtime for a file, by its suffix."""
+    """The runtime for a file, by its suffix: the primary one, else the first that opens it."""
     suffix = Path(path).suffix.lower()
-    for rt in RUNTIMES:
-        if rt.primary and suffix in rt.suffixes:
+    for rt in sorted(RUNTIMES, key=lambda r: not r.primary):
+        if suffix in rt.suffixes:
             return rt
     raise InputError(f"{path}: unsupported model file type {Path(path).suffix!r} ({', '.join(suffixes())})")
 

@@ -6,6 +6,7 @@ import torch
 from compress.core.checkpoint import save_checkpoint
 from compress.pipeline.cli import main
 from compress.core.files import read_sidecar
+from export.runtimes import runtime
 from tests.conftest import as_layout, tiny_edsr, tiny_srcnn
 
 
@@ -84,7 +85,10 @@ def test_model_then_export_stage(tmp_path, capsys, image_dir):
     assert abs(rows["30-export/model_fp32.onnx"]["db_lost"]) < 1e-3
     assert abs(rows["30-export/model_fp32_plain.onnx"]["db_lost"]) < 1e-3
     assert abs(rows["30-export/model_fp32.tflite"]["db_lost"]) < 1e-3
-    assert len(rows) == 7  # PyTorch, ONNX (output conv rewritten, and plain), four TFLite variants
+    ir = 1 if runtime("openvino").present() else 0
+    if ir:
+        assert abs(rows["30-export/model_fp32.xml"]["db_lost"]) < 1e-3
+    assert len(rows) == 7 + ir  # PyTorch, ONNX (output conv rewritten, and plain), [OpenVINO IR], four TFLite
 
 
 def test_eval_needs_model_or_run(tmp_path, capsys):
