@@ -31,6 +31,9 @@ class QuantRecipe:
         max_float_nodes: at most this many convolutions stay float.
         qat: run quantization-aware training too.
         qat_calibration: the calibration method whose ranges QAT trains under and ORT then runs with.
+        qat_keep: ``better`` keeps the QAT model only if it scores above its PTQ starting point (the same
+            calibration, no training) on the calibration crops, else says so and keeps only the PTQ
+            model; ``always`` keeps it regardless.
         data: ``default`` or a folder of HR training images for QAT.
         patch: QAT patches.
         train: QAT fine-tuning (``distill_weight`` distils from the FP32 model).
@@ -48,6 +51,7 @@ class QuantRecipe:
     max_float_nodes: int = 4
     qat: bool = True
     qat_calibration: str = "minmax"
+    qat_keep: str = "better"
     data: str = "default"
     patch: PatchConfig = PatchConfig(lr_patch=32, batch_size=8)
     train: TrainConfig = TrainConfig(steps=200, lr=2e-5, lr_schedule="cosine", distill_weight=0.5)
@@ -58,6 +62,8 @@ class QuantRecipe:
         if bad or not self.ptq_methods:
             raise ValueError(f"ptq_methods must be a non-empty subset of {METHODS}, got {list(self.ptq_methods)}")
         reduce_weight_range(self.weight_range)  # validates the setting
+        if self.qat_keep not in ("better", "always"):
+            raise ValueError(f"qat_keep must be better or always, got {self.qat_keep!r}")
         if self.qat_calibration not in METHODS:
             raise ValueError(f"qat_calibration must be one of {METHODS}, got {self.qat_calibration!r}")
         Int8Options(float_op_types=self.float_op_types)  # validates the operator types

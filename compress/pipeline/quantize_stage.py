@@ -65,17 +65,31 @@ def _centre_crops(paths: list[Path], scale: int) -> list[ImagePair]:
     return out
 
 
+def _qat_start(recipe: QuantRecipe, reader: PatchCalibrationReader, pre: Path, out_dir: Path,
+               caches: dict[str, Path], opts: Int8Options) -> Path:
+    """The PTQ model QAT starts from (its calibration, no training), quantized if PTQ did not make it."""
+    method = recipe.qat_calibration
+    if method not in caches:
+        caches[method] = out_dir / f"calibration_{method}.json"
+        calibrate(pre, reader, Calibration(method), caches[method], recipe.percentile)
+    path = out_dir / f"model_int8_{method}.onnx"
+    if not path.is_file():
+        path = quantize(pre, out_dir / f"ptq_start_{method}.onnx", caches[method], Calibration(method), options=opts)
+    return path
+
+
 def _run_qat(loaded: LoadedModel, recipe: QuantRecipe, reader: PatchCalibrationReader, pre: Path, out_dir: Path,
-             caches: dict[str, Path], rr: bool, opts: Int8Options, finish) -> None:  # noqa: ANN001
-    """QAT under the chosen calibration's ranges, then ORT quantizes the trained model with exactly those."""
+             caches: dict[str, Path], rr: bool, opts: Int8Options, finish, score) -> dict:  # noqa: ANN001
+    """QAT under the chosen calibration's ranges, then ORT quantizes the trained model with exactly those.
+
+    Kept only if it beats its PTQ starting point on the calibration crops (``recipe.qat_keep``).
+    """
     scale = loaded.scale
     model = copy.deepcopy(loaded.model)
     state = prepare_qat(model, iter_patches(reader.paths, scale, recipe.calibration), reduce_range=rr)
     qat_method = Calibration(recipe.qat_calibration)
+    start = _qat_start(recipe, reader, pre, out_dir, caches, opts)
     if qat_method is not Calibration.MINMAX:  # train under the ranges of the chosen calibration
-        if recipe.qat_calibration not in caches:
-            caches[recipe.qat_calibration] = out_dir / f"calibration_{recipe.qat_calibration}.json"
-            calibrate(pre, reader, qat_method, caches[recipe.qat_calibration], recipe.percentile)
         load_qat_ranges(state, pre, caches[recipe.qat_calibration])
     pairs = training_pairs(recipe.data, scale)
     teacher = loaded.model.eval() if recipe.train.distill_weight > 0 else None
@@ -86,10 +100,23 @@ def _run_qat(loaded: LoadedModel, recipe: QuantRecipe, reader: PatchCalibrationR
     cache = out_dir / "calibration_qat.json"
     calibrate(qat_pre, reader, qat_method, cache, recipe.percentile)  # tensors QAT did not simulate
     trained = write_qat_ranges(state, qat_pre, cache)
-    path = quantize(qat_pre, out_dir / "model_int8_qat.onnx", cache, qat_method, options=opts)
+    candidate = quantize(qat_pre, out_dir / "qat_candidate.onnx", cache, qat_method, options=opts)
+    qat_db, start_db = score(candidate), score(start)
+    verdict = {"qat_psnr_y_db": round(qat_db, 4), "ptq_start": start.name, "ptq_start_psnr_y_db": round(start_db, 4),
+               "split": "calibration crops", "kept": recipe.qat_keep == "always" or qat_db > start_db}
+    if not verdict["kept"]:
+        candidate.unlink()
+        for stale in (out_dir / "model_int8_qat.onnx", out_dir / "model_int8_qat.onnx.json"):
+            stale.unlink(missing_ok=True)  # this stage's own earlier output, no longer true
+        print(f"[quantize] QAT not kept: {qat_db:.3f} dB on the calibration crops is not above its PTQ start "
+              f"{start.name} ({start_db:.3f} dB); the PTQ model stands", flush=True)
+        return {"model_int8_qat.onnx": {"not_kept": verdict}}
+    path = candidate.replace(out_dir / "model_int8_qat.onnx")
     finish(path, {"method": "qat", "calibration": {"method": recipe.qat_calibration, "samples": reader.count,
                                                     "tensors_with_qat_ranges": trained},
-                  "excluded_nodes": [], "qat_seconds": round(log.seconds, 1), "qat_loss": log.loss[-5:]})
+                  "against_ptq_start": verdict, "excluded_nodes": [], "qat_seconds": round(log.seconds, 1),
+                  "qat_loss": log.loss[-5:]})
+    return {}
 
 
 def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_eval: list[str] | None = None) -> dict:
@@ -149,7 +176,7 @@ def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_ev
                       "ranking": [(s.node, s.gain_db) for s in ranking], "trace": trace}})
 
     if recipe.qat:
-        _run_qat(loaded, recipe, reader, pre, out_dir, caches, rr, opts, finish)
+        results.update(_run_qat(loaded, recipe, reader, pre, out_dir, caches, rr, opts, finish, score))
     if recipe.tflite_qat.enabled and is_writer():  # TensorFlow training: one process (rank 0 under torchrun)
         from compress.pipeline.tflite_stage import tfmot_qat_tflite
 

@@ -18,7 +18,7 @@ def test_quantize_stage_ptq_mixed_qat(tmp_path, image_dir):
     recipe = from_mapping(QuantRecipe, {
         "ptq_methods": ["minmax", "percentile"], "calibration": {"lr_patch": 16, "patches_per_image": 2},
         "calibration_data": str(image_dir), "data": str(image_dir), "budget_db": 0.0, "max_float_nodes": 1,
-        "qat_calibration": "percentile",
+        "qat_calibration": "percentile", "qat_keep": "always",
         "patch": {"lr_patch": 16, "batch_size": 2}, "train": {"steps": 3, "lr": 1e-5},
         "tflite_qat": {"enabled": True, "steps": 2, "patch": {"lr_patch": 16, "batch_size": 2}},
     })
@@ -33,6 +33,7 @@ def test_quantize_stage_ptq_mixed_qat(tmp_path, image_dir):
     assert len(mixed["excluded_nodes"]) <= 1 and mixed["kernels"]["float_convs"] >= len(mixed["excluded_nodes"])
     assert all(f"Conv:{n}" in mixed["kernels"]["float_nodes"] for n in mixed["excluded_nodes"])
     assert read_sidecar(out / "model_int8_percentile.onnx")["calibration"]["percentile"] == 99.99
+    assert read_sidecar(out / "model_int8_qat.onnx")["against_ptq_start"]["ptq_start"] == "model_int8_percentile.onnx"
     qat = read_sidecar(out / "model_int8_qat.onnx")["calibration"]
     assert qat["method"] == "percentile" and qat["tensors_with_qat_ranges"] > 0
     tfl = read_sidecar(out / "model_int8_tfmot_qat.tflite")
@@ -53,3 +54,24 @@ def test_recipe_validation_and_shipped_recipe():
         from_mapping(QuantRecipe, {"percentile": 100.0})
     with pytest.raises(InputError, match=r"qat_calibration must be one of"):
         from_mapping(QuantRecipe, {"qat_calibration": "mse"})
+
+
+def test_qat_that_does_not_beat_its_ptq_start_is_not_kept(tmp_path, image_dir, capsys):
+    src = tmp_path / "edsr.pth"
+    torch.save({"params": as_layout(tiny_edsr(2), "edsr-basicsr")}, src)
+    run = tmp_path / "run"
+    stage_model(str(src), None, run)
+    out = run / "20-quantize" / "model"
+    out.mkdir(parents=True)
+    (out / "model_int8_qat.onnx").write_bytes(b"stale")  # an earlier run's QAT model must not survive
+    recipe = from_mapping(QuantRecipe, {
+        "ptq_methods": ["minmax"], "calibration": {"lr_patch": 16, "patches_per_image": 2},
+        "calibration_data": str(image_dir), "data": str(image_dir), "mixed_precision": False,
+        "qat_calibration": "minmax", "patch": {"lr_patch": 16, "batch_size": 2},
+        "train": {"steps": 6, "lr": 0.5, "warmup_steps": 0}, "tflite_qat": {"enabled": False},  # a rate that ruins it
+    })
+    result = run_quantize(run, recipe, "model")
+    verdict = result["psnr_y_delta_db"]["model_int8_qat.onnx"]["not_kept"]
+    assert verdict["qat_psnr_y_db"] <= verdict["ptq_start_psnr_y_db"] and verdict["ptq_start"] == "model_int8_minmax.onnx"
+    assert not (out / "model_int8_qat.onnx").exists() and (out / "model_int8_minmax.onnx").is_file()
+    assert "QAT not kept" in capsys.readouterr().out
