@@ -22,7 +22,7 @@ from compress.core.files import read_json_object, read_sidecar, sidecar_path, wr
 from compress.pipeline.contract import STAGE_SECONDS, artifact_kind, path_of, stage_dir
 
 LIBS = ("torch", "torch-pruning", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorflow", "tf-keras",
-        "tensorflow-model-optimization", "numpy")
+        "tensorflow-model-optimization", "openvino", "numpy")
 
 
 def size_label(lr: list[int]) -> str:
