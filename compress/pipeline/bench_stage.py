@@ -18,7 +18,8 @@ from compress.core.cpu import host_cpu
 from compress.core.errors import InputError
 from compress.core.files import write_json_atomic
 from compress.pipeline.contract import BENCH_ORDER, artifact_kind, find, path_of
-from export.runtimes import available, runtime
+from compress.core.evaluate import eval_sets, quality
+from export.runtimes import available, open_artifact, runtime
 
 TARGETS_MS = (300.0, 1000.0)
 
@@ -158,10 +159,27 @@ def run_bench(run: Path, scale: int, cfg: BenchConfig = BenchConfig()) -> Path:
             results.append(row)
             status = row.get("error") or f"p50 {row['p50_ms']:.1f} ms"
             print(f"[bench] {row['artifact']:45s} {runtime:8s} {size[0]}x{size[1]}: {status}", flush=True)
+    quality = own_quality(run, pairs, scale, cfg.threads)
     out = path_of(run, "latency")
     if results and all("error" in r for r in results):
         raise InputError(f"{run}: every configuration failed (first: {results[0]['error']}); "
                          f"{out} is left as it was")
     write_json_atomic(out, {"machine": machine(), "config": dataclasses.asdict(cfg), "scale": scale,
-                            "targets_ms": list(TARGETS_MS), "results": results})
+                            "targets_ms": list(TARGETS_MS), "results": results, "quality": quality})
+    return out
+
+
+def own_quality(run: Path, pairs: list[tuple[Path, str]], scale: int, threads: int) -> dict[str, dict]:
+    """PSNR-Y on the embedded evaluation split of every (artifact, runtime) whose runtime computes in a
+    precision of its own (bf16 inference), keyed ``artifact|runtime``: the artifact's sidecar does not
+    hold for it."""
+    sets = None
+    out = {}
+    for artifact, name in pairs:
+        if runtime(name).own_numerics:
+            sets = sets or eval_sets(scale, None)
+            fn = open_artifact(artifact, name, threads, scale).run
+            out[f"{artifact.relative_to(run)}|{name}"] = quality(fn, sets, scale)
+            print(f"[bench] {artifact.relative_to(run)} on {name}: PSNR-Y embedded "
+                  f"{out[f'{artifact.relative_to(run)}|{name}']['embedded']['psnr_y_db']:.3f} dB", flush=True)
     return out

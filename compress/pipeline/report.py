@@ -94,7 +94,8 @@ def build_rows(run: Path) -> tuple[list[dict], dict]:
     for (rel, runtime), results in groups.items():
         artifact = run / rel
         side, qside = _sidecar(artifact), quality_record(run, artifact)
-        psnr = {k: v["psnr_y_db"] for k, v in qside.get("quality", {}).items()}
+        own = bench.get("quality", {}).get(f"{rel}|{runtime}")  # a runtime with numerics of its own (bf16)
+        psnr = {k: v["psnr_y_db"] for k, v in (own or qside.get("quality", {})).items()}
         ok = [r for r in results if "error" not in r]
         row = {
             "artifact": rel, "runtime": runtime, "format": side.get("format", qside.get("format", "")),

@@ -39,6 +39,8 @@ class Runtime:
             it, when present (GPU variants).
         available: extra presence check beyond the import (a GPU, native bf16), or None.
         applies: which files of its suffixes it is meant for (e.g. bf16 inference: float graphs), or None.
+        own_numerics: it computes in another precision than the artifact's (bf16 inference of an FP32
+            graph), so the artifact's measured PSNR does not hold for it: the bench measures its own.
         note: what it is, for help texts and the report.
     """
 
@@ -51,6 +53,7 @@ class Runtime:
     bench_extra: bool = False
     available: Callable[[], bool] | None = None
     applies: Callable[[Path], bool] | None = None
+    own_numerics: bool = False
     note: str = ""
 
     def present(self) -> bool:

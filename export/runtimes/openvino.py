@@ -66,5 +66,5 @@ def _open_bf16(path: Path, threads: int, scale: int | None) -> Opened:
 OPENVINO = Runtime("openvino", (".onnx", ".xml"), "openvino", "cpu", _open_f32, bench_extra=True,
                    note="OpenVINO CPU plugin, f32 inference precision (INT8 graphs run in INT8)")
 OPENVINO_BF16 = Runtime("openvino-bf16", (".onnx", ".xml"), "openvino", "cpu", _open_bf16, bench_extra=True,
-                        available=lambda: host_cpu().native_bf16, applies=_float_graph,
+                        available=lambda: host_cpu().native_bf16, applies=_float_graph, own_numerics=True,
                         note="OpenVINO CPU plugin, bfloat16 inference precision (AMX-BF16 / AVX512-BF16 hosts)")

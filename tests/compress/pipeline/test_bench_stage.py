@@ -37,5 +37,10 @@ def test_harness_on_tiny_model(tmp_path):
     assert len(data["results"]) == 2 * (3 + len(ir) + 2 * len(extra)) and all("error" not in r for r in data["results"])
     assert {r["runtime"] for r in data["results"]} == {"pytorch", "ort", *extra}
     assert data["machine"]["cpu_description"].startswith(data["machine"]["cpu"])
+    own = {f"{a}|{r}" for a, r in [(x["artifact"], x["runtime"]) for x in data["results"]]
+           if runtime(r).own_numerics}
+    assert set(data["quality"]) == own  # bf16 inference is scored on its own, not given the FP32 figure
+    for q in data["quality"].values():
+        assert 0 < q["embedded"]["psnr_y_db"] < 100
     row = data["results"][-1]
     assert row["lr_size"] == [48, 40] and row["out_size"] == [96, 80] and row["p50_ms"] > 0 and row["peak_rss_mb"] > 0
