@@ -24,7 +24,7 @@ QUICK ?= 0
 # (DistributedDataParallel; Gloo on CPUs, NCCL on GPUs). Multi-node: call torchrun yourself with
 # --nnodes / --rdzv-endpoint (README, "Training on several processes").
 NPROC ?=
-TRAIN_PY = $(if $(NPROC),$(VENV)/bin/torchrun --standalone --nproc-per-node $(NPROC) -m compress,$(PY) -m compress)
+TRAIN_PY = $(if $(NPROC),$(VENV)/bin/torchrun --standalone --nproc-per-node $(NPROC) -m -- compress,$(PY) -m compress)
 
 STAMP := $(VENV)/.installed
 EVAL_ARGS := $(foreach d,$(EVAL),--eval $(d))

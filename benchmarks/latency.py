@@ -3,9 +3,9 @@
 ``python -m benchmarks.latency --artifact A --runtime ort --height H --width W --scale S --threads T``
 prints one JSON object: p50 / p95 / min / mean milliseconds over ``runs`` timed calls after
 ``warmup`` untimed ones, and the process's peak resident memory. Large inputs run through the same
-tiled inference the deployable runtime uses (``compress.core.infer.upscale``): the whole image up to
-``WHOLE_IMAGE_MAX_LR_PIXELS`` (the 1080p-output sizes at x2, x3 and x4 included), tiles of one shape
-beyond, so memory stays bounded; the result records which (``mode``).
+tiled inference the deployable runtime uses (``compress.core.infer.upscale`` with ``auto_tiles``, as
+``upscale`` and ``serve`` run it): the whole image up to 1 LR megapixel (the 1080p-output sizes at x2,
+x3 and x4 included), tiles of one shape beyond; the result records which (``mode``).
 """
 
 from __future__ import annotations
@@ -21,11 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from compress.core.infer import TileConfig, auto_tiles
 from export.runtimes import RUNTIMES
-
-#: Whole-image inference up to this many LR pixels (1 MP: about 256 MB per 64-channel FP32 activation of
-#: EDSR-baseline, a few GB at peak on ONNX Runtime); larger inputs run in tiles of one shape.
-WHOLE_IMAGE_MAX_LR_PIXELS = 1_000_000
 
 
 
@@ -66,21 +63,22 @@ def time_calls(fn, warmup: int, runs: int, sync=None) -> Timing:  # noqa: ANN001
 
 def measure(artifact: Path, runtime: str, height: int, width: int, scale: int, threads: int,
             warmup: int, runs: int, tile: int) -> dict[str, object]:
-    from compress.core.infer import TileConfig, upscale
-
+    from compress.core.infer import upscale
     from export.runtimes import open_artifact
 
     opened = open_artifact(artifact, runtime, threads, scale)
     fn, sync = opened.run, opened.sync
     lr = np.random.default_rng(0).random((height, width, 3), dtype=np.float32)
-    # as a deployer runs it: the whole image while it fits the memory budget, else tiles of one shape
-    whole = height * width <= WHOLE_IMAGE_MAX_LR_PIXELS
-    tiles = TileConfig(tile=0 if whole else tile)
+    # as a deployer runs it (upscale, serve): the policy of compress.core.infer.auto_tiles
+    tiles = auto_tiles((height, width), TileConfig(tile=tile))
+    whole = tiles.tile == 0 or (height <= tiles.tile and width <= tiles.tile)
+    mode = "whole image" if whole else f"tiles of {tiles.tile} + {tiles.overlap} overlap"
     timing = time_calls(lambda: upscale(fn, lr, scale, tiles), warmup, runs, sync)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"artifact": str(artifact), "runtime": runtime, "lr_size": [height, width],
             "out_size": [height * scale, width * scale], "out_mp": round(height * width * scale * scale / 1e6, 4),
-            "threads": threads, "tile": tiles.tile, "mode": "whole image" if whole else f"tiles of {tile} + overlap", **dataclasses.asdict(timing), "peak_rss_mb": round(peak_kib / 1024, 1),
+            "threads": threads, "tile": tiles.tile, "mode": mode, **dataclasses.asdict(timing),
+            "peak_rss_mb": round(peak_kib / 1024, 1),
             "pid": os.getpid()}
 
 
@@ -94,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--runs", type=int, default=10)
-    p.add_argument("--tile", type=int, default=512, help="LR tile side for inputs over the whole-image budget")
+    p.add_argument("--tile", type=int, default=0, help="LR tile side (0: the deployment policy, auto_tiles)")
     a = p.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
     print(json.dumps(measure(a.artifact, a.runtime, a.height, a.width, a.scale, a.threads, a.warmup, a.runs, a.tile)))

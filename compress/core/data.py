@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from compress.core.distributed import ranks, share_of_batch
+from compress.core.distributed import Ranks, ranks, share_of_batch
 from compress.core.errors import ImageTooLarge, InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
@@ -211,11 +211,13 @@ def check_patchable(pairs: Sequence[ImagePair], lr_patch: int) -> None:
             )
 
 
-def random_patches(pairs: Sequence[ImagePair], scale: int, cfg: PatchConfig) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def random_patches(pairs: Sequence[ImagePair], scale: int, cfg: PatchConfig,
+                   shard: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Endless stream of (lr, hr) batches as float32 NCHW arrays.
 
     ``cfg.batch_size`` is the global batch: under torchrun each rank yields its share of it, drawn
-    from its own seeded stream (``[seed, rank]``), so the ranks see disjoint patches.
+    from its own seeded stream (``[seed, rank]``), so the ranks see disjoint patches (``shard=False``:
+    the whole batch, for a loop that runs in one process only, such as TensorFlow's).
 
     Images are drawn with probability proportional to their area, so large photographs are not
     under-sampled.
@@ -223,8 +225,8 @@ def random_patches(pairs: Sequence[ImagePair], scale: int, cfg: PatchConfig) -> 
     if not pairs:
         raise InputError("no training images")
     check_patchable(pairs, cfg.lr_patch)
-    r = ranks()
-    batch = share_of_batch(cfg.batch_size)
+    r = ranks() if shard else Ranks()
+    batch = share_of_batch(cfg.batch_size) if shard else cfg.batch_size
     # one process keeps the recipe's stream; under torchrun each rank draws its own disjoint stream
     rng = np.random.default_rng([cfg.seed, r.rank] if r.distributed else cfg.seed)
     areas = np.array([p.lr.shape[0] * p.lr.shape[1] for p in pairs], dtype=np.float64)

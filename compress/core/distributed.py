@@ -15,6 +15,8 @@ import os
 
 import torch
 
+from compress.core.errors import InputError
+
 
 @dataclasses.dataclass(frozen=True)
 class Ranks:
@@ -62,6 +64,6 @@ def share_of_batch(batch_size: int) -> int:
     """This rank's part of a global batch; the global batch must split evenly over the ranks."""
     r = ranks()
     if batch_size % r.world:
-        raise ValueError(f"global batch_size {batch_size} does not split over {r.world} processes; "
+        raise InputError(f"global batch_size {batch_size} does not split over {r.world} processes; "
                          f"use a multiple of {r.world}")
     return batch_size // r.world

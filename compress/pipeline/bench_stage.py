@@ -34,7 +34,7 @@ class BenchConfig:
         warmup: untimed calls first (at least 2).
         runs: timed calls per configuration (large inputs use ``large_runs``).
         large_runs: timed calls for inputs over ``LARGE_LR_PIXELS`` (0.1 LR megapixels).
-        tile: LR tile side for inputs over ``benchmarks.latency.WHOLE_IMAGE_MAX_LR_PIXELS`` (whole image below).
+        tile: LR tile side (0: the deployment policy of ``compress.core.infer.auto_tiles``).
         gpu: also time the CUDA runtimes when a GPU is present.
         large: ``all`` times every artifact at the large sizes; ``pareto`` only the FP32 ONNX reference
             and the artifacts on the Pareto front of (latency at the largest small size, PSNR loss on
@@ -47,7 +47,7 @@ class BenchConfig:
     warmup: int = 2
     runs: int = 10
     large_runs: int = 3
-    tile: int = 512
+    tile: int = 0
     gpu: bool = True
     large: str = "pareto"
 

@@ -29,7 +29,7 @@ class Choice:
     why: str
 
 
-def _loss(row: dict) -> float | None:
+def worst_loss(row: dict) -> float | None:
     """The row's worst dB lost over its evaluation sets (0 for the FP32 reference)."""
     losses = [v for v in row.get("db_lost", {}).values() if isinstance(v, (int, float))]
     return max(losses) if losses else None
@@ -48,19 +48,21 @@ def predict_ms(row: dict, out_mp: float) -> tuple[float, str] | None:
     return scaled, f"{ms:.0f} ms measured at {label} LR scaled by pixels to {scaled:.0f} ms"
 
 
-def choose(run: Path, out_mp: float, target: str, max_loss_db: float) -> Choice:
+def choose(run: Path, out_mp: float, target: str, max_loss_db: float, report: dict | None = None) -> Choice:
     """The artifact of ``run`` meeting ``target`` at ``out_mp`` with the least loss (then the fastest).
+
+    ``report`` is the run's parsed ``report.json`` (read here when not given).
 
     Raises:
         InputError: no report, or no artifact within ``max_loss_db``.
     """
     if target not in TARGETS_MS:
         raise InputError(f"target must be one of {list(TARGETS_MS)}, got {target!r}")
-    report = read_json_object(path_of(run, "report"))
+    report = report if report is not None else read_json_object(path_of(run, "report"))
     budget = TARGETS_MS[target]
     candidates = []
     for row in report.get("rows", []):
-        loss, pred = _loss(row), predict_ms(row, out_mp)
+        loss, pred = worst_loss(row), predict_ms(row, out_mp)
         if loss is None or pred is None or loss > max_loss_db:
             continue
         candidates.append((pred[0] > budget, loss, pred[0], row, pred[1]))

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import NoReturn
 
-from compress.core.distributed import is_writer
+from compress.core.distributed import is_writer, ranks
 from compress.core.errors import InputError
 from compress.core.files import read_json_object, record_stage_seconds
 from compress.pipeline import options as opt
@@ -99,7 +102,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                          continue_from=args.continue_from)
     print(dumps({k: record[k] for k in ("stage", "precision", "steps_done", "train_seconds", "val_psnr_y_db",
                                         "continued_from", "written") if k in record}))
-    if not record["written"]:
+    if not record["written"] and record.get("val_psnr_y_db"):
         print(f"kept {args.continue_from}: validation PSNR-Y {record['val_psnr_y_db'][-1][1]:.3f} dB is not better "
               f"than its {record['continued_from']['val_psnr_y_db']:.3f} dB; {args.out} not written", file=sys.stderr)
     return 0
@@ -267,9 +270,21 @@ def build_parser() -> argparse.ArgumentParser:
 INTERNAL_ERROR = 3  # exit status of an unexpected failure (bad input is 2)
 
 
+def private_run(run: Path) -> Path:
+    """Under torchrun, a rank other than 0 works on a private copy of the run folder: it computes what
+    rank 0 computes (same weights, same data) and takes part in every training step, but only rank 0
+    writes the real run folder, and no two processes touch one file."""
+    scratch = Path(tempfile.mkdtemp(prefix=f"srcompress-rank{ranks().rank}-"))
+    atexit.register(shutil.rmtree, scratch, True)
+    shutil.copytree(run, scratch / "run", symlinks=True)
+    return scratch / "run"
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.command in STAGE_NAMES:
         inputs(Path(args.run), args.command)  # refuse before writing anything
+        if args.command in ("prune", "quantize") and not is_writer():
+            args.run = str(private_run(Path(args.run)))
         seconds = Path(args.run) / STAGE_SECONDS
         if seconds.exists():
             read_json_object(seconds)  # a corrupt file is reported now, not after the stage has written

@@ -30,11 +30,11 @@ async def read_upload(request: Request, limit: int) -> bytes:
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         if length is None:
             raise Refused(411, "a multipart upload needs a Content-Length")
-        form = await request.form(max_files=1, max_fields=8)
-        field = form.get("file")
-        if not isinstance(field, UploadFile):
-            raise Refused(422, "multipart upload needs a 'file' field")
-        data = await field.read(limit + 1)
+        async with request.form(max_files=1, max_fields=8) as form:
+            field = form.get("file")
+            if not isinstance(field, UploadFile):
+                raise Refused(422, "multipart upload needs a 'file' field")
+            data = await field.read(limit + 1)
     else:
         chunks, size = [], 0
         async for chunk in request.stream():
@@ -69,28 +69,33 @@ def build_app(service: Service) -> FastAPI:
     async def upscale(request: Request, scale: int = 2, tier: str = "1000ms", format: str = "png",  # noqa: A002
                       alpha: float | None = None) -> Response:
         t0 = time.perf_counter()
-        status, response = 200, None
+        status = 200
         try:
             if format not in MEDIA:
                 raise Refused(422, f"format must be one of {sorted(MEDIA)}, got {format!r}")
             if tier not in TARGETS_MS:
                 raise Refused(422, f"tier must be one of {list(TARGETS_MS)}, got {tier!r}")
-            body, info = await service.upscale(await read_upload(request, limit), scale, tier, format, alpha)
+            with service.slot():  # taken before the upload is read: a busy service reads nothing
+                body, info = await service.upscale(await read_upload(request, limit), scale, tier, format, alpha)
             headers = {"X-Artifact": _header(info["artifact"]), "X-Runtime": info["runtime"],
                        "X-Inference-Ms": str(info["inference_ms"]), "X-Total-Ms": str(info["total_ms"]),
                        "X-Scale": str(info["scale"]), "X-Model-Choice": _header(info["why"])}
-            response = Response(body, media_type=MEDIA[format], headers=headers)
+            return Response(body, media_type=MEDIA[format], headers=headers)
         except Busy:
             status = 503
-            response = JSONResponse({"error": "busy: every worker is taken; retry shortly"}, status_code=503,
-                                    headers={"Retry-After": "1"})
+            return JSONResponse({"error": "busy: every worker is taken; retry shortly"}, status_code=503,
+                                headers={"Retry-After": "1"})
         except Refused as exc:
-            status, response = exc.status, JSONResponse({"error": str(exc)}, status_code=exc.status)
+            status = exc.status
+            return JSONResponse({"error": str(exc)}, status_code=status)
         except InputError as exc:
             status = status_of(exc)
-            response = JSONResponse({"error": str(exc)}, status_code=status)
-        service.metrics.observe(tier if tier in TARGETS_MS else "other", status, time.perf_counter() - t0)
-        return response
+            return JSONResponse({"error": str(exc)}, status_code=status)
+        except Exception as exc:  # noqa: BLE001 (a runtime failure: JSON and counted, not a bare 500 page)
+            status = 500
+            return JSONResponse({"error": f"internal error {type(exc).__name__}: {exc}"}, status_code=500)
+        finally:
+            service.metrics.observe(tier if tier in TARGETS_MS else "other", status, time.perf_counter() - t0)
 
     @app.get("/v1/models")
     async def models() -> dict:

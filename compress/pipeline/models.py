@@ -6,15 +6,14 @@ import dataclasses
 import functools
 from pathlib import Path
 
-import numpy as np
 
 from compress.core.errors import InputError
 from compress.core.files import read_json_object
 from compress.core.infer import Upscaler
-from compress.pipeline.choose import TARGETS_MS, choose
+from compress.pipeline.choose import TARGETS_MS, choose, worst_loss
 from compress.pipeline.contract import path_of
 from compress.pipeline.defaults import DEFAULT_MODELS, default_checkpoint
-from export.runtimes import for_file, open_artifact
+from export.runtimes import for_file, open_artifact, probe_scale
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,13 +27,9 @@ class Served:
     figures: dict[str, object]
 
 
-def _probe_scale(fn: Upscaler) -> int:
-    return int(fn(np.zeros((1, 3, 8, 8), dtype=np.float32)).shape[-1] // 8)
-
-
 def _open(path: Path, runtime: str | None, threads: int, figures: dict[str, object]) -> Served:
     opened = open_artifact(path, runtime, threads)
-    scale = _probe_scale(opened.run)
+    scale = probe_scale(opened.run)
     return Served(path, runtime or for_file(path).name, scale, opened.run, figures)
 
 
@@ -56,11 +51,11 @@ class ModelSet:
             self._prepare_blend(artifacts, blend)
 
     def _open_run(self, run: Path) -> None:
-        report = read_json_object(path_of(run, "report"))
+        self.report = report = read_json_object(path_of(run, "report"))
         scale = int(report["header"]["scale"])
         for row in report.get("rows", []):
-            losses = [v for v in row.get("db_lost", {}).values() if isinstance(v, (int, float))]
-            if row.get("latency") and losses and max(losses) <= self.max_loss_db:
+            loss = worst_loss(row)
+            if row.get("latency") and loss is not None and loss <= self.max_loss_db:
                 figures = {"db_lost": row["db_lost"], "p50_ms": {k: v["p50_ms"] for k, v in row["latency"].items()}}
                 served = _open(Path(run) / row["artifact"], row["runtime"], self.threads, figures)
                 self.chosen[(row["artifact"], row["runtime"])] = served
@@ -100,7 +95,7 @@ class ModelSet:
         if self.run is not None and scale == self.run_scale:
             if tier not in TARGETS_MS:
                 raise InputError(f"tier must be one of {list(TARGETS_MS)}, got {tier!r}")
-            c = choose(self.run, out_mp, tier, self.max_loss_db)
+            c = choose(self.run, out_mp, tier, self.max_loss_db, self.report)
             return self.chosen[(str(c.artifact.relative_to(self.run)), c.runtime)], c.why
         served = self.by_scale[scale]
         return served, f"{served.artifact} (the model served for x{scale})"

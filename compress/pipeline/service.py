@@ -12,9 +12,11 @@ alpha not served.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -73,14 +75,20 @@ class Service:
                 "total_ms": round((time.perf_counter() - t0) * 1000, 1)}
         return body, info
 
-    async def upscale(self, data: bytes, scale: int, tier: str, fmt: str, alpha: float | None) -> tuple[bytes, dict]:
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        """One of ``workers + queue`` request slots, or :class:`Busy` at once."""
         if not self.slots.acquire(blocking=False):
             raise Busy()
         try:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self.pool, self._work, data, scale, tier, fmt, alpha)
+            yield
         finally:
             self.slots.release()
+
+    async def upscale(self, data: bytes, scale: int, tier: str, fmt: str, alpha: float | None) -> tuple[bytes, dict]:
+        """Decode, infer and encode on the worker pool (call inside :meth:`slot`)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pool, self._work, data, scale, tier, fmt, alpha)
 
 
 def status_of(exc: Exception) -> int:

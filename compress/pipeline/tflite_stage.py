@@ -74,7 +74,7 @@ def tfmot_qat_tflite(loaded: LoadedModel, src: Path, out_dir: Path, cfg: TFLiteQ
 
     calib = _calibration(loaded.scale, calibration)
     pairs = training_pairs(data, loaded.scale)
-    qat = qat_keras(to_keras(loaded.model), calib, random_patches(pairs, loaded.scale, cfg.patch), cfg.steps, cfg.lr)
+    qat = qat_keras(to_keras(loaded.model), calib, random_patches(pairs, loaded.scale, cfg.patch, shard=False), cfg.steps, cfg.lr)
     path = convert(qat, TFLiteKind.FULL_INT8, out_dir / "model_int8_tfmot_qat.tflite", lambda: iter(calib))
     sets = eval_sets(loaded.scale, extra_eval)
     q = quality(tflite_upscaler(path), sets, loaded.scale)

@@ -10,6 +10,7 @@ import torch
 
 from compress.core.checkpoint import build_model, load_checkpoint, save_checkpoint
 from compress.core.cpu import host_cpu
+from compress.core.distributed import is_writer, ranks
 from compress.core.evaluate import evaluate
 from compress.core.infer import torch_upscaler
 from compress.core.archs import ARCHITECTURES, architecture
@@ -138,6 +139,8 @@ def train_model(recipe: TrainRecipe, out: Path, device: str = "cpu", recipe_file
     batches = random_patches(pairs, recipe.scale, recipe.patch)
     resume = out.with_name(out.name + ".resume.pt")
     log = fit(model, batches, recipe.train, recipe.scale, val, device=device, resume=resume, desc=f"train {out.stem}")
+    if not is_writer():  # under torchrun rank 0 alone validates, decides and writes
+        return {"stage": "train", "written": False, "rank": ranks().rank, "steps_done": log.steps_done}
     if not all(torch.isfinite(p).all() for p in model.parameters()):
         raise InputError(f"training diverged: NaN weights; lower train.lr in {recipe_file or 'the recipe'}")
     record: dict[str, object] = {

@@ -20,7 +20,9 @@ from compress.core.imaging import FORMATS, decode_file, encode, upscale_decoded
 from compress.core.infer import TileConfig
 from compress.pipeline.choose import choose
 from compress.pipeline.defaults import default_checkpoint
-from export.runtimes import open_artifact
+from compress.core.files import read_json_object
+from compress.pipeline.contract import path_of
+from export.runtimes import open_artifact, probe_scale
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,12 +62,13 @@ class _Models:
 
     def __init__(self, opts: UpscaleOptions) -> None:
         self.opts, self.cache = opts, {}
+        self.report = read_json_object(path_of(opts.run, "report")) if opts.run is not None else None
 
     def for_image(self, out_mp_per_scale: float) -> tuple[object, int, str]:
         o = self.opts
         if o.run is not None:
-            scale = _run_scale(o.run)
-            pick = choose(o.run, out_mp_per_scale * scale * scale, o.target, o.max_loss_db)
+            scale = int(self.report["header"]["scale"])
+            pick = choose(o.run, out_mp_per_scale * scale * scale, o.target, o.max_loss_db, self.report)
             path, runtime, why = pick.artifact, pick.runtime, pick.why
         else:
             path = o.artifact or default_checkpoint(o.scale or 2)
@@ -74,23 +77,9 @@ class _Models:
         key = (str(path), runtime)
         if key not in self.cache:
             opened = open_artifact(path, runtime, o.threads, scale)
-            self.cache[key] = (opened.run, scale or _probe_scale(opened.run))
+            self.cache[key] = (opened.run, scale or probe_scale(opened.run))
         fn, scale = self.cache[key]
         return fn, scale, why
-
-
-def _run_scale(run: Path) -> int:
-    from compress.core.files import read_json_object
-    from compress.pipeline.contract import path_of
-
-    return int(read_json_object(path_of(run, "report"))["header"]["scale"])
-
-
-def _probe_scale(fn) -> int:  # noqa: ANN001
-    import numpy as np
-
-    y = fn(np.zeros((1, 3, 8, 8), dtype=np.float32))
-    return int(y.shape[-1] // 8)
 
 
 def _refuse_clashes(files: list[Path]) -> None:

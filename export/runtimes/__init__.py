@@ -31,7 +31,7 @@ RUNTIMES: tuple[Runtime, ...] = (
 )
 
 __all__ = ["RUNTIMES", "Opened", "Runtime", "TFLiteRunner", "available", "for_file", "open_artifact", "open_upscaler",
-           "ort_session", "ort_upscaler", "runtime", "tflite_upscaler"]
+           "ort_session", "ort_upscaler", "probe_scale", "runtime", "tflite_upscaler"]
 
 
 def runtime(name: str) -> Runtime:
@@ -75,6 +75,11 @@ def checked_scale(run: Upscaler, scale: int | None, label: str) -> Upscaler:
         return y
 
     return call
+
+
+def probe_scale(run: Upscaler) -> int:
+    """The scale an upscaler has, from one call on an 8x8 input."""
+    return int(run(np.zeros((1, 3, 8, 8), dtype=np.float32)).shape[-1] // 8)
 
 
 def open_artifact(path: str | Path, runtime_name: str | None = None, threads: int = 0,

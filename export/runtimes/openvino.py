@@ -9,6 +9,8 @@ input shape and reused (tiles of one shape compile once).
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +20,12 @@ from compress.core.errors import InputError
 from export.runtimes.base import Opened, Runtime
 
 
+MAX_SHAPES = 8  # compiled models kept (least recently used dropped)
+
+
 class OVRunner:
-    """An OpenVINO model compiled per input shape (NCHW float32 in, NCHW float32 out)."""
+    """An OpenVINO model compiled per input shape (NCHW float32 in, NCHW float32 out); safe to call from
+    several threads (one infer request per thread)."""
 
     def __init__(self, path: Path, threads: int, precision: str) -> None:
         import openvino as ov
@@ -32,17 +38,28 @@ class OVRunner:
         self.config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             self.config["INFERENCE_NUM_THREADS"] = threads
-        self.compiled: dict[tuple[int, ...], object] = {}
+        self.compiled: OrderedDict[tuple[int, ...], object] = OrderedDict()
+        self.lock = threading.Lock()
+        self.local = threading.local()
 
-    def _request(self, shape: tuple[int, ...]):  # noqa: ANN202
-        if shape not in self.compiled:
+    def _compiled(self, shape: tuple[int, ...]):  # noqa: ANN202
+        with self.lock:
+            if shape in self.compiled:
+                self.compiled.move_to_end(shape)
+                return self.compiled[shape]
             model = self.model.clone()
             model.reshape({model.inputs[0].any_name: list(shape)})
-            self.compiled[shape] = self.core.compile_model(model, "CPU", self.config).create_infer_request()
-        return self.compiled[shape]
+            self.compiled[shape] = self.core.compile_model(model, "CPU", self.config)
+            while len(self.compiled) > MAX_SHAPES:  # a service sees many upload sizes: keep the recent ones
+                self.compiled.popitem(last=False)
+            return self.compiled[shape]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        request = self._request(tuple(x.shape))
+        compiled = self._compiled(tuple(x.shape))
+        requests = self.local.__dict__.setdefault("requests", {})  # one infer request per thread and model
+        if requests.get(id(compiled), (None,))[0] is not compiled:
+            requests[id(compiled)] = (compiled, compiled.create_infer_request())
+        request = requests[id(compiled)][1]
         request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
         return request.get_output_tensor(0).data.copy()
 

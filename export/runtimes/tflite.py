@@ -9,6 +9,7 @@ refuse reshaping an INT8 model), a fresh interpreter is built for that shape ins
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ class TFLiteRunner:
         if not self.path.is_file():
             raise InputError(f"{self.path}: TFLite file not found")
         self.rebuilt_for: list[tuple[int, ...]] = []
+        self._lock = threading.Lock()
         self._interp = self._new()
         self._shape: tuple[int, ...] | None = None
 
@@ -58,10 +60,11 @@ class TFLiteRunner:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1), dtype=np.float32)
-        self._prepare(nhwc.shape)
-        self._interp.set_tensor(self._interp.get_input_details()[0]["index"], nhwc)
-        self._interp.invoke()
-        return self._interp.get_tensor(self._interp.get_output_details()[0]["index"]).transpose(0, 3, 1, 2)
+        with self._lock:  # one interpreter: calls from several threads take turns
+            self._prepare(nhwc.shape)
+            self._interp.set_tensor(self._interp.get_input_details()[0]["index"], nhwc)
+            self._interp.invoke()
+            return self._interp.get_tensor(self._interp.get_output_details()[0]["index"]).transpose(0, 3, 1, 2).copy()
 
 
 def tflite_upscaler(path: str | Path, threads: int = 2) -> Upscaler:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from compress.core.errors import InputError
 from tests.conftest import REPO
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
@@ -70,6 +71,6 @@ def test_global_batch_must_split_over_the_ranks(monkeypatch):
 
     monkeypatch.setenv("WORLD_SIZE", "3")
     monkeypatch.setenv("RANK", "1")
-    with pytest.raises(ValueError, match="does not split over 3 processes"):
+    with pytest.raises(InputError, match="does not split over 3 processes"):
         share_of_batch(16)
     assert share_of_batch(15) == 5

@@ -37,6 +37,6 @@ def test_every_tile_has_one_shape_and_tiled_equals_whole_within_001_db():
 
 
 def test_large_inputs_are_tiled_automatically():
-    assert auto_tiles((600, 600, 3), TileConfig()) == AUTO_TILE
-    assert auto_tiles((100, 100, 3), TileConfig()) == TileConfig()
+    assert auto_tiles((1200, 1000, 3), TileConfig()) == AUTO_TILE
+    assert auto_tiles((540, 960, 3), TileConfig()) == TileConfig()  # a 1080p output at x2: whole image
     assert auto_tiles((600, 600, 3), TileConfig(tile=64)) == TileConfig(tile=64)
