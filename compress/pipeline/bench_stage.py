@@ -154,11 +154,11 @@ def run_bench(run: Path, scale: int, cfg: BenchConfig = BenchConfig()) -> Path:
     results: list[dict] = []
     for size in sizes:
         chosen = pairs if cfg.large == "all" or not is_large(size) else large_subset(run, pairs, results)
-        for artifact, runtime in chosen:
-            row = {**run_one(artifact, runtime, size, scale, cfg), "artifact": str(artifact.relative_to(run))}
+        for artifact, rt_name in chosen:
+            row = {**run_one(artifact, rt_name, size, scale, cfg), "artifact": str(artifact.relative_to(run))}
             results.append(row)
             status = row.get("error") or f"p50 {row['p50_ms']:.1f} ms"
-            print(f"[bench] {row['artifact']:45s} {runtime:8s} {size[0]}x{size[1]}: {status}", flush=True)
+            print(f"[bench] {row['artifact']:45s} {rt_name:8s} {size[0]}x{size[1]}: {status}", flush=True)
     quality = own_quality(run, pairs, scale, cfg.threads)
     out = path_of(run, "latency")
     if results and all("error" in r for r in results):

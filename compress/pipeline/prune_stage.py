@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from compress.core.checkpoint import count_params, rebuild, save_checkpoint
-from compress.core.data import load_pairs, random_patches
+from compress.core.data import random_patches
 from compress.core.default_data import training_pairs
 from compress.core.files import read_sidecar, write_sidecar
 from compress.core.infer import torch_upscaler
@@ -19,7 +19,7 @@ from compress.core.recipe import to_dict
 from compress.core.checkpoint import count_macs
 from compress.core.evaluate import eval_sets, quality
 from compress.pipeline.contract import baseline, path_of
-from compress.core.train import TrainConfig, fit
+from compress.core.train import fit
 from export.onnx_export import export_checked
 from pruning.channel import prune_channels
 from pruning.magnitude import prune_low_magnitude, strip_pruning

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from compress.core.checkpoint import LoadedModel, load_checkpoint

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from compress.core.errors import ImageTooLarge, InputError
+from compress.core.errors import ImageTooLarge
 from compress.core.imaging import UnsupportedFormat, decode_bytes, encode, upscale_decoded
 from compress.pipeline.metrics import Metrics
 from compress.pipeline.models import ModelSet

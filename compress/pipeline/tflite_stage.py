@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from compress.core.checkpoint import LoadedModel
-from compress.core.data import PatchConfig, load_pairs, random_patches
+from compress.core.data import random_patches
 from compress.core.default_data import split_paths, training_pairs
 from compress.core.files import write_sidecar
 from compress.core.evaluate import eval_sets, quality
