@@ -1,4 +1,4 @@
-"""OpenVINO IR (``.xml`` + ``.bin``) from an ONNX file, written atomically as a pair."""
+"""OpenVINO IR (``.xml`` + ``.bin``) from an ONNX file or an in-memory model, written atomically as a pair."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import tempfile
 from pathlib import Path
 
 
-def to_ir(onnx_path: str | Path, xml_path: str | Path) -> Path:
-    """Convert ``onnx_path`` with ``openvino.convert_model`` and save FP32 IR at ``xml_path``.
+def save_ir(model: object, xml_path: str | Path) -> Path:
+    """Save an ``openvino.Model`` as IR at ``xml_path`` (weights uncompressed).
 
     Both files are written in a temporary folder beside the target and renamed, the ``.bin`` first, so
     a present ``.xml`` always has its weights.
@@ -17,10 +17,16 @@ def to_ir(onnx_path: str | Path, xml_path: str | Path) -> Path:
 
     xml_path = Path(xml_path)
     xml_path.parent.mkdir(parents=True, exist_ok=True)
-    model = ov.convert_model(str(onnx_path))
     with tempfile.TemporaryDirectory(dir=xml_path.parent, prefix=".ir.") as tmp:
         tmp_xml = Path(tmp) / xml_path.name
         ov.save_model(model, str(tmp_xml), compress_to_fp16=False)
         os.replace(tmp_xml.with_suffix(".bin"), xml_path.with_suffix(".bin"))
         os.replace(tmp_xml, xml_path)
     return xml_path
+
+
+def to_ir(onnx_path: str | Path, xml_path: str | Path) -> Path:
+    """Convert ``onnx_path`` with ``openvino.convert_model`` and save FP32 IR at ``xml_path``."""
+    import openvino as ov
+
+    return save_ir(ov.convert_model(str(onnx_path)), xml_path)

@@ -7,6 +7,7 @@ import dataclasses
 from compress.core.data import PatchConfig
 from compress.core.train import TrainConfig
 from quantization.calibration import CalibrationConfig
+from quantization.nncf_ptq import NNCFConfig
 from export.tfmot_path import TFLiteQATConfig
 from quantization.ptq import Calibration, Int8Options, reduce_weight_range
 
@@ -38,6 +39,8 @@ class QuantRecipe:
         patch: QAT patches.
         train: QAT fine-tuning (``distill_weight`` distils from the FP32 model).
         tflite_qat: tfmot QAT of the Keras twin, converted to full-integer TFLite.
+        nncf: NNCF post-training quantization of the OpenVINO IR (one more INT8 candidate, run by
+            OpenVINO), on the same calibration patches.
     """
 
     ptq_methods: tuple[str, ...] = ("minmax", "percentile", "entropy")
@@ -56,6 +59,7 @@ class QuantRecipe:
     patch: PatchConfig = PatchConfig(lr_patch=32, batch_size=8)
     train: TrainConfig = TrainConfig(steps=200, lr=2e-5, lr_schedule="cosine", distill_weight=0.5)
     tflite_qat: TFLiteQATConfig = TFLiteQATConfig()
+    nncf: NNCFConfig = NNCFConfig()
 
     def __post_init__(self) -> None:
         bad = [m for m in self.ptq_methods if m not in METHODS]

@@ -4,10 +4,11 @@ Splits are fixed by name. ``sporco``'s barbara and monarch are Set14 images and 
 test image, so all three stay in the evaluation split and are never trained on. Licences are listed
 per image; DEFAULT_DATA.md in ``artifacts/default`` repeats them.
 
-Training adds the photographs among Debian's wallpaper packages (:data:`WALLPAPERS`: the 15 of
-``lomiri-wallpapers-16.04`` and 2 of ``lomiri-wallpapers-20.04``, CC0 / CC-BY / CC-BY-SA; the
-renders in those packages and in ``ukui-wallpapers`` are left out), shrunk to at most
-``LOMIRI_MAX_SIDE`` pixels first since they are JPEGs whose finest detail is compression noise.
+Training adds the photographs among Debian's wallpaper packages (:data:`WALLPAPERS`: 15 of
+``lomiri-wallpapers-16.04`` and 2 of ``lomiri-wallpapers-20.04`` (CC0 / CC-BY / CC-BY-SA), 12 of
+``mate-backgrounds`` and 10 of ``plasma-workspace-wallpapers`` (GPL-2+); the renders and drawings
+in those packages and all of ``ukui-wallpapers`` are left out), shrunk to at most
+``WALLPAPER_MAX_SIDE`` pixels first since they are JPEGs whose finest detail is compression noise.
 ``make train`` installs the packages; missing ones are skipped.
 """
 
@@ -19,8 +20,9 @@ from pathlib import Path
 
 from compress.core.errors import InputError
 
-LOMIRI_DIR = Path("/usr/share/backgrounds")
-LOMIRI_MAX_SIDE = 1200
+BACKGROUNDS_DIR = "/usr/share/backgrounds"
+PLASMA_DIR = "/usr/share/wallpapers"
+WALLPAPER_MAX_SIDE = 1200
 SPLITS = ("train", "calibration", "evaluation")
 
 
@@ -67,18 +69,27 @@ def split_paths(split: str) -> list[Path]:
 
 @dataclasses.dataclass(frozen=True)
 class Wallpaper:
-    """A photograph shipped by a Debian wallpaper package."""
+    """A photograph shipped by a Debian wallpaper package, by its installed path."""
 
     package: str
-    name: str
+    file: str
     licence: str
 
     def path(self) -> Path:
-        return LOMIRI_DIR / self.name
+        return Path(self.file)
 
 
 def _lomiri(release: str, licence: str, *names: str) -> tuple[Wallpaper, ...]:
-    return tuple(Wallpaper(f"lomiri-wallpapers-{release}", f"{n}.jpg", licence) for n in names)
+    return tuple(Wallpaper(f"lomiri-wallpapers-{release}", f"{BACKGROUNDS_DIR}/{n}.jpg", licence) for n in names)
+
+
+def _mate(*names: str) -> tuple[Wallpaper, ...]:
+    return tuple(Wallpaper("mate-backgrounds", f"{BACKGROUNDS_DIR}/mate/nature/{n}.jpg", "GPL-2+") for n in names)
+
+
+def _plasma(*names: str) -> tuple[Wallpaper, ...]:
+    return tuple(Wallpaper("plasma-workspace-wallpapers", f"{PLASMA_DIR}/{n}/contents/images/2560x1600.jpg", "GPL-2+")
+                 for n in names)
 
 
 #: Photographs only (checked by eye); licences from each package's ``copyright`` file.
@@ -90,11 +101,15 @@ WALLPAPERS: tuple[Wallpaper, ...] = (
              "Dragonfly_by_Bolly", "free_by_Peter_Nerlich", "greentock_by_Peter_Nerlich"),
     *_lomiri("16.04", "CC0-1.0", "seeding_by_Clements_Engelhardt"),
     *_lomiri("20.04", "CC-BY-SA-3.0", "Infinite-Sea_by_Aury88", "Kleiber_by_Lukas_Baubkus"),
+    *_mate("Aqua", "Blinds", "Dune", "FreshFlower", "Garden", "GreenMeadow", "LadyBird", "RainDrops", "Storm",
+           "TwoWings", "Wood", "YellowFlower"),
+    *_plasma("BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow", "FallenLeaf", "Grey",
+             "OneStandsOut", "Path", "summer_1am"),
 )
 WALLPAPER_PACKAGES = tuple(sorted({w.package for w in WALLPAPERS}))
 
 
-def lomiri_paths() -> list[Path]:
+def wallpaper_paths() -> list[Path]:
     """The wallpaper photographs that are installed (an empty list when none is)."""
     return [w.path() for w in WALLPAPERS if w.path().is_file()]
 
@@ -105,11 +120,11 @@ def training_images(data: str) -> list[Path]:
     from compress.core.data import list_images
 
     if data == "default":
-        return split_paths("train") + lomiri_paths()
+        return split_paths("train") + wallpaper_paths()
     return list_images(data)
 
 
-def training_pairs(data: str, scale: int, max_side: int = LOMIRI_MAX_SIDE) -> list:
+def training_pairs(data: str, scale: int, max_side: int = WALLPAPER_MAX_SIDE) -> list:
     """(HR, LR) pairs of :func:`training_images`, each image shrunk to ``max_side`` first (0: never).
 
     The one loader of training data, used by ``train``, pruning fine-tuning, QAT and tfmot.

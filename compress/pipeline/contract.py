@@ -39,6 +39,7 @@ ARTIFACTS: tuple[ArtifactKind, ...] = (
     ArtifactKind("pruned", "10-prune/*/model.safetensors"),
     ArtifactKind("pruned_onnx", "10-prune/*/model.onnx", "ort"),
     ArtifactKind("int8_onnx", "20-quantize/*/model_int8_*.onnx", "ort"),
+    ArtifactKind("int8_nncf_ir", "20-quantize/*/model_int8_nncf.xml", "openvino"),
     ArtifactKind("tfmot_tflite", "20-quantize/*/*.tflite", "tflite"),
     ArtifactKind("fp32_onnx", "30-export/model_fp32.onnx", "ort"),
     ArtifactKind("fp32_plain_onnx", "30-export/model_fp32_plain.onnx", "ort"),
@@ -48,8 +49,8 @@ ARTIFACTS: tuple[ArtifactKind, ...] = (
     ArtifactKind("report", "50-report/report.json"),
 )
 #: The order the bench discovers (and the report lists) timed artifacts in.
-BENCH_ORDER = ("baseline", "fp32_onnx", "fp32_plain_onnx", "openvino_ir", "pruned_onnx", "int8_onnx", "tfmot_tflite",
-               "tflite")
+BENCH_ORDER = ("baseline", "fp32_onnx", "fp32_plain_onnx", "openvino_ir", "pruned_onnx", "int8_onnx", "int8_nncf_ir",
+               "tfmot_tflite", "tflite")
 STAGE_SECONDS = "stage_seconds.json"
 
 
@@ -87,11 +88,12 @@ STAGES: tuple[Stage, ...] = (
     Stage("prune", "10-prune", "AGP magnitude and channel pruning", ("baseline",), (), ("pruned", "pruned_onnx"),
           "compress.pipeline.prune_stage:run_prune"),
     Stage("quantize", "20-quantize", "INT8 PTQ and QAT of the baseline and every channel-pruned model",
-          ("baseline",), ("pruned",), ("int8_onnx", "tfmot_tflite"), "compress.pipeline.quantize_stage:run_quantize"),
+          ("baseline",), ("pruned",), ("int8_onnx", "int8_nncf_ir", "tfmot_tflite"), "compress.pipeline.quantize_stage:run_quantize"),
     Stage("export", "30-export", "ONNX / TFLite export with parity", ("baseline",), (),
           ("fp32_onnx", "fp32_plain_onnx", "openvino_ir", "tflite"), "compress.pipeline.export_stage:stage_export"),
     Stage("bench", "40-bench", "latency harness", ("baseline",),
-          ("fp32_onnx", "fp32_plain_onnx", "openvino_ir", "pruned_onnx", "int8_onnx", "tfmot_tflite", "tflite"),
+          ("fp32_onnx", "fp32_plain_onnx", "openvino_ir", "pruned_onnx", "int8_onnx", "int8_nncf_ir", "tfmot_tflite",
+           "tflite"),
           ("latency",),
           "compress.pipeline.bench_stage:run_bench"),
     Stage("report", "50-report", "compression report", ("baseline", "latency"), (), ("report",),

@@ -17,10 +17,11 @@ from compress.core.files import read_sidecar, sidecar_path, write_sidecar
 from compress.core.recipe import to_dict
 from compress.core.train import fit
 from compress.pipeline.contract import find, path_of, stage_dir
-from export.runtimes import ort_upscaler
+from export.runtimes import open_upscaler, ort_upscaler, runtime
 from export.onnx_export import export_onnx, parity
 from export.onnx_tail import recorded_rewrites
 from quantization.calibration import PatchCalibrationReader, iter_patches
+from quantization.nncf_ptq import nncf_quantize
 from quantization.ptq import (Calibration, Int8Options, calibrate, cpu_has_vnni, kernel_report, preprocess, quantize,
                               range_summary, reduce_weight_range)
 from quantization.qat import load_qat_ranges, prepare_qat, strip_qat, write_qat_ranges
@@ -144,11 +145,16 @@ def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_ev
     results: dict[str, dict] = {}
 
     def finish(path: Path, extra: dict) -> None:
-        q = quality(ort_upscaler(path), sets, scale)
-        record = {**common, **extra, "format": "onnx-qdq-int8", "quality": q,
+        run = open_upscaler(path)  # ONNX Runtime for QDQ ONNX, OpenVINO for IR
+        q = quality(run, sets, scale)
+        onnx_file = path.suffix == ".onnx"
+        record = {**common, **extra, "format": "onnx-qdq-int8" if onnx_file else "openvino-ir-int8", "quality": q,
                   "psnr_y_delta_db": {k: round(q[k]["psnr_y_db"] - ref_quality[k]["psnr_y_db"], 4) for k in q},
-                  "parity_vs_fp32_onnx": parity(fp32_out, ort_upscaler(path)(sample)).to_dict(),
-                  "kernels": kernel_report(path), "fp32_size_bytes": fp32.stat().st_size}
+                  "parity_vs_fp32_onnx": parity(fp32_out, run(sample)).to_dict(),
+                  "kernels": kernel_report(path) if onnx_file else {"runtime": "openvino"},
+                  "fp32_size_bytes": fp32.stat().st_size}
+        if not onnx_file:
+            record["weights_file"] = path.with_suffix(".bin").name
         write_sidecar(path, record, source=src)
         results[path.name] = record["psnr_y_delta_db"]
 
@@ -174,6 +180,12 @@ def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_ev
                       "int8_psnr_y_db": round(base, 4), "target_psnr_y_db": round(target, 4),
                       "ranking": [(s.node, s.gain_db) for s in ranking], "trace": trace}})
 
+    if recipe.nncf.enabled and runtime("openvino").present():
+        patches = list(iter_patches(reader.paths, scale, recipe.calibration))
+        path, ran = nncf_quantize(fp32, patches, out_dir / "model_int8_nncf.xml", recipe.nncf, cpu_has_vnni())
+        finish(path, {"method": "ptq-nncf", "calibration": {"method": f"nncf {recipe.nncf.activation_ranges}",
+                                                             "samples": len(patches)}, "nncf": ran,
+                      "excluded_nodes": []})
     if recipe.qat:
         results.update(_run_qat(loaded, recipe, reader, pre, out_dir, caches, rr, opts, finish, score))
     if recipe.tflite_qat.enabled and is_writer():  # TensorFlow training: one process (rank 0 under torchrun)

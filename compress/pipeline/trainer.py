@@ -15,7 +15,7 @@ from compress.core.evaluate import evaluate
 from compress.core.infer import torch_upscaler
 from compress.core.archs import ARCHITECTURES, architecture
 from compress.core.data import PatchConfig, list_images, load_pairs, random_patches
-from compress.core.default_data import LOMIRI_MAX_SIDE, split_paths, training_images, training_pairs
+from compress.core.default_data import WALLPAPER_MAX_SIDE, split_paths, training_images, training_pairs
 from compress.core.errors import InputError
 from compress.core.files import read_sidecar, sha256_file, sidecar_path, write_sidecar
 from compress.core.recipe import to_dict
@@ -46,7 +46,7 @@ class TrainRecipe:
     num_grow_ch: int = 32
     res_scale: float = 1.0
     data: str = "default"
-    max_side: int = LOMIRI_MAX_SIDE
+    max_side: int = WALLPAPER_MAX_SIDE
     val_data: str = ""
     init_from: str = ""
     patch: PatchConfig = PatchConfig()

@@ -65,8 +65,12 @@ class OVRunner:
 
 
 def _float_graph(path: Path) -> bool:
-    """Whether an ONNX graph has no QuantizeLinear (bf16 inference is for float graphs)."""
+    """Whether a graph has no quantizer (QuantizeLinear in ONNX, FakeQuantize in IR): bf16 inference is
+    for float graphs."""
     import onnx
+
+    if path.suffix.lower() == ".xml":
+        return b"FakeQuantize" not in path.read_bytes()
 
     graph = onnx.load(str(path), load_external_data=False).graph
     return not any(n.op_type == "QuantizeLinear" for n in graph.node)

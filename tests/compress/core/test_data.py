@@ -4,7 +4,7 @@ import pytest
 from compress.core.data import (
     ImageNotice, PatchConfig, list_images, load_pair, load_pairs, load_rgb, modcrop, random_patches,
 )
-from compress.core.default_data import IMAGES, split_paths
+from compress.core.default_data import IMAGES, WALLPAPER_PACKAGES, WALLPAPERS, split_paths
 from compress.core.errors import InputError
 from tests.conftest import write_image
 
@@ -72,6 +72,15 @@ def test_default_set_is_installed_and_set14_images_stay_in_evaluation():
     assert {"barbara.png", "monarch.png"} <= evaluation
     train = {img.relpath.rsplit("/", 1)[-1] for img in IMAGES if img.split == "train"}
     assert not train & {"barbara.png", "monarch.png", "kodim23.png"}
+
+
+def test_make_installs_every_wallpaper_package_and_names_are_unique():
+    from tests.conftest import REPO
+
+    line = next(ln for ln in (REPO / "Makefile").read_text().splitlines() if ln.startswith("WALLPAPER_PKGS :="))
+    assert sorted(line.split(":=")[1].split()) == sorted(WALLPAPER_PACKAGES)
+    assert len({w.file for w in WALLPAPERS}) == len(WALLPAPERS)
+    assert all(w.file.startswith("/usr/share/") and w.licence for w in WALLPAPERS)
 
 
 def test_sixteen_bit_grayscale_is_scaled_not_clipped(tmp_path):

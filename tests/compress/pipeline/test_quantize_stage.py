@@ -36,6 +36,9 @@ def test_quantize_stage_ptq_mixed_qat(tmp_path, image_dir):
     assert read_sidecar(out / "model_int8_qat.onnx")["against_ptq_start"]["ptq_start"] == "model_int8_percentile.onnx"
     qat = read_sidecar(out / "model_int8_qat.onnx")["calibration"]
     assert qat["method"] == "percentile" and qat["tensors_with_qat_ranges"] > 0
+    nncf_ir = read_sidecar(out / "model_int8_nncf.xml")  # NNCF's INT8 IR beside the ORT-calibrated graphs
+    assert nncf_ir["format"] == "openvino-ir-int8" and nncf_ir["nncf"]["fake_quantize_nodes"] > 0
+    assert nncf_ir["calibration"]["samples"] == 6 and (out / "model_int8_nncf.bin").is_file()
     tfl = read_sidecar(out / "model_int8_tfmot_qat.tflite")
     assert tfl["method"] == "tfmot-qat" and "CONV_2D:int8" in tfl["op_input_dtypes"]
 
@@ -54,6 +57,8 @@ def test_recipe_validation_and_shipped_recipe():
         from_mapping(QuantRecipe, {"percentile": 100.0})
     with pytest.raises(InputError, match=r"qat_calibration must be one of"):
         from_mapping(QuantRecipe, {"qat_calibration": "mse"})
+    with pytest.raises(InputError, match=r"nncf.activation_ranges must be one of"):
+        from_mapping(QuantRecipe, {"nncf": {"activation_ranges": "kl"}})
 
 
 def test_qat_that_does_not_beat_its_ptq_start_is_not_kept(tmp_path, image_dir, capsys):

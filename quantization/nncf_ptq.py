@@ -1,0 +1,107 @@
+"""Post-training INT8 quantization of the OpenVINO IR with NNCF (path in, path out).
+
+NNCF's ``nncf.quantize`` is the quantizer OpenVINO's own INT8 models come from: it places
+FakeQuantize nodes where OpenVINO's CPU plugin fuses them into integer kernels, takes per-channel
+symmetric weight ranges and, with the ``mixed`` preset, asymmetric activation ranges, and then
+corrects the shift that weight rounding puts on each layer's output mean (bias correction; Nagel et
+al., "Data-Free Quantization Through Weight Equalization and Bias Correction", ICCV 2019). It is the
+INT8 candidate that sits beside the ONNX Runtime-calibrated QDQ graphs, fed the same calibration
+patches (:func:`quantization.calibration.iter_patches`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import time
+from pathlib import Path
+
+import numpy as np
+
+from export.openvino_ir import save_ir
+
+
+#: ``NNCFConfig.activation_ranges`` -> attribute of ``nncf.quantization.range_estimator.RangeEstimatorParametersSet``.
+RANGE_ESTIMATORS = {"minmax": "MINMAX", "mean_minmax": "MEAN_MINMAX", "mean_quantile": "MEAN_QUANTILE",
+                    "histogram": "HISTOGRAM"}
+
+
+class BiasCorrection(enum.Enum):
+    """Which of NNCF's bias corrections runs after the ranges are set."""
+
+    NONE = "none"  # ranges only
+    FAST = "fast"  # FastBiasCorrection: one pass, the shift estimated per layer from the statistics
+    FULL = "full"  # BiasCorrection: layer by layer on the already-quantized prefix (slower, more exact)
+
+
+@dataclasses.dataclass(frozen=True)
+class NNCFConfig:
+    """NNCF post-training quantization of the FP32 graph.
+
+    Attributes:
+        enabled: make the candidate (needs ``nncf`` and ``openvino``).
+        preset: ``mixed`` (asymmetric activations: SR activations after mean shift and residual
+            additions are not centred on zero) or ``performance`` (symmetric everywhere).
+        bias_correction: ``none``, ``fast`` or ``full`` (see :class:`BiasCorrection`).
+        activation_ranges: NNCF's activation range estimator (:data:`RANGE_ESTIMATORS`): ``minmax``
+            (extremes over all samples), ``mean_minmax`` (mean of per-sample extremes), ``mean_quantile``
+            (mean of per-sample 1e-4 quantiles) or ``histogram``.
+        overflow_fix: ``auto`` (off where the CPU has VNNI, whose integer dot products do not
+            saturate; NNCF's first-layer 7-bit weights otherwise), ``enable``, ``first_layer_only``
+            or ``disable``.
+    """
+
+    enabled: bool = True
+    preset: str = "mixed"
+    bias_correction: str = "fast"
+    activation_ranges: str = "histogram"
+    overflow_fix: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.preset not in ("mixed", "performance"):
+            raise ValueError(f"nncf.preset must be mixed or performance, got {self.preset!r}")
+        if self.bias_correction not in {b.value for b in BiasCorrection}:
+            raise ValueError(f"nncf.bias_correction must be one of none, fast, full, got {self.bias_correction!r}")
+        if self.activation_ranges not in RANGE_ESTIMATORS:
+            raise ValueError(f"nncf.activation_ranges must be one of {list(RANGE_ESTIMATORS)}, "
+                             f"got {self.activation_ranges!r}")
+        if self.overflow_fix not in ("auto", "enable", "first_layer_only", "disable"):
+            raise ValueError(f"nncf.overflow_fix must be auto, enable, first_layer_only or disable, "
+                             f"got {self.overflow_fix!r}")
+
+    def overflow(self, has_vnni: bool) -> str:
+        if self.overflow_fix != "auto":
+            return self.overflow_fix
+        return "disable" if has_vnni else "first_layer_only"
+
+
+def nncf_quantize(fp32: Path, patches: list[np.ndarray], out_xml: Path, cfg: NNCFConfig,
+                  has_vnni: bool = True) -> tuple[Path, dict]:
+    """Quantize the FP32 ONNX ``fp32`` with NNCF on ``patches`` (NCHW float32, batch 1) and save INT8 IR.
+
+    Returns:
+        The ``.xml`` path and a record of what ran (preset, bias correction, samples, seconds).
+    """
+    import nncf
+    import openvino as ov
+
+    if not patches:
+        raise ValueError("nncf_quantize: no calibration patches")
+    bias = BiasCorrection(cfg.bias_correction)
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    overflow = cfg.overflow(has_vnni)
+    advanced = nncf.AdvancedQuantizationParameters(
+        disable_bias_correction=bias is BiasCorrection.NONE, overflow_fix=nncf.OverflowFix(overflow),
+        activations_range_estimator_params=getattr(RangeEstimatorParametersSet, RANGE_ESTIMATORS[cfg.activation_ranges]))
+    t0 = time.perf_counter()
+    model = ov.convert_model(str(fp32))  # constant-folded: each bias a constant Add NNCF can correct
+    quantized = nncf.quantize(model, nncf.Dataset(patches), preset=nncf.QuantizationPreset(cfg.preset),
+                              target_device=nncf.TargetDevice.CPU, subset_size=len(patches),
+                              fast_bias_correction=bias is not BiasCorrection.FULL, advanced_parameters=advanced)
+    save_ir(quantized, out_xml)
+    fq = sum(1 for op in quantized.get_ops() if op.get_type_name() == "FakeQuantize")
+    return out_xml, {"tool": f"nncf {nncf.__version__}", "preset": cfg.preset, "bias_correction": bias.value,
+                     "activation_ranges": cfg.activation_ranges, "overflow_fix": overflow,
+                     "samples": len(patches), "fake_quantize_nodes": fq,
+                     "seconds": round(time.perf_counter() - t0, 1)}

@@ -1,0 +1,38 @@
+import numpy as np
+import pytest
+import torch
+
+from export.onnx_export import export_onnx
+from export.runtimes import open_artifact
+from quantization.nncf_ptq import NNCFConfig, nncf_quantize
+from tests.conftest import tiny_edsr
+
+
+def test_config_validation_and_overflow_policy():
+    with pytest.raises(ValueError, match="nncf.preset"):
+        NNCFConfig(preset="fast")
+    with pytest.raises(ValueError, match="nncf.bias_correction"):
+        NNCFConfig(bias_correction="some")
+    assert NNCFConfig().overflow(has_vnni=True) == "disable"
+    assert NNCFConfig().overflow(has_vnni=False) == "first_layer_only"
+    assert NNCFConfig(overflow_fix="enable").overflow(has_vnni=True) == "enable"
+
+
+@pytest.mark.parametrize("bias", ["none", "full"])
+def test_nncf_int8_ir_runs_close_to_fp32(tmp_path, bias):
+    torch.manual_seed(0)
+    fp32 = export_onnx(tiny_edsr(2), tmp_path / "fp32.onnx")
+    rng = np.random.default_rng(0)
+    patches = [rng.random((1, 3, 16, 16), dtype=np.float32) for _ in range(4)]
+    xml, record = nncf_quantize(fp32, patches, tmp_path / "int8.xml", NNCFConfig(bias_correction=bias))
+    assert xml.is_file() and xml.with_suffix(".bin").is_file()
+    assert record["fake_quantize_nodes"] > 0 and record["samples"] == 4 and record["bias_correction"] == bias
+    x = rng.random((1, 3, 20, 24), dtype=np.float32)
+    ref, out = open_artifact(fp32, "ort").run(x), open_artifact(xml, "openvino").run(x)
+    assert out.shape == ref.shape == (1, 3, 40, 48)
+    assert 0 < np.abs(out - ref).max() < 0.1  # quantized (not identical), yet close
+
+
+def test_no_patches_refused(tmp_path):
+    with pytest.raises(ValueError, match="no calibration patches"):
+        nncf_quantize(tmp_path / "x.onnx", [], tmp_path / "x.xml", NNCFConfig())
