@@ -18,6 +18,7 @@ from compress.core.cpu import host_cpu
 from compress.core.errors import InputError
 from compress.core.files import write_json_atomic
 from compress.pipeline.contract import BENCH_ORDER, artifact_kind, find, path_of
+from compress.pipeline.ladder import climb, first_guess_mp
 from compress.core.evaluate import eval_sets, quality
 from export.runtimes import available, open_artifact, runtime
 
@@ -40,6 +41,8 @@ class BenchConfig:
             and the artifacts on the Pareto front of (latency at the largest small size, PSNR loss on
             the embedded set, ignoring loss differences under ``LARGE_LOSS_TOL_DB``), which is what a
             user picks from, at a fraction of the time.
+        ladder_targets_ms: targets whose largest admitted output is measured by a ladder of sizes
+            (:mod:`compress.pipeline.ladder`) for the artifacts timed at the large sizes; empty: none.
     """
 
     sizes: tuple[tuple[int, int] | None, ...] = ((128, 128), (256, 256), None)
@@ -50,8 +53,11 @@ class BenchConfig:
     tile: int = 0
     gpu: bool = True
     large: str = "pareto"
+    ladder_targets_ms: tuple[float, ...] = TARGETS_MS
 
     def __post_init__(self) -> None:
+        if any(not t > 0 for t in self.ladder_targets_ms):
+            raise ValueError(f"ladder_targets_ms must be positive, got {list(self.ladder_targets_ms)}")
         if self.large not in ("all", "pareto"):
             raise ValueError(f"large must be 'all' or 'pareto', got {self.large!r}")
         if self.warmup < 2 or self.runs < 1 or self.large_runs < 1:
@@ -152,6 +158,7 @@ def run_bench(run: Path, scale: int, cfg: BenchConfig = BenchConfig()) -> Path:
     sizes = [s if s is not None else full_hd_lr(scale) for s in cfg.sizes]
     sizes.sort(key=lambda s: s[0] * s[1])
     results: list[dict] = []
+    chosen = pairs
     for size in sizes:
         chosen = pairs if cfg.large == "all" or not is_large(size) else large_subset(run, pairs, results)
         for artifact, rt_name in chosen:
@@ -159,14 +166,39 @@ def run_bench(run: Path, scale: int, cfg: BenchConfig = BenchConfig()) -> Path:
             results.append(row)
             status = row.get("error") or f"p50 {row['p50_ms']:.1f} ms"
             print(f"[bench] {row['artifact']:45s} {rt_name:8s} {size[0]}x{size[1]}: {status}", flush=True)
-    quality = own_quality(run, pairs, scale, cfg.threads)
     out = path_of(run, "latency")
     if results and all("error" in r for r in results):
         raise InputError(f"{run}: every configuration failed (first: {results[0]['error']}); "
                          f"{out} is left as it was")
+    if cfg.large == "pareto" and not any(is_large(s) for s in sizes):
+        chosen = large_subset(run, pairs, results)
+    ladders = [lad for a, rt in chosen for lad in ladder(run, a, rt, results, scale, cfg)]
+    quality = own_quality(run, pairs, scale, cfg.threads)
     write_json_atomic(out, {"machine": machine(), "config": dataclasses.asdict(cfg), "scale": scale,
-                            "targets_ms": list(TARGETS_MS), "results": results, "quality": quality})
+                            "targets_ms": list(TARGETS_MS), "results": results, "ladders": ladders,
+                            "quality": quality})
     return out
+
+
+def ladder(run: Path, artifact: Path, rt_name: str, results: list[dict], scale: int, cfg: BenchConfig) -> list[dict]:
+    """The measured ladder (:func:`compress.pipeline.ladder.climb`) of one artifact for every target."""
+    rel = str(artifact.relative_to(run))
+    points = [(r["out_mp"], r["p50_ms"]) for r in results
+              if r["artifact"] == rel and r["runtime"] == rt_name and "error" not in r]
+    found = []
+    for target in cfg.ladder_targets_ms:
+        start = first_guess_mp(points, target)
+        if start is None:
+            continue
+
+        def time_at(size: tuple[int, int]) -> float | None:
+            row = run_one(artifact, rt_name, size, scale, dataclasses.replace(cfg, runs=cfg.large_runs))
+            status = row.get("error") or f"p50 {row['p50_ms']:.1f} ms"
+            print(f"[bench] ladder {target:g} ms {rel:38s} {rt_name:8s} {size[0]}x{size[1]}: {status}", flush=True)
+            return row.get("p50_ms")
+
+        found.append({"artifact": rel, "runtime": rt_name, **climb(time_at, start, target, scale)})
+    return found
 
 
 def own_quality(run: Path, pairs: list[tuple[Path, str]], scale: int, threads: int) -> dict[str, dict]:

@@ -149,7 +149,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     _, loaded = baseline(Path(args.run))
     sizes = tuple(tuple(int(v) for v in s.split("x")) if s != "1080p" else None for s in args.sizes)
-    cfg = BenchConfig(sizes=sizes, threads=args.threads, runs=args.runs, large_runs=min(args.runs, 3), large=args.large)
+    cfg = BenchConfig(sizes=sizes, threads=args.threads, runs=args.runs, large_runs=min(args.runs, 3), large=args.large,
+                      ladder_targets_ms=tuple(args.ladder))
     print(run_bench(Path(args.run), loaded.scale, cfg))
     return 0
 
@@ -241,6 +242,9 @@ def _add_stages(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--runs", type=opt.positive_int, default=10)
     s.add_argument("--large", choices=("pareto", "all"), default="pareto",
                    help="which artifacts to time at sizes over 0.1 LR MP: the FP32 reference and the Pareto front, or all")
+    s.add_argument("--ladder", nargs="*", type=opt.positive_float, default=[300.0, 1000.0], metavar="MS",
+                   help="latency targets (ms) whose largest admitted output is measured by a ladder of sizes "
+                        "(default 300 1000; add 10000 for the print tier; none: no ladder)")
     s.set_defaults(func=_cmd_bench)
 
     s = sub.add_parser("report", help="stage 6: compression report (md, json, csv, html)")

@@ -20,6 +20,7 @@ import numpy as np
 from compress.core.errors import InputError
 from compress.core.files import read_json_object, read_sidecar, sidecar_path, write_json_atomic, write_text_atomic
 from compress.pipeline.contract import STAGE_SECONDS, artifact_kind, path_of, stage_dir
+from compress.pipeline.ladder import target_label
 
 LIBS = ("torch", "torch-pruning", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorflow", "tf-keras",
         "tensorflow-model-optimization", "openvino", "numpy")
@@ -29,21 +30,17 @@ def size_label(lr: list[int]) -> str:
     return f"{lr[0]}x{lr[1]}"
 
 
-def max_output_mp(points: list[tuple[float, float]], target_ms: float) -> tuple[float | None, bool]:
-    """Largest output megapixels meeting ``target_ms`` from (out_mp, p50_ms) points.
-
-    Latency is fitted as a + b * MP by least squares (convolution cost is linear in pixels, and tiled
-    inference keeps it so). Returns (MP, extrapolated?) or (None, False) if there are too few points.
-    """
-    pts = sorted(points)
-    if len(pts) < 2:
-        return None, False
-    mp, ms = np.array(pts).T
-    b, a = np.polyfit(mp, ms, 1)
-    if b <= 0:
-        return None, False
-    best = max((target_ms - a) / b, 0.0)
-    return round(float(best), 3), bool(best > mp.max() * (1 + 1e-6))
+def measured_max_output(bench: dict, rel: str, runtime: str) -> dict[str, dict]:
+    """Per ladder target (label such as ``300ms``): the largest output MP the ladder measured passing
+    (``mp``, None when none passed or no ladder ran for this artifact) and the failing rung above it."""
+    targets = bench.get("config", {}).get("ladder_targets_ms") or bench["targets_ms"]
+    found = {(lad["artifact"], lad["runtime"], float(lad["target_ms"])): lad for lad in bench.get("ladders", [])}
+    out = {}
+    for t in targets:
+        lad = found.get((rel, runtime, float(t)), {})
+        out[target_label(t)] = {"mp": lad.get("max_output_mp"), "failing_mp": lad.get("failing_mp"),
+                                "rungs": len(lad.get("rungs", []))}
+    return out
 
 
 def pareto_front(points: dict[object, tuple[float, float]], loss_tol_db: float = 0.0) -> set[object]:
@@ -110,9 +107,7 @@ def build_rows(run: Path) -> tuple[list[dict], dict]:
             "errors": {size_label(r["lr_size"]): r["error"] for r in results if "error" in r},
         }
         row["verdicts"] = {lab: {f"{int(t)}ms": v["p50_ms"] <= t for t in bench["targets_ms"]} for lab, v in row["latency"].items()}
-        points = [(r["out_mp"], r["p50_ms"]) for r in ok]
-        row["max_output_mp"] = {f"{int(t)}ms": dict(zip(("mp", "extrapolated"), max_output_mp(points, t)))
-                                for t in bench["targets_ms"]}
+        row["max_output_mp"] = measured_max_output(bench, rel, runtime)
         rows.append(row)
     header = {"run": str(run), "scale": bench["scale"], "machine": bench["machine"], "bench_config": bench["config"],
               "targets_ms": bench["targets_ms"], "libraries": _versions(), "git_commit": _git_commit(),
@@ -162,7 +157,7 @@ def target_summary(rows: list[dict], eval_set: str = "embedded") -> list[dict]:
     """Per target: the largest output the FP32 ONNX reference meets, and the best artifact overall and
     within each loss budget (largest output meeting the target; dB lost on ``eval_set``)."""
     out = []
-    for target in ("300ms", "1000ms"):
+    for target in dict.fromkeys(k for r in rows for k in r["max_output_mp"]):
         def best(cands: list[dict], target: str = target) -> dict | None:
             cands = [r for r in cands if r["max_output_mp"][target]["mp"] is not None]
             return max(cands, key=lambda r: r["max_output_mp"][target]["mp"], default=None)
@@ -175,9 +170,17 @@ def target_summary(rows: list[dict], eval_set: str = "embedded") -> list[dict]:
             if r is not None:
                 out.append({"target": target, "pick": label, "artifact": r["artifact"], "runtime": r["runtime"],
                             "max_output_mp": r["max_output_mp"][target]["mp"],
-                            "extrapolated": r["max_output_mp"][target]["extrapolated"],
+                            "failing_mp": r["max_output_mp"][target]["failing_mp"],
                             "db_lost": r["db_lost"].get(eval_set, 0.0)})
     return out
+
+
+def _mp(entry: dict) -> str:
+    """``1.64 (1.89)``: the largest passing measured output and the failing rung above it."""
+    mp, failing = entry.get("max_output_mp", entry.get("mp")), entry.get("failing_mp")
+    if mp is None:
+        return f"< {failing:.2f}" if failing is not None else "-"
+    return f"{mp:.2f}" + (f" ({failing:.2f})" if failing is not None else "")
 
 
 def to_markdown(rows: list[dict], header: dict) -> str:
@@ -195,18 +198,24 @@ def to_markdown(rows: list[dict], header: dict) -> str:
     if header.get("stage_seconds"):
         t = header["stage_seconds"]
         lines.append(f"- stage wall time: {sum(t.values()) / 60:.1f} min (" + ", ".join(f"{k} {v / 60:.1f}" for k, v in t.items()) + ")")
-    lines += ["", "## Targets: largest output (MP) meeting each latency target", "",
-              "| target | pick | artifact | runtime | max output MP | dB lost (embedded) |", "|---|---|---|---|---|---|"]
+    lines += ["", "## Targets: largest output (MP) measured meeting each latency target", "",
+              "| target | pick | artifact | runtime | max output MP (fails at) | dB lost (embedded) |",
+              "|---|---|---|---|---|---|"]
     for t in target_summary(rows):
         lines.append(f"| {t['target']} | {t['pick']} | {t['artifact']} | {t['runtime']} | "
-                     f"{_fmt(t['max_output_mp'])}{'*' if t['extrapolated'] else ''} | {_fmt(t['db_lost'], 3)} |")
-    lines += ["", "1920x1080 output is 2.07 MP. `*`: extrapolated beyond the largest measured size.", "", "## All artifacts", ""]
+                     f"{_mp(t)} | {_fmt(t['db_lost'], 3)} |")
+    lines += ["", "1920x1080 output is 2.07 MP. Each figure is a timed 16:9 size (a ladder of sizes 15% apart, "
+              "each in its own process, p50 of the large-size runs); the failing rung above it in brackets. "
+              "Only the FP32 ONNX reference and the artifacts on the Pareto front are laddered.", "",
+              "## All artifacts", ""]
     cols = ["artifact", "runtime", "params", "MACs@256 (G)", "file MB", "gzip MB", "sparsity"]
     cols += [f"PSNR-Y {s}" for s in sets] + [f"dB lost {s}" for s in sets]
-    cols += [f"{z} p50/p95 ms" for z in sizes] + [f"{z} 300/1000" for z in sizes] + ["max out MP @300ms", "max out MP @1000ms"]
+    targets = list(dict.fromkeys(k for r in rows for k in r["max_output_mp"]))
+    cols += [f"{z} p50/p95 ms" for z in sizes] + [f"{z} 300/1000" for z in sizes]
+    cols += [f"max out MP @{t}" for t in targets]
     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        mx = [f"{_fmt(r['max_output_mp'][t]['mp'])}{'*' if r['max_output_mp'][t]['extrapolated'] else ''}" for t in ("300ms", "1000ms")]
+        mx = [_mp(r["max_output_mp"][t]) for t in targets]
         cells = [r["artifact"], r["runtime"], _fmt(r["params"]), _fmt(r["macs_256x256"] / 1e9 if r["macs_256x256"] else None),
                  _fmt(r["size_bytes"] / 1e6 if r["size_bytes"] else None), _fmt(r["gzip_bytes"] / 1e6 if r["gzip_bytes"] else None),
                  _fmt(r["sparsity"])]
@@ -214,7 +223,7 @@ def to_markdown(rows: list[dict], header: dict) -> str:
         cells += [f"{_fmt(r['latency'][z]['p50_ms'], 1)} / {_fmt(r['latency'][z]['p95_ms'], 1)}" if z in r["latency"] else "-" for z in sizes]
         cells += [f"{_fmt(r['verdicts'][z]['300ms'])} / {_fmt(r['verdicts'][z]['1000ms'])}" if z in r["verdicts"] else "-" for z in sizes]
         lines.append("| " + " | ".join(cells + mx) + " |")
-    lines += ["", "`*` extrapolated beyond the largest measured size (linear fit of p50 against output megapixels).",
+    lines += ["", "max out MP: measured by the ladder (failing rung in brackets); `-`: not laddered.",
               "Unstructured sparsity shrinks only storage (gzip column): dense runtimes do not skip zeros."]
     return "\n".join(lines) + "\n"
 

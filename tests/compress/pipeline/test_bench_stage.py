@@ -31,7 +31,7 @@ def test_harness_on_tiny_model(tmp_path):
     if ir:
         side = json.loads((run / "30-export/model_fp32.xml.json").read_text())
         assert (run / "30-export/model_fp32.bin").is_file() and side["parity_vs_onnx"]["max_abs_diff"] < 1e-4
-    out = run_bench(run, 2, BenchConfig(sizes=((32, 32), (48, 40)), runs=2, gpu=False))
+    out = run_bench(run, 2, BenchConfig(sizes=((32, 32), (48, 40)), runs=2, gpu=False, ladder_targets_ms=(15.0,)))
     data = json.loads(out.read_text())
     extra = [rt.name for rt in available() if rt.bench_extra and rt.device == "cpu"]  # OpenVINO (f32, bf16)
     assert len(data["results"]) == 2 * (3 + len(ir) + 2 * len(extra)) and all("error" not in r for r in data["results"])
@@ -42,5 +42,9 @@ def test_harness_on_tiny_model(tmp_path):
     assert set(data["quality"]) == own  # bf16 inference is scored on its own, not given the FP32 figure
     for q in data["quality"].values():
         assert 0 < q["embedded"]["psnr_y_db"] < 100
+    assert data["ladders"] and {lad["target_ms"] for lad in data["ladders"]} == {15.0}
+    for lad in data["ladders"]:  # the reference and the Pareto front, each bracketed by measured rungs
+        assert lad["rungs"] and all(r["p50_ms"] > 0 for r in lad["rungs"])
+        assert lad["max_output_mp"] is not None or lad["failing_mp"] is not None
     row = data["results"][-1]
     assert row["lr_size"] == [48, 40] and row["out_size"] == [96, 80] and row["p50_ms"] > 0 and row["peak_rss_mb"] > 0

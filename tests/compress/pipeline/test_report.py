@@ -4,7 +4,7 @@ import pytest
 
 from compress.pipeline.compare import compare, format_table, load_report
 from compress.pipeline.bench_stage import full_hd_lr
-from compress.pipeline.report import build_rows, max_output_mp, write_report
+from compress.pipeline.report import build_rows, write_report
 from compress.core.errors import InputError
 from compress.core.files import write_json_atomic
 
@@ -34,16 +34,19 @@ def synthetic_run(tmp_path, slow_ms=400.0):
             results.append({"artifact": rel, "runtime": runtime, "lr_size": list(lr), "out_mp": mp, "p50_ms": 10 + per_mp * mp,
                             "p95_ms": 12 + per_mp * mp, "min_ms": 9 + per_mp * mp, "peak_rss_mb": 100.0})
     results.append({"artifact": "30-export/model_fp32.onnx", "runtime": "ort-cuda", "lr_size": [128, 128], "error": "no CUDA"})
+    ladders = [  # as the bench's ladder measures them: the largest passing rung and the failing one above
+        {"artifact": "30-export/model_fp32.onnx", "runtime": "ort", "target_ms": 300.0, "max_output_mp": 1.45,
+         "failing_mp": 1.67, "rungs": [{}, {}]},
+        {"artifact": "20-quantize/model/model_int8_minmax.onnx", "runtime": "ort", "target_ms": 300.0,
+         "max_output_mp": 5.8, "failing_mp": 6.67, "rungs": [{}, {}, {}]},
+        {"artifact": "20-quantize/model/model_int8_minmax.onnx", "runtime": "ort", "target_ms": 1000.0,
+         "max_output_mp": 19.0, "failing_mp": None, "rungs": [{}] * 6},
+    ]
     write_json_atomic(run / "40-bench" / "latency.json", {
-        "machine": {"cpu": "test cpu", "cores": 2}, "config": {"threads": 2, "runs": 10, "warmup": 2}, "scale": 2,
-        "targets_ms": [300.0, 1000.0], "results": results})
+        "machine": {"cpu": "test cpu", "cores": 2}, "scale": 2, "targets_ms": [300.0, 1000.0],
+        "config": {"threads": 2, "runs": 10, "warmup": 2, "ladder_targets_ms": [300.0, 1000.0]},
+        "results": results, "ladders": ladders})
     return run
-
-
-def test_max_output_mp_linear_fit():
-    assert max_output_mp([(0.0, 100.0), (1.0, 300.0)], 300.0) == (1.0, False)
-    assert max_output_mp([(0.0, 100.0), (1.0, 300.0)], 1000.0) == (4.5, True)
-    assert max_output_mp([(1.0, 50.0)], 300.0) == (None, False)
 
 
 def test_rows_cover_every_artifact_and_verdicts_follow_thresholds(tmp_path):
@@ -134,13 +137,16 @@ def test_target_summary_picks_reference_and_best_within_budget(tmp_path):
     rows, _ = build_rows(synthetic_run(tmp_path))
     got = {(t["target"], t["pick"]): t for t in target_summary(rows)}
     ref = got[("300ms", "fp32 ONNX")]
-    assert ref["artifact"] == "30-export/model_fp32.onnx" and ref["max_output_mp"] == pytest.approx(1.45, abs=1e-3)
-    best = got[("300ms", "best")]  # INT8: 10 + 50 ms/MP -> 5.8 MP, extrapolated past the 0.26 MP measured
-    assert best["artifact"].endswith("model_int8_minmax.onnx") and best["max_output_mp"] == pytest.approx(5.8, abs=1e-3)
-    assert best["extrapolated"] and best["db_lost"] == pytest.approx(0.1)
+    assert ref["artifact"] == "30-export/model_fp32.onnx" and ref["max_output_mp"] == 1.45
+    best = got[("300ms", "best")]  # only measured ladders count: the INT8 graph's 5.8 MP
+    assert best["artifact"].endswith("model_int8_minmax.onnx") and best["max_output_mp"] == 5.8
+    assert best["failing_mp"] == 6.67 and best["db_lost"] == pytest.approx(0.1)
     assert got[("1000ms", "best within 0.1 dB")]["artifact"].endswith("model_int8_minmax.onnx")
+    assert ("1000ms", "fp32 ONNX") not in got  # no ladder measured for it at 1000 ms: no figure at all
     md = write_report(synthetic_run(tmp_path / "b")).read_text()
-    assert "| 300ms | fp32 ONNX | 30-export/model_fp32.onnx | ort | 1.45* | 0.000 |" in md
+    assert "| 300ms | fp32 ONNX | 30-export/model_fp32.onnx | ort | 1.45 (1.67) | 0.000 |" in md
+    assert "| 1000ms | best | 20-quantize/model/model_int8_minmax.onnx | ort | 19.00 | 0.100 |" in md
+    assert "*" not in md.split("## All artifacts")[0]  # nothing extrapolated
 
 
 def markdown_tables(text: str) -> list[list[str]]:
