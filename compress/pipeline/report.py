@@ -322,6 +322,25 @@ def write_report(run: Path) -> Path:
     png = base64.b64encode(pareto_png(rows)).decode()
     import html
 
+    try:
+        crops = base64.b64encode(front_crops(run, rows, header["scale"])).decode()
+        visual = f"<img alt='Zoomed crops' src='data:image/png;base64,{crops}'>"
+    except InputError as exc:  # an artifact this host cannot run: the tables still stand
+        visual = f"<p>No crops: {html.escape(str(exc))}</p>"
     write_text_atomic(out / "report.html", "<!doctype html><meta charset=utf-8><title>Compression report</title>"
-                      f"<img alt='Pareto plot' src='data:image/png;base64,{png}'><pre>{html.escape(md)}</pre>\n")
+                      f"<img alt='Pareto plot' src='data:image/png;base64,{png}'>"
+                      f"<h2>The Pareto front up close</h2>{visual}<pre>{html.escape(md)}</pre>\n")
     return out / "report.md"
+
+
+VISUAL_MAX = 6  # artifacts of the front shown as crops
+
+
+def front_crops(run: Path, rows: list[dict], scale: int, size: str = "256x256", eval_set: str = "embedded") -> bytes:
+    """Zoomed crops of the Pareto front (latency at ``size``, dB lost on ``eval_set``), fastest first."""
+    from compress.pipeline.visual import front_comparison
+
+    points = {(r["artifact"], r["runtime"]): (r["latency"][size]["p50_ms"], r["db_lost"][eval_set])
+              for r in rows if size in r["latency"] and eval_set in r["db_lost"]}
+    front = sorted(pareto_front(points), key=lambda k: points[k][0])[:VISUAL_MAX]
+    return front_comparison(run, scale, front)

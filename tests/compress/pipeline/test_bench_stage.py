@@ -46,5 +46,10 @@ def test_harness_on_tiny_model(tmp_path):
     for lad in data["ladders"]:  # the reference and the Pareto front, each bracketed by measured rungs
         assert lad["rungs"] and all(r["p50_ms"] > 0 for r in lad["rungs"])
         assert lad["max_output_mp"] is not None or lad["failing_mp"] is not None
+    from compress.pipeline.report import write_report
+
+    write_report(run)  # on real artifacts: the Pareto plot and the zoomed crops of the front
+    html = (run / "50-report" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2 and "No crops" not in html
     row = data["results"][-1]
     assert row["lr_size"] == [48, 40] and row["out_size"] == [96, 80] and row["p50_ms"] > 0 and row["peak_rss_mb"] > 0
