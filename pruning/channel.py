@@ -13,6 +13,7 @@ The pruned ratio follows the AGP schedule over pruning events, with fine-tuning 
 from __future__ import annotations
 
 import dataclasses
+import enum
 
 import torch
 import torch_pruning as tp
@@ -31,6 +32,36 @@ def inner_convs(model: nn.Module) -> list[nn.Module]:
     """Convolutions whose outputs stay inside a block (EDSR's conv1, RRDB's growth convolutions, SRCNN's
     hidden layers): they can be pruned harder than the residual trunk they do not feed directly."""
     return list(structure_of(model).inner_convs)
+
+
+class Criterion(enum.Enum):
+    """How channel groups are ranked (torch-pruning importances).
+
+    ``MAGNITUDE``: L2 norm of the group's weights (Li et al., "Pruning Filters for Efficient ConvNets",
+    ICLR 2017). ``TAYLOR``: first-order Taylor estimate of the loss change, |weight x gradient| summed
+    over the group (Molchanov et al., "Importance Estimation for Neural Network Pruning", CVPR 2019);
+    needs gradients of a batch before each event. ``LAMP``: magnitudes normalised by the layer's
+    remaining weights (Lee et al., "Layer-adaptive Sparsity for the Magnitude-based Pruning", ICLR 2021).
+    ``FPGM``: distance to the layer's geometric median (He et al., CVPR 2019).
+    """
+
+    MAGNITUDE = "magnitude"
+    TAYLOR = "taylor"
+    LAMP = "lamp"
+    FPGM = "fpgm"
+
+    @property
+    def needs_gradients(self) -> bool:
+        return self is Criterion.TAYLOR
+
+    def importance(self) -> tp.importance.Importance:
+        if self is Criterion.TAYLOR:
+            return tp.importance.GroupTaylorImportance()
+        if self is Criterion.LAMP:
+            return tp.importance.LAMPImportance(p=2)
+        if self is Criterion.FPGM:
+            return tp.importance.FPGMImportance(p=2)
+        return tp.importance.GroupMagnitudeImportance(p=2)
 
 
 def event_ratios(schedule: PolynomialDecay) -> list[float]:
@@ -65,6 +96,7 @@ def prune_channels(
     example_size: int = 32,
     global_pruning: bool = False,
     inner_ratio: float | None = None,
+    criterion: Criterion = Criterion.MAGNITUDE,
 ) -> ChannelPruning:
     """Prepare AGP channel pruning of ``model``; call ``.step()`` at each of ``schedule.pruning_steps()``.
 
@@ -77,8 +109,8 @@ def prune_channels(
         global_pruning: rank channel groups across layers instead of pruning each group equally.
         inner_ratio: final ratio for :func:`inner_convs` (default: the schedule's final sparsity); the
             same AGP ramp scaled to it.
-
-    Importance is the L2 norm of each channel group's weights (torch-pruning's GroupMagnitudeImportance).
+        criterion: how channel groups are ranked (:class:`Criterion`); with ``TAYLOR`` the caller
+            back-propagates a batch's loss before each ``.step()``.
     """
     ratios = event_ratios(schedule)
     final = schedule.final_sparsity
@@ -95,7 +127,7 @@ def prune_channels(
     pruner = tp.pruner.MagnitudePruner(
         model,
         example,
-        importance=tp.importance.GroupMagnitudeImportance(p=2),
+        importance=criterion.importance(),
         pruning_ratio=final,
         pruning_ratio_dict=per_layer,
         iterative_steps=len(ratios),

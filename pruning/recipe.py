@@ -6,9 +6,11 @@ import dataclasses
 
 from compress.core.data import PatchConfig
 from compress.core.train import TrainConfig
+from pruning.channel import Criterion
 from pruning.schedule import PolynomialDecay
 
 METHODS = ("unstructured", "channel")
+CRITERIA = tuple(c.value for c in Criterion)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +27,8 @@ class PruneRecipe:
         round_to: channel counts stay multiples of this (channel).
         inner_final_sparsity: final channel ratio inside blocks (EDSR's conv1, RRDB's growth
             convolutions); the trunk follows ``schedule`` (channel; default: the same as the trunk).
+        criterion: channel ranking (``magnitude``, ``taylor``, ``lamp``, ``fpgm``; see
+            :class:`pruning.channel.Criterion`).
         data: ``default`` or a folder of HR training images.
         patch: fine-tuning patches.
         train: fine-tuning; ``train.steps`` must reach past ``schedule.end_step`` to recover.
@@ -36,6 +40,7 @@ class PruneRecipe:
     skip_first_last: bool = True
     round_to: int = 8
     inner_final_sparsity: float | None = None
+    criterion: str = "magnitude"
     data: str = "default"
     patch: PatchConfig = PatchConfig(lr_patch=32, batch_size=8)
     train: TrainConfig = TrainConfig(steps=300, lr=1e-4, distill_weight=0.5)
@@ -47,6 +52,8 @@ class PruneRecipe:
             raise ValueError(f"scope must be layer or global, got {self.scope!r}")
         if self.inner_final_sparsity is not None and not 0.0 <= self.inner_final_sparsity < 1.0:
             raise ValueError(f"inner_final_sparsity must be in [0, 1), got {self.inner_final_sparsity}")
+        if self.criterion not in CRITERIA:
+            raise ValueError(f"criterion must be one of {CRITERIA}, got {self.criterion!r}")
         if self.round_to < 1:
             raise ValueError(f"round_to must be >= 1, got {self.round_to}")
         if self.train.steps < self.schedule.end_step:

@@ -21,7 +21,7 @@ from compress.core.evaluate import eval_sets, quality
 from compress.pipeline.contract import baseline, path_of
 from compress.core.train import fit
 from export.onnx_export import export_checked
-from pruning.channel import prune_channels
+from pruning.channel import Criterion, prune_channels
 from pruning.magnitude import prune_low_magnitude, strip_pruning
 from pruning.recipe import PruneRecipe
 
@@ -41,15 +41,33 @@ def gzip_bytes(path: Path) -> int:
     return len(gzip.compress(path.read_bytes(), compresslevel=9))
 
 
+def loss_gradients(model: nn.Module, batch: tuple, teacher: nn.Module | None) -> None:
+    """Back-propagate one batch's L1 loss (to the HR patch, or to the teacher's output when there is
+    one) into ``.grad``, for gradient-based channel ranking."""
+    device = next(model.parameters()).device
+    lr, hr = (torch.from_numpy(a).to(device) for a in batch)
+    model.train()
+    model.zero_grad(set_to_none=True)
+    if teacher is not None:
+        with torch.no_grad():
+            hr = teacher(lr)
+    torch.nn.functional.l1_loss(model(lr), hr).backward()
+    model.eval()
+
+
 def _fine_tune_channels(model, recipe, batches, scale, teacher) -> tuple[list[tuple[int, dict[str, int]]], float]:  # noqa: ANN001
     """Channel pruning events at the schedule's steps with fine-tuning segments between them."""
+    criterion = Criterion(recipe.criterion)
     pruning = prune_channels(model, recipe.schedule, recipe.round_to, global_pruning=recipe.scope == "global",
-                             inner_ratio=recipe.inner_final_sparsity)
+                             inner_ratio=recipe.inner_final_sparsity, criterion=criterion)
     steps = recipe.schedule.pruning_steps()
     bounds = [*steps, recipe.train.steps]
     events, seconds = [], 0.0
     for i, start in enumerate(steps):
+        if criterion.needs_gradients:
+            loss_gradients(model, next(batches), teacher)
         pruning.step()
+        model.zero_grad(set_to_none=True)
         events.append((start, round(recipe.schedule(start), 4)))
         length = bounds[i + 1] - start
         if length <= 0:

@@ -4,7 +4,7 @@ import torch
 from compress.core.checkpoint import load_checkpoint, rebuild, save_checkpoint
 from export.runtimes import ort_upscaler
 from export.onnx_export import export_onnx
-from pruning.channel import prune_channels
+from pruning.channel import Criterion, prune_channels
 from pruning.schedule import PolynomialDecay
 from tests.conftest import tiny_edsr, tiny_rrdb, tiny_srcnn
 
@@ -88,3 +88,39 @@ def test_inner_ratio_prunes_block_interiors_harder():
     assert model.conv_first.out_channels == 24 and [b.conv1.out_channels for b in model.body] == [16, 16]
     with pytest.raises(ValueError, match="inner_ratio must be in"):
         prune_channels(tiny_edsr(2), sched, inner_ratio=1.5)
+
+
+@pytest.mark.parametrize("criterion", list(Criterion))
+def test_every_criterion_reaches_the_same_widths_and_taylor_follows_gradients(criterion):
+    model = tiny_edsr(2)
+    ref = tiny_edsr(2)
+    sched = PolynomialDecay(0.0, 0.5, begin_step=0, end_step=0, frequency=1)
+    pruning = prune_channels(model, sched, round_to=1, criterion=criterion)
+    if criterion.needs_gradients:
+        x = torch.rand(2, 3, 12, 12)
+        torch.nn.functional.l1_loss(model(x), torch.rand(2, 3, 24, 24)).backward()
+    pruning.step()
+    ref_pruning = prune_channels(ref, sched, round_to=1)
+    ref_pruning.step()
+    assert pruning.widths() == ref_pruning.widths()  # criteria choose which channels, not how many
+    assert model(torch.rand(1, 3, 10, 10)).shape == (1, 3, 20, 20)
+
+
+def test_taylor_keeps_the_channels_the_loss_depends_on():
+    from torch import nn
+
+    conv = nn.Conv2d(4, 4, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.diag(torch.tensor([4.0, 3.0, 0.5, 0.2]))[:, :, None, None])
+    imp_mag = Criterion.MAGNITUDE.importance()
+    imp_tay = Criterion.TAYLOR.importance()
+    import torch_pruning as tp
+
+    model = nn.Sequential(conv, nn.Conv2d(4, 1, 1, bias=False))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([0.0, 0.0, 1.0, 1.0])[None, :, None, None])  # only channels 2, 3 matter
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=torch.rand(1, 4, 4, 4))
+    group = dg.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=[0, 1, 2, 3])
+    model(torch.rand(8, 4, 4, 4)).pow(2).sum().backward()
+    assert imp_mag(group).argsort()[:2].tolist() == [3, 2]  # magnitude would drop the two that matter
+    assert sorted(imp_tay(group).argsort()[:2].tolist()) == [0, 1]  # Taylor drops the two that do not

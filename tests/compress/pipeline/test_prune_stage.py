@@ -26,9 +26,11 @@ def run_dir(tmp_path):
     return run
 
 
-@pytest.mark.parametrize("method", ["channel", "unstructured"])
-def test_prune_stage_writes_checkpoint_onnx_and_sidecar(run_dir, image_dir, method):
-    recipe = from_mapping(PruneRecipe, {**TINY, "method": method, "data": str(image_dir), "round_to": 4})
+@pytest.mark.parametrize(("method", "criterion"), [("channel", "magnitude"), ("channel", "taylor"),
+                                                   ("unstructured", "magnitude")])
+def test_prune_stage_writes_checkpoint_onnx_and_sidecar(run_dir, image_dir, method, criterion):
+    recipe = from_mapping(PruneRecipe, {**TINY, "method": method, "data": str(image_dir), "round_to": 4,
+                                        "criterion": criterion})
     run_prune(run_dir, recipe, method)
     out = run_dir / "10-prune" / method
     side = read_sidecar(out / "model.safetensors")
@@ -65,6 +67,7 @@ def test_shipped_prune_recipes_load():
     ("mapping", "message"),
     [
         ({"method": "random"}, "method must be one of"),
+        ({"criterion": "l1"}, "criterion must be one of"),
         ({"schedule": {**TINY["schedule"], "final_sparsity": 1.2}}, r"final_sparsity must be in \[0, 1\)"),
         ({"train": {"steps": 2}}, r"train.steps \(2\) must be >= schedule.end_step \(4\)"),
         ({"schedule": {**TINY["schedule"], "freq": 3}}, r"unknown field\(s\) \['freq'\]"),
