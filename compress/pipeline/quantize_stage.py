@@ -185,7 +185,7 @@ def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_ev
         path, ran = nncf_quantize(fp32, patches, out_dir / "model_int8_nncf.xml", recipe.nncf, cpu_has_vnni())
         finish(path, {"method": "ptq-nncf", "calibration": {"method": f"nncf {recipe.nncf.activation_ranges}",
                                                              "samples": len(patches)}, "nncf": ran,
-                      "excluded_nodes": []})
+                      "excluded_nodes": ran["float_convs"]})
     if recipe.qat:
         results.update(_run_qat(loaded, recipe, reader, pre, out_dir, caches, rr, opts, finish, score))
     if recipe.tflite_qat.enabled and is_writer():  # TensorFlow training: one process (rank 0 under torchrun)

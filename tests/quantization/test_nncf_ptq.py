@@ -16,6 +16,19 @@ def test_config_validation_and_overflow_policy():
     assert NNCFConfig().overflow(has_vnni=True) == "disable"
     assert NNCFConfig().overflow(has_vnni=False) == "first_layer_only"
     assert NNCFConfig(overflow_fix="enable").overflow(has_vnni=True) == "enable"
+    with pytest.raises(ValueError, match="nncf.float_convs"):
+        NNCFConfig(float_convs=("middle",))
+
+
+def test_float_conv_names_pick_first_and_last_in_order(tmp_path):
+    import openvino as ov
+
+    from quantization.nncf_ptq import float_conv_names
+
+    model = ov.convert_model(str(export_onnx(tiny_edsr(2), tmp_path / "m.onnx")))
+    first, last = float_conv_names(model, ("first", "last"))
+    convs = [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == "Convolution"]
+    assert (first, last) == (convs[0], convs[-1]) and float_conv_names(model, ()) == []
 
 
 @pytest.mark.parametrize("bias", ["none", "full"])
@@ -27,6 +40,7 @@ def test_nncf_int8_ir_runs_close_to_fp32(tmp_path, bias):
     xml, record = nncf_quantize(fp32, patches, tmp_path / "int8.xml", NNCFConfig(bias_correction=bias))
     assert xml.is_file() and xml.with_suffix(".bin").is_file()
     assert record["fake_quantize_nodes"] > 0 and record["samples"] == 4 and record["bias_correction"] == bias
+    assert len(record["float_convs"]) == 2  # the input and output convolutions stay float by default
     x = rng.random((1, 3, 20, 24), dtype=np.float32)
     ref, out = open_artifact(fp32, "ort").run(x), open_artifact(xml, "openvino").run(x)
     assert out.shape == ref.shape == (1, 3, 40, 48)
