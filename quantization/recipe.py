@@ -31,7 +31,9 @@ class QuantRecipe:
         budget_db: mixed precision stops once INT8 is within this of FP32 (on the calibration images).
         max_float_nodes: at most this many convolutions stay float.
         qat: run quantization-aware training too.
-        qat_calibration: the calibration method whose ranges QAT trains under and ORT then runs with.
+        qat_calibration: the calibration method whose ranges QAT trains under and ORT then runs with;
+            ``auto``: the PTQ method of ``ptq_methods`` that scores best on the calibration crops, so
+            QAT starts from the best PTQ model.
         qat_keep: ``better`` keeps the QAT model only if it scores above its PTQ starting point (the same
             calibration, no training) on the calibration crops, else says so and keeps only the PTQ
             model; ``always`` keeps it regardless.
@@ -53,7 +55,7 @@ class QuantRecipe:
     budget_db: float = 0.05
     max_float_nodes: int = 4
     qat: bool = True
-    qat_calibration: str = "minmax"
+    qat_calibration: str = "auto"
     qat_keep: str = "better"
     data: str = "default"
     patch: PatchConfig = PatchConfig(lr_patch=32, batch_size=8)
@@ -68,8 +70,8 @@ class QuantRecipe:
         reduce_weight_range(self.weight_range)  # validates the setting
         if self.qat_keep not in ("better", "always"):
             raise ValueError(f"qat_keep must be better or always, got {self.qat_keep!r}")
-        if self.qat_calibration not in METHODS:
-            raise ValueError(f"qat_calibration must be one of {METHODS}, got {self.qat_calibration!r}")
+        if self.qat_calibration not in (*METHODS, "auto"):
+            raise ValueError(f"qat_calibration must be one of {(*METHODS, 'auto')}, got {self.qat_calibration!r}")
         Int8Options(float_op_types=self.float_op_types)  # validates the operator types
         if not 90.0 <= self.percentile < 100.0:
             raise ValueError(f"percentile must be in [90, 100), got {self.percentile}")

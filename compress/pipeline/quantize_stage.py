@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import onnx
@@ -187,6 +188,9 @@ def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_ev
                                                              "samples": len(patches)}, "nncf": ran,
                       "excluded_nodes": ran["float_convs"]})
     if recipe.qat:
+        if recipe.qat_calibration == "auto":  # start from the best PTQ model
+            best = max(recipe.ptq_methods, key=lambda m: score(out_dir / f"model_int8_{m}.onnx"))
+            recipe = dataclasses.replace(recipe, qat_calibration=best)
         results.update(_run_qat(loaded, recipe, reader, pre, out_dir, caches, rr, opts, finish, score))
     if recipe.tflite_qat.enabled and is_writer():  # TensorFlow training: one process (rank 0 under torchrun)
         from compress.pipeline.tflite_stage import tfmot_qat_tflite
