@@ -2,9 +2,8 @@
 
 A linear fit of p50 against output megapixels over the sizes already timed only picks the first
 rung. From there the ladder times real sizes (each in its own process, as every bench configuration)
-one ``STEP`` apart, upwards while they meet the target and downwards while they do not, until one
-rung passes and its neighbour fails: the report states the passing size, and the failing one beside
-it, both measured.
+until a passing rung and a failing rung at most ``STEP`` apart bracket the answer: the report states
+the passing size, and the failing one beside it, both measured.
 """
 
 from __future__ import annotations
@@ -57,9 +56,23 @@ def lr_for_output(mp: float, scale: int) -> tuple[int, int]:
     return h, w
 
 
+def next_rung(mp: float, p50_ms: float, target_ms: float, passed: float | None, failed: float | None) -> float | None:
+    """The next rung's output MP, or None once the bracket is within ``STEP``.
+
+    Before a bracket: latency is about proportional to pixels, so jump by ``target / p50`` (at least
+    ``STEP``, at most 4x, in the direction of the target). With a bracket: its geometric middle.
+    """
+    if passed is not None and failed is not None:
+        return None if failed / passed <= STEP * 1.001 else math.sqrt(passed * failed)
+    ratio = target_ms / p50_ms
+    ratio = min(max(ratio, STEP), 4.0) if p50_ms <= target_ms else max(min(ratio, 1 / STEP), 0.25)
+    return mp * ratio
+
+
 def climb(time_at: Callable[[tuple[int, int]], float | None], start_mp: float, target_ms: float,
           scale: int) -> dict[str, object]:
-    """Time rungs from ``start_mp`` until a passing rung has a failing neighbour one ``STEP`` above.
+    """Time rungs from ``start_mp`` (see :func:`next_rung`) until a passing rung and a failing one at
+    most ``STEP`` above it bracket the largest output meeting ``target_ms``.
 
     Args:
         time_at: p50 ms of an LR size (None when it failed).
@@ -84,13 +97,10 @@ def climb(time_at: Callable[[tuple[int, int]], float | None], start_mp: float, t
             break
         if p50 <= target_ms:
             passed = max(passed or 0.0, out_mp)
-            if failed is not None:
-                break
-            mp *= STEP
         else:
             failed = min(failed or math.inf, out_mp)
-            if passed is not None:
-                break
-            mp /= STEP
+        mp = next_rung(out_mp, p50, target_ms, passed, failed)
+        if mp is None:
+            break
     return {"target_ms": target_ms, "max_output_mp": passed, "failing_mp": failed,
             "rungs": [dataclasses.asdict(r) for r in rungs]}
