@@ -42,7 +42,8 @@ class BenchConfig:
             the embedded set, ignoring loss differences under ``LARGE_LOSS_TOL_DB``), which is what a
             user picks from, at a fraction of the time.
         ladder_targets_ms: targets whose largest admitted output is measured by a ladder of sizes
-            (:mod:`compress.pipeline.ladder`) for the artifacts timed at the large sizes; empty: none.
+            (:mod:`compress.pipeline.ladder`) for the FP32 ONNX reference and the Pareto front at the
+            largest size timed (see :func:`large_subset`); empty: none.
     """
 
     sizes: tuple[tuple[int, int] | None, ...] = ((128, 128), (256, 256), None)
@@ -158,7 +159,6 @@ def run_bench(run: Path, scale: int, cfg: BenchConfig = BenchConfig()) -> Path:
     sizes = [s if s is not None else full_hd_lr(scale) for s in cfg.sizes]
     sizes.sort(key=lambda s: s[0] * s[1])
     results: list[dict] = []
-    chosen = pairs
     for size in sizes:
         chosen = pairs if cfg.large == "all" or not is_large(size) else large_subset(run, pairs, results)
         for artifact, rt_name in chosen:
@@ -170,9 +170,8 @@ def run_bench(run: Path, scale: int, cfg: BenchConfig = BenchConfig()) -> Path:
     if results and all("error" in r for r in results):
         raise InputError(f"{run}: every configuration failed (first: {results[0]['error']}); "
                          f"{out} is left as it was")
-    if cfg.large == "pareto" and not any(is_large(s) for s in sizes):
-        chosen = large_subset(run, pairs, results)
-    ladders = [lad for a, rt in chosen for lad in ladder(run, a, rt, results, scale, cfg)]
+    front = large_subset(run, pairs, results)  # the reference and the Pareto front at the largest size timed
+    ladders = [lad for a, rt in front for lad in ladder(run, a, rt, results, scale, cfg)]
     quality = own_quality(run, pairs, scale, cfg.threads)
     write_json_atomic(out, {"machine": machine(), "config": dataclasses.asdict(cfg), "scale": scale,
                             "targets_ms": list(TARGETS_MS), "results": results, "ladders": ladders,
