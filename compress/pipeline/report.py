@@ -342,5 +342,7 @@ def front_crops(run: Path, rows: list[dict], scale: int, size: str = "256x256", 
 
     points = {(r["artifact"], r["runtime"]): (r["latency"][size]["p50_ms"], r["db_lost"][eval_set])
               for r in rows if size in r["latency"] and eval_set in r["db_lost"]}
-    front = sorted(pareto_front(points), key=lambda k: points[k][0])[:VISUAL_MAX]
+    front = sorted(pareto_front(points), key=lambda k: points[k][0])
+    if len(front) > VISUAL_MAX:  # spread over the front: the fastest, the most faithful and between
+        front = [front[round(i * (len(front) - 1) / (VISUAL_MAX - 1))] for i in range(VISUAL_MAX)]
     return front_comparison(run, scale, front)

@@ -63,7 +63,7 @@ def comparison_png(images: dict[str, np.ndarray], reference: str, title: str) ->
     import matplotlib.pyplot as plt
 
     names = list(images)
-    fig, axes = plt.subplots(2, len(names), figsize=(2.1 * len(names), 4.6), squeeze=False)
+    fig, axes = plt.subplots(2, len(names), figsize=(2.2 * len(names), 5.0), squeeze=False)
     for i, name in enumerate(names):
         axes[0][i].imshow(np.clip(images[name], 0, 1), interpolation="nearest")
         axes[0][i].set_title(name, fontsize=7)
@@ -81,14 +81,21 @@ def comparison_png(images: dict[str, np.ndarray], reference: str, title: str) ->
     return buf.getvalue()
 
 
+def label(artifact: str, runtime: str) -> str:
+    """``prune-channel/int8_percentile (openvino)``: the source folder when it is not the baseline's."""
+    path = Path(artifact)
+    name = path.stem.removeprefix("model_") if path.stem != "model" else path.parent.name
+    source = path.parent.name if path.parent.name not in ("model", "30-export", "00-model") and path.stem != "model" else ""
+    return f"{source + '/' if source else ''}{name} ({runtime})"
+
+
 def front_comparison(run: Path, scale: int, front: list[tuple[str, str]], threads: int = 2) -> bytes:
     """The report's figure: ``front`` is (artifact relative to ``run``, runtime), fastest first."""
     path = next((p for p in split_paths("evaluation") if p.name == CROP_IMAGE), split_paths("evaluation")[0])
     pair = load_pair(path, scale)
     fp32 = path_of(run, "fp32_onnx")
     entries = [("FP32", fp32, "ort")] if fp32.is_file() else [("FP32", path_of(run, "baseline"), "pytorch")]
-    entries += [(f"{Path(a).stem.removeprefix('model_')} ({rt})", run / a, rt) for a, rt in front
-                if (a, rt) != (str(entries[0][1].relative_to(run)), entries[0][2])]
+    entries += [(label(a, rt), run / a, rt) for a, rt in front if (a, rt) != (str(entries[0][1].relative_to(run)), "ort")]
     images = crops(pair, scale, entries, threads)
     return comparison_png(images, "FP32", f"{path.name}, x{scale}: {CROP_LR * scale}x{CROP_LR * scale} HR crop, "
                                           "nearest-neighbour zoom; bottom: difference to FP32, amplified")
