@@ -146,12 +146,12 @@ def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_ev
     results: dict[str, dict] = {}
 
     def finish(path: Path, extra: dict) -> None:
-        run = open_upscaler(path)  # ONNX Runtime for QDQ ONNX, OpenVINO for IR
-        q = quality(run, sets, scale)
+        upscaler = open_upscaler(path)  # ONNX Runtime for QDQ ONNX, OpenVINO for IR
+        q = quality(upscaler, sets, scale)
         onnx_file = path.suffix == ".onnx"
         record = {**common, **extra, "format": "onnx-qdq-int8" if onnx_file else "openvino-ir-int8", "quality": q,
                   "psnr_y_delta_db": {k: round(q[k]["psnr_y_db"] - ref_quality[k]["psnr_y_db"], 4) for k in q},
-                  "parity_vs_fp32_onnx": parity(fp32_out, run(sample)).to_dict(),
+                  "parity_vs_fp32_onnx": parity(fp32_out, upscaler(sample)).to_dict(),
                   "kernels": kernel_report(path) if onnx_file else {"runtime": "openvino"},
                   "fp32_size_bytes": fp32.stat().st_size}
         if not onnx_file:
@@ -169,8 +169,11 @@ def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_ev
                       "percentile": recipe.percentile if method is Calibration.PERCENTILE else None,
                       "ranges": range_summary(ranges)}, "excluded_nodes": []})
 
-    if recipe.mixed_precision and recipe.max_float_nodes > 0:
-        best = max(recipe.ptq_methods, key=lambda m: score(out_dir / f"model_int8_{m}.onnx"))
+    mixed = recipe.mixed_precision and recipe.max_float_nodes > 0
+    if mixed or (recipe.qat and recipe.qat_calibration == "auto"):  # scored once, used by both
+        best_ptq = max(recipe.ptq_methods, key=lambda m: score(out_dir / f"model_int8_{m}.onnx"))
+    if mixed:
+        best = best_ptq
         method = Calibration(best)
         target = score(fp32) - recipe.budget_db
         base, ranking = rank_sensitivity(pre, caches[best], method, score, options=opts)
@@ -189,8 +192,7 @@ def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_ev
                       "excluded_nodes": ran["float_convs"]})
     if recipe.qat:
         if recipe.qat_calibration == "auto":  # start from the best PTQ model
-            best = max(recipe.ptq_methods, key=lambda m: score(out_dir / f"model_int8_{m}.onnx"))
-            recipe = dataclasses.replace(recipe, qat_calibration=best)
+            recipe = dataclasses.replace(recipe, qat_calibration=best_ptq)
         results.update(_run_qat(loaded, recipe, reader, pre, out_dir, caches, rr, opts, finish, score))
     if recipe.tflite_qat.enabled and is_writer():  # TensorFlow training: one process (rank 0 under torchrun)
         from compress.pipeline.tflite_stage import tfmot_qat_tflite

@@ -30,11 +30,11 @@ def size_label(lr: list[int]) -> str:
     return f"{lr[0]}x{lr[1]}"
 
 
-def measured_max_output(bench: dict, rel: str, runtime: str) -> dict[str, dict]:
+def measured_max_output(bench: dict, found: dict, rel: str, runtime: str) -> dict[str, dict]:
     """Per ladder target (label such as ``300ms``): the largest output MP the ladder measured passing
-    (``mp``, None when none passed or no ladder ran for this artifact) and the failing rung above it."""
+    (``mp``, None when none passed or no ladder ran for this artifact) and the failing rung above it;
+    ``found`` indexes the bench's ladders by (artifact, runtime, target_ms)."""
     targets = bench.get("config", {}).get("ladder_targets_ms") or bench["targets_ms"]
-    found = {(lad["artifact"], lad["runtime"], float(lad["target_ms"])): lad for lad in bench.get("ladders", [])}
     out = {}
     for t in targets:
         lad = found.get((rel, runtime, float(t)), {})
@@ -84,6 +84,7 @@ def build_rows(run: Path) -> tuple[list[dict], dict]:
         raise InputError(f"{bench_file}: not a latency file of make bench (needs results, targets_ms, scale)")
     base = _sidecar(path_of(run, "baseline"))
     ref = {k: v["psnr_y_db"] for k, v in base.get("quality", {}).items()}
+    ladders = {(lad["artifact"], lad["runtime"], float(lad["target_ms"])): lad for lad in bench.get("ladders", [])}
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in bench["results"]:
         groups.setdefault((r["artifact"], r["runtime"]), []).append(r)
@@ -107,7 +108,7 @@ def build_rows(run: Path) -> tuple[list[dict], dict]:
             "errors": {size_label(r["lr_size"]): r["error"] for r in results if "error" in r},
         }
         row["verdicts"] = {lab: {f"{int(t)}ms": v["p50_ms"] <= t for t in bench["targets_ms"]} for lab, v in row["latency"].items()}
-        row["max_output_mp"] = measured_max_output(bench, rel, runtime)
+        row["max_output_mp"] = measured_max_output(bench, ladders, rel, runtime)
         rows.append(row)
     header = {"run": str(run), "scale": bench["scale"], "machine": bench["machine"], "bench_config": bench["config"],
               "targets_ms": bench["targets_ms"], "libraries": _versions(), "git_commit": _git_commit(),

@@ -56,7 +56,7 @@ def crops(pair: ImagePair, scale: int, entries: list[tuple[str, Path, str]], thr
 
 
 def comparison_png(images: dict[str, np.ndarray], reference: str, title: str) -> bytes:
-    """A grid: the crops on top, ``|image - reference| x AMPLIFY`` beneath each (grey: identical)."""
+    """A grid: the crops on top, ``|image - reference| x AMPLIFY`` beneath each (black: identical)."""
     import matplotlib
 
     matplotlib.use("Agg")
