@@ -39,7 +39,7 @@ ARTIFACTS: tuple[ArtifactKind, ...] = (
     ArtifactKind("pruned", "10-prune/*/model.safetensors"),
     ArtifactKind("pruned_onnx", "10-prune/*/model.onnx", "ort"),
     ArtifactKind("int8_onnx", "20-quantize/*/model_int8_*.onnx", "ort"),
-    ArtifactKind("int8_nncf_ir", "20-quantize/*/model_int8_nncf.xml", "openvino"),
+    ArtifactKind("int8_nncf_ir", "20-quantize/*/model_int8_nncf*.xml", "openvino"),
     ArtifactKind("tfmot_tflite", "20-quantize/*/*.tflite", "tflite"),
     ArtifactKind("fp32_onnx", "30-export/model_fp32.onnx", "ort"),
     ArtifactKind("fp32_plain_onnx", "30-export/model_fp32_plain.onnx", "ort"),

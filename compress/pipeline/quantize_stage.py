@@ -23,6 +23,7 @@ from export.onnx_export import export_onnx, parity
 from export.onnx_tail import recorded_rewrites
 from quantization.calibration import PatchCalibrationReader, iter_patches
 from quantization.nncf_ptq import nncf_quantize
+from quantization.nncf_qat import prepare_nncf_qat, qat_ir
 from quantization.ptq import (Calibration, Int8Options, calibrate, cpu_has_vnni, kernel_report, preprocess, quantize,
                               range_summary, reduce_weight_range)
 from quantization.qat import load_qat_ranges, prepare_qat, strip_qat, write_qat_ranges
@@ -102,21 +103,54 @@ def _run_qat(loaded: LoadedModel, recipe: QuantRecipe, reader: PatchCalibrationR
     calibrate(qat_pre, reader, qat_method, cache, recipe.percentile)  # tensors QAT did not simulate
     trained = write_qat_ranges(state, qat_pre, cache)
     candidate = quantize(qat_pre, out_dir / "qat_candidate.onnx", cache, qat_method, options=opts)
+    final = out_dir / "model_int8_qat.onnx"
+    verdict = _judge_qat(candidate, start, final, recipe, score)
+    if not verdict["kept"]:
+        return {final.name: {"not_kept": verdict}}
+    finish(candidate.replace(final), {"method": "qat", "calibration": {"method": recipe.qat_calibration,
+                                      "samples": reader.count, "tensors_with_qat_ranges": trained},
+                                      "against_ptq_start": verdict, "excluded_nodes": [],
+                                      "qat_seconds": round(log.seconds, 1), "qat_loss": log.loss[-5:]})
+    return {}
+
+
+def _judge_qat(candidate: Path, start: Path, final: Path, recipe: QuantRecipe, score) -> dict:  # noqa: ANN001
+    """Whether a QAT candidate beats its PTQ start on the calibration crops; a loser is deleted with any
+    earlier ``final`` of this stage (no longer true), and the PTQ model stands."""
     qat_db, start_db = score(candidate), score(start)
     verdict = {"qat_psnr_y_db": round(qat_db, 4), "ptq_start": start.name, "ptq_start_psnr_y_db": round(start_db, 4),
                "split": "calibration crops", "kept": recipe.qat_keep == "always" or qat_db > start_db}
     if not verdict["kept"]:
-        candidate.unlink()
-        for stale in (out_dir / "model_int8_qat.onnx", out_dir / "model_int8_qat.onnx.json"):
-            stale.unlink(missing_ok=True)  # this stage's own earlier output, no longer true
-        print(f"[quantize] QAT not kept: {qat_db:.3f} dB on the calibration crops is not above its PTQ start "
-              f"{start.name} ({start_db:.3f} dB); the PTQ model stands", flush=True)
-        return {"model_int8_qat.onnx": {"not_kept": verdict}}
-    path = candidate.replace(out_dir / "model_int8_qat.onnx")
-    finish(path, {"method": "qat", "calibration": {"method": recipe.qat_calibration, "samples": reader.count,
-                                                    "tensors_with_qat_ranges": trained},
-                  "against_ptq_start": verdict, "excluded_nodes": [], "qat_seconds": round(log.seconds, 1),
-                  "qat_loss": log.loss[-5:]})
+        for stale in (candidate, final, sidecar_path(final)):
+            stale.unlink(missing_ok=True)
+            if stale.suffix == ".xml":
+                stale.with_suffix(".bin").unlink(missing_ok=True)
+        print(f"[quantize] {final.name} not kept: {qat_db:.3f} dB on the calibration crops is not above its PTQ "
+              f"start {start.name} ({start_db:.3f} dB); the PTQ model stands", flush=True)
+    return verdict
+
+
+def _run_nncf_qat(loaded: LoadedModel, recipe: QuantRecipe, patches: list, start: Path, out_dir: Path,
+                  finish, score) -> dict:  # noqa: ANN001
+    """NNCF QAT: NNCF's PTQ of the PyTorch model, ranges and weights trained (distilled from FP32), as IR.
+
+    Kept only if it beats ``start`` (NNCF's PTQ IR) on the calibration crops (``recipe.qat_keep``).
+    """
+    model, ran = prepare_nncf_qat(loaded.model, patches, recipe.nncf, cpu_has_vnni())
+    pairs = training_pairs(recipe.data, loaded.scale)
+    teacher = loaded.model.eval() if recipe.train.distill_weight > 0 else None
+    log = fit(model, random_patches(pairs, loaded.scale, recipe.patch), recipe.train, loaded.scale, teacher=teacher,
+              desc="nncf-qat")
+    candidate = qat_ir(model, out_dir / "nncf_qat_candidate.xml")
+    final = out_dir / "model_int8_nncf_qat.xml"
+    verdict = _judge_qat(candidate, start, final, recipe, score)
+    if not verdict["kept"]:
+        return {final.name: {"not_kept": verdict}}
+    candidate.with_suffix(".bin").replace(final.with_suffix(".bin"))  # weights first: a present .xml has them
+    finish(candidate.replace(final), {"method": "qat-nncf", "calibration": {"method": f"nncf {ran['activation_ranges']}",
+                                      "samples": len(patches)}, "nncf": ran, "against_ptq_start": verdict,
+                                      "excluded_nodes": ran["float_convs"], "qat_seconds": round(log.seconds, 1),
+                                      "qat_precision": log.precision, "qat_loss": log.loss[-5:]})
     return {}
 
 
@@ -132,7 +166,7 @@ def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_ev
     sets = eval_sets(scale, extra_eval)
     ref_quality = quality(ort_upscaler(fp32), sets, scale)
     score_pairs = _centre_crops(reader.paths, scale)
-    score = lambda path: evaluate(ort_upscaler(path), score_pairs, scale).psnr_y_db  # noqa: E731
+    score = lambda path: evaluate(open_upscaler(path), score_pairs, scale).psnr_y_db  # noqa: E731
     rr = reduce_weight_range(recipe.weight_range)
     opts = Int8Options(reduce_range=rr, float_op_types=recipe.float_op_types)
     common = {"weights": {"bits": 7 if rr else 8, "range": "[-64, 64]" if rr else "[-127, 127]",
@@ -190,6 +224,8 @@ def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_ev
         finish(path, {"method": "ptq-nncf", "calibration": {"method": f"nncf {recipe.nncf.activation_ranges}",
                                                              "samples": len(patches)}, "nncf": ran,
                       "excluded_nodes": ran["float_convs"]})
+        if recipe.qat and recipe.nncf.qat:
+            results.update(_run_nncf_qat(loaded, recipe, patches, path, out_dir, finish, score))
     if recipe.qat:
         if recipe.qat_calibration == "auto":  # start from the best PTQ model
             recipe = dataclasses.replace(recipe, qat_calibration=best_ptq)

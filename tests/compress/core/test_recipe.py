@@ -9,7 +9,7 @@ from tests.conftest import REPO
 
 
 def test_shipped_training_recipes_load():
-    for path in sorted((REPO / "compress" / "recipes").glob("train_*.toml")):
+    for path in sorted((REPO / "compress" / "recipes").glob("*.toml")):
         recipe = load_recipe(TrainRecipe, path)
         assert recipe.train.steps > 0
 
