@@ -53,8 +53,9 @@ class NNCFConfig:
             convolution) and / or ``last`` (the output convolution): both are a few percent of the
             MACs and the most sensitive layers of an SR network (on the shipped EDSR x2, keeping them
             float took Set5's loss from 0.091 to 0.071 dB).
-        qat: when the recipe runs QAT, also fine-tune NNCF's quantized PyTorch model (learned ranges,
-            :mod:`quantization.nncf_qat`) from this PTQ, with the recipe's ``patch`` and ``train``.
+        qat: also fine-tune NNCF's quantized PyTorch model from this PTQ (learned ranges,
+            :mod:`quantization.nncf_qat`), with the quantize recipe's ``patch`` and ``train`` (shared
+            with the recipe's ONNX Runtime QAT, which its own ``qat`` switches).
     """
 
     enabled: bool = True

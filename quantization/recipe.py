@@ -30,7 +30,8 @@ class QuantRecipe:
         mixed_precision: rank layer sensitivity and keep the most sensitive convolutions in float.
         budget_db: mixed precision stops once INT8 is within this of FP32 (on the calibration images).
         max_float_nodes: at most this many convolutions stay float.
-        qat: run quantization-aware training too.
+        qat: run quantization-aware training of the QDQ graph for ONNX Runtime too (``nncf.qat`` switches
+            NNCF's QAT of the OpenVINO IR; both use ``patch`` and ``train``).
         qat_calibration: the calibration method whose ranges QAT trains under and ORT then runs with;
             ``auto``: the PTQ method of ``ptq_methods`` that scores best on the calibration crops, so
             QAT starts from the best PTQ model.
@@ -39,7 +40,7 @@ class QuantRecipe:
             model; ``always`` keeps it regardless.
         data: ``default`` or a folder of HR training images for QAT.
         patch: QAT patches.
-        train: QAT fine-tuning (``distill_weight`` distils from the FP32 model).
+        train: QAT fine-tuning, for both QATs (``distill_weight`` distils from the FP32 model).
         tflite_qat: tfmot QAT of the Keras twin, converted to full-integer TFLite.
         nncf: NNCF post-training quantization of the OpenVINO IR (one more INT8 candidate, run by
             OpenVINO), on the same calibration patches.

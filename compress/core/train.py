@@ -209,6 +209,7 @@ def fit(
     resume: Path | None = None,
     params: Sequence[torch.nn.Parameter] | None = None,
     desc: str = "train",
+    channels_last: bool = True,
 ) -> TrainLog:
     """Train ``model`` in place on ``batches`` of (lr, hr) NCHW arrays.
 
@@ -225,6 +226,8 @@ def fit(
         resume: checkpoint file written every ``cfg.ckpt_every`` steps and read at start if present.
         params: parameters to optimise (default: all that require grad).
         desc: progress-bar label.
+        channels_last: under bf16, train in ``torch.channels_last`` (the fast layout of oneDNN's bf16
+            convolutions); ``False`` keeps NCHW, for models with operators slow on that layout.
 
     Under torchrun the model trains in DistributedDataParallel (gradients averaged over the ranks; every
     rank holds the same weights after each step, so hooks such as pruning masks, computed from the
@@ -236,7 +239,7 @@ def fit(
     torch.manual_seed(cfg.seed)
     log = TrainLog(precision=resolve_precision(cfg.precision, device))
     bf16 = log.precision == "bf16"
-    fmt = torch.channels_last if bf16 else torch.contiguous_format
+    fmt = torch.channels_last if bf16 and channels_last else torch.contiguous_format
     model.to(device, memory_format=fmt).train()
     if teacher is not None:
         teacher.to(device, memory_format=fmt).eval()
