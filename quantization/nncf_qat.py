@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -33,6 +34,11 @@ from quantization.nncf_ptq import NNCFConfig, describe, run_nncf
 #: Seconds NNCF may spend compiling its CPU extension before giving up (its default, 60 s, is too short
 #: for a busy 2-core machine).
 EXTENSION_BUILD_S = "900"
+
+
+def can_build_kernels() -> bool:
+    """Whether NNCF can compile its CPU FakeQuantize extension here (a C++ compiler on the PATH)."""
+    return any(shutil.which(cc) for cc in (os.environ.get("CXX", "c++"), "c++", "g++"))
 
 
 def float_node_names(model: nn.Module, roles: tuple[str, ...]) -> list[str]:

@@ -197,6 +197,15 @@ def _parallel(model: nn.Module, ranks: Ranks, device: str) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
 
 
+def _place(model: nn.Module, teacher: nn.Module | None, device: str, channels_last: bool) -> torch.memory_format:
+    """Move the student (training mode) and the teacher (eval) to ``device`` in the training layout."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(device, memory_format=fmt).train()
+    if teacher is not None:
+        teacher.to(device, memory_format=fmt).eval()
+    return fmt
+
+
 def fit(
     model: nn.Module,
     batches: Iterator[tuple[np.ndarray, np.ndarray]],
@@ -239,10 +248,7 @@ def fit(
     torch.manual_seed(cfg.seed)
     log = TrainLog(precision=resolve_precision(cfg.precision, device))
     bf16 = log.precision == "bf16"
-    fmt = torch.channels_last if bf16 and channels_last else torch.contiguous_format
-    model.to(device, memory_format=fmt).train()
-    if teacher is not None:
-        teacher.to(device, memory_format=fmt).eval()
+    fmt = _place(model, teacher, device, bf16 and channels_last)
     trainable = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(trainable, lr=cfg.lr, betas=(0.9, 0.99))
     start = _load_resume(resume, model, opt, device)

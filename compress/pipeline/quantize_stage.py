@@ -23,7 +23,7 @@ from export.onnx_export import export_onnx, parity
 from export.onnx_tail import recorded_rewrites
 from quantization.calibration import PatchCalibrationReader, iter_patches
 from quantization.nncf_ptq import nncf_quantize
-from quantization.nncf_qat import prepare_nncf_qat, qat_ir
+from quantization.nncf_qat import can_build_kernels, prepare_nncf_qat, qat_ir
 from quantization.ptq import (Calibration, Int8Options, calibrate, cpu_has_vnni, kernel_report, preprocess, quantize,
                               range_summary, reduce_weight_range)
 from quantization.qat import load_qat_ranges, prepare_qat, strip_qat, write_qat_ranges
@@ -130,6 +130,21 @@ def _judge_qat(candidate: Path, start: Path, final: Path, recipe: QuantRecipe, s
     return verdict
 
 
+def _run_nncf(loaded: LoadedModel, recipe: QuantRecipe, reader: PatchCalibrationReader, fp32: Path, out_dir: Path,
+              finish, score) -> dict:  # noqa: ANN001
+    """NNCF's PTQ of the OpenVINO IR, then (``recipe.nncf.qat``) NNCF's QAT from it."""
+    patches = list(iter_patches(reader.paths, loaded.scale, recipe.calibration))
+    path, ran = nncf_quantize(fp32, patches, out_dir / "model_int8_nncf.xml", recipe.nncf, cpu_has_vnni())
+    finish(path, {"method": "ptq-nncf", "calibration": {"method": f"nncf {recipe.nncf.activation_ranges}",
+                                                         "samples": len(patches)}, "nncf": ran,
+                  "excluded_nodes": ran["float_convs"]})
+    if recipe.nncf.qat and not can_build_kernels():
+        print("[quantize] NNCF QAT skipped: no C++ compiler for NNCF's CPU kernels (make toolchain)", flush=True)
+    elif recipe.nncf.qat:
+        return _run_nncf_qat(loaded, recipe, patches, path, out_dir, finish, score)
+    return {}
+
+
 def _run_nncf_qat(loaded: LoadedModel, recipe: QuantRecipe, patches: list, start: Path, out_dir: Path,
                   finish, score) -> dict:  # noqa: ANN001
     """NNCF QAT: NNCF's PTQ of the PyTorch model, ranges and weights trained (distilled from FP32), as IR.
@@ -220,13 +235,7 @@ def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_ev
                       "ranking": [(s.node, s.gain_db) for s in ranking], "trace": trace}})
 
     if recipe.nncf.enabled and runtime("openvino").present():
-        patches = list(iter_patches(reader.paths, scale, recipe.calibration))
-        path, ran = nncf_quantize(fp32, patches, out_dir / "model_int8_nncf.xml", recipe.nncf, cpu_has_vnni())
-        finish(path, {"method": "ptq-nncf", "calibration": {"method": f"nncf {recipe.nncf.activation_ranges}",
-                                                             "samples": len(patches)}, "nncf": ran,
-                      "excluded_nodes": ran["float_convs"]})
-        if recipe.nncf.qat:
-            results.update(_run_nncf_qat(loaded, recipe, patches, path, out_dir, finish, score))
+        results.update(_run_nncf(loaded, recipe, reader, fp32, out_dir, finish, score))
     if recipe.qat:
         if recipe.qat_calibration == "auto":  # start from the best PTQ model
             recipe = dataclasses.replace(recipe, qat_calibration=best_ptq)

@@ -5,7 +5,7 @@ import torch
 from compress.core.train import TrainConfig, fit
 from export.runtimes import open_artifact
 from quantization.nncf_ptq import NNCFConfig
-from quantization.nncf_qat import float_node_names, prepare_nncf_qat, qat_ir
+from quantization.nncf_qat import can_build_kernels, float_node_names, prepare_nncf_qat, qat_ir
 from tests.conftest import tiny_edsr, tiny_rrdb
 
 
@@ -24,6 +24,7 @@ def test_float_node_names_follow_nncf_naming():
     assert float_node_names(tiny_edsr(2), ()) == []
 
 
+@pytest.mark.skipif(not can_build_kernels(), reason="NNCF's CPU kernels need a C++ compiler (make toolchain)")
 def test_nncf_qat_learns_ranges_and_weights_and_exports_int8_ir(tmp_path):
     teacher = tiny_edsr(2)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
