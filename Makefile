@@ -30,7 +30,7 @@ STAMP := $(VENV)/.installed
 EVAL_ARGS := $(foreach d,$(EVAL),--eval $(d))
 MODEL_ARG := $(if $(MODEL),--model $(MODEL),)
 
-.PHONY: venv model train train-data serve toolchain browser-deps prune quantize export bench bench-pytest report compare all test clean
+.PHONY: venv model train train-data serve browser-deps prune quantize export bench bench-pytest report compare all test clean
 venv: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PY_BOOT) -m venv $(VENV)
@@ -99,14 +99,6 @@ serve: venv
 	$(PY) -m compress serve --port $(PORT) $(SERVE_ARGS)
 
 # Debian's chromium and chromedriver for the browser test of the web page (tests skip it without them)
-# NNCF's QAT compiles its CPU kernels (a PyTorch C++ extension) on first use: it needs a C++ compiler.
-toolchain:
-	@if command -v c++ >/dev/null || command -v g++ >/dev/null; then exit 0; fi; \
-	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends g++ \
-	  || echo "warning: g++ not installed; the quantize stage will skip NNCF QAT"; \
-	else echo "note: apt-get install g++ (as root) for NNCF QAT"; fi
-
 browser-deps:
 	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

@@ -64,7 +64,7 @@ class NNCFConfig:
     activation_ranges: str = "histogram"
     overflow_fix: str = "auto"
     float_convs: tuple[str, ...] = ("first", "last")
-    qat: bool = True
+    qat: bool = False
 
     def __post_init__(self) -> None:
         if self.preset not in ("mixed", "performance"):
@@ -76,6 +76,9 @@ class NNCFConfig:
                              f"got {self.activation_ranges!r}")
         if not set(self.float_convs) <= {"first", "last"}:
             raise ValueError(f"nncf.float_convs must be a subset of ['first', 'last'], got {list(self.float_convs)}")
+        if self.qat and self.bias_correction == BiasCorrection.FULL.value:
+            raise ValueError("nncf.bias_correction full is not supported with nncf.qat (NNCF's PyTorch backend "
+                             "has fast bias correction only); use fast or none")
         if self.overflow_fix not in ("auto", "enable", "first_layer_only", "disable"):
             raise ValueError(f"nncf.overflow_fix must be auto, enable, first_layer_only or disable, "
                              f"got {self.overflow_fix!r}")

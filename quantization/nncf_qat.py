@@ -1,26 +1,27 @@
 """Quantization-aware training with NNCF's PyTorch backend, deployed as OpenVINO INT8 IR.
 
-NNCF's QAT is post-training quantization of the PyTorch model followed by ordinary fine-tuning.
-:func:`prepare_nncf_qat` runs ``nncf.quantize`` on the ``torch.nn.Module`` with the settings of the
-IR's PTQ (:class:`quantization.nncf_ptq.NNCFConfig`: preset, range estimator, bias correction, float
-convolutions), which inserts FakeQuantize operations whose ranges (``input_low`` / ``input_range`` of
-each activation, the per-channel scale of each weight) are trainable parameters. Fine-tuning then
-learns the ranges together with the weights, the gradient passing straight through the rounding
-(learned quantization ranges: Jain et al., "Trained Quantization Thresholds for Accurate and Efficient
-Fixed-Point Inference of Deep Neural Networks", MLSys 2020; Esser et al., "Learned Step Size
-Quantization", ICLR 2020). :func:`qat_ir` converts the trained model with ``openvino.convert_model``:
-each FakeQuantize stays a FakeQuantize of the IR, which OpenVINO's CPU plugin runs as integer kernels,
-as it runs NNCF's PTQ IR.
+NNCF's QAT (Kozlov et al., "Neural Network Compression Framework for fast model inference",
+arXiv:2002.08679) is post-training quantization of the PyTorch model followed by ordinary
+fine-tuning. :func:`prepare_nncf_qat` runs ``nncf.quantize`` on the ``torch.nn.Module`` with the
+settings of the IR's PTQ (:class:`quantization.nncf_ptq.NNCFConfig`: preset, range estimator, fast bias
+correction, float convolutions), which inserts FakeQuantize operations whose ranges are trainable
+parameters (with the ``mixed`` preset, ``input_low`` / ``input_range`` of each activation and a
+per-channel scale of each weight, learned in the linear domain). Fine-tuning then learns the ranges
+together with the weights, the gradient passing straight through the rounding, as learned-range
+schemes such as LSQ do (Esser et al., "Learned Step Size Quantization", ICLR 2020; NNCF has no LSQ
+gradient scaling). :func:`qat_ir` converts the trained model with ``openvino.convert_model``: each
+FakeQuantize stays a FakeQuantize of the IR, which OpenVINO's CPU plugin runs as integer kernels, as
+it runs NNCF's PTQ IR.
 
-NNCF's CPU FakeQuantize kernels are a PyTorch C++ extension compiled on first use (a C++ compiler
-and ``ninja`` are needed, about a minute on two cores; cached under ``~/.cache/torch_extensions``).
+NNCF compiles its CPU FakeQuantize kernels (a PyTorch C++ extension) on first use and falls back on
+PyTorch operations where it cannot (no compiler or ``ninja``). Its PyTorch backend has no full bias
+correction and ignores the overflow fix (its quantizers always use the full 8-bit range).
 """
 
 from __future__ import annotations
 
 import copy
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -34,11 +35,6 @@ from quantization.nncf_ptq import NNCFConfig, describe, run_nncf
 #: Seconds NNCF may spend compiling its CPU extension before giving up (its default, 60 s, is too short
 #: for a busy 2-core machine).
 EXTENSION_BUILD_S = "900"
-
-
-def can_build_kernels() -> bool:
-    """Whether NNCF can compile its CPU FakeQuantize extension here (a C++ compiler on the PATH)."""
-    return any(shutil.which(cc) for cc in (os.environ.get("CXX", "c++"), "c++", "g++"))
 
 
 def float_node_names(model: nn.Module, roles: tuple[str, ...]) -> list[str]:
@@ -70,7 +66,7 @@ def prepare_nncf_qat(model: nn.Module, patches: list[np.ndarray], cfg: NNCFConfi
         raise ValueError("prepare_nncf_qat: no calibration patches")
     os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", EXTENSION_BUILD_S)
     t0 = time.perf_counter()
-    student = copy.deepcopy(model).eval().float()
+    student = copy.deepcopy(model).eval().float()  # nncf.quantize copies too; the source keeps its mode
     floats = float_node_names(student, cfg.float_convs)
     quantized = run_nncf(student, [torch.from_numpy(p) for p in patches], cfg, has_vnni, floats)
     ranges = sum(p.numel() for n, p in quantized.named_parameters() if n.endswith(("input_low", "_param_storage")))

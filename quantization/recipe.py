@@ -35,15 +35,15 @@ class QuantRecipe:
         qat_calibration: the calibration method whose ranges QAT trains under and ORT then runs with;
             ``auto``: the PTQ method of ``ptq_methods`` that scores best on the calibration crops, so
             QAT starts from the best PTQ model.
-        qat_keep: ``better`` keeps the QAT model only if it scores above its PTQ starting point (the same
-            calibration, no training) on the calibration crops, else says so and keeps only the PTQ
-            model; ``always`` keeps it regardless.
+        qat_keep: ``better`` keeps a QAT model only if it scores above its PTQ starting point on the
+            calibration crops (ORT's QAT: the same calibration without training; NNCF's QAT: NNCF's PTQ
+            IR), else says so and keeps only the PTQ model; ``always`` keeps it regardless.
         data: ``default`` or a folder of HR training images for QAT.
         patch: QAT patches.
         train: QAT fine-tuning, for both QATs (``distill_weight`` distils from the FP32 model).
         tflite_qat: tfmot QAT of the Keras twin, converted to full-integer TFLite.
         nncf: NNCF post-training quantization of the OpenVINO IR (one more INT8 candidate, run by
-            OpenVINO), on the same calibration patches.
+            OpenVINO), on the same calibration patches, and (``nncf.qat``) NNCF's QAT from it.
     """
 
     ptq_methods: tuple[str, ...] = ("minmax", "percentile", "entropy")

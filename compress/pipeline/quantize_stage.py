@@ -23,7 +23,7 @@ from export.onnx_export import export_onnx, parity
 from export.onnx_tail import recorded_rewrites
 from quantization.calibration import PatchCalibrationReader, iter_patches
 from quantization.nncf_ptq import nncf_quantize
-from quantization.nncf_qat import can_build_kernels, prepare_nncf_qat, qat_ir
+from quantization.nncf_qat import prepare_nncf_qat, qat_ir
 from quantization.ptq import (Calibration, Int8Options, calibrate, cpu_has_vnni, kernel_report, preprocess, quantize,
                               range_summary, reduce_weight_range)
 from quantization.qat import load_qat_ranges, prepare_qat, strip_qat, write_qat_ranges
@@ -114,6 +114,13 @@ def _run_qat(loaded: LoadedModel, recipe: QuantRecipe, reader: PatchCalibrationR
     return {}
 
 
+def _drop(path: Path) -> None:
+    """Delete an artifact with its sidecar (and an IR's weights) if present."""
+    for stale in (path, sidecar_path(path), path.with_suffix(".bin") if path.suffix == ".xml" else None):
+        if stale is not None:
+            stale.unlink(missing_ok=True)
+
+
 def _judge_qat(candidate: Path, start: Path, final: Path, recipe: QuantRecipe, score) -> dict:  # noqa: ANN001
     """Whether a QAT candidate beats its PTQ start on the calibration crops; a loser is deleted with any
     earlier ``final`` of this stage (no longer true), and the PTQ model stands."""
@@ -121,10 +128,8 @@ def _judge_qat(candidate: Path, start: Path, final: Path, recipe: QuantRecipe, s
     verdict = {"qat_psnr_y_db": round(qat_db, 4), "ptq_start": start.name, "ptq_start_psnr_y_db": round(start_db, 4),
                "split": "calibration crops", "kept": recipe.qat_keep == "always" or qat_db > start_db}
     if not verdict["kept"]:
-        for stale in (candidate, final, sidecar_path(final)):
-            stale.unlink(missing_ok=True)
-            if stale.suffix == ".xml":
-                stale.with_suffix(".bin").unlink(missing_ok=True)
+        _drop(candidate)
+        _drop(final)
         print(f"[quantize] {final.name} not kept: {qat_db:.3f} dB on the calibration crops is not above its PTQ "
               f"start {start.name} ({start_db:.3f} dB); the PTQ model stands", flush=True)
     return verdict
@@ -138,10 +143,9 @@ def _run_nncf(loaded: LoadedModel, recipe: QuantRecipe, reader: PatchCalibration
     finish(path, {"method": "ptq-nncf", "calibration": {"method": f"nncf {recipe.nncf.activation_ranges}",
                                                          "samples": len(patches)}, "nncf": ran,
                   "excluded_nodes": ran["float_convs"]})
-    if recipe.nncf.qat and not can_build_kernels():
-        print("[quantize] NNCF QAT skipped: no C++ compiler for NNCF's CPU kernels (make toolchain)", flush=True)
-    elif recipe.nncf.qat:
+    if recipe.nncf.qat:
         return _run_nncf_qat(loaded, recipe, patches, path, out_dir, finish, score)
+    _drop(out_dir / "model_int8_nncf_qat.xml")  # an earlier run's, not made by this recipe
     return {}
 
 
@@ -157,13 +161,17 @@ def _run_nncf_qat(loaded: LoadedModel, recipe: QuantRecipe, patches: list, start
     # NCHW even under bf16: NNCF's CPU FakeQuantize kernels are several times slower on channels_last tensors
     log = fit(model, random_patches(pairs, loaded.scale, recipe.patch), recipe.train, loaded.scale, teacher=teacher,
               desc="nncf-qat", channels_last=False)
-    candidate = qat_ir(model, out_dir / "nncf_qat_candidate.xml")
-    final = out_dir / "model_int8_nncf_qat.xml"
-    verdict = _judge_qat(candidate, start, final, recipe, score)
-    if not verdict["kept"]:
-        return {final.name: {"not_kept": verdict}}
-    candidate.with_suffix(".bin").replace(final.with_suffix(".bin"))  # weights first: a present .xml has them
-    finish(candidate.replace(final), {"method": "qat-nncf", "calibration": {"method": f"nncf {ran['activation_ranges']}",
+    candidate, final = out_dir / "nncf_qat_candidate.xml", out_dir / "model_int8_nncf_qat.xml"
+    try:
+        verdict = _judge_qat(qat_ir(model, candidate), start, final, recipe, score)
+        if not verdict["kept"]:
+            return {final.name: {"not_kept": verdict}}
+        _drop(final)  # no earlier .xml may pair with the new weights, even for a moment
+        candidate.with_suffix(".bin").replace(final.with_suffix(".bin"))
+        candidate.replace(final)
+    finally:
+        _drop(candidate)
+    finish(final, {"method": "qat-nncf", "calibration": {"method": f"nncf {ran['activation_ranges']}",
                                       "samples": len(patches)}, "nncf": ran, "against_ptq_start": verdict,
                                       "excluded_nodes": ran["float_convs"], "qat_seconds": round(log.seconds, 1),
                                       "qat_precision": log.precision, "qat_loss": log.loss[-5:]})

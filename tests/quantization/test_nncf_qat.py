@@ -5,7 +5,7 @@ import torch
 from compress.core.train import TrainConfig, fit
 from export.runtimes import open_artifact
 from quantization.nncf_ptq import NNCFConfig
-from quantization.nncf_qat import can_build_kernels, float_node_names, prepare_nncf_qat, qat_ir
+from quantization.nncf_qat import float_node_names, prepare_nncf_qat, qat_ir
 from tests.conftest import tiny_edsr, tiny_rrdb
 
 
@@ -18,17 +18,25 @@ def _ranges(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if n.endswith("input_low")}
 
 
-def test_float_node_names_follow_nncf_naming():
-    assert float_node_names(tiny_edsr(2), ("first", "last")) == ["conv_first/conv2d/0", "conv_last/conv2d/0"]
-    assert float_node_names(tiny_rrdb(4), ("last",)) == ["conv_last/conv2d/0"]
-    assert float_node_names(tiny_edsr(2), ()) == []
+@pytest.mark.parametrize("make", [tiny_edsr, tiny_rrdb])
+def test_float_node_names_are_nodes_of_nncfs_graph(make):
+    from nncf.torch.function_hook import wrap_model
+    from nncf.torch.function_hook.nncf_graph.nncf_graph_builder import build_nncf_graph
+
+    model = make()
+    graph = build_nncf_graph(wrap_model(model), torch.zeros(1, 3, 8, 8))
+    convs = [n.node_name for n in graph.topological_sort() if n.node_name.endswith("/conv2d/0")]
+    first, last = float_node_names(model, ("first", "last"))
+    assert (first, last) == (convs[0], convs[-1])  # execution order agrees with module order here
+    nested = [n for n in convs if n.count("/") > 2]
+    assert nested and nested[0].startswith(("body/0/", "body/0/rdb1/"))  # nested modules: "/"-joined path
+    assert float_node_names(model, ()) == []
 
 
-@pytest.mark.skipif(not can_build_kernels(), reason="NNCF's CPU kernels need a C++ compiler (make toolchain)")
 def test_nncf_qat_learns_ranges_and_weights_and_exports_int8_ir(tmp_path):
     teacher = tiny_edsr(2)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    model, record = prepare_nncf_qat(teacher, _patches(), NNCFConfig(bias_correction="none"))
+    model, record = prepare_nncf_qat(teacher, _patches(), NNCFConfig(bias_correction="none", qat=True))
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())  # the source stays untouched
     assert record["float_convs"] == ["conv_first/conv2d/0", "conv_last/conv2d/0"] and record["trainable_range_values"] > 0
     start = _ranges(model)
@@ -60,6 +68,18 @@ def test_nncf_qat_learns_ranges_and_weights_and_exports_int8_ir(tmp_path):
     assert np.abs(out - ref).max() < 0.02  # OpenVINO runs what the PyTorch fake-quant model trained
 
 
-def test_no_patches_refused():
+def test_no_patches_refused_and_full_bias_correction_refused_for_qat():
     with pytest.raises(ValueError, match="no calibration patches"):
         prepare_nncf_qat(tiny_edsr(2), [], NNCFConfig())
+    with pytest.raises(ValueError, match="nncf.bias_correction full is not supported with nncf.qat"):
+        NNCFConfig(bias_correction="full", qat=True)
+
+
+@pytest.mark.parametrize("make", [tiny_edsr, tiny_rrdb])
+def test_qat_ir_runs_at_odd_sizes(tmp_path, make):
+    model, _ = prepare_nncf_qat(make(), _patches(2), NNCFConfig(bias_correction="none"))
+    xml = qat_ir(model, tmp_path / "q.xml")
+    scale = model.scale
+    for h, w in ((9, 13), (17, 6)):
+        x = np.random.default_rng(h).random((1, 3, h, w), dtype=np.float32)
+        assert open_artifact(xml, "openvino").run(x).shape == (1, 3, h * scale, w * scale)

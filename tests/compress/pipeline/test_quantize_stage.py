@@ -5,7 +5,6 @@ from compress.core.errors import InputError
 from compress.core.files import read_sidecar
 from compress.core.recipe import from_mapping, load_recipe
 from compress.pipeline.model_stage import stage_model
-from quantization.nncf_qat import can_build_kernels
 from quantization.recipe import QuantRecipe
 from compress.pipeline.quantize_stage import run_quantize
 from tests.conftest import REPO, as_layout, tiny_edsr
@@ -21,7 +20,7 @@ def test_quantize_stage_ptq_mixed_qat(tmp_path, image_dir):
         "calibration_data": str(image_dir), "data": str(image_dir), "budget_db": 0.0, "max_float_nodes": 1,
         "qat_calibration": "auto", "qat_keep": "always",
         "patch": {"lr_patch": 16, "batch_size": 2}, "train": {"steps": 3, "lr": 1e-5},
-        "tflite_qat": {"enabled": True, "steps": 2, "patch": {"lr_patch": 16, "batch_size": 2}},
+        "tflite_qat": {"enabled": True, "steps": 2, "patch": {"lr_patch": 16, "batch_size": 2}}, "nncf": {"qat": True},
     })
     run_quantize(run, recipe, "model")
     out = run / "20-quantize" / "model"
@@ -41,10 +40,10 @@ def test_quantize_stage_ptq_mixed_qat(tmp_path, image_dir):
     nncf_ir = read_sidecar(out / "model_int8_nncf.xml")  # NNCF's INT8 IR beside the ORT-calibrated graphs
     assert nncf_ir["format"] == "openvino-ir-int8" and nncf_ir["nncf"]["fake_quantize_nodes"] > 0
     assert nncf_ir["calibration"]["samples"] == 6 and (out / "model_int8_nncf.bin").is_file()
-    if can_build_kernels():  # NNCF's QAT from that PTQ (kept: qat_keep always)
-        nncf_qat = read_sidecar(out / "model_int8_nncf_qat.xml")
-        assert nncf_qat["method"] == "qat-nncf" and nncf_qat["against_ptq_start"]["ptq_start"] == "model_int8_nncf.xml"
-        assert nncf_qat["nncf"]["trainable_range_values"] > 0 and (out / "model_int8_nncf_qat.bin").is_file()
+    nncf_qat = read_sidecar(out / "model_int8_nncf_qat.xml")  # NNCF's QAT from that PTQ (kept: qat_keep always)
+    assert nncf_qat["method"] == "qat-nncf" and nncf_qat["against_ptq_start"]["ptq_start"] == "model_int8_nncf.xml"
+    assert nncf_qat["nncf"]["trainable_range_values"] > 0 and (out / "model_int8_nncf_qat.bin").is_file()
+    assert not (out / "nncf_qat_candidate.xml").exists()
     tfl = read_sidecar(out / "model_int8_tfmot_qat.tflite")
     assert tfl["method"] == "tfmot-qat" and "CONV_2D:int8" in tfl["op_input_dtypes"]
 
@@ -82,6 +81,7 @@ def test_qat_that_does_not_beat_its_ptq_start_is_not_kept(tmp_path, image_dir, c
         "calibration_data": str(image_dir), "data": str(image_dir), "mixed_precision": False,
         "qat_calibration": "minmax", "patch": {"lr_patch": 16, "batch_size": 2},
         "train": {"steps": 6, "lr": 0.5, "warmup_steps": 0}, "tflite_qat": {"enabled": False},  # a rate that ruins it
+        "nncf": {"qat": True},
     })
     result = run_quantize(run, recipe, "model")
     verdict = result["psnr_y_delta_db"]["model_int8_qat.onnx"]["not_kept"]
@@ -91,8 +91,8 @@ def test_qat_that_does_not_beat_its_ptq_start_is_not_kept(tmp_path, image_dir, c
     assert "model_int8_qat.onnx not kept" in printed
     assert not (out / "model_int8_nncf_qat.xml").exists() and not (out / "model_int8_nncf_qat.bin").exists()
     assert (out / "model_int8_nncf.xml").is_file()
-    if can_build_kernels():  # NNCF's QAT, same rule
-        nncf_verdict = result["psnr_y_delta_db"]["model_int8_nncf_qat.xml"]["not_kept"]
-        assert nncf_verdict["ptq_start"] == "model_int8_nncf.xml"
-        assert nncf_verdict["qat_psnr_y_db"] <= nncf_verdict["ptq_start_psnr_y_db"]
-        assert "model_int8_nncf_qat.xml not kept" in printed
+    nncf_verdict = result["psnr_y_delta_db"]["model_int8_nncf_qat.xml"]["not_kept"]  # NNCF's QAT, same rule
+    assert nncf_verdict["ptq_start"] == "model_int8_nncf.xml"
+    assert nncf_verdict["qat_psnr_y_db"] <= nncf_verdict["ptq_start_psnr_y_db"]
+    assert "model_int8_nncf_qat.xml not kept" in printed
+    assert not (out / "nncf_qat_candidate.xml").exists() and not (out / "nncf_qat_candidate.bin").exists()
