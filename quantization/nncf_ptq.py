@@ -89,11 +89,17 @@ class NNCFConfig:
         return "disable" if has_vnni else "first_layer_only"
 
 
+def pick_roles(convs: list[str], roles: tuple[str, ...]) -> list[str]:
+    """The ``first`` and / or ``last`` of ``convs`` (ordered names), once each."""
+    if not convs:
+        return []
+    return list(dict.fromkeys(([convs[0]] if "first" in roles else []) + ([convs[-1]] if "last" in roles else [])))
+
+
 def float_conv_names(model: object, roles: tuple[str, ...]) -> list[str]:
     """Names of the ``first`` / ``last`` Convolution of an ``openvino.Model`` in execution order."""
-    convs = [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == "Convolution"]
-    picked = ([convs[0]] if "first" in roles else []) + ([convs[-1]] if "last" in roles else [])
-    return list(dict.fromkeys(picked)) if convs else []
+    return pick_roles([op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == "Convolution"],
+                      roles)
 
 
 def nncf_quantize(fp32: Path, patches: list[np.ndarray], out_xml: Path, cfg: NNCFConfig,

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from export.openvino_ir import save_ir
-from quantization.nncf_ptq import NNCFConfig, describe, run_nncf
+from quantization.nncf_ptq import NNCFConfig, describe, pick_roles, run_nncf
 
 #: Seconds NNCF may spend compiling its CPU extension before giving up (its default, 60 s, is too short
 #: for a busy 2-core machine).
@@ -43,10 +43,7 @@ def float_node_names(model: nn.Module, roles: tuple[str, ...]) -> list[str]:
     NNCF names the call of a module's ``conv2d`` as ``<module path with "/">/conv2d/0``.
     """
     convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    if not convs:
-        return []
-    picked = ([convs[0]] if "first" in roles else []) + ([convs[-1]] if "last" in roles else [])
-    return [f"{name.replace('.', '/')}/conv2d/0" for name in dict.fromkeys(picked)]
+    return [f"{name.replace('.', '/')}/conv2d/0" for name in pick_roles(convs, roles)]
 
 
 def prepare_nncf_qat(model: nn.Module, patches: list[np.ndarray], cfg: NNCFConfig,

@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 import onnx
+import torch
 
 from compress.core.checkpoint import LoadedModel, load_checkpoint
 from compress.core.data import ImagePair, list_images, load_pair, random_patches
@@ -16,7 +17,7 @@ from compress.core.errors import InputError
 from compress.core.evaluate import eval_sets, evaluate, quality
 from compress.core.files import read_sidecar, sidecar_path, write_sidecar
 from compress.core.recipe import to_dict
-from compress.core.train import fit
+from compress.core.train import TrainLog, fit
 from compress.pipeline.contract import find, path_of, stage_dir
 from export.runtimes import open_upscaler, ort_upscaler, runtime
 from export.onnx_export import export_onnx, parity
@@ -93,9 +94,7 @@ def _run_qat(loaded: LoadedModel, recipe: QuantRecipe, reader: PatchCalibrationR
     start = _qat_start(recipe, reader, pre, out_dir, caches, opts)
     if qat_method is not Calibration.MINMAX:  # train under the ranges of the chosen calibration
         load_qat_ranges(state, pre, caches[recipe.qat_calibration])
-    pairs = training_pairs(recipe.data, scale)
-    teacher = loaded.model.eval() if recipe.train.distill_weight > 0 else None
-    log = fit(model, random_patches(pairs, scale, recipe.patch), recipe.train, scale, teacher=teacher, desc="qat")
+    log = _fine_tune(model, loaded, recipe, "qat")
     strip_qat(state)
     qat_fp32 = export_onnx(model, out_dir / "model_qat_fp32.onnx")
     qat_pre = preprocess(qat_fp32, out_dir / "model_qat_fp32_pre.onnx")
@@ -112,6 +111,15 @@ def _run_qat(loaded: LoadedModel, recipe: QuantRecipe, reader: PatchCalibrationR
                                       "against_ptq_start": verdict, "excluded_nodes": [],
                                       "qat_seconds": round(log.seconds, 1), "qat_loss": log.loss[-5:]})
     return {}
+
+
+def _fine_tune(model: torch.nn.Module, loaded: LoadedModel, recipe: QuantRecipe, desc: str,
+               channels_last: bool = True) -> TrainLog:
+    """QAT fine-tuning of ``model`` with the recipe's ``patch`` / ``train``, distilled from the FP32 source."""
+    pairs = training_pairs(recipe.data, loaded.scale)
+    teacher = loaded.model.eval() if recipe.train.distill_weight > 0 else None
+    return fit(model, random_patches(pairs, loaded.scale, recipe.patch), recipe.train, loaded.scale, teacher=teacher,
+               desc=desc, channels_last=channels_last)
 
 
 def _drop(path: Path) -> None:
@@ -156,11 +164,8 @@ def _run_nncf_qat(loaded: LoadedModel, recipe: QuantRecipe, patches: list, start
     Kept only if it beats ``start`` (NNCF's PTQ IR) on the calibration crops (``recipe.qat_keep``).
     """
     model, ran = prepare_nncf_qat(loaded.model, patches, recipe.nncf, cpu_has_vnni())
-    pairs = training_pairs(recipe.data, loaded.scale)
-    teacher = loaded.model.eval() if recipe.train.distill_weight > 0 else None
     # NCHW even under bf16: NNCF's CPU FakeQuantize kernels are several times slower on channels_last tensors
-    log = fit(model, random_patches(pairs, loaded.scale, recipe.patch), recipe.train, loaded.scale, teacher=teacher,
-              desc="nncf-qat", channels_last=False)
+    log = _fine_tune(model, loaded, recipe, "nncf-qat", channels_last=False)
     candidate, final = out_dir / "nncf_qat_candidate.xml", out_dir / "model_int8_nncf_qat.xml"
     try:
         verdict = _judge_qat(qat_ir(model, candidate), start, final, recipe, score)
