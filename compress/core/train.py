@@ -10,6 +10,7 @@ step, e.g. to re-apply pruning masks) and an optional teacher for distillation.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -23,6 +24,7 @@ from tqdm import tqdm
 
 from compress.core.cpu import host_cpu
 from compress.core.data import ImagePair
+from compress.core.distill import FeatureDistiller
 from compress.core.distributed import Ranks, ensure_process_group, rank_device
 from compress.core.evaluate import evaluate
 from compress.core.files import atomic_path
@@ -63,6 +65,8 @@ class TrainConfig:
         val_every: validate every this many steps (0: only at the end).
         ckpt_every: write a resumable checkpoint every this many steps (0: never).
         distill_weight: weight of the L1 distance to the teacher's output (0: no distillation).
+        feature_distill_weight: weight of the intermediate-feature term added to the loss (relative L1
+            at the trunk's block outputs, :class:`compress.core.distill.FeatureDistiller`; needs a teacher).
         grad_clip: max gradient norm (0: off).
         seed: torch seed.
         precision: ``auto`` (bf16 autocast where the device runs bf16 natively, else FP32), ``bf16``
@@ -79,6 +83,7 @@ class TrainConfig:
     val_every: int = 0
     ckpt_every: int = 0
     distill_weight: float = 0.0
+    feature_distill_weight: float = 0.0
     grad_clip: float = 0.0
     seed: int = 0
     precision: str = "auto"
@@ -97,6 +102,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.max_minutes must be finite and >= 0, got {self.max_minutes}")
         if not 0 <= self.distill_weight <= 1:
             raise ValueError(f"TrainConfig.distill_weight must be in [0, 1], got {self.distill_weight}")
+        if not (math.isfinite(self.feature_distill_weight) and self.feature_distill_weight >= 0):
+            raise ValueError(f"TrainConfig.feature_distill_weight must be finite and >= 0, got {self.feature_distill_weight}")
 
 
 def lr_at(cfg: TrainConfig, step: int, time_fraction: float = 0.0) -> float:
@@ -138,18 +145,22 @@ def _save_resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, step:
 
 
 def _loss(model: nn.Module, teacher: nn.Module | None, cfg: TrainConfig, lr_t: torch.Tensor, hr_t: torch.Tensor,
-          bf16: bool) -> torch.Tensor:
-    """L1 to the HR patch (and to the teacher's output), forward under bf16 autocast when asked; FP32 loss."""
-    with torch.autocast(lr_t.device.type, dtype=torch.bfloat16, enabled=bf16):
+          bf16: bool, features: FeatureDistiller | None = None) -> torch.Tensor:
+    """L1 to the HR patch (and to the teacher's output, plus the feature term), forward under bf16 autocast
+    when asked; FP32 loss."""
+    taps = features.capturing() if features is not None else contextlib.nullcontext()
+    with torch.autocast(lr_t.device.type, dtype=torch.bfloat16, enabled=bf16), taps:
         out = model(lr_t)
         target = None
-        if teacher is not None and cfg.distill_weight > 0:
+        if teacher is not None and (cfg.distill_weight > 0 or features is not None):
             with torch.no_grad():
                 target = teacher(lr_t)
     out = out.float()
     loss = nn.functional.l1_loss(out, hr_t)
-    if target is not None:
+    if target is not None and cfg.distill_weight > 0:
         loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * nn.functional.l1_loss(out, target.float())
+    if features is not None:
+        loss = loss + cfg.feature_distill_weight * features.loss()
     return loss
 
 
@@ -162,11 +173,12 @@ def _validate(model: nn.Module, val_pairs: Sequence[ImagePair], scale: int, devi
 
 
 def _optimizer_step(net: nn.Module, opt: torch.optim.Optimizer, trainable: list, teacher: nn.Module | None,
-                    cfg: TrainConfig, lr_t: torch.Tensor, hr_t: torch.Tensor, bf16: bool, lr_now: float) -> float:
+                    cfg: TrainConfig, lr_t: torch.Tensor, hr_t: torch.Tensor, bf16: bool, lr_now: float,
+                    features: FeatureDistiller | None = None) -> float:
     """One Adam step at ``lr_now``; returns the loss."""
     for group in opt.param_groups:
         group["lr"] = lr_now
-    loss = _loss(net, teacher, cfg, lr_t, hr_t, bf16)
+    loss = _loss(net, teacher, cfg, lr_t, hr_t, bf16, features)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.grad_clip:
@@ -206,6 +218,19 @@ def _place(model: nn.Module, teacher: nn.Module | None, device: str, channels_la
     return fmt
 
 
+def _feature_distiller(model: nn.Module, teacher: nn.Module | None, cfg: TrainConfig,
+                       batches: Iterator[tuple[np.ndarray, np.ndarray]], device: str,
+                       fmt: torch.memory_format) -> FeatureDistiller | None:
+    """The feature distiller ``cfg`` asks for, its adapters fitted on one batch (None without one)."""
+    if not cfg.feature_distill_weight:
+        return None
+    if teacher is None:
+        raise ValueError("TrainConfig.feature_distill_weight needs a teacher")
+    features = FeatureDistiller(model, teacher)
+    features.fit_adapters(model, teacher, torch.from_numpy(next(batches)[0]).to(device).contiguous(memory_format=fmt))
+    return features
+
+
 def fit(
     model: nn.Module,
     batches: Iterator[tuple[np.ndarray, np.ndarray]],
@@ -230,7 +255,8 @@ def fit(
         scale: SR factor, for validation.
         val_pairs: validation images; PSNR-Y is logged every ``cfg.val_every`` steps and at the end.
         hooks: called with the step number after each optimizer step.
-        teacher: frozen model for output distillation (``cfg.distill_weight``).
+        teacher: frozen model for output distillation (``cfg.distill_weight``) and feature distillation
+            (``cfg.feature_distill_weight``; same module names at the feature taps).
         device: ``cpu`` or ``cuda``.
         resume: checkpoint file written every ``cfg.ckpt_every`` steps and read at start if present.
         params: parameters to optimise (default: all that require grad).
@@ -250,6 +276,8 @@ def fit(
     bf16 = log.precision == "bf16"
     fmt = _place(model, teacher, device, bf16 and channels_last)
     trainable = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
+    features = _feature_distiller(model, teacher, cfg, batches, device, fmt)
+    trainable += features.parameters() if features is not None else []
     opt = torch.optim.Adam(trainable, lr=cfg.lr, betas=(0.9, 0.99))
     start = _load_resume(resume, model, opt, device)
     net = _parallel(model, ranks, device)
@@ -263,7 +291,7 @@ def fit(
         hr_t = torch.from_numpy(hr_np).to(device)
         spent = (time.perf_counter() - t0) / budget_s if budget_s else 0.0
         lr_now = lr_at(cfg, step, spent)
-        loss = _optimizer_step(net, opt, trainable, teacher, cfg, lr_t, hr_t, bf16, lr_now)
+        loss = _optimizer_step(net, opt, trainable, teacher, cfg, lr_t, hr_t, bf16, lr_now, features)
         for hook in hooks:
             hook(step + 1)
         running = 0.98 * running + 0.02 * loss if step > start else loss
@@ -280,6 +308,8 @@ def fit(
         if last:
             break
     bar.close()
+    if features is not None:
+        features.close()
     log.seconds = time.perf_counter() - t0
     log.steps_done = done
     model.eval().to(memory_format=torch.contiguous_format)

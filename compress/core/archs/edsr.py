@@ -119,7 +119,7 @@ def _structure(model: EDSR) -> Structure:
     ups = tuple((conv, shuffle.upscale_factor) for conv, shuffle in zip(mods[::2], mods[1::2]))
     inner = tuple(block.conv1 for block in model.body)
     return Structure(output_conv=model.conv_last, upsample_convs=ups, inner_convs=inner, relu_fed_convs=inner,
-                     residual_blocks=tuple(model.body))
+                     residual_blocks=tuple(model.body), feature_taps=tuple(model.body))
 
 
 ARCH = Architecture("edsr", EDSRConfig, EDSR, _structure, canonical_layout="edsr-basicsr")

@@ -25,6 +25,8 @@ class Structure:
         inner_convs: convolutions whose outputs stay inside a block (prunable harder than the trunk).
         relu_fed_convs: convolutions a ReLU follows (ORT fuses the ReLU: no requantization in between).
         residual_blocks: modules whose forward ends in a residual ``Add`` (requantized by ORT).
+        feature_taps: modules whose outputs are the trunk's features, matched by feature distillation
+            (:mod:`compress.core.distill`).
     """
 
     output_conv: nn.Conv2d
@@ -32,6 +34,7 @@ class Structure:
     inner_convs: tuple[nn.Conv2d, ...]
     relu_fed_convs: tuple[nn.Conv2d, ...]
     residual_blocks: tuple[nn.Module, ...]
+    feature_taps: tuple[nn.Module, ...]
 
     def protected_convs(self) -> list[nn.Conv2d]:
         """Convolutions whose output channels must not be pruned."""

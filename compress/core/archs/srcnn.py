@@ -67,7 +67,7 @@ class SRCNN(nn.Module):
 def _structure(model: SRCNN) -> Structure:
     hidden = (model.conv1, model.conv2)
     return Structure(output_conv=model.conv3, upsample_convs=(), inner_convs=hidden, relu_fed_convs=hidden,
-                     residual_blocks=())
+                     residual_blocks=(), feature_taps=hidden)
 
 
 ARCH = Architecture("srcnn", SRCNNConfig, SRCNN, _structure, canonical_layout="srcnn")

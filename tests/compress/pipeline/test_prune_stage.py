@@ -26,15 +26,18 @@ def run_dir(tmp_path):
     return run
 
 
-@pytest.mark.parametrize(("method", "criterion"), [("channel", "magnitude"), ("channel", "taylor"),
-                                                   ("unstructured", "magnitude")])
-def test_prune_stage_writes_checkpoint_onnx_and_sidecar(run_dir, image_dir, method, criterion):
-    recipe = from_mapping(PruneRecipe, {**TINY, "method": method, "data": str(image_dir), "round_to": 4,
-                                        "criterion": criterion})
+@pytest.mark.parametrize(("method", "criterion", "features"), [
+    ("channel", "magnitude", 0.0), ("channel", "taylor", 0.0), ("channel", "magnitude", 0.05),
+    ("unstructured", "magnitude", 0.0), ("unstructured", "magnitude", 0.05)])
+def test_prune_stage_writes_checkpoint_onnx_and_sidecar(run_dir, image_dir, method, criterion, features):
+    train = {**TINY["train"], "feature_distill_weight": features}
+    recipe = from_mapping(PruneRecipe, {**TINY, "train": train, "method": method, "data": str(image_dir),
+                                        "round_to": 4, "criterion": criterion})
     run_prune(run_dir, recipe, method)
     out = run_dir / "10-prune" / method
     side = read_sidecar(out / "model.safetensors")
     assert side["schedule"]["final_sparsity"] == 0.5 and side["method"] == method
+    assert side["recipe"]["train"]["feature_distill_weight"] == features
     assert set(side["psnr_y_delta_db"]) == {"embedded"}
     assert read_sidecar(out / "model.onnx")["parity_vs_pytorch"]["max_abs_diff"] < 1e-4
     loaded = load_checkpoint(out / "model.safetensors")
