@@ -227,8 +227,24 @@ def _feature_distiller(model: nn.Module, teacher: nn.Module | None, cfg: TrainCo
     if teacher is None:
         raise ValueError("TrainConfig.feature_distill_weight needs a teacher")
     features = FeatureDistiller(model, teacher)
-    features.fit_adapters(model, teacher, torch.from_numpy(next(batches)[0]).to(device).contiguous(memory_format=fmt))
+    features.fit_adapters(model, teacher, _on_device(next(batches), device, fmt)[0])
     return features
+
+
+def _on_device(batch: tuple[np.ndarray, np.ndarray], device: str,
+               fmt: torch.memory_format) -> tuple[torch.Tensor, torch.Tensor]:
+    """An (lr, hr) batch as tensors on ``device``, the LR input in the training layout."""
+    lr_np, hr_np = batch
+    return torch.from_numpy(lr_np).to(device).contiguous(memory_format=fmt), torch.from_numpy(hr_np).to(device)
+
+
+def _release(model: nn.Module, teacher: nn.Module | None, features: FeatureDistiller | None) -> None:
+    """After training: feature hooks removed, models in eval mode and back in NCHW."""
+    if features is not None:
+        features.close()
+    model.eval().to(memory_format=torch.contiguous_format)
+    if teacher is not None:
+        teacher.to(memory_format=torch.contiguous_format)
 
 
 def fit(
@@ -286,9 +302,7 @@ def fit(
     bar = tqdm(range(start, cfg.steps), desc=desc, initial=start, total=cfg.steps, mininterval=5, disable=None)
     running, done = 0.0, start
     for step in bar:
-        lr_np, hr_np = next(batches)
-        lr_t = torch.from_numpy(lr_np).to(device).contiguous(memory_format=fmt)
-        hr_t = torch.from_numpy(hr_np).to(device)
+        lr_t, hr_t = _on_device(next(batches), device, fmt)
         spent = (time.perf_counter() - t0) / budget_s if budget_s else 0.0
         lr_now = lr_at(cfg, step, spent)
         loss = _optimizer_step(net, opt, trainable, teacher, cfg, lr_t, hr_t, bf16, lr_now, features)
@@ -308,11 +322,7 @@ def fit(
         if last:
             break
     bar.close()
-    if features is not None:
-        features.close()
+    _release(model, teacher, features)
     log.seconds = time.perf_counter() - t0
     log.steps_done = done
-    model.eval().to(memory_format=torch.contiguous_format)
-    if teacher is not None:
-        teacher.to(memory_format=torch.contiguous_format)
     return log
