@@ -7,7 +7,9 @@ teacher's feature map. Each tap's L1 distance is divided by the mean magnitude o
 there, so taps of different scales weigh alike and the term reads as a relative error. The adapters
 start from the least-squares map of one batch (closed form, so the hint is informative from the first
 step) and train with the student; they are discarded afterwards. Used by channel-pruning fine-tuning,
-where student and teacher share module names (the student is a pruned copy of the teacher).
+where student and teacher share module names (the student is a pruned copy of the teacher). Under
+torchrun each rank keeps its own adapters (they sit outside DistributedDataParallel); the student's
+gradients are still averaged, so its weights stay the same on every rank.
 """
 
 from __future__ import annotations
