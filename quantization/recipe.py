@@ -80,3 +80,6 @@ class QuantRecipe:
             raise ValueError(f"budget_db must be >= 0, got {self.budget_db}")
         if self.max_float_nodes < 0:
             raise ValueError(f"max_float_nodes must be >= 0, got {self.max_float_nodes}")
+        if self.train.feature_distill_weight:
+            raise ValueError("train.feature_distill_weight must be 0 for QAT (the fake-quantized model's modules do not "
+                             f"match the FP32 teacher's), got {self.train.feature_distill_weight}")

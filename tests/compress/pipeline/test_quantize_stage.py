@@ -64,6 +64,8 @@ def test_recipe_validation_and_shipped_recipe():
         from_mapping(QuantRecipe, {"qat_calibration": "mse"})
     with pytest.raises(InputError, match=r"nncf.activation_ranges must be one of"):
         from_mapping(QuantRecipe, {"nncf": {"activation_ranges": "kl"}})
+    with pytest.raises(InputError, match=r"train.feature_distill_weight must be 0 for QAT"):
+        from_mapping(QuantRecipe, {"train": {"feature_distill_weight": 0.1}})
 
 
 def test_qat_that_does_not_beat_its_ptq_start_is_not_kept(tmp_path, image_dir, capsys):
