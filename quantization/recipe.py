@@ -81,5 +81,5 @@ class QuantRecipe:
         if self.max_float_nodes < 0:
             raise ValueError(f"max_float_nodes must be >= 0, got {self.max_float_nodes}")
         if self.train.feature_distill_weight:
-            raise ValueError("train.feature_distill_weight must be 0 for QAT (the fake-quantized model's modules do not "
-                             f"match the FP32 teacher's), got {self.train.feature_distill_weight}")
+            raise ValueError("train.feature_distill_weight must be 0 for QAT (the fake-quantized model's modules "
+                             f"do not match the FP32 teacher's), got {self.train.feature_distill_weight}")

@@ -103,7 +103,8 @@ class TrainConfig:
         if not 0 <= self.distill_weight <= 1:
             raise ValueError(f"TrainConfig.distill_weight must be in [0, 1], got {self.distill_weight}")
         if not (math.isfinite(self.feature_distill_weight) and self.feature_distill_weight >= 0):
-            raise ValueError(f"TrainConfig.feature_distill_weight must be finite and >= 0, got {self.feature_distill_weight}")
+            raise ValueError(
+                f"TrainConfig.feature_distill_weight must be finite and >= 0, got {self.feature_distill_weight}")
 
 
 def lr_at(cfg: TrainConfig, step: int, time_fraction: float = 0.0) -> float:
