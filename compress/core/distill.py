@@ -81,6 +81,7 @@ class FeatureDistiller:
         self._on = [False]
         self._handles = (_capture(student, self.names, self._student, self._on)
                          + _capture(teacher, self.names, self._teacher, self._on))
+        self._models = (student, teacher)
         self.adapters = nn.ModuleDict()
 
     @contextlib.contextmanager
@@ -92,12 +93,12 @@ class FeatureDistiller:
         finally:
             self._on[0] = False
 
-    def fit_adapters(self, student: nn.Module, teacher: nn.Module, lr_batch: torch.Tensor) -> None:
-        """Solve a least-squares 1x1 adapter, from one FP32 forward of ``lr_batch``, for every tap whose
-        widths differ; taps of equal width are compared directly."""
+    def fit_adapters(self, lr_batch: torch.Tensor) -> None:
+        """Solve a least-squares 1x1 adapter, from one FP32 forward of ``lr_batch`` through student and
+        teacher, for every tap whose widths differ; taps of equal width are compared directly."""
         with torch.no_grad(), self.capturing():
-            student(lr_batch)
-            teacher(lr_batch)
+            for model in self._models:
+                model(lr_batch)
         for i, name in enumerate(self.names):
             s, t = self._student[name], self._teacher[name]
             if s.shape[1] != t.shape[1]:
@@ -112,8 +113,7 @@ class FeatureDistiller:
         """Mean over taps of L1(adapted student feature, teacher feature) / mean |teacher feature|."""
         terms = []
         for i, name in enumerate(self.names):
-            s, t = self._student[name], self._teacher[name].detach()
-            s, t = s.float(), t.float()
+            s, t = self._student[name].float(), self._teacher[name].detach().float()
             if str(i) in self.adapters:
                 s = self.adapters[str(i)](s)
             terms.append(nn.functional.l1_loss(s, t) / t.abs().mean().clamp_min(1e-6))

@@ -106,6 +106,11 @@ class TrainConfig:
             raise ValueError(
                 f"TrainConfig.feature_distill_weight must be finite and >= 0, got {self.feature_distill_weight}")
 
+    @property
+    def uses_teacher(self) -> bool:
+        """Whether the loss reads a teacher (output or feature distillation)."""
+        return self.distill_weight > 0 or self.feature_distill_weight > 0
+
 
 def lr_at(cfg: TrainConfig, step: int, time_fraction: float = 0.0) -> float:
     """Learning rate at ``step`` (0-based), ``time_fraction`` of the wall-time budget spent."""
@@ -153,7 +158,7 @@ def _loss(model: nn.Module, teacher: nn.Module | None, cfg: TrainConfig, lr_t: t
     with torch.autocast(lr_t.device.type, dtype=torch.bfloat16, enabled=bf16), taps:
         out = model(lr_t)
         target = None
-        if teacher is not None and (cfg.distill_weight > 0 or features is not None):
+        if teacher is not None and cfg.uses_teacher:
             with torch.no_grad():
                 target = teacher(lr_t)
     out = out.float()
@@ -228,7 +233,7 @@ def _feature_distiller(model: nn.Module, teacher: nn.Module | None, cfg: TrainCo
     if teacher is None:
         raise ValueError("TrainConfig.feature_distill_weight needs a teacher")
     features = FeatureDistiller(model, teacher)
-    features.fit_adapters(model, teacher, _on_device(next(batches), device, fmt)[0])
+    features.fit_adapters(_on_device(next(batches), device, fmt)[0])
     return features
 
 

@@ -92,8 +92,7 @@ def run_prune(run: Path, recipe: PruneRecipe, name: str, extra_eval: list[str] |
     if missing:  # sets the baseline was not measured on when `make model` ran
         before.update(quality(torch_upscaler(model), missing, scale))
     storage_before = {**storage_bytes(model), "gzip_file_bytes": gzip_bytes(src)}
-    distilled = recipe.train.distill_weight > 0 or recipe.train.feature_distill_weight > 0
-    teacher = copy.deepcopy(model).eval() if distilled else None
+    teacher = copy.deepcopy(model).eval() if recipe.train.uses_teacher else None
     if teacher is not None:
         for p in teacher.parameters():
             p.requires_grad_(False)

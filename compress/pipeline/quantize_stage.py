@@ -117,7 +117,7 @@ def _fine_tune(model: torch.nn.Module, loaded: LoadedModel, recipe: QuantRecipe,
                channels_last: bool = True) -> TrainLog:
     """QAT fine-tuning of ``model`` with the recipe's ``patch`` / ``train``, distilled from the FP32 source."""
     pairs = training_pairs(recipe.data, loaded.scale)
-    teacher = loaded.model.eval() if recipe.train.distill_weight > 0 else None
+    teacher = loaded.model.eval() if recipe.train.uses_teacher else None
     return fit(model, random_patches(pairs, loaded.scale, recipe.patch), recipe.train, loaded.scale, teacher=teacher,
                desc=desc, channels_last=channels_last)
 

@@ -59,7 +59,7 @@ def test_pruned_student_gets_adapters_fitted_to_the_teacher():
     assert student.body[0].conv2.out_channels < teacher.body[0].conv2.out_channels
     distiller = FeatureDistiller(student, teacher)
     x = torch.rand(4, 3, 12, 12)
-    distiller.fit_adapters(student, teacher, x)
+    distiller.fit_adapters(x)
     assert set(distiller.adapters) == {"0", "1"}
     with distiller.capturing():
         student(x)
