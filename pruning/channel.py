@@ -2,10 +2,11 @@
 
 Channels are removed for real, so dense runtimes run faster. Coupled channels are removed together:
 EDSR's residual stream (every convolution that adds into it), RRDB's dense concatenations and
-residual trunk. Convolutions that feed a PixelShuffle (EDSR's upsampler) would have to lose channels
-in groups of r*r and torch-pruning does not model PixelShuffle, so their outputs are left alone (their
-inputs still shrink with the residual stream); the last convolution keeps its 3 outputs. Channel
-counts are rounded to multiples of ``round_to`` (8 suits INT8 kernels).
+residual trunk. Convolutions that feed a PixelShuffle (EDSR's upsampler) lose channels in groups of
+r*r, which torch-pruning does not model: they are left to it as protected layers (their inputs still
+shrink with the residual stream) and pruned by :mod:`pruning.shuffle` when ``upsample_ratio`` asks
+for it; the last convolution keeps its 3 outputs. Channel counts are rounded to multiples of
+``round_to`` (8 suits INT8 kernels).
 
 The pruned ratio follows the AGP schedule over pruning events, with fine-tuning in between.
 """
@@ -21,6 +22,7 @@ from torch import nn
 
 from compress.core.archs import structure_of
 from pruning.schedule import PolynomialDecay
+from pruning.shuffle import kept_groups, prune_shuffle_groups
 
 
 def protected_convs(model: nn.Module) -> list[nn.Module]:
@@ -71,11 +73,17 @@ def event_ratios(schedule: PolynomialDecay) -> list[float]:
 
 @dataclasses.dataclass
 class ChannelPruning:
-    """A torch-pruning pruner driven one AGP event at a time."""
+    """A torch-pruning pruner driven one AGP event at a time.
+
+    Attributes:
+        upsample_keeps: shuffle groups each upsampler stage keeps after each event (empty: the
+            upsampler's outputs are not pruned).
+    """
 
     model: nn.Module
     pruner: tp.pruner.BasePruner
     events: int
+    upsample_keeps: tuple[int, ...] = ()
     done: int = 0
 
     def step(self) -> None:
@@ -83,6 +91,8 @@ class ChannelPruning:
         if self.done >= self.events:
             raise RuntimeError(f"all {self.events} pruning events already ran")
         self.pruner.step()
+        if self.upsample_keeps:
+            prune_shuffle_groups(structure_of(self.model).shuffle_stages(), self.upsample_keeps[self.done])
         self.done += 1
 
     def widths(self) -> dict[str, int]:
@@ -97,6 +107,7 @@ def prune_channels(
     global_pruning: bool = False,
     inner_ratio: float | None = None,
     criterion: Criterion = Criterion.MAGNITUDE,
+    upsample_ratio: float = 0.0,
 ) -> ChannelPruning:
     """Prepare AGP channel pruning of ``model``; call ``.step()`` at each of ``schedule.pruning_steps()``.
 
@@ -111,11 +122,15 @@ def prune_channels(
             same AGP ramp scaled to it.
         criterion: how channel groups are ranked (:class:`Criterion`); with ``TAYLOR`` the caller
             back-propagates a batch's loss before each ``.step()``.
+        upsample_ratio: final fraction of shuffle groups removed from every PixelShuffle stage
+            (:mod:`pruning.shuffle`; 0 leaves the upsampler's outputs whole), on the same AGP ramp.
     """
     ratios = event_ratios(schedule)
     final = schedule.final_sparsity
     if inner_ratio is not None and not 0.0 <= inner_ratio < 1.0:
         raise ValueError(f"inner_ratio must be in [0, 1), got {inner_ratio!r}")
+    if not 0.0 <= upsample_ratio < 1.0:
+        raise ValueError(f"upsample_ratio must be in [0, 1), got {upsample_ratio!r}")
     per_layer = {m: inner_ratio for m in inner_convs(model)} if inner_ratio is not None else None
 
     def scheduler(ratio: float, _steps: int) -> list[float]:
@@ -136,4 +151,11 @@ def prune_channels(
         round_to=round_to,
         global_pruning=global_pruning,
     )
-    return ChannelPruning(model=model, pruner=pruner, events=len(ratios))
+    keeps: tuple[int, ...] = ()
+    stages = structure_of(model).shuffle_stages()
+    if upsample_ratio > 0 and stages:
+        up, r, _ = stages[0]
+        groups = up.out_channels // (r * r)
+        scaled = [r_ * upsample_ratio / final if final > 0 else 0.0 for r_ in ratios]
+        keeps = tuple(kept_groups(groups, min(s, upsample_ratio), round_to) for s in scaled)
+    return ChannelPruning(model=model, pruner=pruner, events=len(ratios), upsample_keeps=keeps)

@@ -59,7 +59,8 @@ def _fine_tune_channels(model, recipe, batches, scale, teacher) -> tuple[list[tu
     """Channel pruning events at the schedule's steps with fine-tuning segments between them."""
     criterion = Criterion(recipe.criterion)
     pruning = prune_channels(model, recipe.schedule, recipe.round_to, global_pruning=recipe.scope == "global",
-                             inner_ratio=recipe.inner_final_sparsity, criterion=criterion)
+                             inner_ratio=recipe.inner_final_sparsity, criterion=criterion,
+                             upsample_ratio=recipe.upsample_final_sparsity)
     steps = recipe.schedule.pruning_steps()
     bounds = [*steps, recipe.train.steps]
     events, seconds = [], 0.0

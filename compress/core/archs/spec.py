@@ -40,6 +40,12 @@ class Structure:
         """Convolutions whose output channels must not be pruned."""
         return [conv for conv, _ in self.upsample_convs] + [self.output_conv]
 
+    def shuffle_stages(self) -> list[tuple[nn.Conv2d, int, nn.Conv2d]]:
+        """Each upsampling conv with its shuffle factor and the conv that reads the shuffled map (the
+        next stage's upsampling conv, or the output conv)."""
+        readers = [conv for conv, _ in self.upsample_convs[1:]] + [self.output_conv]
+        return [(conv, r, reader) for (conv, r), reader in zip(self.upsample_convs, readers)]
+
 
 @dataclasses.dataclass(frozen=True)
 class Architecture:

@@ -61,6 +61,16 @@ def test_prune_stage_measures_the_baseline_on_extra_eval_sets(run_dir, image_dir
     assert side["psnr_y_delta_db"]["imgs"] == pytest.approx(side["quality"]["imgs"]["psnr_y_db"] - before, abs=1e-3)
 
 
+def test_prune_stage_prunes_the_sub_pixel_upsampler_when_asked(run_dir, image_dir):
+    recipe = from_mapping(PruneRecipe, {**TINY, "method": "channel", "data": str(image_dir), "round_to": 4,
+                                        "upsample_final_sparsity": 0.25})
+    run_prune(run_dir, recipe, "shuffle")
+    side = read_sidecar(run_dir / "10-prune" / "shuffle" / "model.safetensors")
+    assert side["widths"]["upsample.0"] == 12 * 4  # 16 shuffle groups of 2x2 -> 12 (the trunk: 16 -> 8)
+    assert load_checkpoint(run_dir / "10-prune" / "shuffle" / "model.safetensors").config.up_feat == 12
+    assert read_sidecar(run_dir / "10-prune" / "shuffle" / "model.onnx")["parity_vs_pytorch"]["max_abs_diff"] < 1e-4
+
+
 def test_shipped_prune_recipes_load():
     for path in sorted((REPO / "pruning" / "recipes").glob("*.toml")):
         assert load_recipe(PruneRecipe, path).schedule.power == 3
@@ -71,6 +81,7 @@ def test_shipped_prune_recipes_load():
     [
         ({"method": "random"}, "method must be one of"),
         ({"criterion": "l1"}, "criterion must be one of"),
+        ({"upsample_final_sparsity": 1.0}, r"upsample_final_sparsity must be in \[0, 1\)"),
         ({"schedule": {**TINY["schedule"], "final_sparsity": 1.2}}, r"final_sparsity must be in \[0, 1\)"),
         ({"train": {"steps": 2}}, r"train.steps \(2\) must be >= schedule.end_step \(4\)"),
         ({"schedule": {**TINY["schedule"], "freq": 3}}, r"unknown field\(s\) \['freq'\]"),
