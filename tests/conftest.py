@@ -21,6 +21,12 @@ def tiny_edsr(scale: int = 2, seed: int = 0) -> EDSR:
     return EDSR(EDSRConfig(scale=scale, num_feat=16, num_block=2)).eval()
 
 
+def tiny_pruned_edsr(scale: int = 4, seed: int = 0) -> EDSR:
+    """A tiny EDSR with the widths channel pruning leaves: narrower trunk, block interiors and upsampler."""
+    torch.manual_seed(seed)
+    return EDSR(EDSRConfig(scale=scale, num_feat=12, num_block=2, block_mid=(8, 4), up_feat=8)).eval()
+
+
 def tiny_rrdb(scale: int = 4, seed: int = 0) -> RRDBNet:
     torch.manual_seed(seed)
     return RRDBNet(RRDBConfig(scale=scale, num_feat=16, num_block=2, num_grow_ch=8)).eval()

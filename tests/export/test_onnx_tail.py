@@ -9,7 +9,7 @@ from export.onnx_export import export_onnx, onnx_op_counts
 from export.onnx_tail import TailKind, lr_kernel, recorded_rewrites, tied_tensors
 from quantization.calibration import CalibrationConfig, PatchCalibrationReader
 from quantization.ptq import Calibration, calibrate, preprocess
-from tests.conftest import tiny_edsr, tiny_rrdb, tiny_srcnn, write_image
+from tests.conftest import tiny_edsr, tiny_pruned_edsr, tiny_rrdb, tiny_srcnn, write_image
 
 
 @pytest.mark.parametrize("r", [2, 3, 4])
@@ -33,6 +33,7 @@ CASES = [  # model, expected rewrite of the output convolution, its block
     ("edsr_x2", lambda: tiny_edsr(2), TailKind.SUBPIXEL, 2),
     ("edsr_x3", lambda: tiny_edsr(3), TailKind.SUBPIXEL, 3),
     ("edsr_x4", lambda: tiny_edsr(4), TailKind.SUBPIXEL, 2),
+    ("edsr_x4_pruned", lambda: tiny_pruned_edsr(4), TailKind.SUBPIXEL, 2),
     ("rrdb_x4", lambda: tiny_rrdb(4), TailKind.PADDED, 1),
     ("srcnn_y_x2", lambda: tiny_srcnn(2, 1), TailKind.PADDED, 1),
 ]

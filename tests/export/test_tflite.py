@@ -8,11 +8,12 @@ from export.keras_twins import shuffle_perm, to_keras  # noqa: E402
 from export.onnx_export import parity  # noqa: E402
 from export.tflite_export import TFLiteKind, convert, tflite_ops  # noqa: E402
 from export.runtimes.tflite import TFLiteRunner  # noqa: E402
-from tests.conftest import tiny_edsr, tiny_rrdb, tiny_srcnn  # noqa: E402
+from tests.conftest import tiny_edsr, tiny_pruned_edsr, tiny_rrdb, tiny_srcnn  # noqa: E402
 
 pytestmark = pytest.mark.tflite
 
 TWINS = [("edsr_x2", lambda: tiny_edsr(2)), ("edsr_x3", lambda: tiny_edsr(3)), ("edsr_x4", lambda: tiny_edsr(4)),
+         ("edsr_x4_pruned", lambda: tiny_pruned_edsr(4)),
          ("rrdb_x4", lambda: tiny_rrdb(4)), ("rrdb_x2", lambda: tiny_rrdb(2)),
          ("srcnn_y_x3", lambda: tiny_srcnn(3, 1)), ("srcnn_rgb_x4", lambda: tiny_srcnn(4, 3))]
 
