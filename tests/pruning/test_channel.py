@@ -1,12 +1,10 @@
 import pytest
 import torch
 
-from compress.core.checkpoint import load_checkpoint, rebuild, save_checkpoint
-from export.runtimes import ort_upscaler
-from export.onnx_export import export_onnx
 from pruning.channel import Criterion, prune_channels
 from pruning.schedule import PolynomialDecay
 from tests.conftest import tiny_edsr, tiny_rrdb, tiny_srcnn
+from tests.pruning.conftest import assert_pruned_model_round_trips
 
 CASES = [
     ("edsr_x2", lambda: tiny_edsr(2)),
@@ -35,15 +33,7 @@ def test_channel_pruning_shrinks_keeps_shape_round_trips_and_exports(tmp_path, n
     _prune(model)
     assert sum(p.numel() for p in model.parameters()) < 0.6 * params_before
     assert model(x).shape == shape
-    rebuilt = rebuild(model, model.scale)
-    path = save_checkpoint(rebuilt.model, rebuilt.config, tmp_path / "p.safetensors")
-    again = load_checkpoint(path)
-    assert again.config == rebuilt.config
-    with torch.no_grad():
-        ref = model(x)
-        torch.testing.assert_close(again.model(x), ref)
-    onnx_out = ort_upscaler(export_onnx(again.model, tmp_path / "p.onnx"))(x.numpy())
-    assert abs(onnx_out - ref.numpy()).max() < 1e-4
+    assert_pruned_model_round_trips(model, tmp_path, x)
 
 
 def test_edsr_residual_stream_is_pruned_together_and_upsampler_kept():

@@ -2,13 +2,12 @@ import pytest
 import torch
 
 from compress.core.archs import structure_of
-from compress.core.checkpoint import count_macs, load_checkpoint, rebuild, save_checkpoint
-from export.onnx_export import export_onnx
-from export.runtimes import ort_upscaler
+from compress.core.checkpoint import count_macs
 from pruning.channel import prune_channels
 from pruning.schedule import PolynomialDecay
 from pruning.shuffle import group_norms, kept_groups, prune_shuffle_groups
 from tests.conftest import tiny_edsr
+from tests.pruning.conftest import assert_pruned_model_round_trips
 
 
 def test_kept_groups_rounds_and_bounds():
@@ -66,16 +65,7 @@ def test_upsample_ratio_cuts_x4_macs_and_the_model_rebuilds_and_exports(tmp_path
     up_widths = [c.out_channels // (r * r) for c, r, _ in structure_of(shuffled).shuffle_stages()]
     full = plain.upsample[0].out_channels // 4
     assert up_widths == [full // 2, full // 2]
-    rebuilt = rebuild(shuffled, 4)
-    assert rebuilt.config.up_feat == full // 2
-    path = save_checkpoint(rebuilt.model, rebuilt.config, tmp_path / "p.safetensors")
-    again = load_checkpoint(path)
-    x = torch.rand(1, 3, 12, 10)
-    with torch.no_grad():
-        ref = shuffled(x)
-        torch.testing.assert_close(again.model(x), ref)
-    onnx_out = ort_upscaler(export_onnx(again.model, tmp_path / "p.onnx"))(x.numpy())
-    assert abs(onnx_out - ref.numpy()).max() < 1e-4
+    assert assert_pruned_model_round_trips(shuffled, tmp_path, torch.rand(1, 3, 12, 10)).up_feat == full // 2
 
 
 def test_upsample_ratio_is_validated_and_ignored_without_a_shuffle():
