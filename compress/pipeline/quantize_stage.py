@@ -256,6 +256,6 @@ def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_ev
     if recipe.tflite_qat.enabled and is_writer():  # TensorFlow training: one process (rank 0 under torchrun)
         from compress.pipeline.tflite_stage import tfmot_qat_tflite
 
-        results.update(tfmot_qat_tflite(loaded, src, out_dir, recipe.tflite_qat, recipe.data, extra_eval,
-                                        recipe.calibration))
+        results.update(tfmot_qat_tflite(loaded, src, out_dir, recipe.tflite_qat, recipe.data, ref_quality,
+                                        extra_eval, recipe.calibration))
     return {"source": source, "out": str(out_dir), "psnr_y_delta_db": results}

@@ -64,9 +64,14 @@ def export_tflite(loaded: LoadedModel, src: Path, out_dir: Path, extra_eval: lis
 
 
 def tfmot_qat_tflite(loaded: LoadedModel, src: Path, out_dir: Path, cfg: TFLiteQATConfig, data: str,
-                     extra_eval: list[str] | None = None,
-                     calibration: CalibrationConfig = CalibrationConfig()) -> dict[str, object]:
-    """tfmot QAT of the twin (ranges initialised from calibration), converted to full-integer TFLite."""
+                     reference: dict[str, dict], extra_eval: list[str] | None = None,
+                     calibration: CalibrationConfig = CalibrationConfig()) -> dict[str, dict[str, float]]:
+    """tfmot QAT of the twin (ranges initialised from calibration), converted to full-integer TFLite.
+
+    Returns:
+        ``{file name: {set: dB change against reference}}``, ``reference`` being the FP32 model's
+        quality per evaluation set (as every other quantized artifact is compared).
+    """
     from export.keras_twins import to_keras
     from export.tflite_export import TFLiteKind, convert, tflite_ops
     from export.runtimes.tflite import tflite_upscaler
@@ -78,11 +83,13 @@ def tfmot_qat_tflite(loaded: LoadedModel, src: Path, out_dir: Path, cfg: TFLiteQ
     path = convert(qat, TFLiteKind.FULL_INT8, out_dir / "model_int8_tfmot_qat.tflite", lambda: iter(calib))
     sets = eval_sets(loaded.scale, extra_eval)
     q = quality(tflite_upscaler(path), sets, loaded.scale)
+    delta = {k: round(q[k]["psnr_y_db"] - reference[k]["psnr_y_db"], 4) for k in q if k in reference}
     write_sidecar(path, {
         "stage": "quantize", "format": "tflite-int8", "method": "tfmot-qat", "qat": dataclasses.asdict(cfg),
         "arch": loaded.arch, "scale": loaded.scale,
         "params": loaded.describe()["params"], "parity_vs_pytorch": _parity_record(loaded, path), "quality": q,
+        "psnr_y_delta_db": delta,
         "calibration": {"samples": len(calib), "split": "calibration", "used_for": "QAT range init and conversion"},
         "op_input_dtypes": sorted({f"{name}:{dt[0] if dt else '-'}" for name, dt in tflite_ops(path)}),
     }, source=src)
-    return {path.name: {k: v["psnr_y_db"] for k, v in q.items()}}
+    return {path.name: delta}

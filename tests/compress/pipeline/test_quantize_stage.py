@@ -22,7 +22,7 @@ def test_quantize_stage_ptq_mixed_qat(tmp_path, image_dir):
         "patch": {"lr_patch": 16, "batch_size": 2}, "train": {"steps": 3, "lr": 1e-5},
         "tflite_qat": {"enabled": True, "steps": 2, "patch": {"lr_patch": 16, "batch_size": 2}}, "nncf": {"qat": True},
     })
-    run_quantize(run, recipe, "model")
+    summary = run_quantize(run, recipe, "model")
     out = run / "20-quantize" / "model"
     for name in ("minmax", "percentile", "mixed", "qat"):
         side = read_sidecar(out / f"model_int8_{name}.onnx")
@@ -46,6 +46,9 @@ def test_quantize_stage_ptq_mixed_qat(tmp_path, image_dir):
     assert not (out / "nncf_qat_candidate.xml").exists()
     tfl = read_sidecar(out / "model_int8_tfmot_qat.tflite")
     assert tfl["method"] == "tfmot-qat" and "CONV_2D:int8" in tfl["op_input_dtypes"]
+    fp32 = read_sidecar(out / "model_int8_minmax.onnx")["fp32_quality"]["embedded"]["psnr_y_db"]
+    expected = round(tfl["quality"]["embedded"]["psnr_y_db"] - fp32, 4)  # a change in dB, like every other row
+    assert tfl["psnr_y_delta_db"] == {"embedded": expected} == summary["psnr_y_delta_db"]["model_int8_tfmot_qat.tflite"]
 
 
 def test_missing_source(tmp_path):
