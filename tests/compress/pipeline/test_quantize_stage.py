@@ -58,7 +58,8 @@ def test_missing_source(tmp_path):
 
 
 def test_recipe_validation_and_shipped_recipe():
-    assert load_recipe(QuantRecipe, REPO / "quantization" / "recipes" / "default.toml").qat
+    default = load_recipe(QuantRecipe, REPO / "quantization" / "recipes" / "default.toml")
+    assert default.nncf.qat and not default.qat and default.train.steps == 300  # make all: NNCF QAT, not ORT QAT
     with pytest.raises(InputError, match=r"ptq_methods must be a non-empty subset"):
         from_mapping(QuantRecipe, {"ptq_methods": ["kl"]})
     with pytest.raises(InputError, match=r"percentile must be in \[90, 100\)"):
