@@ -156,6 +156,5 @@ def prune_channels(
     if upsample_ratio > 0 and stages:
         up, r, _ = stages[0]
         groups = up.out_channels // (r * r)
-        scaled = [r_ * upsample_ratio / final if final > 0 else 0.0 for r_ in ratios]
-        keeps = tuple(kept_groups(groups, min(s, upsample_ratio), round_to) for s in scaled)
+        keeps = tuple(kept_groups(groups, ratio, round_to) for ratio in scheduler(upsample_ratio, 0)[1:])
     return ChannelPruning(model=model, pruner=pruner, events=len(ratios), upsample_keeps=keeps)

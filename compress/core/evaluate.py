@@ -94,3 +94,9 @@ def eval_sets(scale: int, extra: list[str] | None) -> dict[str, list[ImagePair]]
 
 def quality(fn, sets: dict[str, list[ImagePair]], scale: int) -> dict[str, dict[str, object]]:  # noqa: ANN001
     return {name: evaluate(fn, pairs, scale).to_dict() for name, pairs in sets.items()}
+
+
+def psnr_delta_db(after: dict[str, dict], before: dict[str, dict]) -> dict[str, float]:
+    """PSNR-Y change per evaluation set from ``before`` to ``after`` (two :func:`quality` results), in dB
+    rounded to 4 decimals, over the sets both measured."""
+    return {k: round(after[k]["psnr_y_db"] - before[k]["psnr_y_db"], 4) for k in after if k in before}

@@ -17,7 +17,7 @@ from compress.core.files import read_sidecar, write_sidecar
 from compress.core.infer import torch_upscaler
 from compress.core.recipe import to_dict
 from compress.core.checkpoint import count_macs
-from compress.core.evaluate import eval_sets, quality
+from compress.core.evaluate import eval_sets, psnr_delta_db, quality
 from compress.pipeline.contract import baseline, path_of
 from compress.core.train import fit
 from export.onnx_export import export_checked
@@ -133,7 +133,7 @@ def run_prune(run: Path, recipe: PruneRecipe, name: str, extra_eval: list[str] |
         "fine_tune_seconds": round(seconds, 1),
         "quality": after,
         "quality_before": before,
-        "psnr_y_delta_db": {k: round(after[k]["psnr_y_db"] - before[k]["psnr_y_db"], 4) for k in after if k in before},
+        "psnr_y_delta_db": psnr_delta_db(after, before),
         **detail,
     }
     write_sidecar(ckpt, record, source=src)

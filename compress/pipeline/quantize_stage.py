@@ -14,7 +14,7 @@ from compress.core.data import ImagePair, list_images, load_pair, random_patches
 from compress.core.default_data import split_paths, training_pairs
 from compress.core.distributed import is_writer
 from compress.core.errors import InputError
-from compress.core.evaluate import eval_sets, evaluate, quality
+from compress.core.evaluate import eval_sets, evaluate, psnr_delta_db, quality
 from compress.core.files import read_sidecar, sidecar_path, write_sidecar
 from compress.core.recipe import to_dict
 from compress.core.train import TrainLog, fit
@@ -213,7 +213,7 @@ def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_ev
         q = quality(upscaler, sets, scale)
         onnx_file = path.suffix == ".onnx"
         record = {**common, **extra, "format": "onnx-qdq-int8" if onnx_file else "openvino-ir-int8", "quality": q,
-                  "psnr_y_delta_db": {k: round(q[k]["psnr_y_db"] - ref_quality[k]["psnr_y_db"], 4) for k in q},
+                  "psnr_y_delta_db": psnr_delta_db(q, ref_quality),
                   "parity_vs_fp32_onnx": parity(fp32_out, upscaler(sample)).to_dict(),
                   "kernels": kernel_report(path) if onnx_file else {"runtime": "openvino"},
                   "fp32_size_bytes": fp32.stat().st_size}

@@ -13,7 +13,7 @@ from compress.core.checkpoint import LoadedModel
 from compress.core.data import random_patches
 from compress.core.default_data import split_paths, training_pairs
 from compress.core.files import write_sidecar
-from compress.core.evaluate import eval_sets, quality
+from compress.core.evaluate import eval_sets, psnr_delta_db, quality
 from export.tfmot_path import TFLiteQATConfig
 from export.onnx_export import parity
 from quantization.calibration import CalibrationConfig, iter_patches
@@ -83,7 +83,7 @@ def tfmot_qat_tflite(loaded: LoadedModel, src: Path, out_dir: Path, cfg: TFLiteQ
     path = convert(qat, TFLiteKind.FULL_INT8, out_dir / "model_int8_tfmot_qat.tflite", lambda: iter(calib))
     sets = eval_sets(loaded.scale, extra_eval)
     q = quality(tflite_upscaler(path), sets, loaded.scale)
-    delta = {k: round(q[k]["psnr_y_db"] - reference[k]["psnr_y_db"], 4) for k in q if k in reference}
+    delta = psnr_delta_db(q, reference)
     write_sidecar(path, {
         "stage": "quantize", "format": "tflite-int8", "method": "tfmot-qat", "qat": dataclasses.asdict(cfg),
         "arch": loaded.arch, "scale": loaded.scale,

@@ -6,7 +6,7 @@ from compress.core.checkpoint import count_macs
 from pruning.channel import prune_channels
 from pruning.schedule import PolynomialDecay
 from pruning.shuffle import group_norms, kept_groups, prune_shuffle_groups
-from tests.conftest import tiny_edsr
+from tests.conftest import tiny_edsr, tiny_rrdb
 from tests.pruning.conftest import assert_pruned_model_round_trips
 
 
@@ -69,8 +69,6 @@ def test_upsample_ratio_cuts_x4_macs_and_the_model_rebuilds_and_exports(tmp_path
 
 
 def test_upsample_ratio_is_validated_and_ignored_without_a_shuffle():
-    from tests.conftest import tiny_rrdb
-
     sched = PolynomialDecay(0.0, 0.25, begin_step=0, end_step=10, frequency=10)
     with pytest.raises(ValueError, match="upsample_ratio"):
         prune_channels(tiny_edsr(2), sched, round_to=4, upsample_ratio=1.0)
