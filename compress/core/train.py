@@ -135,19 +135,27 @@ class TrainLog:
     steps_done: int = 0
 
 
-def _load_resume(path: Path | None, model: nn.Module, opt: torch.optim.Optimizer, device: str) -> int:
-    """Restore model and optimizer from a resume checkpoint if there is one; the step to start at."""
+def _load_resume(path: Path | None, model: nn.Module, opt: torch.optim.Optimizer,
+                 device: str) -> tuple[int, float]:
+    """Restore model and optimizer from a resume checkpoint if there is one.
+
+    Returns:
+        The step to start at and the training seconds already spent (0 for checkpoints written before
+        the seconds were recorded), so that a wall-time budget and its learning-rate schedule go on
+        where the interrupted run left them instead of starting again.
+    """
     if path is None or not path.is_file():
-        return 0
+        return 0, 0.0
     state = torch.load(path, map_location=device, weights_only=True)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
-    return int(state["step"])
+    return int(state["step"]), float(state.get("seconds", 0.0))
 
 
-def _save_resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int) -> None:
+def _save_resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, seconds: float) -> None:
     with atomic_path(path) as tmp:
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}, tmp)
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                    "seconds": seconds}, tmp)
 
 
 def _loss(model: nn.Module, teacher: nn.Module | None, cfg: TrainConfig, lr_t: torch.Tensor, hr_t: torch.Tensor,
@@ -280,7 +288,8 @@ def fit(
         teacher: frozen model for output distillation (``cfg.distill_weight``) and feature distillation
             (``cfg.feature_distill_weight``; same module names at the feature taps).
         device: ``cpu`` or ``cuda``.
-        resume: checkpoint file written every ``cfg.ckpt_every`` steps and read at start if present.
+        resume: checkpoint file written every ``cfg.ckpt_every`` steps and read at start if present; a
+            resumed run counts the seconds already spent against ``cfg.max_minutes``.
         params: parameters to optimise (default: all that require grad).
         desc: progress-bar label.
         channels_last: under bf16, train in ``torch.channels_last`` (the fast layout of oneDNN's bf16
@@ -301,9 +310,9 @@ def fit(
     features = _feature_distiller(model, teacher, cfg, batches, device, fmt)
     trainable += features.parameters() if features is not None else []
     opt = torch.optim.Adam(trainable, lr=cfg.lr, betas=(0.9, 0.99))
-    start = _load_resume(resume, model, opt, device)
+    start, spent_s = _load_resume(resume, model, opt, device)
     net = _parallel(model, ranks, device)
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() - spent_s
     budget_s = cfg.max_minutes * 60.0
     bar = tqdm(range(start, cfg.steps), desc=desc, initial=start, total=cfg.steps, mininterval=5, disable=None)
     running, done = 0.0, start
@@ -323,7 +332,7 @@ def fit(
             log.val_psnr_y_db.append((step + 1, _validate(model, val_pairs, scale, device)))
             tqdm.write(f"[{desc}] step {step + 1}: val PSNR-Y {log.val_psnr_y_db[-1][1]:.3f} dB")
         if resume is not None and ranks.rank == 0 and cfg.ckpt_every and ((step + 1) % cfg.ckpt_every == 0 or last):
-            _save_resume(resume, model, opt, step + 1)
+            _save_resume(resume, model, opt, step + 1, time.perf_counter() - t0)
         done = step + 1
         if last:
             break

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -86,6 +88,20 @@ def test_resume_continues_from_checkpoint(image_dir, tmp_path):
     assert log.loss == []  # nothing left to do: all 10 steps were already done
     for a, b in zip(model.state_dict().values(), again.state_dict().values()):
         torch.testing.assert_close(a, b)
+
+
+def test_resume_counts_the_time_already_spent_against_the_budget(image_dir, tmp_path):
+    pairs = load_pairs(list_images(image_dir), 2)
+    resume = tmp_path / "r.pt"
+    cfg = TrainConfig(steps=4, lr=1e-3, ckpt_every=2)
+    fit(tiny_edsr(2), random_patches(pairs, 2, PatchConfig(lr_patch=8, batch_size=2)), cfg, 2, resume=resume)
+    state = torch.load(resume, weights_only=True)
+    assert state["step"] == 4 and state["seconds"] > 0
+    state["step"], state["seconds"] = 2, 59.9  # interrupted after 2 steps, with 59.9 s of a 1-minute budget spent
+    torch.save(state, resume)
+    log = fit(tiny_edsr(2), random_patches(pairs, 2, PatchConfig(lr_patch=8, batch_size=2)),
+              dataclasses.replace(cfg, steps=1000, max_minutes=1.0), 2, resume=resume)
+    assert log.steps_done < 1000 and log.seconds >= 59.9  # the budget ran out: no fresh minute
 
 
 def test_hooks_see_every_step(image_dir):
