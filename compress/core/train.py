@@ -135,9 +135,10 @@ class TrainLog:
     steps_done: int = 0
 
 
-def _load_resume(path: Path | None, model: nn.Module, opt: torch.optim.Optimizer,
-                 device: str) -> tuple[int, float]:
-    """Restore model and optimizer from a resume checkpoint if there is one.
+def _load_resume(path: Path | None, model: nn.Module, opt: torch.optim.Optimizer, device: str,
+                 batches: Iterator[tuple[np.ndarray, np.ndarray]]) -> tuple[int, float]:
+    """Restore model and optimizer from a resume checkpoint if there is one, and skip the batches the
+    interrupted run already used, so the resumed run sees the stream it would have seen.
 
     Returns:
         The step to start at and the training seconds already spent (0 for checkpoints written before
@@ -149,6 +150,8 @@ def _load_resume(path: Path | None, model: nn.Module, opt: torch.optim.Optimizer
     state = torch.load(path, map_location=device, weights_only=True)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
+    for _ in range(int(state["step"])):
+        next(batches)
     return int(state["step"]), float(state.get("seconds", 0.0))
 
 
@@ -310,7 +313,7 @@ def fit(
     features = _feature_distiller(model, teacher, cfg, batches, device, fmt)
     trainable += features.parameters() if features is not None else []
     opt = torch.optim.Adam(trainable, lr=cfg.lr, betas=(0.9, 0.99))
-    start, spent_s = _load_resume(resume, model, opt, device)
+    start, spent_s = _load_resume(resume, model, opt, device, batches)
     net = _parallel(model, ranks, device)
     t0 = time.perf_counter() - spent_s
     budget_s = cfg.max_minutes * 60.0

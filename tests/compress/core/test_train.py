@@ -90,6 +90,27 @@ def test_resume_continues_from_checkpoint(image_dir, tmp_path):
         torch.testing.assert_close(a, b)
 
 
+def test_an_interrupted_run_resumed_ends_where_the_uninterrupted_run_ends(image_dir, tmp_path):
+    pairs = load_pairs(list_images(image_dir), 2)
+    cfg = TrainConfig(steps=4, lr=1e-3, ckpt_every=2)
+    whole = tiny_edsr(2)
+    fit(whole, random_patches(pairs, 2, PatchConfig(lr_patch=8, batch_size=2)), cfg, 2)
+
+    def crash(step):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    resume = tmp_path / "r.pt"
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_edsr(2), random_patches(pairs, 2, PatchConfig(lr_patch=8, batch_size=2)), cfg, 2,
+            resume=resume, hooks=[crash])
+    assert torch.load(resume, weights_only=True)["step"] == 2
+    resumed = tiny_edsr(2)
+    fit(resumed, random_patches(pairs, 2, PatchConfig(lr_patch=8, batch_size=2)), cfg, 2, resume=resume)
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b)
+
+
 def test_resume_counts_the_time_already_spent_against_the_budget(image_dir, tmp_path):
     pairs = load_pairs(list_images(image_dir), 2)
     resume = tmp_path / "r.pt"
