@@ -30,10 +30,15 @@ def protected_convs(model: nn.Module) -> list[nn.Module]:
     return structure_of(model).protected_convs()
 
 
-def inner_convs(model: nn.Module) -> list[nn.Module]:
-    """Convolutions whose outputs stay inside a block (EDSR's conv1, RRDB's growth convolutions, SRCNN's
-    hidden layers): they can be pruned harder than the residual trunk they do not feed directly."""
-    return list(structure_of(model).inner_convs)
+def _per_layer_ratios(model: nn.Module, inner_ratio: float | None,
+                      upsample_ratio: float) -> dict[nn.Module, float] | None:
+    """Final ratios for the groups that do not follow the trunk: block interiors and the convolutions
+    of an interpolating upsampler (RRDB's; a sub-pixel upsampler is pruned by :mod:`pruning.shuffle`)."""
+    structure = structure_of(model)
+    ratios = {m: inner_ratio for m in structure.inner_convs} if inner_ratio is not None else {}
+    if upsample_ratio > 0:
+        ratios.update({m: upsample_ratio for m in structure.upsample_feature_convs})
+    return ratios or None
 
 
 class Criterion(enum.Enum):
@@ -69,6 +74,18 @@ class Criterion(enum.Enum):
 def event_ratios(schedule: PolynomialDecay) -> list[float]:
     """Channel ratio the schedule asks for at each of its pruning steps."""
     return [schedule(step) for step in schedule.pruning_steps()]
+
+
+def ramp_fractions(schedule: PolynomialDecay) -> list[float]:
+    """The schedule's ramp at each pruning step as a fraction of its final sparsity (ends at 1).
+
+    Other groups (block interiors, upsampler) follow the same AGP shape scaled to their own final
+    ratio; a schedule whose final sparsity is 0 (the trunk left whole) still lends them its shape.
+    """
+    if schedule.final_sparsity > 0:
+        return [r / schedule.final_sparsity for r in event_ratios(schedule)]
+    unit = dataclasses.replace(schedule, final_sparsity=0.5)
+    return [r / 0.5 for r in event_ratios(unit)]
 
 
 @dataclasses.dataclass
@@ -118,23 +135,26 @@ def prune_channels(
         round_to: keep channel counts at multiples of this.
         example_size: side of the random LR input used to trace the graph.
         global_pruning: rank channel groups across layers instead of pruning each group equally.
-        inner_ratio: final ratio for :func:`inner_convs` (default: the schedule's final sparsity); the
+        inner_ratio: final ratio for the block interiors (``Structure.inner_convs``: EDSR's conv1, RRDB's
+            growth convolutions, SRCNN's hidden layers; default: the schedule's final sparsity); the
             same AGP ramp scaled to it.
         criterion: how channel groups are ranked (:class:`Criterion`); with ``TAYLOR`` the caller
             back-propagates a batch's loss before each ``.step()``.
         upsample_ratio: final fraction of shuffle groups removed from every PixelShuffle stage
-            (:mod:`pruning.shuffle`; 0 leaves the upsampler's outputs whole), on the same AGP ramp.
+            (:mod:`pruning.shuffle`), or of the output channels of an interpolating upsampler's
+            convolutions (RRDB's), on the same AGP ramp; 0 leaves the upsampler's outputs at the
+            trunk's ratio (EDSR: whole).
     """
-    ratios = event_ratios(schedule)
+    fractions = ramp_fractions(schedule)
     final = schedule.final_sparsity
     if inner_ratio is not None and not 0.0 <= inner_ratio < 1.0:
         raise ValueError(f"inner_ratio must be in [0, 1), got {inner_ratio!r}")
     if not 0.0 <= upsample_ratio < 1.0:
         raise ValueError(f"upsample_ratio must be in [0, 1), got {upsample_ratio!r}")
-    per_layer = {m: inner_ratio for m in inner_convs(model)} if inner_ratio is not None else None
+    per_layer = _per_layer_ratios(model, inner_ratio, upsample_ratio)
 
     def scheduler(ratio: float, _steps: int) -> list[float]:
-        return [0.0] + [r * ratio / final if final > 0 else 0.0 for r in ratios]
+        return [0.0] + [f * ratio for f in fractions]
 
     model.eval()
     device = next(model.parameters()).device
@@ -145,7 +165,7 @@ def prune_channels(
         importance=criterion.importance(),
         pruning_ratio=final,
         pruning_ratio_dict=per_layer,
-        iterative_steps=len(ratios),
+        iterative_steps=len(fractions),
         iterative_pruning_ratio_scheduler=scheduler,
         ignored_layers=protected_convs(model),
         round_to=round_to,
@@ -157,4 +177,4 @@ def prune_channels(
         up, r, _ = stages[0]
         groups = up.out_channels // (r * r)
         keeps = tuple(kept_groups(groups, ratio, round_to) for ratio in scheduler(upsample_ratio, 0)[1:])
-    return ChannelPruning(model=model, pruner=pruner, events=len(ratios), upsample_keeps=keeps)
+    return ChannelPruning(model=model, pruner=pruner, events=len(fractions), upsample_keeps=keeps)

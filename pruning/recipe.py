@@ -28,8 +28,10 @@ class PruneRecipe:
         inner_final_sparsity: final channel ratio inside blocks (EDSR's conv1, RRDB's growth
             convolutions); the trunk follows ``schedule`` (channel; default: the same as the trunk).
         upsample_final_sparsity: final fraction of PixelShuffle groups removed from every sub-pixel
-            upsampling stage (channel; :mod:`pruning.shuffle`); 0 keeps the upsampler whole. At x4
-            the upsampler is about a third of EDSR-baseline's MACs.
+            upsampling stage (channel; :mod:`pruning.shuffle`), or of the channels of an interpolating
+            upsampler's convolutions (RRDB's conv_up1, conv_up2, conv_hr); 0 keeps EDSR's upsampler
+            whole and prunes RRDB's at the trunk's ratio. At x4 the upsampler is about a third of
+            EDSR-baseline's MACs and a quarter of the compact RRDB's.
         criterion: channel ranking (``magnitude``, ``taylor``, ``lamp``, ``fpgm``; see
             :class:`pruning.channel.Criterion`).
         data: ``default`` or a folder of HR training images.

@@ -80,6 +80,33 @@ def test_inner_ratio_prunes_block_interiors_harder():
         prune_channels(tiny_edsr(2), sched, inner_ratio=1.5)
 
 
+def test_a_whole_trunk_still_lends_its_ramp_to_the_interiors(tmp_path):
+    # RRDB's trunk channels each carry the long skip (one removed costs dB before fine-tuning) while its
+    # growth channels are cheap: final_sparsity 0 keeps the trunk and prunes only the dense interiors
+    model = tiny_rrdb(4)
+    sched = PolynomialDecay(0.0, 0.0, begin_step=0, end_step=30, frequency=10)
+    pruning = prune_channels(model, sched, round_to=1, inner_ratio=0.5)
+    grown = []
+    for _ in sched.pruning_steps():
+        pruning.step()
+        grown.append(model.body[0].rdb1.conv1.out_channels)
+    assert model.conv_first.out_channels == 16 and model.conv_up1.out_channels == 16
+    # 8 growth channels, the cubic ramp scaled to 0.5: 0, 0.352, 0.481, 0.5 of them removed (torch-pruning
+    # rounds the count removed up)
+    assert grown == [8, 5, 4, 4]
+    assert_pruned_model_round_trips(model, tmp_path, torch.rand(1, 3, 12, 12))
+
+
+def test_upsample_ratio_prunes_an_interpolating_upsampler_at_its_own_ratio(tmp_path):
+    model = tiny_rrdb(4)
+    sched = PolynomialDecay(0.0, 0.0, begin_step=0, end_step=0, frequency=1)
+    prune_channels(model, sched, round_to=1, inner_ratio=0.25, upsample_ratio=0.5).step()
+    assert model.conv_first.out_channels == 16 and model.body[0].rdb1.conv1.out_channels == 6
+    assert [model.conv_up1.out_channels, model.conv_up2.out_channels, model.conv_hr.out_channels] == [8, 8, 8]
+    assert model.conv_last.out_channels == 3
+    assert_pruned_model_round_trips(model, tmp_path, torch.rand(1, 3, 12, 12))
+
+
 @pytest.mark.parametrize("criterion", list(Criterion))
 def test_every_criterion_reaches_the_same_widths_and_taylor_follows_gradients(criterion):
     model = tiny_edsr(2)

@@ -131,7 +131,8 @@ def _structure(model: RRDBNet) -> Structure:
     rdbs = [rdb for block in model.body for rdb in (block.rdb1, block.rdb2, block.rdb3)]
     inner = tuple(getattr(rdb, f"conv{j}") for rdb in rdbs for j in range(1, 5))
     return Structure(output_conv=model.conv_last, upsample_convs=(), inner_convs=inner, relu_fed_convs=(),
-                     residual_blocks=tuple(rdbs) + tuple(model.body), feature_taps=tuple(model.body))
+                     residual_blocks=tuple(rdbs) + tuple(model.body), feature_taps=tuple(model.body),
+                     upsample_feature_convs=(model.conv_up1, model.conv_up2, model.conv_hr))
 
 
 ARCH = Architecture("rrdb", RRDBConfig, RRDBNet, _structure, canonical_layout="rrdb-basicsr")

@@ -27,6 +27,9 @@ class Structure:
         residual_blocks: modules whose forward ends in a residual ``Add`` (requantized by ORT).
         feature_taps: modules whose outputs are the trunk's features, matched by feature distillation
             (:mod:`compress.core.distill`).
+        upsample_feature_convs: convolutions of an interpolating upsampler (RRDB's ``conv_up1``,
+            ``conv_up2``, ``conv_hr``): plain output channels at the enlarged size, pruned at the
+            upsampler's ratio rather than the trunk's.
     """
 
     output_conv: nn.Conv2d
@@ -35,6 +38,7 @@ class Structure:
     relu_fed_convs: tuple[nn.Conv2d, ...]
     residual_blocks: tuple[nn.Module, ...]
     feature_taps: tuple[nn.Module, ...]
+    upsample_feature_convs: tuple[nn.Conv2d, ...] = ()
 
     def protected_convs(self) -> list[nn.Conv2d]:
         """Convolutions whose output channels must not be pruned."""
