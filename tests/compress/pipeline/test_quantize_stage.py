@@ -57,6 +57,13 @@ def test_missing_source(tmp_path):
         run_quantize(tmp_path, recipe, "prune/channel")
 
 
+def test_shipped_quantize_recipes_load_and_ptq_trains_nothing():
+    recipes = {p.stem: load_recipe(QuantRecipe, p) for p in sorted((REPO / "quantization" / "recipes").glob("*.toml"))}
+    assert len(recipes) >= 8
+    ptq = recipes["ptq"]
+    assert not (ptq.qat or ptq.nncf.qat or ptq.tflite_qat.enabled or ptq.mixed_precision) and ptq.nncf.enabled
+
+
 def test_recipe_validation_and_shipped_recipe():
     default = load_recipe(QuantRecipe, REPO / "quantization" / "recipes" / "default.toml")
     assert default.nncf.qat and not default.qat and default.train.steps == 300  # make all: NNCF QAT, not ORT QAT
