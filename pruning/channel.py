@@ -5,10 +5,12 @@ EDSR's residual stream (every convolution that adds into it), RRDB's dense conca
 residual trunk. Convolutions that feed a PixelShuffle (EDSR's upsampler) lose channels in groups of
 r*r, which torch-pruning does not model: they are left to it as protected layers (their inputs still
 shrink with the residual stream) and pruned by :mod:`pruning.shuffle` when ``upsample_ratio`` asks
-for it; the last convolution keeps its 3 outputs. Channel counts are rounded to multiples of
-``round_to`` (8 suits INT8 kernels).
+for it; an interpolating upsampler's convolutions (RRDB's) are ordinary groups, pruned at
+``upsample_ratio`` when it is set and at the trunk's ratio otherwise; the last convolution keeps its
+3 outputs. Channel counts are rounded to multiples of ``round_to`` (8 suits INT8 kernels).
 
-The pruned ratio follows the AGP schedule over pruning events, with fine-tuning in between.
+The pruned ratio follows the AGP schedule over pruning events, with fine-tuning in between; block
+interiors and the upsampler follow the same ramp scaled to their own final ratios.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from pruning.shuffle import kept_groups, prune_shuffle_groups
 
 
 def protected_convs(model: nn.Module) -> list[nn.Module]:
-    """Convolutions whose output channels must not be pruned (upsampler convolutions, output convolution)."""
+    """Convolutions whose output channels torch-pruning must not touch (those feeding a PixelShuffle, the
+    output convolution)."""
     return structure_of(model).protected_convs()
 
 

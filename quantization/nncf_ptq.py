@@ -109,7 +109,6 @@ def nncf_quantize(fp32: Path, patches: list[np.ndarray], out_xml: Path, cfg: NNC
     Returns:
         The ``.xml`` path and a record of what ran (preset, bias correction, samples, seconds).
     """
-    import nncf
     import openvino as ov
 
     if not patches:

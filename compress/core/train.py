@@ -126,7 +126,11 @@ def lr_at(cfg: TrainConfig, step: int, time_fraction: float = 0.0) -> float:
 
 @dataclasses.dataclass
 class TrainLog:
-    """Losses and validation scores, one entry per logged step."""
+    """Losses and validation scores, one entry per logged step.
+
+    ``steps_done`` and ``seconds`` count from the start of the training: after a resume they include
+    the steps and training seconds of the interrupted runs up to their last resume checkpoint.
+    """
 
     loss: list[tuple[int, float]] = dataclasses.field(default_factory=list)
     val_psnr_y_db: list[tuple[int, float]] = dataclasses.field(default_factory=list)
@@ -264,6 +268,13 @@ def _release(model: nn.Module, teacher: nn.Module | None, features: FeatureDisti
         teacher.to(memory_format=torch.contiguous_format)
 
 
+def _score(log: TrainLog, model: nn.Module, val_pairs: Sequence[ImagePair], scale: int, device: str, step: int,
+           desc: str) -> None:
+    """Validate ``model`` after ``step`` steps and log its PSNR-Y."""
+    log.val_psnr_y_db.append((step, _validate(model, val_pairs, scale, device)))
+    tqdm.write(f"[{desc}] step {step}: val PSNR-Y {log.val_psnr_y_db[-1][1]:.3f} dB")
+
+
 def fit(
     model: nn.Module,
     batches: Iterator[tuple[np.ndarray, np.ndarray]],
@@ -283,8 +294,7 @@ def fit(
     Args:
         model: canonical model (RGB in [0, 1] to RGB in [0, 1]).
         batches: endless iterator of patch batches.
-        cfg: optimisation settings (``cfg.precision`` picks bf16 autocast or FP32, see
-            :func:`resolve_precision`; the log records the one used).
+        cfg: optimisation settings (``cfg.precision``: bf16 autocast or FP32, :func:`resolve_precision`).
         scale: SR factor, for validation.
         val_pairs: validation images; PSNR-Y is logged every ``cfg.val_every`` steps and at the end.
         hooks: called with the step number after each optimizer step.
@@ -292,16 +302,16 @@ def fit(
             (``cfg.feature_distill_weight``; same module names at the feature taps).
         device: ``cpu`` or ``cuda``.
         resume: checkpoint file written every ``cfg.ckpt_every`` steps and read at start if present; a
-            resumed run counts the seconds already spent against ``cfg.max_minutes``.
+            resumed run skips the batches already used (the same stream when the number of processes
+            is the same) and counts the seconds already spent against ``cfg.max_minutes``.
         params: parameters to optimise (default: all that require grad).
         desc: progress-bar label.
-        channels_last: under bf16, train in ``torch.channels_last`` (the fast layout of oneDNN's bf16
-            convolutions); ``False`` keeps NCHW, for models with operators slow on that layout.
+        channels_last: under bf16, train in ``torch.channels_last`` (oneDNN's fast bf16 layout); ``False``
+            keeps NCHW, for models with operators slow on that layout.
 
     Under torchrun the model trains in DistributedDataParallel (gradients averaged over the ranks; every
-    rank holds the same weights after each step, so hooks such as pruning masks, computed from the
-    weights, agree); only rank 0 validates and writes the resume checkpoint, and any number of ranks
-    can resume from it.
+    rank holds the same weights after each step, so hooks such as pruning masks agree); only rank 0
+    validates and writes the resume checkpoint, which any number of ranks can resume from.
     """
     ranks = ensure_process_group(device)
     device = rank_device(device)
@@ -315,9 +325,9 @@ def fit(
     opt = torch.optim.Adam(trainable, lr=cfg.lr, betas=(0.9, 0.99))
     start, spent_s = _load_resume(resume, model, opt, device, batches)
     net = _parallel(model, ranks, device)
-    t0 = time.perf_counter() - spent_s
-    budget_s = cfg.max_minutes * 60.0
-    bar = tqdm(range(start, cfg.steps), desc=desc, initial=start, total=cfg.steps, mininterval=5, disable=None)
+    t0, budget_s = time.perf_counter() - spent_s, cfg.max_minutes * 60.0
+    end = start if budget_s and spent_s >= budget_s else cfg.steps  # a resumed run whose budget is spent
+    bar = tqdm(range(start, end), desc=desc, initial=start, total=cfg.steps, mininterval=5, disable=None)
     running, done = 0.0, start
     for step in bar:
         lr_t, hr_t = _on_device(next(batches), device, fmt)
@@ -332,13 +342,14 @@ def fit(
             log.loss.append((step + 1, running))
             bar.set_postfix(loss=f"{running:.4f}", lr=f"{lr_now:.2e}")
         if val_pairs and ranks.rank == 0 and ((cfg.val_every and (step + 1) % cfg.val_every == 0) or last):
-            log.val_psnr_y_db.append((step + 1, _validate(model, val_pairs, scale, device)))
-            tqdm.write(f"[{desc}] step {step + 1}: val PSNR-Y {log.val_psnr_y_db[-1][1]:.3f} dB")
+            _score(log, model, val_pairs, scale, device, step + 1, desc)
         if resume is not None and ranks.rank == 0 and cfg.ckpt_every and ((step + 1) % cfg.ckpt_every == 0 or last):
             _save_resume(resume, model, opt, step + 1, time.perf_counter() - t0)
         done = step + 1
         if last:
             break
+    if done == start and val_pairs and ranks.rank == 0:  # nothing left to run: score what the resume file holds
+        _score(log, model, val_pairs, scale, device, start, desc)
     bar.close()
     _release(model, teacher, features)
     log.seconds = time.perf_counter() - t0

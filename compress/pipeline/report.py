@@ -15,8 +15,6 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
-
 from compress.core.errors import InputError
 from compress.core.files import read_json_object, read_sidecar, sidecar_path, write_json_atomic, write_text_atomic
 from compress.pipeline.contract import STAGE_SECONDS, artifact_kind, path_of, stage_dir

@@ -95,6 +95,11 @@ def test_a_whole_trunk_still_lends_its_ramp_to_the_interiors(tmp_path):
     # rounds the count removed up)
     assert grown == [8, 5, 4, 4]
     assert_pruned_model_round_trips(model, tmp_path, torch.rand(1, 3, 12, 12))
+    edsr = tiny_edsr(2)  # the same for EDSR: trunk whole, residual-block interiors on the ramp
+    pruning = prune_channels(edsr, sched, round_to=1, inner_ratio=0.5)
+    for _ in sched.pruning_steps():
+        pruning.step()
+    assert edsr.conv_first.out_channels == 16 and [b.conv1.out_channels for b in edsr.body] == [8] * len(edsr.body)
 
 
 def test_upsample_ratio_prunes_an_interpolating_upsampler_at_its_own_ratio(tmp_path):

@@ -68,8 +68,9 @@ def test_upsample_ratio_cuts_x4_macs_and_the_model_rebuilds_and_exports(tmp_path
     assert assert_pruned_model_round_trips(shuffled, tmp_path, torch.rand(1, 3, 12, 10)).up_feat == full // 2
 
 
-def test_upsample_ratio_is_validated_and_ignored_without_a_shuffle():
+def test_upsample_ratio_is_validated_and_needs_no_shuffle_groups_without_a_shuffle():
     sched = PolynomialDecay(0.0, 0.25, begin_step=0, end_step=10, frequency=10)
     with pytest.raises(ValueError, match="upsample_ratio"):
         prune_channels(tiny_edsr(2), sched, round_to=4, upsample_ratio=1.0)
+    # RRDB interpolates: no shuffle groups, its upsampler convolutions are ordinary groups (test_channel.py)
     assert prune_channels(tiny_rrdb(4), sched, round_to=4, upsample_ratio=0.5).upsample_keeps == ()

@@ -1,7 +1,6 @@
 import numpy as np
 import onnx
 import pytest
-import torch
 
 from compress.core.default_data import split_paths
 from compress.core.errors import InputError

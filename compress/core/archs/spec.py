@@ -29,7 +29,7 @@ class Structure:
             (:mod:`compress.core.distill`).
         upsample_feature_convs: convolutions of an interpolating upsampler (RRDB's ``conv_up1``,
             ``conv_up2``, ``conv_hr``): plain output channels at the enlarged size, pruned at the
-            upsampler's ratio rather than the trunk's.
+            recipe's upsampler ratio when it sets one, else at the trunk's.
     """
 
     output_conv: nn.Conv2d

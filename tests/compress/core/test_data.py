@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from compress.core.data import (
-    ImageNotice, PatchConfig, list_images, load_pair, load_pairs, load_rgb, modcrop, random_patches,
+    ImageNotice, PatchConfig, list_images, load_pair, load_pairs, load_rgb, random_patches,
 )
 from compress.core.default_data import IMAGES, WALLPAPER_PACKAGES, WALLPAPERS, split_paths
 from compress.core.errors import InputError

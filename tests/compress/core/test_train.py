@@ -123,6 +123,12 @@ def test_resume_counts_the_time_already_spent_against_the_budget(image_dir, tmp_
     log = fit(tiny_edsr(2), random_patches(pairs, 2, PatchConfig(lr_patch=8, batch_size=2)),
               dataclasses.replace(cfg, steps=1000, max_minutes=1.0), 2, resume=resume)
     assert log.steps_done < 1000 and log.seconds >= 59.9  # the budget ran out: no fresh minute
+    state["seconds"] = 60.0  # the whole budget already spent: no step runs, the file is left as it was
+    torch.save(state, resume)
+    log = fit(tiny_edsr(2), random_patches(pairs, 2, PatchConfig(lr_patch=8, batch_size=2)),
+              dataclasses.replace(cfg, steps=1000, max_minutes=1.0), 2, resume=resume, val_pairs=pairs[:1])
+    assert log.steps_done == 2 and torch.load(resume, weights_only=True)["step"] == 2
+    assert [step for step, _ in log.val_psnr_y_db] == [2]  # what the resume file holds is still scored
 
 
 def test_hooks_see_every_step(image_dir):

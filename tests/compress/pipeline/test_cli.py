@@ -1,6 +1,5 @@
 import json
 
-import pytest
 import torch
 
 from compress.core.checkpoint import save_checkpoint
