@@ -53,6 +53,24 @@ def ensure_process_group(device: str) -> Ranks:
     return r
 
 
+def release_process_group(wait: bool = True) -> None:
+    """Leave torchrun's process group, if this process joined one: wait for every rank (``wait``), then
+    destroy the group while the interpreter is still whole. A rank that exits with the group alive
+    leaves Gloo's worker threads holding tensors that are freed during interpreter finalization, which
+    aborts the process (SIGABRT) now and then (pytorch/pytorch#179291). Pass ``wait=False`` on an
+    error path, where the other ranks may never reach the barrier; a barrier that fails because a peer
+    died does not stop the group from being destroyed."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    try:
+        if wait:
+            torch.distributed.barrier()
+    except RuntimeError:  # DistBackendError: a peer is gone; leave anyway
+        pass
+    finally:
+        torch.distributed.destroy_process_group()
+
+
 def rank_device(device: str) -> str:
     """``cuda`` becomes this rank's GPU (``cuda:LOCAL_RANK``) under torchrun."""
     if device == "cuda" and ranks().distributed:

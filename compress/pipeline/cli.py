@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import NoReturn
 
-from compress.core.distributed import is_writer, ranks
+from compress.core.distributed import is_writer, ranks, release_process_group
 from compress.core.errors import InputError
 from compress.core.files import read_json_object, record_stage_seconds
 from compress.pipeline import options as opt
@@ -306,11 +306,14 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("default", category=UserWarning, module="compress")
     if not is_writer():  # under torchrun, rank 0 alone reports; every rank still says its errors
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+    code = INTERNAL_ERROR
     try:
-        return _run(args)
+        code = _run(args)
+        return code
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        code = 2
+        return code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
@@ -321,3 +324,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.command}: internal error {type(exc).__name__}: {what} (rerun with --debug for the "
               "traceback)", file=sys.stderr)
         return INTERNAL_ERROR
+    finally:  # under torchrun: every rank leaves the Gloo / NCCL group before the interpreter exits
+        release_process_group(wait=code == 0)

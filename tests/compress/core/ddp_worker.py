@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from compress.core.data import PatchConfig, list_images, load_pairs, random_patches
-from compress.core.distributed import ranks
+from compress.core.distributed import ranks, release_process_group
 from compress.core.train import TrainConfig, fit
 from tests.conftest import tiny_edsr
 
@@ -38,6 +38,7 @@ def main() -> None:
     log = fit(model, batches, cfg, 2, hooks=[die], resume=Path(resume))
     torch.save({"state": model.state_dict(), "before": before, "after": probe(), "resumed_from": resumed,
                 "steps_done": log.steps_done, "world": ranks().world}, out / f"rank{ranks().rank}.pt")
+    release_process_group()  # as the CLI does (compress/pipeline/cli.py main)
 
 
 if __name__ == "__main__":
