@@ -1,4 +1,7 @@
 import json
+import os
+import subprocess
+import sys
 
 import torch
 
@@ -6,7 +9,7 @@ from compress.core.checkpoint import save_checkpoint
 from compress.pipeline.cli import main
 from compress.core.files import read_sidecar
 from export.runtimes import runtime
-from tests.conftest import as_layout, tiny_edsr, tiny_srcnn
+from tests.conftest import REPO, as_layout, tiny_edsr, tiny_srcnn
 
 
 def _run(capsys, *argv):
@@ -98,3 +101,30 @@ def test_eval_needs_model_or_run(tmp_path, capsys):
 def test_export_without_model_stage(tmp_path, capsys):
     code, _, err = _run(capsys, "export", "--run", str(tmp_path / "nothing"))
     assert code == 2 and "run `make model RUN=" in err
+
+
+def test_train_command_under_torchrun_exits_cleanly_on_every_rank(image_dir, tmp_path):
+    """The real entry point with 2 Gloo ranks: both leave the process group and exit 0, rank 0 writes."""
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(f'arch = "edsr"\nscale = 2\nnum_feat = 8\nnum_block = 1\ndata = "{image_dir}"\n'
+                      f'val_data = "{image_dir}"\nmax_side = 0\n[patch]\nlr_patch = 8\nbatch_size = 4\n'
+                      '[train]\nsteps = 3\nlr = 1e-3\nprecision = "fp32"\n')
+    out = tmp_path / "m.safetensors"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                             "MASTER_PORT")}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           "-m", "compress", "train", "--recipe", str(recipe), "--out", str(out)],
+                          env={**env, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}, cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert out.is_file() and json.loads(out.with_name(out.name + ".json").read_text())["steps_done"] == 3
+
+
+def test_every_command_leaves_the_process_group_waiting_only_after_success(tmp_path, capsys, monkeypatch):
+    calls = []
+    monkeypatch.setattr("compress.pipeline.cli.release_process_group", lambda wait=True: calls.append(wait))
+    model = tiny_edsr(2)
+    save_checkpoint(model, model.cfg, tmp_path / "m.safetensors")
+    assert _run(capsys, "inspect", str(tmp_path / "m.safetensors"))[0] == 0
+    assert _run(capsys, "inspect", str(tmp_path / "missing.safetensors"))[0] == 2
+    assert calls == [True, False]  # an error path must not wait at a barrier other ranks may never reach
