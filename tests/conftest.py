@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -13,6 +14,14 @@ from PIL import Image
 from compress.core.archs import EDSR, RRDBNet, SRCNN, EDSRConfig, RRDBConfig, SRCNNConfig
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def launch_env(**extra: str) -> dict[str, str]:
+    """This environment for a child process that imports the repo, without an outer torchrun's rank
+    variables (a test run under torchrun must not make its children join that job)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    return {**env, "PYTHONPATH": str(REPO), **extra}
 EVALDATA = REPO.parent / "shared" / "evaldata"
 
 

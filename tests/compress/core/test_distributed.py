@@ -1,6 +1,5 @@
 """The training loop under torchrun: 2 Gloo processes on a tiny EDSR (real processes, loopback only)."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +8,7 @@ import pytest
 import torch
 
 from compress.core.errors import InputError
-from tests.conftest import REPO
+from tests.conftest import REPO, launch_env
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
@@ -18,9 +17,7 @@ def launch(nproc: int, out: Path, images: Path, steps: int, die_at: int = 0, res
            precision: str = "fp32"):
     out.mkdir(parents=True, exist_ok=True)
     args = [str(out), str(images), str(steps), str(die_at), str(resume or out / "resume.pt")]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "WORKER_PRECISION": precision}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
+    env = launch_env(OMP_NUM_THREADS="1", WORKER_PRECISION=precision)
     if nproc == 1:
         cmd = [sys.executable, str(WORKER), *args]
     else:

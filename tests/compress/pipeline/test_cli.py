@@ -1,5 +1,4 @@
 import json
-import os
 import subprocess
 import sys
 
@@ -9,7 +8,7 @@ from compress.core.checkpoint import save_checkpoint
 from compress.pipeline.cli import main
 from compress.core.files import read_sidecar
 from export.runtimes import runtime
-from tests.conftest import REPO, as_layout, tiny_edsr, tiny_srcnn
+from tests.conftest import REPO, as_layout, launch_env, tiny_edsr, tiny_srcnn
 
 
 def _run(capsys, *argv):
@@ -110,11 +109,9 @@ def test_train_command_under_torchrun_exits_cleanly_on_every_rank(image_dir, tmp
                       f'val_data = "{image_dir}"\nmax_side = 0\n[patch]\nlr_patch = 8\nbatch_size = 4\n'
                       '[train]\nsteps = 3\nlr = 1e-3\nprecision = "fp32"\n')
     out = tmp_path / "m.safetensors"
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                             "MASTER_PORT")}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                            "-m", "compress", "train", "--recipe", str(recipe), "--out", str(out)],
-                          env={**env, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}, cwd=REPO,
+                          env=launch_env(OMP_NUM_THREADS="1"), cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert out.is_file() and json.loads(out.with_name(out.name + ".json").read_text())["steps_done"] == 3
