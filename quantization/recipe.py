@@ -12,6 +12,7 @@ from export.tfmot_path import TFLiteQATConfig
 from quantization.ptq import Calibration, Int8Options, reduce_weight_range
 
 METHODS = tuple(c.value for c in Calibration)
+QAT_FROM = ("each", "best")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +36,11 @@ class QuantRecipe:
         qat_calibration: the calibration method whose ranges QAT trains under and ORT then runs with;
             ``auto``: the PTQ method of ``ptq_methods`` that scores best on the calibration crops, so
             QAT starts from the best PTQ model.
+        qat_from: ``each``: every QAT the recipe switches on (``qat`` for ONNX Runtime, ``nncf.qat``)
+            starts from its own runtime's PTQ model; ``best``: of those, only the one whose PTQ start
+            scores best on the calibration crops runs (the ORT method ``qat_calibration`` names, or the
+            best ORT method under ``auto``, against NNCF's PTQ IR), so QAT always starts from the best
+            PTQ model the stage made, whichever runtime calibrated it.
         qat_keep: ``better`` keeps a QAT model only if it scores above its PTQ starting point on the
             calibration crops (ORT's QAT: the same calibration without training; NNCF's QAT: NNCF's PTQ
             IR), else says so and keeps only the PTQ model; ``always`` keeps it regardless.
@@ -57,6 +63,7 @@ class QuantRecipe:
     max_float_nodes: int = 4
     qat: bool = True
     qat_calibration: str = "auto"
+    qat_from: str = "each"
     qat_keep: str = "better"
     data: str = "default"
     patch: PatchConfig = PatchConfig(lr_patch=32, batch_size=8)
@@ -69,6 +76,8 @@ class QuantRecipe:
         if bad or not self.ptq_methods:
             raise ValueError(f"ptq_methods must be a non-empty subset of {METHODS}, got {list(self.ptq_methods)}")
         reduce_weight_range(self.weight_range)  # validates the setting
+        if self.qat_from not in QAT_FROM:
+            raise ValueError(f"qat_from must be one of {QAT_FROM}, got {self.qat_from!r}")
         if self.qat_keep not in ("better", "always"):
             raise ValueError(f"qat_keep must be better or always, got {self.qat_keep!r}")
         if self.qat_calibration not in (*METHODS, "auto"):

@@ -82,7 +82,7 @@ def _qat_start(recipe: QuantRecipe, reader: PatchCalibrationReader, pre: Path, o
 
 
 def _run_qat(loaded: LoadedModel, recipe: QuantRecipe, reader: PatchCalibrationReader, pre: Path, out_dir: Path,
-             caches: dict[str, Path], rr: bool, opts: Int8Options, finish, score) -> dict:  # noqa: ANN001
+             start: Path, rr: bool, opts: Int8Options, finish, score, plan: dict) -> dict:  # noqa: ANN001
     """QAT under the chosen calibration's ranges, then ORT quantizes the trained model with exactly those.
 
     Kept only if it beats its PTQ starting point on the calibration crops (``recipe.qat_keep``).
@@ -91,9 +91,8 @@ def _run_qat(loaded: LoadedModel, recipe: QuantRecipe, reader: PatchCalibrationR
     model = copy.deepcopy(loaded.model)
     state = prepare_qat(model, iter_patches(reader.paths, scale, recipe.calibration), reduce_range=rr)
     qat_method = Calibration(recipe.qat_calibration)
-    start = _qat_start(recipe, reader, pre, out_dir, caches, opts)
     if qat_method is not Calibration.MINMAX:  # train under the ranges of the chosen calibration
-        load_qat_ranges(state, pre, caches[recipe.qat_calibration])
+        load_qat_ranges(state, pre, out_dir / f"calibration_{recipe.qat_calibration}.json")
     log = _fine_tune(model, loaded, recipe, "qat")
     strip_qat(state)
     qat_fp32 = export_onnx(model, out_dir / "model_qat_fp32.onnx")
@@ -108,7 +107,7 @@ def _run_qat(loaded: LoadedModel, recipe: QuantRecipe, reader: PatchCalibrationR
         return {final.name: {"not_kept": verdict}}
     finish(candidate.replace(final), {"method": "qat", "calibration": {"method": recipe.qat_calibration,
                                       "samples": reader.count, "tensors_with_qat_ranges": trained},
-                                      "against_ptq_start": verdict, "excluded_nodes": [],
+                                      "against_ptq_start": verdict, "qat_plan": plan, "excluded_nodes": [],
                                       "qat_seconds": round(log.seconds, 1), "qat_loss": log.loss[-5:]})
     return {}
 
@@ -143,22 +142,40 @@ def _judge_qat(candidate: Path, start: Path, final: Path, recipe: QuantRecipe, s
     return verdict
 
 
-def _run_nncf(loaded: LoadedModel, recipe: QuantRecipe, reader: PatchCalibrationReader, fp32: Path, out_dir: Path,
-              finish, score) -> dict:  # noqa: ANN001
-    """NNCF's PTQ of the OpenVINO IR, then (``recipe.nncf.qat``) NNCF's QAT from it."""
+def _run_nncf_ptq(loaded: LoadedModel, recipe: QuantRecipe, reader: PatchCalibrationReader, fp32: Path,
+                  out_dir: Path, finish) -> tuple[Path, list]:  # noqa: ANN001
+    """NNCF's PTQ of the OpenVINO IR; returns the IR and the calibration patches (NNCF's QAT reuses them)."""
     patches = list(iter_patches(reader.paths, loaded.scale, recipe.calibration))
     path, ran = nncf_quantize(fp32, patches, out_dir / "model_int8_nncf.xml", recipe.nncf, cpu_has_vnni())
     finish(path, {"method": "ptq-nncf", "calibration": {"method": f"nncf {recipe.nncf.activation_ranges}",
                                                          "samples": len(patches)}, "nncf": ran,
                   "excluded_nodes": ran["float_convs"]})
-    if recipe.nncf.qat:
-        return _run_nncf_qat(loaded, recipe, patches, path, out_dir, finish, score)
-    _drop(out_dir / "model_int8_nncf_qat.xml")  # an earlier run's, not made by this recipe
-    return {}
+    return path, patches
+
+
+def qat_plan(recipe: QuantRecipe, ort_start: Path | None, nncf_start: Path | None, score) -> dict:  # noqa: ANN001
+    """Which QATs run: ``{"ort": bool, "nncf": bool}``, and under ``qat_from = "best"`` the scores that chose.
+
+    Args:
+        recipe: the quantize recipe (``qat``, ``nncf.qat``, ``qat_from``).
+        ort_start: the PTQ model ONNX Runtime's QAT would start from (None: that QAT is off).
+        nncf_start: NNCF's PTQ IR (None: NNCF's QAT cannot run).
+        score: PSNR-Y (dB) of an artifact on the calibration crops.
+    """
+    plan = {"ort": ort_start is not None, "nncf": recipe.nncf.qat and nncf_start is not None}
+    if recipe.qat_from == "best" and plan["ort"] and plan["nncf"]:
+        ort_db, nncf_db = score(ort_start), score(nncf_start)
+        plan = {"ort": ort_db >= nncf_db, "nncf": nncf_db > ort_db,
+                "start_psnr_y_db": {ort_start.name: round(ort_db, 4), nncf_start.name: round(nncf_db, 4)},
+                "split": "calibration crops"}
+        chosen = ort_start if plan["ort"] else nncf_start
+        print(f"[quantize] qat_from = best: QAT starts from {chosen.name} ({max(ort_db, nncf_db):.3f} dB on the "
+              f"calibration crops; {ort_start.name} {ort_db:.3f}, {nncf_start.name} {nncf_db:.3f})", flush=True)
+    return plan
 
 
 def _run_nncf_qat(loaded: LoadedModel, recipe: QuantRecipe, patches: list, start: Path, out_dir: Path,
-                  finish, score) -> dict:  # noqa: ANN001
+                  finish, score, plan: dict) -> dict:  # noqa: ANN001
     """NNCF QAT: NNCF's PTQ of the PyTorch model, ranges and weights trained (distilled from FP32), as IR.
 
     Kept only if it beats ``start`` (NNCF's PTQ IR) on the calibration crops (``recipe.qat_keep``).
@@ -177,10 +194,22 @@ def _run_nncf_qat(loaded: LoadedModel, recipe: QuantRecipe, patches: list, start
     finally:
         _drop(candidate)
     finish(final, {"method": "qat-nncf", "calibration": {"method": f"nncf {ran['activation_ranges']}",
-                                      "samples": len(patches)}, "nncf": ran, "against_ptq_start": verdict,
+                                      "samples": len(patches)}, "nncf": ran, "against_ptq_start": verdict, "qat_plan": plan,
                                       "excluded_nodes": ran["float_convs"], "qat_seconds": round(log.seconds, 1),
                                       "qat_precision": log.precision, "qat_loss": log.loss[-5:]})
     return {}
+
+
+def _run_mixed(recipe: QuantRecipe, pre: Path, cache: Path, method: Calibration, score, target: float,  # noqa: ANN001
+               out_dir: Path, opts: Int8Options, finish, about: dict) -> None:  # noqa: ANN001
+    """Mixed precision: the most sensitive convolutions stay float until INT8 is within the budget."""
+    base, ranking = rank_sensitivity(pre, cache, method, score, options=opts)
+    chosen, trace = choose_float_nodes(pre, cache, method, score, ranking, target, recipe.max_float_nodes, opts)
+    path = quantize(pre, out_dir / "model_int8_mixed.onnx", cache, method, chosen, opts)
+    finish(path, {"method": "ptq-mixed", "calibration": {"method": method.value, "samples": about["samples"]},
+                  "excluded_nodes": chosen, "sensitivity": {"score_images": about["score_images"],
+                  "int8_psnr_y_db": round(base, 4), "target_psnr_y_db": round(target, 4),
+                  "ranking": [(s.node, s.gain_db) for s in ranking], "trace": trace}})
 
 
 def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_eval: list[str] | None = None) -> dict:
@@ -236,23 +265,27 @@ def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_ev
     if mixed or (recipe.qat and recipe.qat_calibration == "auto"):  # scored once, used by both
         best_ptq = max(recipe.ptq_methods, key=lambda m: score(out_dir / f"model_int8_{m}.onnx"))
     if mixed:
-        best = best_ptq
-        method = Calibration(best)
-        target = score(fp32) - recipe.budget_db
-        base, ranking = rank_sensitivity(pre, caches[best], method, score, options=opts)
-        chosen, trace = choose_float_nodes(pre, caches[best], method, score, ranking, target, recipe.max_float_nodes, opts)
-        path = quantize(pre, out_dir / "model_int8_mixed.onnx", caches[best], method, chosen, opts)
-        finish(path, {"method": "ptq-mixed", "calibration": {"method": best, "samples": reader.count},
-                      "excluded_nodes": chosen, "sensitivity": {"score_images": [p.name for p in score_pairs],
-                      "int8_psnr_y_db": round(base, 4), "target_psnr_y_db": round(target, 4),
-                      "ranking": [(s.node, s.gain_db) for s in ranking], "trace": trace}})
+        _run_mixed(recipe, pre, caches[best_ptq], Calibration(best_ptq), score, score(fp32) - recipe.budget_db,
+                   out_dir, opts, finish, {"samples": reader.count, "score_images": [p.name for p in score_pairs]})
 
+    nncf_start, patches = None, []
     if recipe.nncf.enabled and runtime("openvino").present():
-        results.update(_run_nncf(loaded, recipe, reader, fp32, out_dir, finish, score))
-    if recipe.qat:
-        if recipe.qat_calibration == "auto":  # start from the best PTQ model
-            recipe = dataclasses.replace(recipe, qat_calibration=best_ptq)
-        results.update(_run_qat(loaded, recipe, reader, pre, out_dir, caches, rr, opts, finish, score))
+        nncf_start, patches = _run_nncf_ptq(loaded, recipe, reader, fp32, out_dir, finish)
+    if recipe.qat and recipe.qat_calibration == "auto":  # start from the best PTQ model
+        recipe = dataclasses.replace(recipe, qat_calibration=best_ptq)
+    ort_start = _qat_start(recipe, reader, pre, out_dir, caches, opts) if recipe.qat else None
+    plan = qat_plan(recipe, ort_start, nncf_start, score)
+    if plan["nncf"]:
+        results.update(_run_nncf_qat(loaded, recipe, patches, nncf_start, out_dir, finish, score, plan))
+    else:
+        _drop(out_dir / "model_int8_nncf_qat.xml")  # an earlier run's, not made by this recipe
+    if plan["ort"]:
+        results.update(_run_qat(loaded, recipe, reader, pre, out_dir, ort_start, rr, opts, finish, score, plan))
+    else:
+        _drop(out_dir / "model_int8_qat.onnx")
+    for name, ran in (("model_int8_qat.onnx", plan["ort"]), ("model_int8_nncf_qat.xml", plan["nncf"])):
+        if "start_psnr_y_db" in plan and not ran:  # qat_from = best chose the other runtime's start
+            results[name] = {"not_run": plan}
     if recipe.tflite_qat.enabled and is_writer():  # TensorFlow training: one process (rank 0 under torchrun)
         from compress.pipeline.tflite_stage import tfmot_qat_tflite
 

@@ -109,3 +109,52 @@ def test_qat_that_does_not_beat_its_ptq_start_is_not_kept(tmp_path, image_dir, c
     assert nncf_verdict["qat_psnr_y_db"] <= nncf_verdict["ptq_start_psnr_y_db"]
     assert "model_int8_nncf_qat.xml not kept" in printed
     assert not (out / "nncf_qat_candidate.xml").exists() and not (out / "nncf_qat_candidate.bin").exists()
+
+
+def test_qat_plan_runs_only_the_qat_from_the_best_ptq_start(tmp_path, capsys):
+    from compress.pipeline.quantize_stage import qat_plan
+
+    ort, nncf = tmp_path / "model_int8_percentile.onnx", tmp_path / "model_int8_nncf.xml"
+    scores = {ort: 27.978, nncf: 27.951}
+    both = {"qat": True, "nncf": {"qat": True}}
+    each = from_mapping(QuantRecipe, both)
+    assert qat_plan(each, ort, nncf, scores.__getitem__) == {"ort": True, "nncf": True}  # each: both run, no scoring
+    best = from_mapping(QuantRecipe, {**both, "qat_from": "best"})
+    plan = qat_plan(best, ort, nncf, scores.__getitem__)
+    assert plan["ort"] and not plan["nncf"]
+    assert plan["start_psnr_y_db"] == {ort.name: 27.978, nncf.name: 27.951}
+    assert "QAT starts from model_int8_percentile.onnx" in capsys.readouterr().out
+    scores[nncf] = 28.1
+    assert qat_plan(best, ort, nncf, scores.__getitem__)["nncf"] and not qat_plan(best, ort, nncf, scores.__getitem__)["ort"]
+    # one QAT possible (NNCF absent, or ORT's QAT off): it runs without a contest
+    assert qat_plan(best, ort, None, scores.__getitem__) == {"ort": True, "nncf": False}
+    assert qat_plan(best, None, nncf, scores.__getitem__) == {"ort": False, "nncf": True}
+    with pytest.raises(InputError, match=r"qat_from must be one of \('each', 'best'\), got 'first'"):
+        from_mapping(QuantRecipe, {"qat_from": "first"})
+
+
+def test_qat_from_best_runs_one_qat_and_names_the_other(tmp_path, image_dir):
+    src = tmp_path / "edsr.pth"
+    torch.save({"params": as_layout(tiny_edsr(2), "edsr-basicsr")}, src)
+    run = tmp_path / "run"
+    stage_model(str(src), None, run)
+    out = run / "20-quantize" / "model"
+    out.mkdir(parents=True)
+    for stale in ("model_int8_qat.onnx", "model_int8_nncf_qat.xml"):  # an earlier run's: the one not run goes
+        (out / stale).write_bytes(b"stale")
+    recipe = from_mapping(QuantRecipe, {
+        "ptq_methods": ["minmax"], "calibration": {"lr_patch": 16, "patches_per_image": 2},
+        "calibration_data": str(image_dir), "data": str(image_dir), "mixed_precision": False,
+        "qat": True, "qat_from": "best", "qat_keep": "always", "patch": {"lr_patch": 16, "batch_size": 2},
+        "train": {"steps": 2, "lr": 1e-5}, "tflite_qat": {"enabled": False}, "nncf": {"qat": True},
+    })
+    result = run_quantize(run, recipe, "model")["psnr_y_delta_db"]
+    names = {"ort": "model_int8_qat.onnx", "nncf": "model_int8_nncf_qat.xml"}
+    ran = [k for k, name in names.items() if "not_run" not in result.get(name, {})]
+    assert len(ran) == 1
+    kept, skipped = names[ran[0]], names[{"ort": "nncf", "nncf": "ort"}[ran[0]]]
+    plan = read_sidecar(out / kept)["qat_plan"]
+    assert plan == result[skipped]["not_run"] and plan[ran[0]]
+    starts = plan["start_psnr_y_db"]
+    assert set(starts) == {"model_int8_minmax.onnx", "model_int8_nncf.xml"}
+    assert not (out / skipped).exists()
