@@ -161,6 +161,7 @@ def prepare_qat(model: nn.Module, calibration: Iterable[np.ndarray], momentum: f
         state.hooks.append(conv.register_forward_pre_hook(pre_hook(f"{name}:in")))
     for name, module in outs:
         state.hooks.append(module.register_forward_hook(post_hook(f"{name}:out")))
+    _hook_leaky_relus(model, state, convs, quant, momentum)
     model.eval()
     with torch.no_grad():
         for batch in calibration:
@@ -175,6 +176,42 @@ def prepare_qat(model: nn.Module, calibration: Iterable[np.ndarray], momentum: f
         parametrize.register_parametrization(conv, "weight", PerChannelWeightFakeQuant(64 if reduce_range else 127))
     return state
 
+def _hook_leaky_relus(model: nn.Module, state: QATState, convs: list[tuple[str, nn.Conv2d]], quant,  # noqa: ANN001
+                      momentum: float) -> None:
+    """Fake-quantize every LeakyReLU output that follows a convolution, keyed ``<conv>:act``.
+
+    ORT fuses a ReLU into the convolution before it but runs LeakyReLU as its own ``QLinearLeakyRelu``,
+    which requantizes its output (RRDB's dense blocks and upsampler: 75 such tensors in the compact
+    RRDB x4). A module such as RRDB's ``lrelu`` is called after several convolutions, so each point is
+    named by the convolution whose output it reads (the ONNX ``LeakyRelu`` node reading that Conv).
+    """
+    made_by: dict[int, str] = {}  # id of a convolution's output in the current forward -> its name
+
+    def reset(module: nn.Module, args: tuple) -> None:
+        made_by.clear()
+
+    def record(name: str):  # noqa: ANN202
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            made_by[id(output)] = name
+        return hook
+
+    def requantize(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        conv = made_by.pop(id(args[0]), None)
+        if conv is None:
+            return None
+        key = f"{conv}:act"
+        if key not in state.ranges:  # first seen while observing the calibration batches
+            state.ranges[key] = ActivationRange(momentum=momentum, observe_only=True)
+        return quant(key, module, output)
+
+    state.hooks.append(model.register_forward_pre_hook(reset))
+    for name, conv in convs:
+        state.hooks.append(conv.register_forward_hook(record(name)))  # after the output's own quantization
+    for module in model.modules():
+        if isinstance(module, nn.LeakyReLU):
+            state.hooks.append(module.register_forward_hook(requantize))
+
+
 
 def strip_qat(state: QATState) -> None:
     """Remove fake quantization, keeping the trained float weights (not their quantized copies)."""
@@ -186,25 +223,62 @@ def strip_qat(state: QATState) -> None:
     state.hooks.clear()
 
 
-def _tensor_keys(state: QATState, model: Path) -> dict[str, str]:
+def _raw_weight(conv: nn.Conv2d) -> np.ndarray:
+    """A convolution's float weight, under QAT's parametrization or not."""
+    w = conv.parametrizations.weight.original if parametrize.is_parametrized(conv, "weight") else conv.weight
+    return w.detach().float().numpy()
+
+
+def _sum_after(graph: onnx.GraphProto, tensor: str) -> str | None:
+    """The output of the ``Add`` that ``tensor`` reaches through ``Mul`` nodes only (a residual sum)."""
+    consumers = {}
+    for n in graph.node:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n)
+    while len(consumers.get(tensor, [])) == 1 and consumers[tensor][0].op_type in ("Mul", "Add"):
+        node = consumers[tensor][0]
+        if node.op_type == "Add":
+            return node.output[0]
+        tensor = node.output[0]
+    return None
+
+
+def _tensor_keys(state: QATState, model: Path, factors: dict[str, float] | None = None) -> dict[str, str]:
     """QAT range key -> the ONNX tensor it quantizes, found through each convolution's weight name.
 
     ORT's pre-processing folds a constant ``Mul`` after a convolution (RRDB's 0.2 residual scale) into
-    its weights and renames them ``ConvMulFusion_W_<name>``; such a convolution's output is the
-    rescaled tensor, so only its input range maps (the output keeps its calibrated range).
+    its weights and renames them ``ConvMulFusion_W_<name>``: the Conv node's output is then the rescaled
+    tensor, so the ``<name>:out`` range is that tensor's range divided by the folded factor (recorded
+    in ``factors``, read from the fused weights). A residual block whose output feeds no convolution
+    (RRDB's third dense block, scaled by 0.2 before its sum) maps to the ``Add`` its last direct
+    convolution reaches; LeakyReLU points (``<conv>:act``) to the ``LeakyRelu`` node reading the Conv.
     """
-    convs = {n.input[1]: n for n in onnx.load(str(model), load_external_data=False).graph.node if n.op_type == "Conv"}
+    graph = onnx.load(str(model), load_external_data=False).graph
+    convs = {n.input[1]: n for n in graph.node if n.op_type == "Conv"}
+    weights = {t.name: t for t in graph.initializer if t.name.startswith("ConvMulFusion_W_")}
+    lrelu_of = {n.input[0]: n.output[0] for n in graph.node if n.op_type == "LeakyRelu"}
     keys: dict[str, str] = {}
-    for name, _ in state.convs:
-        node = convs.get(f"{name}.weight")
-        fused = convs.get(f"ConvMulFusion_W_{name}.weight")
-        if node is None and fused is None:
+    for name, conv in state.convs:
+        plain, fused = convs.get(f"{name}.weight"), convs.get(f"ConvMulFusion_W_{name}.weight")
+        if plain is None and fused is None:
             raise ValueError(f"{model}: no Conv node with weight {name}.weight (QAT ranges cannot be mapped)")
-        keys[f"{name}:in"] = (node or fused).input[0]
-        if node is not None and f"{name}:out" in state.ranges:
+        node = plain or fused
+        keys[f"{name}:in"] = node.input[0]
+        if f"{name}:out" in state.ranges:
             keys[f"{name}:out"] = node.output[0]
+        if plain is None and factors is not None:
+            w, wf = _raw_weight(conv), onnx.numpy_helper.to_array(weights[fused.input[1]])
+            factors[f"{name}:out"] = float((w * wf).sum() / max(float((w * w).sum()), 1e-30))
+        if f"{name}:act" in state.ranges and node.output[0] in lrelu_of:
+            keys[f"{name}:act"] = lrelu_of[node.output[0]]
     for key, source in state.aliases.items():
         keys[source] = keys[key]
+    for key in [k for k in state.ranges if k.endswith(":out") and k not in keys]:
+        block = key.removesuffix(":out")
+        last = [n for n, _ in state.convs if n.rpartition(".")[0] == block]
+        total = _sum_after(graph, keys[f"{last[-1]}:out"]) if last and f"{last[-1]}:out" in keys else None
+        if total is not None:
+            keys[key] = total
     return keys
 
 
@@ -222,10 +296,12 @@ def load_qat_ranges(state: QATState, model: Path, cache: Path) -> int:
     from onnxruntime.quantization.calibrate import load_tensors_data
 
     data = load_tensors_data(cache)
+    factors: dict[str, float] = {}
     loaded = 0
-    for key, tensor in _tensor_keys(state, model).items():
+    for key, tensor in _tensor_keys(state, model, factors).items():
         if tensor in data:
-            lo, hi = tensor_range(data[tensor])
+            lo, hi = (v / factors.get(key, 1.0) for v in tensor_range(data[tensor]))
+            lo, hi = min(lo, hi), max(lo, hi)
             state.ranges[key].lo, state.ranges[key].hi = min(lo, 0.0), max(hi, 0.0)
             loaded += 1
     return loaded
@@ -253,10 +329,12 @@ def write_qat_ranges(state: QATState, model: Path, cache: Path) -> int:
 
     data = load_tensors_data(cache)
     written = set()
-    for key, tensor in _tensor_keys(state, model).items():
+    factors: dict[str, float] = {}
+    for key, tensor in _tensor_keys(state, model, factors).items():
         if tensor in data:
-            rng = state.ranges[key]
-            data[tensor] = TensorData(lowest=np.float32(rng.lo), highest=np.float32(rng.hi))
+            rng, f = state.ranges[key], factors.get(key, 1.0)
+            lo, hi = sorted((rng.lo * f, rng.hi * f))
+            data[tensor] = TensorData(lowest=np.float32(lo), highest=np.float32(hi))
             written.add(tensor)
     for group in tied_tensors(onnx.load(str(model), load_external_data=False).graph):
         source = next((t for t in group if t in written), None)

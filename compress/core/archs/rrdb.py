@@ -79,7 +79,9 @@ class ResidualDenseBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = [x]
         for conv in (self.conv1, self.conv2, self.conv3, self.conv4):
-            feats.append(self.lrelu(conv(torch.cat(feats, 1))))
+            # conv1 reads x itself, not a one-tensor concatenation (a copy): QAT then sees one tensor,
+            # quantized once, as ORT does (the exported graph has no Concat there either)
+            feats.append(self.lrelu(conv(torch.cat(feats, 1) if len(feats) > 1 else x)))
         return x + self.conv5(torch.cat(feats, 1)) * 0.2
 
 
