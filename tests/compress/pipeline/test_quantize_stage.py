@@ -66,7 +66,8 @@ def test_shipped_quantize_recipes_load_and_ptq_trains_nothing():
 
 def test_recipe_validation_and_shipped_recipe():
     default = load_recipe(QuantRecipe, REPO / "quantization" / "recipes" / "default.toml")
-    assert default.nncf.qat and not default.qat and default.train.steps == 300  # make all: NNCF QAT, not ORT QAT
+    # make all: one QAT, NNCF's or ORT's, from whichever PTQ start scores best on the calibration crops
+    assert default.nncf.qat and default.qat and default.qat_from == "best" and default.train.steps == 300
     with pytest.raises(InputError, match=r"ptq_methods must be a non-empty subset"):
         from_mapping(QuantRecipe, {"ptq_methods": ["kl"]})
     with pytest.raises(InputError, match=r"percentile must be in \[90, 100\)"):
