@@ -108,7 +108,8 @@ def _run_qat(loaded: LoadedModel, recipe: QuantRecipe, reader: PatchCalibrationR
     finish(candidate.replace(final), {"method": "qat", "calibration": {"method": recipe.qat_calibration,
                                       "samples": reader.count, "tensors_with_qat_ranges": trained},
                                       "against_ptq_start": verdict, "qat_plan": plan, "excluded_nodes": [],
-                                      "qat_seconds": round(log.seconds, 1), "qat_loss": log.loss[-5:]})
+                                      "qat_seconds": round(log.seconds, 1), "qat_precision": log.precision,
+                                      "qat_loss": log.loss[-5:]})
     return {}
 
 
