@@ -19,6 +19,7 @@ After training, :func:`strip_qat` leaves a float model whose weights were traine
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -161,7 +162,7 @@ def prepare_qat(model: nn.Module, calibration: Iterable[np.ndarray], momentum: f
         state.hooks.append(conv.register_forward_pre_hook(pre_hook(f"{name}:in")))
     for name, module in outs:
         state.hooks.append(module.register_forward_hook(post_hook(f"{name}:out")))
-    _hook_leaky_relus(model, state, convs, quant, momentum)
+    _hook_leaky_relus(model, state, convs, quant, momentum, produced)
     model.eval()
     with torch.no_grad():
         for batch in calibration:
@@ -177,32 +178,40 @@ def prepare_qat(model: nn.Module, calibration: Iterable[np.ndarray], momentum: f
     return state
 
 def _hook_leaky_relus(model: nn.Module, state: QATState, convs: list[tuple[str, nn.Conv2d]], quant,  # noqa: ANN001
-                      momentum: float) -> None:
+                      momentum: float, produced: dict[int, tuple[str, torch.Tensor]]) -> None:
     """Fake-quantize every LeakyReLU output that follows a convolution, keyed ``<conv>:act``.
 
     ORT fuses a ReLU into the convolution before it but runs LeakyReLU as its own ``QLinearLeakyRelu``,
     which requantizes its output (RRDB's dense blocks and upsampler: 75 such tensors in the compact
     RRDB x4). A module such as RRDB's ``lrelu`` is called after several convolutions, so each point is
     named by the convolution whose output it reads (the ONNX ``LeakyRelu`` node reading that Conv).
+    Points exist only where the calibration pass met them; an output that a convolution reads next
+    (RRDB's upsampler) is registered in ``produced``, so that convolution's input aliases it.
     """
-    made_by: dict[int, str] = {}  # id of a convolution's output in the current forward -> its name
+    made_by: dict[int, tuple[str, weakref.ref]] = {}  # conv outputs of the current forward, by id
 
     def reset(module: nn.Module, args: tuple) -> None:
         made_by.clear()
 
     def record(name: str):  # noqa: ANN202
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            made_by[id(output)] = name
+            made_by[id(output)] = (name, weakref.ref(output))
         return hook
 
     def requantize(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-        conv = made_by.pop(id(args[0]), None)
-        if conv is None:
+        conv, ref = made_by.pop(id(args[0]), ("", None))
+        if ref is None or ref() is not args[0]:  # not a convolution's output (or a reused id)
             return None
         key = f"{conv}:act"
-        if key not in state.ranges:  # first seen while observing the calibration batches
+        observing = state.ranges[f"{convs[0][0]}:in"].observe_only
+        if key not in state.ranges:
+            if not observing:
+                return None  # not met during calibration: no range to run with
             state.ranges[key] = ActivationRange(momentum=momentum, observe_only=True)
-        return quant(key, module, output)
+        out = quant(key, module, output)
+        if observing:
+            produced[id(out)] = (key, out)
+        return out
 
     state.hooks.append(model.register_forward_pre_hook(reset))
     for name, conv in convs:
@@ -210,7 +219,6 @@ def _hook_leaky_relus(model: nn.Module, state: QATState, convs: list[tuple[str, 
     for module in model.modules():
         if isinstance(module, nn.LeakyReLU):
             state.hooks.append(module.register_forward_hook(requantize))
-
 
 
 def strip_qat(state: QATState) -> None:
@@ -266,9 +274,13 @@ def _tensor_keys(state: QATState, model: Path, factors: dict[str, float] | None 
         keys[f"{name}:in"] = node.input[0]
         if f"{name}:out" in state.ranges:
             keys[f"{name}:out"] = node.output[0]
-        if plain is None and factors is not None:
+        if plain is None and f"{name}:out" in keys:
             w, wf = _raw_weight(conv), onnx.numpy_helper.to_array(weights[fused.input[1]])
-            factors[f"{name}:out"] = float((w * wf).sum() / max(float((w * w).sum()), 1e-30))
+            norm = float((w * w).sum())
+            if norm > 0 and factors is not None:
+                factors[f"{name}:out"] = float((w * wf).sum()) / norm
+            elif norm == 0:  # all-zero weights: the folded factor cannot be read, the range not mapped
+                del keys[f"{name}:out"]
         if f"{name}:act" in state.ranges and node.output[0] in lrelu_of:
             keys[f"{name}:act"] = lrelu_of[node.output[0]]
     for key, source in state.aliases.items():

@@ -53,6 +53,20 @@ def ensure_process_group(device: str) -> Ranks:
     return r
 
 
+def rank0_value(value: object, device: str = "cpu") -> object:
+    """``value`` as rank 0 holds it, on every rank (``value`` itself in one process).
+
+    For a decision every rank must take alike, such as which model to train next: each rank computes
+    it, rank 0's copy wins, so floating-point ties broken differently cannot split the ranks.
+    """
+    r = ensure_process_group(device)
+    if not r.distributed:
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def release_process_group(wait: bool = True) -> None:
     """Leave torchrun's process group, if this process joined one: wait for every rank (``wait``), then
     destroy the group while the interpreter is still whole. A rank that exits with the group alive

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from pathlib import Path
 
 import onnx
@@ -12,7 +13,7 @@ import torch
 from compress.core.checkpoint import LoadedModel, load_checkpoint
 from compress.core.data import ImagePair, list_images, load_pair, random_patches
 from compress.core.default_data import split_paths, training_pairs
-from compress.core.distributed import is_writer
+from compress.core.distributed import is_writer, rank0_value
 from compress.core.errors import InputError
 from compress.core.evaluate import eval_sets, evaluate, psnr_delta_db, quality
 from compress.core.files import read_sidecar, sidecar_path, write_sidecar
@@ -166,12 +167,12 @@ def qat_plan(recipe: QuantRecipe, ort_start: Path | None, nncf_start: Path | Non
     plan = {"ort": ort_start is not None, "nncf": recipe.nncf.qat and nncf_start is not None}
     if recipe.qat_from == "best" and plan["ort"] and plan["nncf"]:
         ort_db, nncf_db = score(ort_start), score(nncf_start)
-        plan = {"ort": ort_db >= nncf_db, "nncf": nncf_db > ort_db,
-                "start_psnr_y_db": {ort_start.name: round(ort_db, 4), nncf_start.name: round(nncf_db, 4)},
-                "split": "calibration crops"}
+        nncf_wins = bool(nncf_db > ort_db or math.isnan(ort_db))  # a NaN score never wins
+        plan = rank0_value({"ort": not nncf_wins, "nncf": nncf_wins, "split": "calibration crops",
+                            "start_psnr_y_db": {ort_start.name: round(ort_db, 4), nncf_start.name: round(nncf_db, 4)}})
         chosen = ort_start if plan["ort"] else nncf_start
-        print(f"[quantize] qat_from = best: QAT starts from {chosen.name} ({max(ort_db, nncf_db):.3f} dB on the "
-              f"calibration crops; {ort_start.name} {ort_db:.3f}, {nncf_start.name} {nncf_db:.3f})", flush=True)
+        print(f"[quantize] qat_from = best: QAT starts from {chosen.name} (calibration crops: {ort_start.name} "
+              f"{ort_db:.3f} dB, {nncf_start.name} {nncf_db:.3f} dB)", flush=True)
     return plan
 
 

@@ -214,3 +214,25 @@ def test_rrdb_simulation_follows_what_ort_runs(tmp_path):
     quant_error, mismatch = np.abs(int8 - ref).mean(), np.abs(int8 - sim).mean()
     assert quant_error > 0 and mismatch < 0.5 * quant_error
     assert sum(k.endswith(":act") for k in state.ranges) == 2 * 3 * 4 + 3  # every LeakyReLU after a conv
+
+
+def test_rrdb_qat_trains_through_leaky_relu_points_and_shares_upsampler_ranges():
+    from tests.conftest import tiny_rrdb
+
+    model = tiny_rrdb(4)
+    x = torch.rand(2, 3, 12, 12)
+    with torch.no_grad():
+        ref = model(x)
+    state = prepare_qat(model, [x[:1].numpy()])
+    assert state.aliases["conv_hr:in"] == "conv_up2:act"  # LeakyReLU output read by the next conv: one range
+    assert state.ranges["conv_hr:in"] is state.ranges["conv_up2:act"]
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(2):  # backward through fake-quantized, in-place LeakyReLU outputs
+        opt.zero_grad()
+        loss = (model(x) - ref).abs().mean()
+        loss.backward()
+        opt.step()
+    assert torch.isfinite(loss) and model.conv_first.parametrizations.weight.original.grad is not None
+    strip_qat(state)
+    assert set(model.state_dict()) == set(tiny_rrdb(4).state_dict())

@@ -87,3 +87,31 @@ def test_the_process_group_is_left_before_exit():
     assert torch.distributed.is_initialized()
     release_process_group()
     assert not torch.distributed.is_initialized()
+
+
+def _report_rank0_value(rank: int, port: int, out: str) -> None:
+    import os
+
+    from compress.core.distributed import rank0_value, release_process_group
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    got = rank0_value({"rank": rank})  # each rank's own decision; rank 0's must win everywhere
+    Path(out, f"rank{rank}").write_text(str(got["rank"]))
+    release_process_group()
+
+
+def test_every_rank_takes_rank0s_decision(tmp_path, monkeypatch):
+    import socket
+
+    from compress.core.distributed import rank0_value
+
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert rank0_value("own") == "own"  # one process: its own value, no group joined
+    assert not torch.distributed.is_initialized()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_report_rank0_value, args=(port, str(tmp_path)), nprocs=2)
+    assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["0", "0"]

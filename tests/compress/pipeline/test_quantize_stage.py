@@ -126,6 +126,9 @@ def test_qat_plan_runs_only_the_qat_from_the_best_ptq_start(tmp_path, capsys):
     assert plan["ort"] and not plan["nncf"]
     assert plan["start_psnr_y_db"] == {ort.name: 27.978, nncf.name: 27.951}
     assert "QAT starts from model_int8_percentile.onnx" in capsys.readouterr().out
+    scores[ort] = float("nan")  # an unscorable start never wins: the other QAT runs
+    assert qat_plan(best, ort, nncf, scores.__getitem__)["nncf"] and not qat_plan(best, ort, nncf, scores.__getitem__)["ort"]
+    scores[ort] = 27.978
     scores[nncf] = 28.1
     assert qat_plan(best, ort, nncf, scores.__getitem__)["nncf"] and not qat_plan(best, ort, nncf, scores.__getitem__)["ort"]
     # one QAT possible (NNCF absent, or ORT's QAT off): it runs without a contest
