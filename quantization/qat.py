@@ -237,12 +237,11 @@ def _raw_weight(conv: nn.Conv2d) -> np.ndarray:
     return w.detach().float().numpy()
 
 
-def _sum_after(graph: onnx.GraphProto, tensor: str) -> str | None:
-    """The output of the ``Add`` that ``tensor`` reaches through ``Mul`` nodes only (a residual sum)."""
-    consumers = {}
-    for n in graph.node:
-        for name in n.input:
-            consumers.setdefault(name, []).append(n)
+def _sum_after(consumers: dict[str, list[onnx.NodeProto]], tensor: str) -> str | None:
+    """The output of the ``Add`` that ``tensor`` reaches through ``Mul`` nodes only (a residual sum).
+
+    ``consumers`` maps each tensor of the graph to the nodes that read it.
+    """
     while len(consumers.get(tensor, [])) == 1 and consumers[tensor][0].op_type in ("Mul", "Add"):
         node = consumers[tensor][0]
         if node.op_type == "Add":
@@ -285,10 +284,14 @@ def _tensor_keys(state: QATState, model: Path, factors: dict[str, float] | None 
             keys[f"{name}:act"] = lrelu_of[node.output[0]]
     for key, source in state.aliases.items():
         keys[source] = keys[key]
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n)
     for key in [k for k in state.ranges if k.endswith(":out") and k not in keys]:
         block = key.removesuffix(":out")
         last = [n for n, _ in state.convs if n.rpartition(".")[0] == block]
-        total = _sum_after(graph, keys[f"{last[-1]}:out"]) if last and f"{last[-1]}:out" in keys else None
+        total = _sum_after(consumers, keys[f"{last[-1]}:out"]) if last and f"{last[-1]}:out" in keys else None
         if total is not None:
             keys[key] = total
     return keys

@@ -10,11 +10,17 @@ from compress.pipeline.quantize_stage import run_quantize
 from tests.conftest import REPO, as_layout, tiny_edsr
 
 
-def test_quantize_stage_ptq_mixed_qat(tmp_path, image_dir):
+def _staged_run(tmp_path):
+    """A run folder whose baseline is a tiny EDSR x2 in BasicSR's layout."""
     src = tmp_path / "edsr.pth"
     torch.save({"params": as_layout(tiny_edsr(2), "edsr-basicsr")}, src)
     run = tmp_path / "run"
     stage_model(str(src), None, run)
+    return run
+
+
+def test_quantize_stage_ptq_mixed_qat(tmp_path, image_dir):
+    run = _staged_run(tmp_path)
     recipe = from_mapping(QuantRecipe, {
         "ptq_methods": ["minmax", "percentile"], "calibration": {"lr_patch": 16, "patches_per_image": 2},
         "calibration_data": str(image_dir), "data": str(image_dir), "budget_db": 0.0, "max_float_nodes": 1,
@@ -82,10 +88,7 @@ def test_recipe_validation_and_shipped_recipe():
 
 
 def test_qat_that_does_not_beat_its_ptq_start_is_not_kept(tmp_path, image_dir, capsys):
-    src = tmp_path / "edsr.pth"
-    torch.save({"params": as_layout(tiny_edsr(2), "edsr-basicsr")}, src)
-    run = tmp_path / "run"
-    stage_model(str(src), None, run)
+    run = _staged_run(tmp_path)
     out = run / "20-quantize" / "model"
     out.mkdir(parents=True)
     (out / "model_int8_qat.onnx").write_bytes(b"stale")  # an earlier run's QAT models must not survive
@@ -139,10 +142,7 @@ def test_qat_plan_runs_only_the_qat_from_the_best_ptq_start(tmp_path, capsys):
 
 
 def test_qat_from_best_runs_one_qat_and_names_the_other(tmp_path, image_dir):
-    src = tmp_path / "edsr.pth"
-    torch.save({"params": as_layout(tiny_edsr(2), "edsr-basicsr")}, src)
-    run = tmp_path / "run"
-    stage_model(str(src), None, run)
+    run = _staged_run(tmp_path)
     out = run / "20-quantize" / "model"
     out.mkdir(parents=True)
     for stale in ("model_int8_qat.onnx", "model_int8_nncf_qat.xml"):  # an earlier run's: the one not run goes
