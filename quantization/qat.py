@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from compress.core.archs import structure_of
 from export.onnx_tail import tied_tensors
 from quantization.ptq import tensor_range
 
@@ -86,17 +87,16 @@ def fake_quant_activation(x: torch.Tensor, rng: ActivationRange) -> torch.Tensor
 def output_points(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Modules whose outputs ORT's QDQ model requantizes, beyond the convolution inputs.
 
-    Convolution outputs (unless a ReLU follows, which ORT fuses), and the residual blocks whose
-    forward ends in an ``Add`` (EDSR's ResBlock, RRDB's dense blocks and RRDB blocks). Those ``Add``
+    Convolution outputs (unless a ReLU follows, which ORT fuses), the residual blocks whose
+    forward ends in an ``Add`` (EDSR's ResBlock, RRDB's dense blocks and RRDB blocks), and the
+    constant scalings of a block's output (RRDB's 0.2 before its sum: ``QLinearMul``). Those ``Add``
     outputs are requantized even when the recipe leaves ``Add`` out of the quantized operator types:
     they feed a quantized convolution, and ORT then fuses DequantizeLinear-Add-QuantizeLinear into
     ``QLinearAdd``.
     """
-    from compress.core.archs import structure_of
-
     facts = structure_of(model)
     relu_fed = {id(c) for c in facts.relu_fed_convs}
-    blocks = {id(b) for b in facts.residual_blocks}
+    blocks = {id(b) for b in facts.residual_blocks + facts.scaled_sums}
     return [(n, m) for n, m in model.named_modules()
             if (isinstance(m, nn.Conv2d) and id(m) not in relu_fed) or id(m) in blocks]
 
@@ -108,6 +108,8 @@ class QATState:
     ``ranges`` is keyed ``<module>:in`` (convolution inputs) and ``<module>:out`` (see :func:`output_points`).
     ``aliases`` maps a convolution input key to the block output key whose tensor it is (EDSR's
     ``body.1.conv1:in`` is ``body.0:out``): one tensor, one range object, quantized once.
+    ``read_from`` maps an output key whose module reads another point's tensor to that point's key
+    (RRDB's ``body.0.branch_scale:out`` reads ``body.0.rdb3:out``): the ONNX tensor is found from it.
     """
 
     convs: list[tuple[str, nn.Conv2d]]
@@ -115,6 +117,7 @@ class QATState:
     hooks: list[torch.utils.hooks.RemovableHandle]
     training_ranges: bool = True
     aliases: dict[str, str] = dataclasses.field(default_factory=dict)
+    read_from: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def prepare_qat(model: nn.Module, calibration: Iterable[np.ndarray], momentum: float = 1.0,
@@ -134,6 +137,7 @@ def prepare_qat(model: nn.Module, calibration: Iterable[np.ndarray], momentum: f
     ranges = {f"{n}:{side}": ActivationRange(momentum=momentum, observe_only=True)
               for side, mods in (("in", convs), ("out", outs)) for n, _ in mods}
     state = QATState(convs=convs, ranges=ranges, hooks=[])
+    scalings = {id(m) for m in structure_of(model).scaled_sums}
     produced: dict[int, tuple[str, torch.Tensor]] = {}  # block outputs of the current calibration batch
 
     def quant(key: str, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -154,6 +158,8 @@ def prepare_qat(model: nn.Module, calibration: Iterable[np.ndarray], momentum: f
     def post_hook(key: str):  # noqa: ANN202
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
             if state.ranges[key].observe_only and not isinstance(module, nn.Conv2d):
+                if id(module) in scalings and id(args[0]) in produced:
+                    state.read_from[key] = produced[id(args[0])][0]
                 produced[id(output)] = (key, output)  # the reference keeps the id unique in this batch
             return quant(key, module, output)
         return hook
@@ -294,6 +300,10 @@ def _tensor_keys(state: QATState, model: Path, factors: dict[str, float] | None 
         total = _sum_after(consumers, keys[f"{last[-1]}:out"]) if last and f"{last[-1]}:out" in keys else None
         if total is not None:
             keys[key] = total
+    for key, source in state.read_from.items():  # a constant Mul of a point's tensor: ORT's QLinearMul
+        muls = [n for n in consumers.get(keys.get(source, ""), []) if n.op_type == "Mul"]
+        if key not in keys and len(muls) == 1:
+            keys[key] = muls[0].output[0]
     return keys
 
 

@@ -85,6 +85,22 @@ class ResidualDenseBlock(nn.Module):
         return x + self.conv5(torch.cat(feats, 1)) * 0.2
 
 
+class Scale(nn.Module):
+    """Multiplication by a constant, as a module so that QAT can requantize the product.
+
+    ORT folds a constant ``Mul`` after a convolution into its weights (the dense blocks' 0.2), but an
+    RRDB's 0.2 follows a residual sum, so its product runs as ``QLinearMul`` and is requantized.
+    No parameters: the state dict and the exported graph are those of a plain ``x * factor``.
+    """
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
 class RRDB(nn.Module):
     """Residual-in-residual dense block: three dense blocks and a 0.2-scaled residual."""
 
@@ -93,9 +109,10 @@ class RRDB(nn.Module):
         self.rdb1 = ResidualDenseBlock(num_feat, grow[0])
         self.rdb2 = ResidualDenseBlock(num_feat, grow[1])
         self.rdb3 = ResidualDenseBlock(num_feat, grow[2])
+        self.branch_scale = Scale(0.2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.rdb3(self.rdb2(self.rdb1(x))) * 0.2
+        return x + self.branch_scale(self.rdb3(self.rdb2(self.rdb1(x))))
 
 
 class RRDBNet(nn.Module):
@@ -134,7 +151,8 @@ def _structure(model: RRDBNet) -> Structure:
     inner = tuple(getattr(rdb, f"conv{j}") for rdb in rdbs for j in range(1, 5))
     return Structure(output_conv=model.conv_last, upsample_convs=(), inner_convs=inner, relu_fed_convs=(),
                      residual_blocks=tuple(rdbs) + tuple(model.body), feature_taps=tuple(model.body),
-                     upsample_feature_convs=(model.conv_up1, model.conv_up2, model.conv_hr))
+                     upsample_feature_convs=(model.conv_up1, model.conv_up2, model.conv_hr),
+                     scaled_sums=tuple(block.branch_scale for block in model.body))
 
 
 ARCH = Architecture("rrdb", RRDBConfig, RRDBNet, _structure, canonical_layout="rrdb-basicsr")

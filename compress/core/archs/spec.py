@@ -30,6 +30,9 @@ class Structure:
         upsample_feature_convs: convolutions of an interpolating upsampler (RRDB's ``conv_up1``,
             ``conv_up2``, ``conv_hr``): plain output channels at the enlarged size, pruned at the
             recipe's upsampler ratio when it sets one, else at the trunk's.
+        scaled_sums: modules that multiply a residual block's output by a constant (RRDB's 0.2): ORT
+            requantizes their product (``QLinearMul``; a ``Mul`` right after a convolution is folded
+            into its weights instead).
     """
 
     output_conv: nn.Conv2d
@@ -39,6 +42,7 @@ class Structure:
     residual_blocks: tuple[nn.Module, ...]
     feature_taps: tuple[nn.Module, ...]
     upsample_feature_convs: tuple[nn.Conv2d, ...] = ()
+    scaled_sums: tuple[nn.Module, ...] = ()
 
     def protected_convs(self) -> list[nn.Conv2d]:
         """Convolutions whose output channels must not be pruned."""
