@@ -46,7 +46,8 @@ class QuantRecipe:
             IR), else says so and keeps only the PTQ model; ``always`` keeps it regardless.
         data: ``default`` or a folder of HR training images for QAT.
         patch: QAT patches.
-        train: QAT fine-tuning, for both QATs (``distill_weight`` distils from the FP32 model).
+        train: QAT fine-tuning, for both QATs (``distill_weight`` distils from the FP32 model;
+            ``val_every`` scores the fake-quantized model on the calibration crops every that many steps).
         tflite_qat: tfmot QAT of the Keras twin, converted to full-integer TFLite.
         nncf: NNCF post-training quantization of the OpenVINO IR (one more INT8 candidate, run by
             OpenVINO), on the same calibration patches, and (``nncf.qat``) NNCF's QAT from it.

@@ -104,6 +104,7 @@ def _run_qat(loaded: LoadedModel, recipe: QuantRecipe, reader: PatchCalibrationR
     candidate = quantize(qat_pre, out_dir / "qat_candidate.onnx", cache, qat_method, options=opts)
     final = out_dir / "model_int8_qat.onnx"
     verdict = _judge_qat(candidate, start, final, recipe, score)
+    verdict["val_trace"] = [(step, round(db, 4)) for step, db in log.val_psnr_y_db]
     if not verdict["kept"]:
         return {final.name: {"not_kept": verdict}}
     finish(candidate.replace(final), {"method": "qat", "calibration": {"method": recipe.qat_calibration,
@@ -116,11 +117,17 @@ def _run_qat(loaded: LoadedModel, recipe: QuantRecipe, reader: PatchCalibrationR
 
 def _fine_tune(model: torch.nn.Module, loaded: LoadedModel, recipe: QuantRecipe, desc: str,
                channels_last: bool = True) -> TrainLog:
-    """QAT fine-tuning of ``model`` with the recipe's ``patch`` / ``train``, distilled from the FP32 source."""
+    """QAT fine-tuning of ``model`` with the recipe's ``patch`` / ``train``, distilled from the FP32 source.
+
+    With ``train.val_every`` set, the fake-quantized model is scored on the calibration crops every that
+    many steps (``TrainLog.val_psnr_y_db``, in the log and the sidecar): a trace of what the fine-tuning
+    does to the quality the stage judges it on.
+    """
     pairs = training_pairs(recipe.data, loaded.scale)
     teacher = loaded.model.eval() if recipe.train.uses_teacher else None
-    return fit(model, random_patches(pairs, loaded.scale, recipe.patch), recipe.train, loaded.scale, teacher=teacher,
-               desc=desc, channels_last=channels_last)
+    val = _centre_crops(_calibration_paths(recipe), loaded.scale) if recipe.train.val_every else ()
+    return fit(model, random_patches(pairs, loaded.scale, recipe.patch), recipe.train, loaded.scale, val_pairs=val,
+               teacher=teacher, desc=desc, channels_last=channels_last)
 
 
 def _drop(path: Path) -> None:
@@ -188,6 +195,7 @@ def _run_nncf_qat(loaded: LoadedModel, recipe: QuantRecipe, patches: list, start
     candidate, final = out_dir / "nncf_qat_candidate.xml", out_dir / "model_int8_nncf_qat.xml"
     try:
         verdict = _judge_qat(qat_ir(model, candidate), start, final, recipe, score)
+        verdict["val_trace"] = [(step, round(db, 4)) for step, db in log.val_psnr_y_db]
         if not verdict["kept"]:
             return {final.name: {"not_kept": verdict}}
         _drop(final)  # no earlier .xml may pair with the new weights, even for a moment

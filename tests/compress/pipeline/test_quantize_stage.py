@@ -98,7 +98,8 @@ def test_qat_that_does_not_beat_its_ptq_start_is_not_kept(tmp_path, image_dir, c
         "ptq_methods": ["minmax"], "calibration": {"lr_patch": 16, "patches_per_image": 2},
         "calibration_data": str(image_dir), "data": str(image_dir), "mixed_precision": False,
         "qat_calibration": "minmax", "patch": {"lr_patch": 16, "batch_size": 2},
-        "train": {"steps": 6, "lr": 0.5, "warmup_steps": 0}, "tflite_qat": {"enabled": False},  # a rate that ruins it
+        "train": {"steps": 6, "lr": 0.5, "warmup_steps": 0, "val_every": 3},  # a rate that ruins it
+        "tflite_qat": {"enabled": False},
         "nncf": {"qat": True},
     })
     result = run_quantize(run, recipe, "model")
@@ -107,11 +108,15 @@ def test_qat_that_does_not_beat_its_ptq_start_is_not_kept(tmp_path, image_dir, c
     assert not (out / "model_int8_qat.onnx").exists() and (out / "model_int8_minmax.onnx").is_file()
     printed = capsys.readouterr().out
     assert "model_int8_qat.onnx not kept" in printed
+    # val_every: the fake-quantized model scored on the calibration crops during the fine-tuning
+    assert [step for step, _ in verdict["val_trace"]] == [3, 6]
+    assert "[qat] step 3: val PSNR-Y" in printed
     assert not (out / "model_int8_nncf_qat.xml").exists() and not (out / "model_int8_nncf_qat.bin").exists()
     assert (out / "model_int8_nncf.xml").is_file()
     nncf_verdict = result["psnr_y_delta_db"]["model_int8_nncf_qat.xml"]["not_kept"]  # NNCF's QAT, same rule
     assert nncf_verdict["ptq_start"] == "model_int8_nncf.xml"
     assert nncf_verdict["qat_psnr_y_db"] <= nncf_verdict["ptq_start_psnr_y_db"]
+    assert [step for step, _ in nncf_verdict["val_trace"]] == [3, 6]
     assert "model_int8_nncf_qat.xml not kept" in printed
     assert not (out / "nncf_qat_candidate.xml").exists() and not (out / "nncf_qat_candidate.bin").exists()
 
