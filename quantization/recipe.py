@@ -47,7 +47,10 @@ class QuantRecipe:
         data: ``default`` or a folder of HR training images for QAT.
         patch: QAT patches.
         train: QAT fine-tuning, for both QATs (``distill_weight`` distils from the FP32 model;
-            ``val_every`` scores the fake-quantized model on the calibration crops every that many steps).
+            ``val_every`` scores the fake-quantized model on the calibration crops every that many steps;
+            ``ema_decay`` trains on but keeps the moving average of the weights, which starts at the PTQ start;
+            ``optimizer = "sgd"`` moves each weight in proportion to its gradient, where Adam moves every
+            weight by about ``lr`` a step).
         tflite_qat: tfmot QAT of the Keras twin, converted to full-integer TFLite.
         nncf: NNCF post-training quantization of the OpenVINO IR (one more INT8 candidate, run by
             OpenVINO), on the same calibration patches, and (``nncf.qat``) NNCF's QAT from it.

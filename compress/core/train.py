@@ -26,12 +26,14 @@ from compress.core.cpu import host_cpu
 from compress.core.data import ImagePair
 from compress.core.distill import FeatureDistiller
 from compress.core.distributed import Ranks, ensure_process_group, rank_device
+from compress.core.ema import WeightAverage
 from compress.core.evaluate import evaluate
 from compress.core.files import atomic_path
 from compress.core.infer import torch_upscaler
 
 StepHook = Callable[[int], None]
 PRECISIONS = ("auto", "bf16", "fp32")
+OPTIMIZERS = ("adam", "sgd")
 
 
 def resolve_precision(setting: str, device: str, cpu_bf16: bool | None = None) -> str:
@@ -58,7 +60,11 @@ class TrainConfig:
 
     Attributes:
         steps: optimizer steps.
-        lr: peak learning rate of Adam.
+        lr: peak learning rate.
+        optimizer: ``adam`` (betas 0.9 / 0.99, as EDSR) or ``sgd`` (momentum 0.9). Adam moves every weight
+            by about ``lr`` per step whatever its gradient; SGD moves each weight in proportion to its
+            gradient, so a loss that is already near its minimum (distillation of a fake-quantized model
+            from its own FP32 start) moves the weights only as far as the remaining error asks.
         lr_schedule: ``cosine`` (to ``lr * min_lr_ratio``) or ``step`` (halve at 50% and 75%).
         warmup_steps: linear warm-up steps.
         min_lr_ratio: final learning rate as a fraction of ``lr`` (cosine).
@@ -73,11 +79,15 @@ class TrainConfig:
             or ``fp32``.
         max_minutes: wall-time budget (0: none): training stops when it is spent, and the cosine /
             step schedule runs over whichever of steps and time is further along.
+        ema_decay: keep an exponential moving average of the trained weights with this decay per step
+            (:class:`compress.core.ema.WeightAverage`; 0: off); validation scores the average and the
+            model ends holding it. Not with step hooks (pruning masks would not hold in the average).
     """
 
     steps: int = 1000
     lr: float = 2e-4
     lr_schedule: str = "cosine"
+    optimizer: str = "adam"
     warmup_steps: int = 0
     min_lr_ratio: float = 0.01
     val_every: int = 0
@@ -88,6 +98,7 @@ class TrainConfig:
     seed: int = 0
     precision: str = "auto"
     max_minutes: float = 0.0
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         if self.steps < 0:
@@ -96,6 +107,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
         if self.lr_schedule not in ("cosine", "step", "constant"):
             raise ValueError(f"TrainConfig.lr_schedule must be cosine, step or constant, got {self.lr_schedule!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"TrainConfig.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"TrainConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not (math.isfinite(self.max_minutes) and self.max_minutes >= 0):
@@ -105,6 +118,8 @@ class TrainConfig:
         if not (math.isfinite(self.feature_distill_weight) and self.feature_distill_weight >= 0):
             raise ValueError(
                 f"TrainConfig.feature_distill_weight must be finite and >= 0, got {self.feature_distill_weight}")
+        if not (math.isfinite(self.ema_decay) and 0 <= self.ema_decay < 1):
+            raise ValueError(f"TrainConfig.ema_decay must be in [0, 1), got {self.ema_decay}")
 
     @property
     def uses_teacher(self) -> bool:
@@ -140,7 +155,7 @@ class TrainLog:
 
 
 def _load_resume(path: Path | None, model: nn.Module, opt: torch.optim.Optimizer, device: str,
-                 batches: Iterator[tuple[np.ndarray, np.ndarray]]) -> tuple[int, float]:
+                 batches: Iterator[tuple[np.ndarray, np.ndarray]], ema: WeightAverage | None) -> tuple[int, float]:
     """Restore model and optimizer from a resume checkpoint if there is one, and skip the batches the
     interrupted run already used, so the resumed run sees the stream it would have seen.
 
@@ -154,15 +169,20 @@ def _load_resume(path: Path | None, model: nn.Module, opt: torch.optim.Optimizer
     state = torch.load(path, map_location=device, weights_only=True)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
+    if ema is not None and "ema" in state:
+        ema.load_state_dict(state["ema"])
     for _ in range(int(state["step"])):
         next(batches)
     return int(state["step"]), float(state.get("seconds", 0.0))
 
 
-def _save_resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, seconds: float) -> None:
+def _save_resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, seconds: float,
+                 ema: WeightAverage | None) -> None:
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "seconds": seconds}
+    if ema is not None:
+        state["ema"] = ema.state_dict()
     with atomic_path(path) as tmp:
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                    "seconds": seconds}, tmp)
+        torch.save(state, tmp)
 
 
 def _loss(model: nn.Module, teacher: nn.Module | None, cfg: TrainConfig, lr_t: torch.Tensor, hr_t: torch.Tensor,
@@ -196,7 +216,7 @@ def _validate(model: nn.Module, val_pairs: Sequence[ImagePair], scale: int, devi
 def _optimizer_step(net: nn.Module, opt: torch.optim.Optimizer, trainable: list, teacher: nn.Module | None,
                     cfg: TrainConfig, lr_t: torch.Tensor, hr_t: torch.Tensor, bf16: bool, lr_now: float,
                     features: FeatureDistiller | None = None) -> float:
-    """One Adam step at ``lr_now``; returns the loss."""
+    """One optimizer step at ``lr_now``; returns the loss."""
     for group in opt.param_groups:
         group["lr"] = lr_now
     loss = _loss(net, teacher, cfg, lr_t, hr_t, bf16, features)
@@ -269,9 +289,10 @@ def _release(model: nn.Module, teacher: nn.Module | None, features: FeatureDisti
 
 
 def _score(log: TrainLog, model: nn.Module, val_pairs: Sequence[ImagePair], scale: int, device: str, step: int,
-           desc: str) -> None:
-    """Validate ``model`` after ``step`` steps and log its PSNR-Y."""
-    log.val_psnr_y_db.append((step, _validate(model, val_pairs, scale, device)))
+           desc: str, ema: WeightAverage | None = None) -> None:
+    """Validate ``model`` (holding its weight average, if kept) after ``step`` steps and log its PSNR-Y."""
+    with ema.applied() if ema is not None else contextlib.nullcontext():
+        log.val_psnr_y_db.append((step, _validate(model, val_pairs, scale, device)))
     tqdm.write(f"[{desc}] step {step}: val PSNR-Y {log.val_psnr_y_db[-1][1]:.3f} dB")
 
 
@@ -320,10 +341,14 @@ def fit(
     bf16 = log.precision == "bf16"
     fmt = _place(model, teacher, device, bf16 and channels_last)
     trainable = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
+    if cfg.ema_decay and hooks:
+        raise ValueError("TrainConfig.ema_decay cannot be combined with step hooks (e.g. pruning masks)")
+    ema = WeightAverage(trainable, cfg.ema_decay) if cfg.ema_decay else None
     features = _feature_distiller(model, teacher, cfg, batches, device, fmt)
     trainable += features.parameters() if features is not None else []
-    opt = torch.optim.Adam(trainable, lr=cfg.lr, betas=(0.9, 0.99))
-    start, spent_s = _load_resume(resume, model, opt, device, batches)
+    opt = (torch.optim.Adam(trainable, lr=cfg.lr, betas=(0.9, 0.99)) if cfg.optimizer == "adam"
+           else torch.optim.SGD(trainable, lr=cfg.lr, momentum=0.9))
+    start, spent_s = _load_resume(resume, model, opt, device, batches, ema)
     net = _parallel(model, ranks, device)
     t0, budget_s = time.perf_counter() - spent_s, cfg.max_minutes * 60.0
     end = start if budget_s and spent_s >= budget_s else cfg.steps  # a resumed run whose budget is spent
@@ -336,21 +361,25 @@ def fit(
         loss = _optimizer_step(net, opt, trainable, teacher, cfg, lr_t, hr_t, bf16, lr_now, features)
         for hook in hooks:
             hook(step + 1)
+        if ema is not None:
+            ema.update()
         running = 0.98 * running + 0.02 * loss if step > start else loss
         last = step + 1 == cfg.steps or _out_of_time(budget_s, t0, ranks)
         if (step + 1) % 50 == 0 or last:
             log.loss.append((step + 1, running))
             bar.set_postfix(loss=f"{running:.4f}", lr=f"{lr_now:.2e}")
         if val_pairs and ranks.rank == 0 and ((cfg.val_every and (step + 1) % cfg.val_every == 0) or last):
-            _score(log, model, val_pairs, scale, device, step + 1, desc)
+            _score(log, model, val_pairs, scale, device, step + 1, desc, ema)
         if resume is not None and ranks.rank == 0 and cfg.ckpt_every and ((step + 1) % cfg.ckpt_every == 0 or last):
-            _save_resume(resume, model, opt, step + 1, time.perf_counter() - t0)
+            _save_resume(resume, model, opt, step + 1, time.perf_counter() - t0, ema)
         done = step + 1
         if last:
             break
     if done == start and val_pairs and ranks.rank == 0:  # nothing left to run: score what the resume file holds
-        _score(log, model, val_pairs, scale, device, start, desc)
+        _score(log, model, val_pairs, scale, device, start, desc, ema)
     bar.close()
+    if ema is not None:
+        ema.copy_to_params()
     _release(model, teacher, features)
     log.seconds = time.perf_counter() - t0
     log.steps_done = done

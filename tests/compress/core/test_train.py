@@ -64,6 +64,10 @@ def test_config_validation():
         TrainConfig(precision="half")
     with pytest.raises(ValueError, match="max_minutes"):
         TrainConfig(max_minutes=float("inf"))
+    with pytest.raises(ValueError, match="ema_decay"):
+        TrainConfig(ema_decay=1.0)
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainConfig(optimizer="rmsprop")
 
 
 def test_loss_falls_and_validation_logged(image_dir):
@@ -129,6 +133,57 @@ def test_resume_counts_the_time_already_spent_against_the_budget(image_dir, tmp_
               dataclasses.replace(cfg, steps=1000, max_minutes=1.0), 2, resume=resume, val_pairs=pairs[:1])
     assert log.steps_done == 2 and torch.load(resume, weights_only=True)["step"] == 2
     assert [step for step, _ in log.val_psnr_y_db] == [2]  # what the resume file holds is still scored
+
+
+def _twin_fits(pairs, cfg_a, cfg_b):
+    a, b = tiny_edsr(2), tiny_edsr(2)
+    start = {k: v.clone() for k, v in a.state_dict().items()}
+    for model, cfg in ((a, cfg_a), (b, cfg_b)):
+        fit(model, random_patches(pairs, 2, PatchConfig(lr_patch=8, batch_size=2, seed=4)), cfg, 2)
+    return start, a, b
+
+
+def test_weight_average_is_what_the_model_ends_with(image_dir):
+    pairs = load_pairs(list_images(image_dir), 2)
+    plain = TrainConfig(steps=1, lr=1e-2)
+    start, stepped, averaged = _twin_fits(pairs, plain, dataclasses.replace(plain, ema_decay=0.25))
+    for name, w in averaged.state_dict().items():  # one step: 0.25 of the start, 0.75 of the step's result
+        torch.testing.assert_close(w, 0.25 * start[name] + 0.75 * stepped.state_dict()[name])
+        assert name.startswith("mean") or not torch.equal(w, stepped.state_dict()[name])
+
+
+def test_weight_average_survives_a_resume(image_dir, tmp_path):
+    pairs = load_pairs(list_images(image_dir), 2)
+    cfg = TrainConfig(steps=4, lr=1e-3, lr_schedule="constant", ema_decay=0.5, ckpt_every=2)
+    whole = tiny_edsr(2)
+    fit(whole, random_patches(pairs, 2, PatchConfig(lr_patch=8, batch_size=2)), cfg, 2)
+    resume = tmp_path / "r.pt"
+    fit(tiny_edsr(2), random_patches(pairs, 2, PatchConfig(lr_patch=8, batch_size=2)),
+        dataclasses.replace(cfg, steps=2), 2, resume=resume)  # stopped after 2 steps
+    resumed = tiny_edsr(2)
+    fit(resumed, random_patches(pairs, 2, PatchConfig(lr_patch=8, batch_size=2)), cfg, 2, resume=resume)
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b)
+
+
+def test_weight_average_refuses_step_hooks(image_dir):
+    pairs = load_pairs(list_images(image_dir), 2)
+    with pytest.raises(ValueError, match="hooks"):
+        fit(tiny_edsr(2), random_patches(pairs, 2, PatchConfig(lr_patch=8, batch_size=2)),
+            TrainConfig(steps=1, ema_decay=0.9), 2, hooks=[lambda step: None])
+
+
+def test_sgd_moves_each_weight_by_its_gradient(image_dir):
+    """Golden value: SGD's first step (momentum buffer = gradient) is ``w - lr * dL1/dw`` on the first batch."""
+    pairs = load_pairs(list_images(image_dir), 2)
+    patches = PatchConfig(lr_patch=8, batch_size=2, seed=4)
+    model, reference = tiny_edsr(2), tiny_edsr(2)
+    lr_b, hr_b = next(random_patches(pairs, 2, patches))
+    torch.nn.functional.l1_loss(reference(torch.from_numpy(lr_b)), torch.from_numpy(hr_b)).backward()
+    fit(model, random_patches(pairs, 2, patches),
+        TrainConfig(steps=1, lr=0.5, lr_schedule="constant", optimizer="sgd", precision="fp32"), 2)
+    for (name, w), p in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(w, p - 0.5 * p.grad, msg=name)
 
 
 def test_hooks_see_every_step(image_dir):
