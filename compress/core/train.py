@@ -34,6 +34,7 @@ from compress.core.infer import torch_upscaler
 StepHook = Callable[[int], None]
 PRECISIONS = ("auto", "bf16", "fp32")
 OPTIMIZERS = ("adam", "sgd")
+LOSSES = {"l1": nn.functional.l1_loss, "mse": nn.functional.mse_loss}
 
 
 def resolve_precision(setting: str, device: str, cpu_bf16: bool | None = None) -> str:
@@ -65,12 +66,15 @@ class TrainConfig:
             by about ``lr`` per step whatever its gradient; SGD moves each weight in proportion to its
             gradient, so a loss that is already near its minimum (distillation of a fake-quantized model
             from its own FP32 start) moves the weights only as far as the remaining error asks.
+        loss: pixel loss to the HR patch and to the teacher: ``l1`` (EDSR's; its optimum is the
+            median, so an L1-trained model can sit a fraction of a grey level off the mean) or ``mse``
+            (what PSNR measures; for PSNR-oriented fine-tuning of an L1-trained model).
         lr_schedule: ``cosine`` (to ``lr * min_lr_ratio``) or ``step`` (halve at 50% and 75%).
         warmup_steps: linear warm-up steps.
         min_lr_ratio: final learning rate as a fraction of ``lr`` (cosine).
         val_every: validate every this many steps (0: only at the end).
         ckpt_every: write a resumable checkpoint every this many steps (0: never).
-        distill_weight: weight of the L1 distance to the teacher's output (0: no distillation).
+        distill_weight: weight of the distance (``loss``) to the teacher's output (0: no distillation).
         feature_distill_weight: weight of the intermediate-feature term added to the loss (relative L1
             at the trunk's block outputs, :class:`compress.core.distill.FeatureDistiller`; needs a teacher).
         grad_clip: max gradient norm (0: off).
@@ -88,6 +92,7 @@ class TrainConfig:
     lr: float = 2e-4
     lr_schedule: str = "cosine"
     optimizer: str = "adam"
+    loss: str = "l1"
     warmup_steps: int = 0
     min_lr_ratio: float = 0.01
     val_every: int = 0
@@ -109,6 +114,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lr_schedule must be cosine, step or constant, got {self.lr_schedule!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"TrainConfig.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"TrainConfig.loss must be one of {tuple(LOSSES)}, got {self.loss!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"TrainConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not (math.isfinite(self.max_minutes) and self.max_minutes >= 0):
@@ -187,7 +194,7 @@ def _save_resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, step:
 
 def _loss(model: nn.Module, teacher: nn.Module | None, cfg: TrainConfig, lr_t: torch.Tensor, hr_t: torch.Tensor,
           bf16: bool, features: FeatureDistiller | None = None) -> torch.Tensor:
-    """L1 to the HR patch (and to the teacher's output, plus the feature term), forward under bf16 autocast
+    """``cfg.loss`` to the HR patch (and to the teacher's output, plus the feature term), forward under bf16 autocast
     when asked; FP32 loss."""
     taps = features.capturing() if features is not None else contextlib.nullcontext()
     with torch.autocast(lr_t.device.type, dtype=torch.bfloat16, enabled=bf16), taps:
@@ -197,9 +204,10 @@ def _loss(model: nn.Module, teacher: nn.Module | None, cfg: TrainConfig, lr_t: t
             with torch.no_grad():
                 target = teacher(lr_t)
     out = out.float()
-    loss = nn.functional.l1_loss(out, hr_t)
+    pixel = LOSSES[cfg.loss]
+    loss = pixel(out, hr_t)
     if target is not None and cfg.distill_weight > 0:
-        loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * nn.functional.l1_loss(out, target.float())
+        loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * pixel(out, target.float())
     if features is not None:
         loss = loss + cfg.feature_distill_weight * features.loss()
     return loss

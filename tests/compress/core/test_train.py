@@ -68,6 +68,8 @@ def test_config_validation():
         TrainConfig(ema_decay=1.0)
     with pytest.raises(ValueError, match="optimizer"):
         TrainConfig(optimizer="rmsprop")
+    with pytest.raises(ValueError, match="loss"):
+        TrainConfig(loss="huber")
 
 
 def test_loss_falls_and_validation_logged(image_dir):
@@ -173,15 +175,17 @@ def test_weight_average_refuses_step_hooks(image_dir):
             TrainConfig(steps=1, ema_decay=0.9), 2, hooks=[lambda step: None])
 
 
-def test_sgd_moves_each_weight_by_its_gradient(image_dir):
-    """Golden value: SGD's first step (momentum buffer = gradient) is ``w - lr * dL1/dw`` on the first batch."""
+@pytest.mark.parametrize("loss", ["l1", "mse"])
+def test_sgd_moves_each_weight_by_its_gradient(image_dir, loss):
+    """Golden value: SGD's first step (momentum buffer = gradient) is ``w - lr * dloss/dw`` on the first batch."""
     pairs = load_pairs(list_images(image_dir), 2)
     patches = PatchConfig(lr_patch=8, batch_size=2, seed=4)
     model, reference = tiny_edsr(2), tiny_edsr(2)
     lr_b, hr_b = next(random_patches(pairs, 2, patches))
-    torch.nn.functional.l1_loss(reference(torch.from_numpy(lr_b)), torch.from_numpy(hr_b)).backward()
+    criterion = torch.nn.functional.l1_loss if loss == "l1" else torch.nn.functional.mse_loss
+    criterion(reference(torch.from_numpy(lr_b)), torch.from_numpy(hr_b)).backward()
     fit(model, random_patches(pairs, 2, patches),
-        TrainConfig(steps=1, lr=0.5, lr_schedule="constant", optimizer="sgd", precision="fp32"), 2)
+        TrainConfig(steps=1, lr=0.5, lr_schedule="constant", optimizer="sgd", loss=loss, precision="fp32"), 2)
     for (name, w), p in zip(model.named_parameters(), reference.parameters()):
         torch.testing.assert_close(w, p - 0.5 * p.grad, msg=name)
 
