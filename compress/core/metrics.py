@@ -38,6 +38,17 @@ def psnr_y_db(sr: np.ndarray, hr: np.ndarray, scale: int) -> float:
     return psnr_db(shave(_y255(sr), scale), shave(_y255(hr), scale), peak=255.0)
 
 
+def mean_error_y(sr: np.ndarray, hr: np.ndarray, scale: int) -> float:
+    """Signed mean of ``Y(sr) - Y(hr)`` in 8-bit Y levels, same rounding and shave as :func:`psnr_y_db`.
+
+    A model that is too dark or too bright overall (an L1-trained network sits at the median, not the
+    mean; INT8 quantization can shift the output's level) shows here; its square is the part of the MSE
+    a constant offset explains.
+    """
+    d = shave(_y255(sr), scale) - shave(_y255(hr), scale)
+    return float(d.mean())
+
+
 def psnr_rgb_db(sr: np.ndarray, hr: np.ndarray, scale: int) -> float:
     """PSNR over the three RGB channels, ``scale`` pixels shaved (not the literature's convention)."""
     q = lambda x: np.clip(np.round(x * 255.0), 0, 255)  # noqa: E731

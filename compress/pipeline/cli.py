@@ -59,8 +59,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
     else:
         for img in out["images"]:
-            print(f"{img['name']:20s} PSNR-Y {img['psnr_y_db']:.3f} dB  SSIM-Y {img['ssim_y']:.4f}")
-        print(f"{'mean':20s} PSNR-Y {out['psnr_y_db']:.3f} dB  SSIM-Y {out['ssim_y']:.4f}  ({out['convention']})")
+            print(f"{img['name']:20s} PSNR-Y {img['psnr_y_db']:.3f} dB  SSIM-Y {img['ssim_y']:.4f}  "
+                  f"mean Y error {img['mean_error_y']:+.2f}")
+        print(f"{'mean':20s} PSNR-Y {out['psnr_y_db']:.3f} dB  SSIM-Y {out['ssim_y']:.4f}  "
+              f"mean Y error {out['mean_error_y']:+.2f}  ({out['convention']}; Y error in 8-bit levels, SR - HR)")
     return 0
 
 

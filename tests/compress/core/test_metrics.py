@@ -5,7 +5,7 @@ import pytest
 from skimage.metrics import structural_similarity
 
 from compress.core.color import rgb_to_y
-from compress.core.metrics import psnr_db, psnr_rgb_db, psnr_y_db, ssim, ssim_y
+from compress.core.metrics import mean_error_y, psnr_db, psnr_rgb_db, psnr_y_db, ssim, ssim_y
 from tests.conftest import EVALDATA
 
 
@@ -20,6 +20,15 @@ def test_psnr_y_golden_one_level_offset():
     # one 8-bit level on R, G and B moves Y by 219/255 levels: 20*log10(255*255/219)
     assert psnr_y_db(sr, hr, scale=2) == pytest.approx(49.4527, abs=1e-4)
     assert psnr_rgb_db(sr, hr, scale=2) == pytest.approx(48.1308, abs=1e-4)
+
+
+def test_mean_error_y_golden_and_signed():
+    hr = np.full((20, 20, 3), 100 / 255)
+    # one level darker on R, G and B is 219/255 of a level darker in Y; the shaved border does not count
+    dark = hr - 1 / 255
+    dark[:2] = 1.0
+    assert mean_error_y(dark, hr, scale=2) == pytest.approx(-219 / 255, abs=1e-9)
+    assert mean_error_y(hr + 1 / 255, hr, scale=2) == pytest.approx(219 / 255, abs=1e-9)
 
 
 def test_border_is_shaved_by_scale():
