@@ -62,9 +62,10 @@ class PruneRecipe:
             raise ValueError(f"upsample_final_sparsity must be in [0, 1), got {self.upsample_final_sparsity}")
         if self.criterion not in CRITERIA:
             raise ValueError(f"criterion must be one of {CRITERIA}, got {self.criterion!r}")
-        if self.method == "unstructured" and self.train.ema_decay:
-            raise ValueError(f"train.ema_decay must be 0 for unstructured pruning (the masks would not hold in the "
-                             f"weight average), got {self.train.ema_decay}")
+        if self.train.ema_decay:
+            raise ValueError(f"train.ema_decay must be 0 for pruning (unstructured: the masks would not hold in the "
+                             f"weight average; channel: every fine-tuning segment between pruning steps would "
+                             f"restart it), got {self.train.ema_decay}")
         if self.round_to < 1:
             raise ValueError(f"round_to must be >= 1, got {self.round_to}")
         if self.train.steps < self.schedule.end_step:

@@ -1,6 +1,6 @@
 """The training / fine-tuning loop shared by default-model training, pruning and QAT.
 
-L1 loss (Lim et al., EDSR), Adam, cosine or step learning-rate decay, periodic validation PSNR-Y,
+L1 loss (Lim et al., EDSR) or MSE, Adam or SGD, an optional weight average (:mod:`compress.core.ema`), cosine or step learning-rate decay, periodic validation PSNR-Y,
 resumable checkpoints, CPU or CUDA. Where the processor has native bf16 matrix instructions (AMX-BF16
 or AVX512-BF16, :mod:`compress.core.cpu`) the forward pass runs under ``torch.autocast`` in bfloat16
 with channels_last tensors; loss, gradients' master copies (the FP32 parameters) and Adam's state stay
@@ -162,25 +162,24 @@ class TrainLog:
 
 
 def _load_resume(path: Path | None, model: nn.Module, opt: torch.optim.Optimizer, device: str,
-                 batches: Iterator[tuple[np.ndarray, np.ndarray]], ema: WeightAverage | None) -> tuple[int, float]:
+                 batches: Iterator[tuple[np.ndarray, np.ndarray]]) -> tuple[int, float, dict | None]:
     """Restore model and optimizer from a resume checkpoint if there is one, and skip the batches the
     interrupted run already used, so the resumed run sees the stream it would have seen.
 
     Returns:
-        The step to start at and the training seconds already spent (0 for checkpoints written before
+        The step to start at, the training seconds already spent (0 for checkpoints written before
         the seconds were recorded), so that a wall-time budget and its learning-rate schedule go on
-        where the interrupted run left them instead of starting again.
+        where the interrupted run left them instead of starting again, and the weight average's state
+        if the checkpoint holds one.
     """
     if path is None or not path.is_file():
-        return 0, 0.0
+        return 0, 0.0, None
     state = torch.load(path, map_location=device, weights_only=True)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
-    if ema is not None and "ema" in state:
-        ema.load_state_dict(state["ema"])
     for _ in range(int(state["step"])):
         next(batches)
-    return int(state["step"]), float(state.get("seconds", 0.0))
+    return int(state["step"]), float(state.get("seconds", 0.0)), state.get("ema")
 
 
 def _save_resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, seconds: float,
@@ -351,13 +350,18 @@ def fit(
     trainable = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
     if cfg.ema_decay and hooks:
         raise ValueError("TrainConfig.ema_decay cannot be combined with step hooks (e.g. pruning masks)")
-    ema = WeightAverage(trainable, cfg.ema_decay) if cfg.ema_decay else None
+    averaged = list(trainable)  # the model's own weights, not the feature distiller's adapters
     features = _feature_distiller(model, teacher, cfg, batches, device, fmt)
     trainable += features.parameters() if features is not None else []
     opt = (torch.optim.Adam(trainable, lr=cfg.lr, betas=(0.9, 0.99)) if cfg.optimizer == "adam"
            else torch.optim.SGD(trainable, lr=cfg.lr, momentum=0.9))
-    start, spent_s = _load_resume(resume, model, opt, device, batches, ema)
+    start, spent_s, ema_state = _load_resume(resume, model, opt, device, batches)
     net = _parallel(model, ranks, device)
+    # the average starts from the weights training starts from: after a resume (a checkpoint written
+    # without an average seeds it with the resumed weights) and after DDP has given every rank rank 0's weights
+    ema = WeightAverage(averaged, cfg.ema_decay) if cfg.ema_decay else None
+    if ema is not None and ema_state is not None:
+        ema.load_state_dict(ema_state)
     t0, budget_s = time.perf_counter() - spent_s, cfg.max_minutes * 60.0
     end = start if budget_s and spent_s >= budget_s else cfg.steps  # a resumed run whose budget is spent
     bar = tqdm(range(start, end), desc=desc, initial=start, total=cfg.steps, mininterval=5, disable=None)

@@ -168,6 +168,19 @@ def test_weight_average_survives_a_resume(image_dir, tmp_path):
         torch.testing.assert_close(a, b)
 
 
+def test_weight_average_after_resuming_a_run_without_one_starts_from_the_resumed_weights(image_dir, tmp_path):
+    pairs = load_pairs(list_images(image_dir), 2)
+    resume = tmp_path / "r.pt"
+    trained = tiny_edsr(2)
+    fit(trained, random_patches(pairs, 2, PatchConfig(lr_patch=8, batch_size=2)),
+        TrainConfig(steps=4, lr=1e-2, ckpt_every=4), 2, resume=resume)  # no average in the checkpoint
+    resumed = tiny_edsr(2, seed=9)  # a fresh model the checkpoint overwrites
+    fit(resumed, random_patches(pairs, 2, PatchConfig(lr_patch=8, batch_size=2)),
+        TrainConfig(steps=4, lr=1e-2, ckpt_every=4, ema_decay=0.9), 2, resume=resume)  # nothing left to run
+    for a, b in zip(trained.state_dict().values(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b)
+
+
 def test_weight_average_refuses_step_hooks(image_dir):
     pairs = load_pairs(list_images(image_dir), 2)
     with pytest.raises(ValueError, match="hooks"):

@@ -86,6 +86,7 @@ def test_shipped_prune_recipes_load():
         ({"train": {"steps": 2}}, r"train.steps \(2\) must be >= schedule.end_step \(4\)"),
         ({"schedule": {**TINY["schedule"], "freq": 3}}, r"unknown field\(s\) \['freq'\]"),
         ({"method": "unstructured", "train": {"steps": 6, "ema_decay": 0.99}}, "train.ema_decay must be 0"),
+        ({"method": "channel", "train": {"steps": 6, "ema_decay": 0.99}}, "train.ema_decay must be 0"),
     ],
 )
 def test_bad_recipe_values(mapping, message):
