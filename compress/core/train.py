@@ -286,8 +286,12 @@ def _on_device(batch: tuple[np.ndarray, np.ndarray], device: str,
     return torch.from_numpy(lr_np).to(device).contiguous(memory_format=fmt), torch.from_numpy(hr_np).to(device)
 
 
-def _release(model: nn.Module, teacher: nn.Module | None, features: FeatureDistiller | None) -> None:
-    """After training: feature hooks removed, models in eval mode and back in NCHW."""
+def _release(model: nn.Module, teacher: nn.Module | None, features: FeatureDistiller | None,
+             ema: WeightAverage | None) -> None:
+    """After training: the model holds its weight average (if kept), feature hooks removed, models in
+    eval mode and back in NCHW."""
+    if ema is not None:
+        ema.copy_to_params()
     if features is not None:
         features.close()
     model.eval().to(memory_format=torch.contiguous_format)
@@ -301,6 +305,31 @@ def _score(log: TrainLog, model: nn.Module, val_pairs: Sequence[ImagePair], scal
     with ema.applied() if ema is not None else contextlib.nullcontext():
         log.val_psnr_y_db.append((step, _validate(model, val_pairs, scale, device)))
     tqdm.write(f"[{desc}] step {step}: val PSNR-Y {log.val_psnr_y_db[-1][1]:.3f} dB")
+
+
+def _log_loss(log: TrainLog, bar: tqdm, step: int, running: float, lr_now: float, last: bool) -> None:
+    """Every 50 steps and at the end: the running loss into the log and the progress bar."""
+    if step % 50 == 0 or last:
+        log.loss.append((step, running))
+        bar.set_postfix(loss=f"{running:.4f}", lr=f"{lr_now:.2e}")
+
+
+def _optimizer(cfg: TrainConfig, params: list) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.99))
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9)
+
+
+def _weight_average(cfg: TrainConfig, params: list, state: dict | None) -> WeightAverage | None:
+    """The weight average of the model's own parameters (not the feature distiller's adapters), if
+    ``cfg`` keeps one. Built once training's start weights are in place: after a resume (a checkpoint
+    written without an average seeds it with the resumed weights) and after DDP gave every rank rank 0's."""
+    if not cfg.ema_decay:
+        return None
+    ema = WeightAverage(params, cfg.ema_decay)
+    if state is not None:
+        ema.load_state_dict(state)
+    return ema
 
 
 def fit(
@@ -329,17 +358,16 @@ def fit(
         teacher: frozen model for output distillation (``cfg.distill_weight``) and feature distillation
             (``cfg.feature_distill_weight``; same module names at the feature taps).
         device: ``cpu`` or ``cuda``.
-        resume: checkpoint file written every ``cfg.ckpt_every`` steps and read at start if present; a
-            resumed run skips the batches already used (the same stream when the number of processes
-            is the same) and counts the seconds already spent against ``cfg.max_minutes``.
+        resume: checkpoint written every ``cfg.ckpt_every`` steps (any number of ranks can resume from
+            it) and read at start if present; a resumed run skips the batches already used and counts
+            the seconds already spent against ``cfg.max_minutes``.
         params: parameters to optimise (default: all that require grad).
         desc: progress-bar label.
         channels_last: under bf16, train in ``torch.channels_last`` (oneDNN's fast bf16 layout); ``False``
             keeps NCHW, for models with operators slow on that layout.
 
-    Under torchrun the model trains in DistributedDataParallel (gradients averaged over the ranks; every
-    rank holds the same weights after each step, so hooks such as pruning masks agree); only rank 0
-    validates and writes the resume checkpoint, which any number of ranks can resume from.
+    Under torchrun the model trains in DDP (gradients averaged over the ranks; every rank holds the same
+    weights after each step, so pruning masks agree); only rank 0 validates and writes the resume file.
     """
     ranks = ensure_process_group(device)
     device = rank_device(device)
@@ -347,39 +375,29 @@ def fit(
     log = TrainLog(precision=resolve_precision(cfg.precision, device))
     bf16 = log.precision == "bf16"
     fmt = _place(model, teacher, device, bf16 and channels_last)
-    trainable = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
     if cfg.ema_decay and hooks:
         raise ValueError("TrainConfig.ema_decay cannot be combined with step hooks (e.g. pruning masks)")
-    averaged = list(trainable)  # the model's own weights, not the feature distiller's adapters
+    own = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
     features = _feature_distiller(model, teacher, cfg, batches, device, fmt)
-    trainable += features.parameters() if features is not None else []
-    opt = (torch.optim.Adam(trainable, lr=cfg.lr, betas=(0.9, 0.99)) if cfg.optimizer == "adam"
-           else torch.optim.SGD(trainable, lr=cfg.lr, momentum=0.9))
+    trainable = own + (features.parameters() if features is not None else [])
+    opt = _optimizer(cfg, trainable)
     start, spent_s, ema_state = _load_resume(resume, model, opt, device, batches)
     net = _parallel(model, ranks, device)
-    # the average starts from the weights training starts from: after a resume (a checkpoint written
-    # without an average seeds it with the resumed weights) and after DDP has given every rank rank 0's weights
-    ema = WeightAverage(averaged, cfg.ema_decay) if cfg.ema_decay else None
-    if ema is not None and ema_state is not None:
-        ema.load_state_dict(ema_state)
+    ema = _weight_average(cfg, own, ema_state)
+    step_hooks = list(hooks) if ema is None else [lambda _step: ema.update()]  # ema_decay excludes hooks
     t0, budget_s = time.perf_counter() - spent_s, cfg.max_minutes * 60.0
     end = start if budget_s and spent_s >= budget_s else cfg.steps  # a resumed run whose budget is spent
     bar = tqdm(range(start, end), desc=desc, initial=start, total=cfg.steps, mininterval=5, disable=None)
     running, done = 0.0, start
     for step in bar:
         lr_t, hr_t = _on_device(next(batches), device, fmt)
-        spent = (time.perf_counter() - t0) / budget_s if budget_s else 0.0
-        lr_now = lr_at(cfg, step, spent)
+        lr_now = lr_at(cfg, step, (time.perf_counter() - t0) / budget_s if budget_s else 0.0)
         loss = _optimizer_step(net, opt, trainable, teacher, cfg, lr_t, hr_t, bf16, lr_now, features)
-        for hook in hooks:
+        for hook in step_hooks:
             hook(step + 1)
-        if ema is not None:
-            ema.update()
         running = 0.98 * running + 0.02 * loss if step > start else loss
         last = step + 1 == cfg.steps or _out_of_time(budget_s, t0, ranks)
-        if (step + 1) % 50 == 0 or last:
-            log.loss.append((step + 1, running))
-            bar.set_postfix(loss=f"{running:.4f}", lr=f"{lr_now:.2e}")
+        _log_loss(log, bar, step + 1, running, lr_now, last)
         if val_pairs and ranks.rank == 0 and ((cfg.val_every and (step + 1) % cfg.val_every == 0) or last):
             _score(log, model, val_pairs, scale, device, step + 1, desc, ema)
         if resume is not None and ranks.rank == 0 and cfg.ckpt_every and ((step + 1) % cfg.ckpt_every == 0 or last):
@@ -390,9 +408,6 @@ def fit(
     if done == start and val_pairs and ranks.rank == 0:  # nothing left to run: score what the resume file holds
         _score(log, model, val_pairs, scale, device, start, desc, ema)
     bar.close()
-    if ema is not None:
-        ema.copy_to_params()
-    _release(model, teacher, features)
-    log.seconds = time.perf_counter() - t0
-    log.steps_done = done
+    _release(model, teacher, features, ema)
+    log.seconds, log.steps_done = time.perf_counter() - t0, done
     return log
