@@ -13,7 +13,7 @@ from compress.core.data import ImagePair, bicubic_up, list_images, load_pairs, t
 from compress.core.default_data import split_paths
 from compress.core.errors import InputError
 from compress.core.infer import TileConfig, Upscaler, auto_tiles, upscale
-from compress.core.metrics import mean_error_y, psnr_rgb_db, psnr_y_db, ssim_y
+from compress.core.metrics import mean_error, psnr_db, psnr_rgb_db, ssim, y_planes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,7 +22,7 @@ class ImageScore:
     psnr_y_db: float
     ssim_y: float
     psnr_rgb_db: float
-    mean_error_y: float = 0.0  # signed mean Y error (SR - HR) in 8-bit levels
+    mean_error_y: float  # signed mean Y error (SR - HR) in 8-bit levels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +44,10 @@ class EvalResult:
     def psnr_rgb_db(self) -> float:
         return float(np.mean([s.psnr_rgb_db for s in self.images]))
 
+    @property
+    def mean_error_y(self) -> float:
+        return float(np.mean([s.mean_error_y for s in self.images]))
+
     def to_dict(self) -> dict[str, object]:
         return {
             "convention": f"Y (BT.601), {self.scale}px border shaved, 8-bit rounded",
@@ -51,7 +55,7 @@ class EvalResult:
             "psnr_y_db": round(self.psnr_y_db, 4),
             "ssim_y": round(self.ssim_y, 5),
             "psnr_rgb_db": round(self.psnr_rgb_db, 4),
-            "mean_error_y": round(float(np.mean([s.mean_error_y for s in self.images])), 4),
+            "mean_error_y": round(self.mean_error_y, 4),
             "images": [{k: (round(v, 5) if isinstance(v, float) else v) for k, v in dataclasses.asdict(s).items()}
                        for s in self.images],
         }
@@ -74,8 +78,9 @@ def evaluate(fn: Upscaler, pairs: Sequence[ImagePair], scale: int, tiles: TileCo
         sr = upscale(fn, pair.lr, scale, auto_tiles(pair.lr.shape, tiles))
         if not np.isfinite(sr).all():
             raise InputError(f"{pair.name}: the model's output holds NaN or Inf; no PSNR is reported")
-        score = ImageScore(pair.name, psnr_y_db(sr, pair.hr, scale), ssim_y(sr, pair.hr, scale),
-                           psnr_rgb_db(sr, pair.hr, scale), mean_error_y(sr, pair.hr, scale))
+        y_sr, y_hr = y_planes(sr, pair.hr, scale)  # once for the three Y metrics
+        score = ImageScore(pair.name, psnr_db(y_sr, y_hr, peak=255.0), ssim(y_sr, y_hr),
+                           psnr_rgb_db(sr, pair.hr, scale), mean_error(y_sr, y_hr))
         if not (math.isfinite(score.psnr_y_db) and math.isfinite(score.psnr_rgb_db) and math.isfinite(score.ssim_y)):
             raise InputError(f"{pair.name}: PSNR is {score.psnr_y_db} (output identical to the reference image); "
                              "an infinite PSNR is not reported")

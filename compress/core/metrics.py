@@ -33,9 +33,22 @@ def _y255(img: np.ndarray) -> np.ndarray:
     return rgb_to_y(u8) * 255.0
 
 
+def y_planes(sr: np.ndarray, hr: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """Both images rounded to 8 bits, as BT.601 Y in [16, 235] levels, ``scale`` pixels shaved: what
+    every Y metric compares (compute once, score many)."""
+    return shave(_y255(sr), scale), shave(_y255(hr), scale)
+
+
 def psnr_y_db(sr: np.ndarray, hr: np.ndarray, scale: int) -> float:
     """PSNR on BT.601 Y, ``scale`` pixels shaved, both images rounded to 8 bits (HWC RGB in [0, 1])."""
-    return psnr_db(shave(_y255(sr), scale), shave(_y255(hr), scale), peak=255.0)
+    return psnr_db(*y_planes(sr, hr, scale), peak=255.0)
+
+
+def mean_error(a: np.ndarray, b: np.ndarray) -> float:
+    """Signed mean of ``a - b`` (same shape)."""
+    if a.shape != b.shape:
+        raise ValueError(f"mean_error: shapes differ {a.shape} vs {b.shape}")
+    return float(np.mean(a.astype(np.float64) - b.astype(np.float64)))
 
 
 def mean_error_y(sr: np.ndarray, hr: np.ndarray, scale: int) -> float:
@@ -45,8 +58,7 @@ def mean_error_y(sr: np.ndarray, hr: np.ndarray, scale: int) -> float:
     mean; INT8 quantization can shift the output's level) shows here; its square is the part of the MSE
     a constant offset explains.
     """
-    d = shave(_y255(sr), scale) - shave(_y255(hr), scale)
-    return float(d.mean())
+    return mean_error(*y_planes(sr, hr, scale))
 
 
 def psnr_rgb_db(sr: np.ndarray, hr: np.ndarray, scale: int) -> float:
@@ -71,4 +83,4 @@ def ssim(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
 
 def ssim_y(sr: np.ndarray, hr: np.ndarray, scale: int) -> float:
     """SSIM on BT.601 Y with ``scale`` pixels shaved (HWC RGB in [0, 1])."""
-    return ssim(shave(_y255(sr), scale), shave(_y255(hr), scale))
+    return ssim(*y_planes(sr, hr, scale))
