@@ -24,7 +24,8 @@ import torch
 def _worker(steps: int, warmup: int, batch: int, patch: int, precision: str, out: Path) -> None:
     from compress.core.archs import EDSR, EDSRConfig
     from compress.core.distributed import ranks, share_of_batch
-    from compress.core.train import TrainConfig, fit
+    from compress.core.train import fit
+    from compress.core.train_config import TrainConfig
 
     model = EDSR(EDSRConfig(scale=2))
     rng = np.random.default_rng(ranks().rank)
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         _worker(args.steps, args.warmup, args.batch, args.patch, args.precision, args.worker)
         return 0
     from compress.core.cpu import host_cpu
-    from compress.core.train import resolve_precision
+    from compress.core.train_config import resolve_precision
 
     tmp = Path(os.environ.get("TMPDIR", "/tmp"))
     one = _launch(1, args.threads, args, tmp / "ddp_steps_1.json")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from compress.core.data import PatchConfig
-from compress.core.train import TrainConfig
+from compress.core.train_config import TrainConfig
 from pruning.channel import Criterion
 from pruning.schedule import PolynomialDecay
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from compress.core.data import PatchConfig
-from compress.core.train import TrainConfig
+from compress.core.train_config import TrainConfig
 from quantization.calibration import CalibrationConfig
 from quantization.nncf_ptq import NNCFConfig
 from export.tfmot_path import TFLiteQATConfig

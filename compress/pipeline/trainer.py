@@ -19,7 +19,8 @@ from compress.core.default_data import WALLPAPER_MAX_SIDE, split_paths, training
 from compress.core.errors import InputError
 from compress.core.files import read_sidecar, sha256_file, sidecar_path, write_sidecar
 from compress.core.recipe import to_dict
-from compress.core.train import TrainConfig, fit
+from compress.core.train import fit
+from compress.core.train_config import TrainConfig
 
 
 @dataclasses.dataclass(frozen=True)

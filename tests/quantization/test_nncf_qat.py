@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from compress.core.train import TrainConfig, fit
+from compress.core.train import fit
+from compress.core.train_config import TrainConfig
 from export.runtimes import open_artifact
 from quantization.nncf_ptq import NNCFConfig
 from quantization.nncf_qat import float_node_names, prepare_nncf_qat, qat_ir

@@ -12,7 +12,8 @@ import torch
 
 from compress.core.data import PatchConfig, list_images, load_pairs, random_patches
 from compress.core.distributed import ranks, release_process_group
-from compress.core.train import TrainConfig, fit
+from compress.core.train import fit
+from compress.core.train_config import TrainConfig
 from tests.conftest import tiny_edsr
 
 

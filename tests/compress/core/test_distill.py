@@ -7,7 +7,8 @@ import torch_pruning as tp
 
 from compress.core.data import PatchConfig, list_images, load_pairs, random_patches
 from compress.core.distill import FeatureDistiller, least_squares_adapter, tap_names
-from compress.core.train import TrainConfig, fit
+from compress.core.train import fit
+from compress.core.train_config import TrainConfig
 from tests.conftest import tiny_edsr, tiny_rrdb, tiny_srcnn
 
 

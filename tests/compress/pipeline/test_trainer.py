@@ -9,7 +9,7 @@ from compress.core.checkpoint import save_checkpoint
 from compress.core.data import PatchConfig
 from compress.core.errors import InputError
 from compress.core.files import sha256_file
-from compress.core.train import TrainConfig
+from compress.core.train_config import TrainConfig
 from compress.pipeline.trainer import TrainRecipe, train_model
 from tests.conftest import tiny_edsr
 
