@@ -30,7 +30,7 @@ STAMP := $(VENV)/.installed
 EVAL_ARGS := $(foreach d,$(EVAL),--eval $(d))
 MODEL_ARG := $(if $(MODEL),--model $(MODEL),)
 
-.PHONY: venv model train train-data serve browser-deps prune quantize export bench bench-pytest report compare all test clean
+.PHONY: venv model train train-data serve browser-deps prune quantize export bench bench-pytest report compare bars all test clean
 venv: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PY_BOOT) -m venv $(VENV)
@@ -84,6 +84,14 @@ report: venv
 
 compare: venv
 	$(PY) -m compress.pipeline.compare $(A) $(B)
+
+# Re-measures every compression bar of a shipped model (README's "Results against the bars"), each bar
+# in a run folder of its own under $(BARS_OUT); rerun to resume, BARS_ONLY="qat ptq" for some, BARS_DRY=1 to list.
+BARS_PLAN ?= $(ARCH)-x$(SCALE)
+BARS_OUT ?= artifacts/bars-$(BARS_PLAN)
+BARS_ONLY ?=
+bars: venv
+	$(PY) -m compress bars --plan $(BARS_PLAN) --out $(BARS_OUT) $(MODEL_ARG) $(EVAL_ARGS) $(if $(DATA),--data $(DATA),) $(foreach b,$(BARS_ONLY),--only $(b)) $(if $(filter 1,$(BARS_DRY)),--dry-run,)
 
 # pytest-benchmark suite (pedantic, fixed rounds) on the run's key artifacts; JSON in $(RUN)/40-bench/
 bench-pytest: venv

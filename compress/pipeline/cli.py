@@ -172,6 +172,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bars(args: argparse.Namespace) -> int:
+    from compress.pipeline.bars import Campaign, dry_run, plan_named, run_bars
+
+    absolute = lambda path: str(Path(path).resolve()) if path else path  # noqa: E731 (the stages run in the repo)
+    campaign = Campaign(plan_named(args.plan), Path(args.out).resolve(), absolute(args.model),
+                        tuple(absolute(e) for e in args.eval), absolute(args.data), tuple(args.only))
+    if args.dry_run:
+        print("\n".join(dry_run(campaign)))
+        return 0
+    print(run_bars(campaign).read_text())
+    return 0
+
+
 def _add_tools(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("inspect", help="detect architecture, scale and hyperparameters of a checkpoint")
     s.add_argument("checkpoint")
@@ -203,6 +216,16 @@ def _add_tools(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--max-minutes", type=opt.positive_float, default=None, help="override the recipe's wall-time budget")
     s.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     s.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("bars", help="re-measure every compression bar of a shipped model (README's results table)")
+    s.add_argument("--plan", required=True, help="edsr-x2, edsr-x4 or rrdb-x4 (compress/pipeline/bars.py)")
+    s.add_argument("--out", required=True, help="campaign folder (rerun to resume)")
+    s.add_argument("--model", default="", help="checkpoint (default: the shipped model of the plan)")
+    s.add_argument("--eval", action="append", default=[], help="extra evaluation folder(s), e.g. Set5 and Set14")
+    s.add_argument("--data", default=None, help="training images for fine-tuning (default: embedded set)")
+    s.add_argument("--only", action="append", default=[], help="run only this bar (repeatable; see --dry-run)")
+    s.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    s.set_defaults(func=_cmd_bars)
 
 
 def _add_stages(sub: argparse._SubParsersAction) -> None:
