@@ -1,0 +1,82 @@
+"""A/B of ONNX Runtime's two INT8 convolution paths on this host, on the same QDQ graph.
+
+``python -m benchmarks.ort_conv_path --artifact RUN/20-quantize/model/model_int8_percentile.onnx --scale 2``
+writes the zero-point-shifted twin (:func:`quantization.ort_conv_path.shift_weight_zero_points`: same
+outputs, bit for bit, checked here), then times the original (MLAS's symmetric convolution) and the twin
+(im2col + MLAS's quantized GEMM, the path with an AMX-INT8 kernel) with ``benchmarks.latency``, each
+configuration in its own process, alternating for ``--rounds`` rounds, and prints p50 and min per form
+and the twin's speed-up over the original, with the CPU's features.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from compress.core.cpu import host_cpu
+from quantization.ort_conv_path import shift_weight_zero_points
+
+
+def _time(artifact: Path, size: tuple[int, int], scale: int, threads: int, runs: int) -> dict[str, float]:
+    cmd = [sys.executable, "-m", "benchmarks.latency", "--artifact", str(artifact), "--runtime", "ort",
+           "--height", str(size[0]), "--width", str(size[1]), "--scale", str(scale), "--threads", str(threads),
+           "--runs", str(runs)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def same_outputs(a: Path, b: Path, scale: int) -> float:
+    """Largest absolute difference between the two models' outputs on one random 32x32 LR input."""
+    from export.runtimes import open_artifact
+
+    x = np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)
+    return float(np.abs(open_artifact(a, "ort", 1, scale).run(x) - open_artifact(b, "ort", 1, scale).run(x)).max())
+
+
+def compare(artifact: Path, size: tuple[int, int], scale: int, threads: int, runs: int, rounds: int) -> dict:
+    """Time the original and its shifted twin side by side; the twin is written beside the original."""
+    twin = artifact.with_name(artifact.stem + "_qgemm.onnx")
+    shift_weight_zero_points(artifact, twin)
+    diff = same_outputs(artifact, twin, scale)
+    p50s: dict[str, list[float]] = {"symmetric conv": [], "im2col + QGEMM": []}
+    mins: dict[str, list[float]] = {k: [] for k in p50s}
+    for _ in range(rounds):
+        for name, path in zip(p50s, (artifact, twin)):
+            t = _time(path, size, scale, threads, runs)
+            p50s[name].append(t["p50_ms"])
+            mins[name].append(t["min_ms"])
+    med = {k: statistics.median(v) for k, v in p50s.items()}
+    return {"cpu": host_cpu().describe(), "artifact": str(artifact), "twin": str(twin), "max_abs_diff": diff,
+            "lr_size": list(size), "scale": scale, "threads": threads, "runs": runs, "rounds": rounds,
+            "p50_ms": p50s, "min_ms": {k: min(v) for k, v in mins.items()},
+            "qgemm_speedup": round(med["symmetric conv"] / med["im2col + QGEMM"], 3)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.ort_conv_path", description=__doc__.split("\n")[0])
+    p.add_argument("--artifact", required=True, type=Path, help="an INT8 QDQ ONNX model with symmetric S8 weights")
+    p.add_argument("--scale", type=int, required=True)
+    p.add_argument("--size", default="256x256", help="LR size HxW")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=2)
+    a = p.parse_args(argv)
+    size = tuple(int(v) for v in a.size.split("x"))
+    r = compare(a.artifact, (size[0], size[1]), a.scale, a.threads, a.runs, a.rounds)
+    print(f"{r['cpu']}; ORT, {a.threads} threads, LR {a.size}, x{a.scale}, p50 of {a.runs} per process, "
+          f"{a.rounds} rounds; outputs differ by {r['max_abs_diff']:g}")
+    for name in r["p50_ms"]:
+        print(f"  {name:16s} p50 {' / '.join(f'{v:.1f}' for v in r['p50_ms'][name])} ms, min {r['min_ms'][name]:.1f} ms")
+    print(f"  im2col + QGEMM speed-up over the symmetric conv: {r['qgemm_speedup']:.2f}x")
+    print(json.dumps(r))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
