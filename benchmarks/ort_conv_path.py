@@ -1,7 +1,7 @@
 """A/B of ONNX Runtime's two INT8 convolution paths on this host, on the same QDQ graph.
 
 ``python -m benchmarks.ort_conv_path --artifact RUN/20-quantize/model/model_int8_percentile.onnx --scale 2``
-writes the zero-point-shifted twin (:func:`quantization.ort_conv_path.shift_weight_zero_points`: same
+writes the zero-point-shifted twin to a temporary folder (:func:`quantization.ort_conv_path.shift_weight_zero_points`: same
 outputs, bit for bit, checked here), then times the original (MLAS's symmetric convolution) and the twin
 (im2col + MLAS's quantized GEMM, the path with an AMX-INT8 kernel) with ``benchmarks.latency``, each
 configuration in its own process, alternating for ``--rounds`` rounds, and prints p50 and min per form
@@ -15,6 +15,7 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -40,19 +41,22 @@ def same_outputs(a: Path, b: Path, scale: int) -> float:
 
 
 def compare(artifact: Path, size: tuple[int, int], scale: int, threads: int, runs: int, rounds: int) -> dict:
-    """Time the original and its shifted twin side by side; the twin is written beside the original."""
-    twin = artifact.with_name(artifact.stem + "_qgemm.onnx")
-    shift_weight_zero_points(artifact, twin)
-    diff = same_outputs(artifact, twin, scale)
+    """Time the original and its shifted twin (in a temporary folder) side by side."""
     p50s: dict[str, list[float]] = {"symmetric conv": [], "im2col + QGEMM": []}
     mins: dict[str, list[float]] = {k: [] for k in p50s}
-    for _ in range(rounds):
-        for name, path in zip(p50s, (artifact, twin)):
-            t = _time(path, size, scale, threads, runs)
-            p50s[name].append(t["p50_ms"])
-            mins[name].append(t["min_ms"])
+    with tempfile.TemporaryDirectory(prefix="ort-conv-path-") as tmp:  # not beside the artifact: a run's stages
+        twin = Path(tmp) / (artifact.stem + "_qgemm.onnx")              # would take it for one of theirs
+        shift_weight_zero_points(artifact, twin)
+        diff = same_outputs(artifact, twin, scale)
+        if diff != 0.0:
+            raise RuntimeError(f"{twin}: outputs differ from {artifact} by {diff}; the rewrite is not exact")
+        for _ in range(rounds):
+            for name, path in zip(p50s, (artifact, twin)):
+                t = _time(path, size, scale, threads, runs)
+                p50s[name].append(t["p50_ms"])
+                mins[name].append(t["min_ms"])
     med = {k: statistics.median(v) for k, v in p50s.items()}
-    return {"cpu": host_cpu().describe(), "artifact": str(artifact), "twin": str(twin), "max_abs_diff": diff,
+    return {"cpu": host_cpu().describe(), "artifact": str(artifact), "max_abs_diff": diff,
             "lr_size": list(size), "scale": scale, "threads": threads, "runs": runs, "rounds": rounds,
             "p50_ms": p50s, "min_ms": {k: min(v) for k, v in mins.items()},
             "qgemm_speedup": round(med["symmetric conv"] / med["im2col + QGEMM"], 3)}

@@ -9,11 +9,12 @@ refused, e.g. by a non-zero weight zero point (``QLinearConv::PrePack``). OpenVI
 contrast, ranks AMX brgemm convolutions first for u8 x s8 (the 2.7-3x gap issue #16 measured on an AMX
 Xeon, absent on an AMD EPYC with AVX512-VNNI only).
 
-:func:`shift_weight_zero_points` makes a twin of a QDQ graph in which every S8 convolution weight is
-stored one step lower with zero point -1: the dequantized weights, and so the outputs, are bit for bit
-those of the original, but ONNX Runtime now takes the im2col + QGEMM path. Whether that is faster is a
-property of the host (``python -m benchmarks.ort_conv_path`` times both): on the AMD EPYC it is about
-2x slower; on an AMX host the QGEMM path is the only one that can use AMX.
+:func:`shift_weight_zero_points` makes a twin of a QDQ graph in which every output channel of every S8
+convolution weight is stored one step lower with zero point -1 (or one step higher with zero point +1
+where the channel already sits at the bottom of its range): the dequantized weights, and so the outputs,
+are bit for bit those of the original, but ONNX Runtime now takes the im2col + QGEMM path. Whether that
+is faster is a property of the host (``python -m benchmarks.ort_conv_path`` times both): on the AMD EPYC
+of session 17 it ran at 0.5-0.74x; on an AMX host the QGEMM path is the only one that can use AMX.
 """
 
 from __future__ import annotations
@@ -37,37 +38,60 @@ def _weight_dequantizers(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
             and inits[node.input[0]].data_type == onnx.TensorProto.INT8]
 
 
-def shift_weight_zero_points(src: str | Path, dst: str | Path) -> int:
-    """Write ``dst``: ``src`` with every S8 convolution weight stored as ``q - 1`` with zero point ``-1``.
+def _shift_one(q: np.ndarray, zero: np.ndarray, axis: int, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(q + d, d)`` with ``d`` = -1 or +1 per channel along ``axis``, keeping every value inside the weight's
+    range: [-64, 64] for ORT's 7-bit weights (``reduce_range``: larger values may saturate its int16 sums on CPUs
+    without VNNI), else the int8 range."""
+    lo, hi = (-64, 64) if np.abs(q.astype(np.int16)).max() <= 64 else (-128, 127)
+    channels = np.moveaxis(q.astype(np.int16), axis, 0).reshape(q.shape[axis], -1) if zero.ndim else \
+        q.astype(np.int16).reshape(1, -1)
+    down, up = channels.min(axis=1) - 1 >= lo, channels.max(axis=1) + 1 <= hi
+    if not (down | up).all():
+        raise ValueError(f"{name}: a channel spans its whole range [{lo}, {hi}]; it cannot be stored one step away")
+    step = np.where(down, -1, 1).astype(np.int16)
+    shape = [1] * q.ndim
+    if zero.ndim:
+        shape[axis] = q.shape[axis]
+    shifted = (q.astype(np.int16) + step.reshape(shape if zero.ndim else ())).astype(np.int8)
+    return shifted, step.astype(np.int8).reshape(zero.shape)
 
-    ``(q - 1) - (-1) = q``, so every dequantized weight, and the model's output, is unchanged; only the
-    kernel ONNX Runtime chooses differs (see the module docstring).
+
+def shift_weight_zero_points(src: str | Path, dst: str | Path) -> int:
+    """Write ``dst``: ``src`` with every S8 convolution weight stored one step away, its zero point the same step.
+
+    ``(q + d) - d = q``, so every dequantized weight, and the model's output, is unchanged; only the kernel
+    ONNX Runtime chooses differs (see the module docstring).
 
     Args:
-        src: a QDQ ONNX model whose convolution weights are symmetric S8 (zero point 0, values >= -127).
+        src: a QDQ ONNX model whose convolution weights are symmetric S8 (zero point 0), full-range or 7-bit.
         dst: where the twin is written (atomically).
 
     Returns:
         The number of weight tensors rewritten.
 
     Raises:
-        ValueError: a weight already has a non-zero zero point or holds -128 (it cannot move down),
-            naming the tensor; or ``src`` has no S8 convolution weight at all.
+        ValueError: naming the tensor, when a weight already has a non-zero zero point, is read by more than
+            one node, or has a channel that spans its whole range; or when ``src`` has no S8 convolution weight.
     """
     model = onnx.load(str(src))
     inits = {i.name: i for i in model.graph.initializer}
     nodes = _weight_dequantizers(model.graph)
     if not nodes:
         raise ValueError(f"{src}: no S8 convolution weight with a zero point to shift")
+    readers: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
     for node in nodes:
-        q = numpy_helper.to_array(inits[node.input[0]])
-        zero = numpy_helper.to_array(inits[node.input[2]])
+        q, zero = numpy_helper.to_array(inits[node.input[0]]), numpy_helper.to_array(inits[node.input[2]])
         if zero.any():
             raise ValueError(f"{src}: {node.input[2]} is not 0; the weights are not symmetric")
-        if q.min() < -127:
-            raise ValueError(f"{src}: {node.input[0]} holds -128 and cannot be stored one step lower")
-        inits[node.input[0]].CopyFrom(numpy_helper.from_array((q.astype(np.int16) - 1).astype(np.int8), node.input[0]))
-        inits[node.input[2]].CopyFrom(numpy_helper.from_array(np.full_like(zero, -1), node.input[2]))
+        if readers[node.input[0]] > 1 or readers[node.input[2]] > 1:
+            raise ValueError(f"{src}: {node.input[0]} is read by more than one node; shifting it twice would be wrong")
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % q.ndim
+        shifted, step = _shift_one(q, zero, axis, f"{src}: {node.input[0]}")
+        inits[node.input[0]].CopyFrom(numpy_helper.from_array(shifted, node.input[0]))
+        inits[node.input[2]].CopyFrom(numpy_helper.from_array(step, node.input[2]))
     with atomic_path(dst) as tmp:
         onnx.save(model, str(tmp))
     return len(nodes)

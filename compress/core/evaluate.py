@@ -90,12 +90,17 @@ def evaluate(fn: Upscaler, pairs: Sequence[ImagePair], scale: int, tiles: TileCo
     return EvalResult(scale=scale, images=tuple(scores))
 
 
+def set_name(folder: str | Path) -> str:
+    """The short name an evaluation folder's results go by: ``.../Set5`` and ``.../Set5/HR`` are ``Set5``."""
+    folder = Path(folder)
+    return folder.name if folder.name != "HR" else folder.parent.name
+
+
 def eval_sets(scale: int, extra: list[str] | None) -> dict[str, list[ImagePair]]:
-    """The embedded evaluation split plus any extra folders, keyed by a short name."""
+    """The embedded evaluation split plus any extra folders, keyed by :func:`set_name`."""
     sets = {"embedded": load_pairs(split_paths("evaluation"), scale)}
     for folder in extra or []:
-        name = Path(folder).name if Path(folder).name != "HR" else Path(folder).parent.name
-        sets[name] = load_pairs(list_images(folder), scale)
+        sets[set_name(folder)] = load_pairs(list_images(folder), scale)
     return sets
 
 

@@ -173,11 +173,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_bars(args: argparse.Namespace) -> int:
-    from compress.pipeline.bars import Campaign, dry_run, plan_named, run_bars
+    from compress.pipeline.bars import plan_named
+    from compress.pipeline.bars_run import Campaign, dry_run, run_bars
 
-    absolute = lambda path: str(Path(path).resolve()) if path else path  # noqa: E731 (the stages run in the repo)
-    campaign = Campaign(plan_named(args.plan), Path(args.out).resolve(), absolute(args.model),
-                        tuple(absolute(e) for e in args.eval), absolute(args.data), tuple(args.only))
+    def absolute(path: str | None) -> str | None:  # the stages run in the repository, not in the caller's folder
+        return str(Path(path).resolve()) if path and path != "default" else path
+
+    campaign = Campaign(plan_named(args.plan), Path(args.out).resolve(), absolute(args.model) or "",
+                        tuple(absolute(e) or e for e in args.eval), absolute(args.data), tuple(args.only))
     if args.dry_run:
         print("\n".join(dry_run(campaign)))
         return 0

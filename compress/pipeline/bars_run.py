@@ -1,0 +1,266 @@
+"""Re-measuring the bars of :mod:`compress.pipeline.bars`: a campaign, each bar's outcome, the verdicts.
+
+:func:`run_bars` runs each bar in a run folder of its own (the baseline's ``00-model`` copied in, so
+bars never see each other's artifacts, except a bar declared ``after`` another, which continues in that
+bar's folder), each stage command in its own process, then reads the artifact's sidecar and judges it
+against the dense FP32 baseline of its run folder. ``bars.json`` records every bar run: a bar recorded
+without a failure is not run again, so an interrupted campaign resumes where it stopped, and a bar that
+runs again takes the bars ``after`` it along. ``bars.md`` is the table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from compress.core.cpu import host_cpu
+from compress.core.errors import InputError
+from compress.core.evaluate import set_name
+from compress.core.files import read_json_object, read_sidecar, write_json_atomic, write_text_atomic
+from compress.pipeline.bars import BASE, REPO, Bar, Plan
+from compress.pipeline.contract import path_of
+
+STATE = "bars.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What one bar's artifact measured.
+
+    Attributes:
+        loss_db: dB of PSNR-Y lost against the dense FP32 model, per evaluation set (negative: a gain);
+            ``None`` when the artifact was not written (a QAT that did not beat its start, a failed step).
+        macs_cut: fraction of the baseline's MACs at 256x256 removed (pruned artifacts; else ``None``).
+        start_loss_db: a QAT's: what its PTQ start (named in its sidecar) lost, per set.
+        failed: why the bar could not be measured (a failed step, an unreadable sidecar), if so.
+    """
+
+    loss_db: dict[str, float] | None
+    macs_cut: float | None = None
+    start_loss_db: dict[str, float] | None = None
+    failed: str | None = None
+
+
+def _loss_db(base: dict, side: dict) -> dict[str, float]:
+    """PSNR-Y of the baseline's sidecar minus the artifact's, per set both measured."""
+    ref, got = dict(base.get("quality", {})), dict(side.get("quality", {}))
+    return {name: round(float(ref[name]["psnr_y_db"]) - float(got[name]["psnr_y_db"]), 4) for name in got if name in ref}
+
+
+def read_outcome(bar: Bar, run: Path) -> Outcome:
+    """The outcome of ``bar`` from its artifact's sidecar in ``run``, against that run's dense baseline."""
+    artifact = run / bar.artifact
+    if not artifact.is_file():
+        return Outcome(None)
+    try:
+        base, side = read_sidecar(path_of(run, "baseline")), read_sidecar(artifact)
+        cut = None
+        if side.get("macs_256x256") and side.get("macs_256x256_before"):
+            cut = 1 - float(side["macs_256x256"]) / float(side["macs_256x256_before"])
+        start = None
+        verdict = side.get("against_ptq_start")
+        if bar.qat and isinstance(verdict, dict) and verdict.get("ptq_start"):
+            start = _loss_db(base, read_sidecar(artifact.parent / str(verdict["ptq_start"])))
+        return Outcome(_loss_db(base, side) or None, cut, start)
+    except (InputError, KeyError, TypeError, ValueError) as exc:
+        return Outcome(None, failed=f"unreadable sidecar of {artifact}: {exc}")
+
+
+def judge(bar: Bar, outcome: Outcome, sets: Sequence[str]) -> str:
+    """``met``, or ``not met: <why>``, for ``bar`` given what its artifact measured on ``sets``."""
+    if outcome.failed:
+        return f"not met: failed ({outcome.failed})"
+    if outcome.loss_db is None:
+        return "not met: no artifact" + (" (the QAT did not beat its PTQ start, or failed)" if bar.qat else "")
+    loss, start = outcome.loss_db, outcome.start_loss_db
+    why = [f"{name} not measured" for name in sets if name not in loss]
+    why += [f"{name} loses {loss[name]:.3f} dB" for name in sets if name in loss and loss[name] > bar.max_loss_db]
+    if bar.min_macs_cut and (outcome.macs_cut is None or outcome.macs_cut < bar.min_macs_cut):
+        cut = "unknown" if outcome.macs_cut is None else f"{outcome.macs_cut:.1%}"
+        why.append(f"MACs cut {cut} < {bar.min_macs_cut:.0%}")
+    if bar.qat and start is None:
+        why.append("its PTQ start is not known")
+    elif bar.qat:
+        why += [f"{name} worse than its PTQ start ({loss[name]:.3f} > {start[name]:.3f} dB)"
+                for name in sets if name in loss and name in start and loss[name] > start[name]]
+    return "met" if not why else "not met: " + "; ".join(why)
+
+
+def format_bars(plan: Plan, outcomes: dict[str, tuple[Outcome, float | None]], sets: Sequence[str]) -> str:
+    """The Markdown table of ``plan``'s bars: one row per bar, ``outcomes[key] = (outcome, minutes)``."""
+    head = ["bar", "at most (dB lost)", "recipe", "artifact", *[f"{s} dB lost" for s in sets], "MACs", "minutes",
+            "verdict"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for bar in plan.bars:
+        if bar.key not in outcomes:
+            continue
+        outcome, minutes = outcomes[bar.key]
+        losses = [("-" if outcome.loss_db is None or s not in outcome.loss_db else f"{outcome.loss_db[s]:.3f}")
+                  for s in sets]
+        macs = "-" if outcome.macs_cut is None else f"-{outcome.macs_cut:.1%}"
+        recipes = ", ".join(f"`{Path(step.recipe).name}`" for step in bar.steps) or f"(of {bar.after})"
+        cells = [bar.label, f"{bar.max_loss_db:g}", recipes, f"`{bar.artifact}`", *losses, macs,
+                 "-" if minutes is None else f"{minutes:.1f}", judge(bar, outcome, sets)]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+@dataclasses.dataclass(frozen=True)
+class Campaign:
+    """One re-measurement of a plan's bars.
+
+    Attributes:
+        plan: the bars.
+        out: output folder: ``base/`` (the baseline), one run folder per bar, ``logs/``, ``bars.json``, ``bars.md``.
+        model: checkpoint to measure ("": the shipped default of the plan's architecture and scale).
+        evals: extra evaluation folders (Set5, Set14), passed to every stage.
+        data: training images for fine-tuning (None: the embedded default set).
+        only: keys of the bars to run (empty: all); a bar ``after`` another brings that one along.
+    """
+
+    plan: Plan
+    out: Path
+    model: str = ""
+    evals: tuple[str, ...] = ()
+    data: str | None = None
+    only: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        keys = {bar.key for bar in self.plan.bars}
+        unknown = [k for k in self.only if k not in keys]
+        if unknown:
+            raise InputError(f"{', '.join(unknown)}: no such bar in plan {self.plan.name} (bars: {', '.join(sorted(keys))})")
+
+    def bars(self) -> list[Bar]:
+        """The bars to run, in plan order."""
+        wanted = set(self.only) or {bar.key for bar in self.plan.bars}
+        for bar in reversed(self.plan.bars):
+            if bar.key in wanted and bar.after:
+                wanted.add(bar.after)
+        return [bar for bar in self.plan.bars if bar.key in wanted]
+
+    def run_folder(self, bar: Bar) -> Path:
+        """The run folder ``bar`` works in: its own, or that of the bar it runs after."""
+        while bar.after:
+            bar = next(b for b in self.plan.bars if b.key == bar.after)
+        return self.out / bar.key
+
+    def sets(self) -> list[str]:
+        """The evaluation sets every artifact is judged on."""
+        return ["embedded", *[set_name(e) for e in self.evals]]
+
+    def identity(self) -> dict[str, object]:
+        """What a resumed campaign must share with the one that wrote ``bars.json``."""
+        return {"plan": self.plan.name, "model": self.model or "default", "evals": list(self.evals), "data": self.data}
+
+    def base_argv(self) -> list[str]:
+        """The command that takes the model into ``base/`` (after ``python -m compress``)."""
+        args = ["model", "--run", str(self.out / BASE), "--scale", str(self.plan.scale)]
+        args += ["--model", self.model] if self.model else ["--arch", self.plan.arch]
+        return args + [a for e in self.evals for a in ("--eval", e)]
+
+    def commands(self, bar: Bar) -> list[str]:
+        """The command lines of ``bar``'s steps."""
+        return [" ".join(["python -m compress", *step.argv(self.run_folder(bar), self.evals, self.data)])
+                for step in bar.steps]
+
+
+def dry_run(c: Campaign) -> list[str]:
+    """Every command the campaign would run, one line each, ``python -m compress`` included."""
+    return [" ".join(["python -m compress", *c.base_argv()])] + [line for bar in c.bars() for line in c.commands(bar)]
+
+
+def _compress(argv: list[str], log: Path) -> str | None:
+    """Run ``python -m compress ARGV`` in its own process in the repository, its output appended to ``log``;
+    None, or the failure with the last line it wrote."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = log.stat().st_size if log.exists() else 0
+    with open(log, "a") as fh:
+        fh.write(f"$ python -m compress {' '.join(argv)}\n")
+        fh.flush()
+        code = subprocess.run([sys.executable, "-m", "compress", *argv], cwd=REPO, stdout=fh, stderr=subprocess.STDOUT,
+                              check=False).returncode
+    if code == 0:
+        return None
+    with open(log, errors="replace") as fh:
+        fh.seek(start)
+        tail = [line.strip() for line in fh.read().splitlines()[1:] if line.strip()]
+    return f"exit {code}: {tail[-1] if tail else 'no message'}"
+
+
+def _write_results(c: Campaign, records: dict[str, dict]) -> Path:
+    sets = c.sets()
+    outcomes: dict[str, tuple[Outcome, float | None]] = {}
+    for bar in c.plan.bars:
+        if bar.key in records:
+            outcome, record = read_outcome(bar, c.run_folder(bar)), records[bar.key]
+            if record.get("failed"):  # what the failed step left behind is not its result
+                outcome = Outcome(None, failed=str(record["failed"]))
+            outcomes[bar.key] = (outcome, record.get("minutes"))
+    cpu = host_cpu().describe()
+    head = (f"# Bars of {c.plan.name} ({c.model or 'the shipped default'})\n\n"
+            f"Host: {cpu}, {os.cpu_count()} logical CPUs; each command in its own process. PSNR-Y = Y of BT.601, "
+            f"{c.plan.scale} px shaved, 8-bit rounded, LR by PIL bicubic; dB lost against the dense FP32 model "
+            f"(negative: a gain). Commands and their output: `logs/`.\n\n")
+    bars = {bar.key: bar for bar in c.plan.bars}
+    write_json_atomic(c.out / STATE, {
+        **c.identity(), "cpu": cpu, "records": records,
+        "outcomes": {k: {**dataclasses.asdict(o), "minutes": m, "verdict": judge(bars[k], o, sets)}
+                     for k, (o, m) in outcomes.items()}})
+    return write_text_atomic(c.out / "bars.md", head + format_bars(c.plan, outcomes, sets))
+
+
+def _records(c: Campaign) -> dict[str, dict]:
+    """The bars a previous run of this campaign recorded; a different campaign's folder is refused."""
+    state = c.out / STATE
+    if not state.is_file():
+        return {}
+    saved = read_json_object(state)
+    differs = [k for k, v in c.identity().items() if saved.get(k) != v]
+    if differs:
+        raise InputError(f"{state}: written by another campaign ({', '.join(f'{k} {saved.get(k)!r}' for k in differs)}); "
+                         "choose another --out")
+    records = saved.get("records", {})
+    if not isinstance(records, dict) or not all(isinstance(r, dict) for r in records.values()):
+        raise InputError(f"{state}: 'records' is not an object of objects")
+    return dict(records)
+
+
+def _run_bar(c: Campaign, bar: Bar, records: dict[str, dict]) -> dict:
+    """Run ``bar``'s steps; its record."""
+    parent = records.get(bar.after) if bar.after else None
+    if parent is not None and parent.get("failed"):
+        return {"minutes": 0.0, "failed": f"not run: {bar.after} failed", "commands": c.commands(bar)}
+    run = c.run_folder(bar)
+    if run == c.out / bar.key:
+        shutil.copytree(path_of(c.out / BASE, "baseline").parent, path_of(run, "baseline").parent, dirs_exist_ok=True)
+    t0, failed = time.monotonic(), None
+    for step in bar.steps:
+        failed = _compress(step.argv(run, c.evals, c.data), c.out / "logs" / f"{bar.key}.log")
+        if failed:
+            break
+    return {"minutes": round((time.monotonic() - t0) / 60, 2), "failed": failed, "commands": c.commands(bar)}
+
+
+def run_bars(c: Campaign) -> Path:
+    """Run every bar of the campaign not run before; write ``bars.json`` and ``bars.md`` after each. Returns bars.md."""
+    records = _records(c)
+    if not path_of(c.out / BASE, "baseline").is_file():
+        failed = _compress(c.base_argv(), c.out / "logs" / f"{BASE}.log")
+        if failed:
+            raise InputError(f"{c.out / 'logs' / (BASE + '.log')}: the baseline failed ({failed})")
+    _write_results(c, records)  # the campaign's identity is on disk before any bar runs
+    rerun: set[str] = set()
+    for bar in c.bars():
+        if bar.key in records and not records[bar.key].get("failed") and bar.after not in rerun:
+            continue
+        rerun.add(bar.key)
+        records[bar.key] = _run_bar(c, bar, records)
+        _write_results(c, records)
+    return _write_results(c, records)
