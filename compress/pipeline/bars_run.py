@@ -132,6 +132,8 @@ class Campaign:
     only: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.out.exists() and not self.out.is_dir():
+            raise InputError(f"{self.out}: not a folder (--out names the campaign's folder)")
         keys = {bar.key for bar in self.plan.bars}
         unknown = [k for k in self.only if k not in keys]
         if unknown:

@@ -92,6 +92,9 @@ def test_only_brings_along_the_bar_it_continues_and_refuses_unknown_bars(tmp_pat
     assert all(f"--run {tmp_path / 'channel50'} " in line for line in lines[1:])
     with pytest.raises(InputError, match="no such bar"):
         Campaign(plan, tmp_path, only=("nope",))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(InputError, match="file: not a folder"):
+        Campaign(plan, tmp_path / "file")
 
 
 def test_read_outcome_measures_loss_against_the_dense_baseline_of_the_run(tmp_path):
