@@ -21,7 +21,7 @@ from pathlib import Path
 
 from compress.core.cpu import host_cpu
 from compress.core.errors import InputError
-from compress.core.evaluate import set_name
+from compress.core.evaluate import psnr_delta_db, set_name
 from compress.core.files import read_json_object, read_sidecar, write_json_atomic, write_text_atomic
 from compress.pipeline.bars import BASE, REPO, Bar, Plan
 from compress.pipeline.contract import path_of
@@ -48,9 +48,9 @@ class Outcome:
 
 
 def _loss_db(base: dict, side: dict) -> dict[str, float]:
-    """PSNR-Y of the baseline's sidecar minus the artifact's, per set both measured."""
-    ref, got = dict(base.get("quality", {})), dict(side.get("quality", {}))
-    return {name: round(float(ref[name]["psnr_y_db"]) - float(got[name]["psnr_y_db"]), 4) for name in got if name in ref}
+    """dB of PSNR-Y the artifact's sidecar lost against the baseline's, per set both measured."""
+    gained = psnr_delta_db(dict(side.get("quality", {})), dict(base.get("quality", {})))
+    return {name: -delta for name, delta in gained.items()}
 
 
 def read_outcome(bar: Bar, run: Path) -> Outcome:
@@ -201,9 +201,10 @@ def _write_results(c: Campaign, records: dict[str, dict]) -> Path:
     outcomes: dict[str, tuple[Outcome, float | None]] = {}
     for bar in c.plan.bars:
         if bar.key in records:
-            outcome, record = read_outcome(bar, c.run_folder(bar)), records[bar.key]
-            if record.get("failed"):  # what the failed step left behind is not its result
-                outcome = Outcome(None, failed=str(record["failed"]))
+            record = records[bar.key]
+            # what a failed step left behind is not its result: its sidecar is not read
+            outcome = Outcome(None, failed=str(record["failed"])) if record.get("failed") else \
+                read_outcome(bar, c.run_folder(bar))
             outcomes[bar.key] = (outcome, record.get("minutes"))
     cpu = host_cpu().describe()
     head = (f"# Bars of {c.plan.name} ({c.model or 'the shipped default'})\n\n"
@@ -257,12 +258,12 @@ def run_bars(c: Campaign) -> Path:
         failed = _compress(c.base_argv(), c.out / "logs" / f"{BASE}.log")
         if failed:
             raise InputError(f"{c.out / 'logs' / (BASE + '.log')}: the baseline failed ({failed})")
-    _write_results(c, records)  # the campaign's identity is on disk before any bar runs
+    md = _write_results(c, records)  # the campaign's identity is on disk before any bar runs
     rerun: set[str] = set()
     for bar in c.bars():
         if bar.key in records and not records[bar.key].get("failed") and bar.after not in rerun:
             continue
         rerun.add(bar.key)
         records[bar.key] = _run_bar(c, bar, records)
-        _write_results(c, records)
-    return _write_results(c, records)
+        md = _write_results(c, records)
+    return md

@@ -180,7 +180,7 @@ def _cmd_bars(args: argparse.Namespace) -> int:
         return str(Path(path).resolve()) if path and path != "default" else path
 
     campaign = Campaign(plan_named(args.plan), Path(args.out).resolve(), absolute(args.model) or "",
-                        tuple(absolute(e) or e for e in args.eval), absolute(args.data), tuple(args.only))
+                        tuple(str(absolute(e)) for e in args.eval), absolute(args.data), tuple(args.only))
     if args.dry_run:
         print("\n".join(dry_run(campaign)))
         return 0
