@@ -1,7 +1,8 @@
-"""Seconds per training step of EDSR-baseline (or a given size) in FP32 and bf16 autocast.
+"""Seconds per training step of EDSR-baseline (or a given size) per precision and memory layout.
 
-Each precision runs in its own process (``--precision`` given) or, without it, every precision is
-run side by side as subprocesses and a table is printed. Conditions (CPU and features, threads,
+Variants: FP32 in NCHW, FP32 in channels_last and bf16 autocast in channels_last (the training loop's
+layout on the CPU). Each runs in its own process (``--variant`` given) or, without it, every variant
+is run side by side as subprocesses and a table is printed. Conditions (CPU and features, threads,
 batch and patch size) are printed with the figures::
 
     python -m benchmarks.train_step --steps 12 --warmup 3 --threads 2
@@ -19,12 +20,16 @@ import time
 import torch
 
 
-def _one(precision: str, steps: int, warmup: int, batch: int, patch: int, scale: int) -> dict[str, object]:
+VARIANTS = {"fp32-nchw": ("fp32", False), "fp32-cl": ("fp32", True), "bf16-cl": ("bf16", True)}
+
+
+def _one(variant: str, steps: int, warmup: int, batch: int, patch: int, scale: int) -> dict[str, object]:
     from compress.core.archs import EDSR, EDSRConfig
 
     model = EDSR(EDSRConfig(scale=scale))
+    precision, channels_last = VARIANTS[variant]
     bf16 = precision == "bf16"
-    fmt = torch.channels_last if bf16 else torch.contiguous_format
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     model.to(memory_format=fmt).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     gen = torch.Generator().manual_seed(0)
@@ -41,14 +46,14 @@ def _one(precision: str, steps: int, warmup: int, batch: int, patch: int, scale:
         opt.step()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
-    return {"precision": precision, "median_s": statistics.median(times), "min_s": min(times)}
+    return {"variant": variant, "median_s": statistics.median(times), "min_s": min(times)}
 
 
 def main(argv: list[str] | None = None) -> int:
     from compress.core.cpu import host_cpu
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--precision", choices=["fp32", "bf16"], help="run one precision in this process")
+    ap.add_argument("--variant", choices=list(VARIANTS), help="run one variant in this process")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
@@ -57,19 +62,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.precision:
-        print(json.dumps(_one(args.precision, args.steps, args.warmup, args.batch, args.patch, args.scale)))
+    if args.variant:
+        print(json.dumps(_one(args.variant, args.steps, args.warmup, args.batch, args.patch, args.scale)))
         return 0
     rows = []
-    for precision in ("fp32", "bf16"):
-        cmd = [sys.executable, "-m", "benchmarks.train_step", "--precision", precision] + [
-            f"--{k}={v}" for k, v in vars(args).items() if k != "precision"]
+    for variant in VARIANTS:
+        cmd = [sys.executable, "-m", "benchmarks.train_step", "--variant", variant] + [
+            f"--{k}={v}" for k, v in vars(args).items() if k != "variant"]
         rows.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
     print(f"# EDSR-baseline x{args.scale} training step, batch {args.batch} x {args.patch}x{args.patch} LR, "
           f"{args.threads} threads, torch {torch.__version__}, {host_cpu().describe()}")
     for r in rows:
-        print(f"{r['precision']:5s} median {r['median_s']:.3f} s  min {r['min_s']:.3f} s  "
-              f"({rows[0]['median_s'] / r['median_s']:.2f}x FP32)")
+        print(f"{r['variant']:9s} median {r['median_s']:.3f} s  min {r['min_s']:.3f} s  "
+              f"({rows[0]['median_s'] / r['median_s']:.2f}x FP32 NCHW)")
     return 0
 
 

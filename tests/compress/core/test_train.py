@@ -181,15 +181,16 @@ def test_distillation_pulls_towards_teacher(image_dir):
         assert (student(x) - teacher(x)).abs().mean() < 0.5 * before
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
 @pytest.mark.parametrize("channels_last", [True, False])
-def test_bf16_layout_follows_the_channels_last_switch(image_dir, channels_last):
+def test_layout_follows_the_channels_last_switch_in_both_precisions(image_dir, channels_last, precision):
     pairs = load_pairs(list_images(image_dir), 2)
     seen = []
     model = tiny_edsr(2)
     model.conv_first.register_forward_pre_hook(
         lambda _m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
     fit(model, random_patches(pairs, 2, PatchConfig(lr_patch=8, batch_size=2)),
-        TrainConfig(steps=2, precision="bf16"), 2, channels_last=channels_last)
+        TrainConfig(steps=2, precision=precision), 2, channels_last=channels_last)
     assert seen and all(s == channels_last for s in seen)
 
 
