@@ -252,7 +252,11 @@ def _run_bar(c: Campaign, bar: Bar, records: dict[str, dict]) -> dict:
 
 
 def run_bars(c: Campaign) -> Path:
-    """Run every bar of the campaign not run before; write ``bars.json`` and ``bars.md`` after each. Returns bars.md."""
+    """Run every bar of the campaign not run before; write ``bars.json`` and ``bars.md`` after each. Returns bars.md.
+
+    A bar recorded as met or not met is skipped unless its declared commands changed since (a new
+    recipe), or it continues a bar that runs again; a failed bar always runs again.
+    """
     records = _records(c)
     if not path_of(c.out / BASE, "baseline").is_file():
         failed = _compress(c.base_argv(), c.out / "logs" / f"{BASE}.log")
@@ -261,7 +265,9 @@ def run_bars(c: Campaign) -> Path:
     md = _write_results(c, records)  # the campaign's identity is on disk before any bar runs
     rerun: set[str] = set()
     for bar in c.bars():
-        if bar.key in records and not records[bar.key].get("failed") and bar.after not in rerun:
+        record = records.get(bar.key)
+        if record and not record.get("failed") and record.get("commands") == c.commands(bar) \
+                and bar.after not in rerun:
             continue
         rerun.add(bar.key)
         records[bar.key] = _run_bar(c, bar, records)

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 from pathlib import Path
 
@@ -156,5 +157,13 @@ def test_campaign_runs_each_bar_in_its_own_folder_records_failures_and_resumes(t
     (out / "bars.json").write_text(json.dumps(state))
     run_bars(campaign)  # the pruning runs again, and the quantization of what it pruned with it
     assert pruned.stat().st_mtime_ns != stamps[0] and quantized.stat().st_mtime_ns != stamps[1]
+    stamps = pruned.stat().st_mtime_ns, quantized.stat().st_mtime_ns
+    recipe = tmp_path / "quick_copy.toml"  # the INT8 bar declared with another recipe: it alone runs again
+    recipe.write_text((REPO / "quantization/recipes/quick.toml").read_text())
+    changed = dataclasses.replace(plan.bars[1], steps=(Step("quantize", str(recipe), "prune/tinyprune"),))
+    run_bars(Campaign(dataclasses.replace(plan, bars=(plan.bars[0], changed, *plan.bars[2:])), out, str(model),
+                      data=str(image_dir)))
+    assert pruned.stat().st_mtime_ns == stamps[0] and quantized.stat().st_mtime_ns != stamps[1]
+    assert str(recipe) in " ".join(json.loads((out / "bars.json").read_text())["records"]["int8"]["commands"])
     with pytest.raises(InputError, match="bars.json: written by another campaign .*model"):
         run_bars(Campaign(plan, out, str(tmp_path / "other.safetensors"), data=str(image_dir)))
