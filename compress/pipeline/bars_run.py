@@ -200,8 +200,8 @@ def _write_results(c: Campaign, records: dict[str, dict]) -> Path:
     sets = c.sets()
     outcomes: dict[str, tuple[Outcome, float | None]] = {}
     for bar in c.plan.bars:
-        if bar.key in records:
-            record = records[bar.key]
+        record = records.get(bar.key)
+        if record and record.get("commands") == c.commands(bar):  # a changed declaration is not yet run
             # what a failed step left behind is not its result: its sidecar is not read
             outcome = Outcome(None, failed=str(record["failed"])) if record.get("failed") else \
                 read_outcome(bar, c.run_folder(bar))
