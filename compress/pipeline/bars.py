@@ -179,7 +179,7 @@ def _plan(name: str, arch: str, scale: int, r: ModelRecipes) -> Plan:
 
 #: Every plan: the one explicit list ``--plan`` chooses from.
 PLANS: tuple[Plan, ...] = (
-    _plan("edsr-x2", "edsr", 2, ModelRecipes("nncf_qat_xlong.toml", "channel30_long.toml", "channel50_xlong.toml",
+    _plan("edsr-x2", "edsr", 2, ModelRecipes("nncf_qat_xlong.toml", "channel30_xlong.toml", "channel50_xlong.toml",
                                              "unstructured50_long.toml", "channel.toml", NNCF, NNCF_QAT)),
     _plan("edsr-x4", "edsr", 4, ModelRecipes("nncf_qat_long.toml", "channel30_x4_long.toml", "channel_x4_long.toml",
                                              "unstructured_long.toml", "channel.toml", NNCF, NNCF_QAT)),
