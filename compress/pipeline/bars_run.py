@@ -196,12 +196,18 @@ def _compress(argv: list[str], log: Path) -> str | None:
     return f"exit {code}: {tail[-1] if tail else 'no message'}"
 
 
+def _current(c: Campaign, bar: Bar, records: dict[str, dict]) -> dict | None:
+    """``bar``'s record if it ran the commands declared now (a changed declaration counts as not run)."""
+    record = records.get(bar.key)
+    return record if record and record.get("commands") == c.commands(bar) else None
+
+
 def _write_results(c: Campaign, records: dict[str, dict]) -> Path:
     sets = c.sets()
     outcomes: dict[str, tuple[Outcome, float | None]] = {}
     for bar in c.plan.bars:
-        record = records.get(bar.key)
-        if record and record.get("commands") == c.commands(bar):  # a changed declaration is not yet run
+        record = _current(c, bar, records)
+        if record:
             # what a failed step left behind is not its result: its sidecar is not read
             outcome = Outcome(None, failed=str(record["failed"])) if record.get("failed") else \
                 read_outcome(bar, c.run_folder(bar))
@@ -265,9 +271,8 @@ def run_bars(c: Campaign) -> Path:
     md = _write_results(c, records)  # the campaign's identity is on disk before any bar runs
     rerun: set[str] = set()
     for bar in c.bars():
-        record = records.get(bar.key)
-        if record and not record.get("failed") and record.get("commands") == c.commands(bar) \
-                and bar.after not in rerun:
+        record = _current(c, bar, records)
+        if record and not record.get("failed") and bar.after not in rerun:
             continue
         rerun.add(bar.key)
         records[bar.key] = _run_bar(c, bar, records)
