@@ -11,6 +11,7 @@ runs again takes the bars ``after`` it along. ``bars.md`` is the table.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import shutil
 import subprocess
@@ -196,10 +197,23 @@ def _compress(argv: list[str], log: Path) -> str | None:
     return f"exit {code}: {tail[-1] if tail else 'no message'}"
 
 
+def recipe_digests(bar: Bar) -> dict[str, str]:
+    """sha256 of each recipe file ``bar``'s steps name (``missing`` for one that is not there)."""
+    digests = {}
+    for step in bar.steps:
+        path = REPO / step.recipe
+        digests[step.recipe] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
+    return digests
+
+
 def _current(c: Campaign, bar: Bar, records: dict[str, dict]) -> dict | None:
-    """``bar``'s record if it ran the commands declared now (a changed declaration counts as not run)."""
+    """``bar``'s record if it ran the commands declared now on the recipes as they are now (a changed
+    declaration or an edited recipe counts as not run; a record older than recipe digests is judged on
+    its commands)."""
     record = records.get(bar.key)
-    return record if record and record.get("commands") == c.commands(bar) else None
+    if not record or record.get("commands") != c.commands(bar):
+        return None
+    return record if record.get("recipes", recipe_digests(bar)) == recipe_digests(bar) else None
 
 
 def _write_results(c: Campaign, records: dict[str, dict]) -> Path:
@@ -245,7 +259,8 @@ def _run_bar(c: Campaign, bar: Bar, records: dict[str, dict]) -> dict:
     """Run ``bar``'s steps; its record."""
     parent = records.get(bar.after) if bar.after else None
     if parent is not None and parent.get("failed"):
-        return {"minutes": 0.0, "failed": f"not run: {bar.after} failed", "commands": c.commands(bar)}
+        return {"minutes": 0.0, "failed": f"not run: {bar.after} failed", "commands": c.commands(bar),
+                "recipes": recipe_digests(bar)}
     run = c.run_folder(bar)
     if run == c.out / bar.key:
         shutil.copytree(path_of(c.out / BASE, "baseline").parent, path_of(run, "baseline").parent, dirs_exist_ok=True)
@@ -254,14 +269,16 @@ def _run_bar(c: Campaign, bar: Bar, records: dict[str, dict]) -> dict:
         failed = _compress(step.argv(run, c.evals, c.data), c.out / "logs" / f"{bar.key}.log")
         if failed:
             break
-    return {"minutes": round((time.monotonic() - t0) / 60, 2), "failed": failed, "commands": c.commands(bar)}
+    return {"minutes": round((time.monotonic() - t0) / 60, 2), "failed": failed, "commands": c.commands(bar),
+            "recipes": recipe_digests(bar)}
 
 
 def run_bars(c: Campaign) -> Path:
     """Run every bar of the campaign not run before; write ``bars.json`` and ``bars.md`` after each. Returns bars.md.
 
     A bar recorded as met or not met is skipped unless its declared commands changed since (a new
-    recipe), or it continues a bar that runs again; a failed bar always runs again.
+    recipe), a recipe it names was edited, or it continues a bar that runs again; a failed bar always
+    runs again.
     """
     records = _records(c)
     if not path_of(c.out / BASE, "baseline").is_file():

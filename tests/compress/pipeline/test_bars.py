@@ -1,4 +1,5 @@
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
@@ -161,9 +162,16 @@ def test_campaign_runs_each_bar_in_its_own_folder_records_failures_and_resumes(t
     recipe = tmp_path / "quick_copy.toml"  # the INT8 bar declared with another recipe: it alone runs again
     recipe.write_text((REPO / "quantization/recipes/quick.toml").read_text())
     changed = dataclasses.replace(plan.bars[1], steps=(Step("quantize", str(recipe), "prune/tinyprune"),))
-    run_bars(Campaign(dataclasses.replace(plan, bars=(plan.bars[0], changed, *plan.bars[2:])), out, str(model),
-                      data=str(image_dir)))
+    campaign = Campaign(dataclasses.replace(plan, bars=(plan.bars[0], changed, *plan.bars[2:])), out, str(model),
+                        data=str(image_dir))
+    run_bars(campaign)
     assert pruned.stat().st_mtime_ns == stamps[0] and quantized.stat().st_mtime_ns != stamps[1]
     assert str(recipe) in " ".join(json.loads((out / "bars.json").read_text())["records"]["int8"]["commands"])
+    stamps = pruned.stat().st_mtime_ns, quantized.stat().st_mtime_ns
+    prune.write_text(prune.read_text().replace("steps = 6", "steps = 8"))  # the same command, its recipe edited
+    run_bars(campaign)  # the pruning runs again, and the quantization after it
+    assert pruned.stat().st_mtime_ns != stamps[0] and quantized.stat().st_mtime_ns != stamps[1]
+    digest = json.loads((out / "bars.json").read_text())["records"]["pruned"]["recipes"][str(prune)]
+    assert digest == hashlib.sha256(prune.read_bytes()).hexdigest()
     with pytest.raises(InputError, match="bars.json: written by another campaign .*model"):
         run_bars(Campaign(plan, out, str(tmp_path / "other.safetensors"), data=str(image_dir)))
