@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -198,11 +200,20 @@ def _compress(argv: list[str], log: Path) -> str | None:
 
 
 def recipe_digests(bar: Bar) -> dict[str, str]:
-    """sha256 of each recipe file ``bar``'s steps name (``missing`` for one that is not there)."""
+    """sha256 of the settings of each recipe ``bar``'s steps name: of its parsed TOML, so that editing a
+    comment changes nothing (of its bytes if it does not parse; ``missing`` if it is not there)."""
     digests = {}
     for step in bar.steps:
         path = REPO / step.recipe
-        digests[step.recipe] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
+        if not path.is_file():
+            digests[step.recipe] = "missing"
+            continue
+        data = path.read_bytes()
+        try:
+            data = json.dumps(tomllib.loads(data.decode("utf-8")), sort_keys=True, default=str).encode()
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+            pass
+        digests[step.recipe] = hashlib.sha256(data).hexdigest()
     return digests
 
 
@@ -277,7 +288,7 @@ def run_bars(c: Campaign) -> Path:
     """Run every bar of the campaign not run before; write ``bars.json`` and ``bars.md`` after each. Returns bars.md.
 
     A bar recorded as met or not met is skipped unless its declared commands changed since (a new
-    recipe), a recipe it names was edited, or it continues a bar that runs again; a failed bar always
+    recipe), a recipe it names has other settings, or it continues a bar that runs again; a failed bar always
     runs again.
     """
     records = _records(c)

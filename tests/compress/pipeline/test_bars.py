@@ -1,6 +1,7 @@
 import dataclasses
 import hashlib
 import json
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -168,10 +169,14 @@ def test_campaign_runs_each_bar_in_its_own_folder_records_failures_and_resumes(t
     assert pruned.stat().st_mtime_ns == stamps[0] and quantized.stat().st_mtime_ns != stamps[1]
     assert str(recipe) in " ".join(json.loads((out / "bars.json").read_text())["records"]["int8"]["commands"])
     stamps = pruned.stat().st_mtime_ns, quantized.stat().st_mtime_ns
+    prune.write_text("# a comment changes no setting\n" + prune.read_text())
+    run_bars(campaign)
+    assert (pruned.stat().st_mtime_ns, quantized.stat().st_mtime_ns) == stamps
     prune.write_text(prune.read_text().replace("steps = 6", "steps = 8"))  # the same command, its recipe edited
     run_bars(campaign)  # the pruning runs again, and the quantization after it
     assert pruned.stat().st_mtime_ns != stamps[0] and quantized.stat().st_mtime_ns != stamps[1]
     digest = json.loads((out / "bars.json").read_text())["records"]["pruned"]["recipes"][str(prune)]
-    assert digest == hashlib.sha256(prune.read_bytes()).hexdigest()
+    settings = json.dumps(tomllib.loads(prune.read_text()), sort_keys=True).encode()
+    assert digest == hashlib.sha256(settings).hexdigest()
     with pytest.raises(InputError, match="bars.json: written by another campaign .*model"):
         run_bars(Campaign(plan, out, str(tmp_path / "other.safetensors"), data=str(image_dir)))
