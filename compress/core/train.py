@@ -5,8 +5,10 @@ resumable checkpoints, CPU or CUDA. Where the processor has native bf16 matrix i
 or AVX512-BF16, :mod:`compress.core.cpu`) the forward pass runs under ``torch.autocast`` in bfloat16;
 either precision trains with channels_last tensors (oneDNN's fast convolution layout: FP32 steps 1.21x
 faster than NCHW on an AVX512-VNNI Xeon without bf16, ``python -m benchmarks.train_step``); loss,
-gradients' master copies (the FP32 parameters) and Adam's state stay FP32, as in mixed-precision training (Micikevicius et al., 2018; bf16 needs no loss scaling). Stages plug in through ``hooks`` (called after every optimizer
-step, e.g. to re-apply pruning masks) and an optional teacher for distillation.
+gradients' master copies (the FP32 parameters) and Adam's state stay FP32, as in mixed-precision
+training (Micikevicius et al., 2018; bf16 needs no loss scaling). Stages plug in through ``hooks``
+(called after every optimizer step, e.g. to re-apply pruning masks) and an optional teacher for
+distillation.
 """
 
 from __future__ import annotations

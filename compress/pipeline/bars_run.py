@@ -217,14 +217,21 @@ def recipe_digests(bar: Bar) -> dict[str, str]:
     return digests
 
 
+def _declaration(c: Campaign, bar: Bar) -> dict[str, object]:
+    """What ``bar`` runs now: its command lines and the digests of its recipes' settings."""
+    return {"commands": c.commands(bar), "recipes": recipe_digests(bar)}
+
+
 def _current(c: Campaign, bar: Bar, records: dict[str, dict]) -> dict | None:
     """``bar``'s record if it ran the commands declared now on the recipes as they are now (a changed
     declaration or an edited recipe counts as not run; a record older than recipe digests is judged on
     its commands)."""
     record = records.get(bar.key)
-    if not record or record.get("commands") != c.commands(bar):
+    if not record:
         return None
-    return record if record.get("recipes", recipe_digests(bar)) == recipe_digests(bar) else None
+    now = _declaration(c, bar)
+    recorded = {"commands": record.get("commands"), "recipes": record.get("recipes", now["recipes"])}
+    return record if recorded == now else None
 
 
 def _write_results(c: Campaign, records: dict[str, dict]) -> Path:
@@ -270,8 +277,7 @@ def _run_bar(c: Campaign, bar: Bar, records: dict[str, dict]) -> dict:
     """Run ``bar``'s steps; its record."""
     parent = records.get(bar.after) if bar.after else None
     if parent is not None and parent.get("failed"):
-        return {"minutes": 0.0, "failed": f"not run: {bar.after} failed", "commands": c.commands(bar),
-                "recipes": recipe_digests(bar)}
+        return {"minutes": 0.0, "failed": f"not run: {bar.after} failed", **_declaration(c, bar)}
     run = c.run_folder(bar)
     if run == c.out / bar.key:
         shutil.copytree(path_of(c.out / BASE, "baseline").parent, path_of(run, "baseline").parent, dirs_exist_ok=True)
@@ -280,8 +286,7 @@ def _run_bar(c: Campaign, bar: Bar, records: dict[str, dict]) -> dict:
         failed = _compress(step.argv(run, c.evals, c.data), c.out / "logs" / f"{bar.key}.log")
         if failed:
             break
-    return {"minutes": round((time.monotonic() - t0) / 60, 2), "failed": failed, "commands": c.commands(bar),
-            "recipes": recipe_digests(bar)}
+    return {"minutes": round((time.monotonic() - t0) / 60, 2), "failed": failed, **_declaration(c, bar)}
 
 
 def run_bars(c: Campaign) -> Path:
