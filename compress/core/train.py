@@ -198,11 +198,44 @@ def _score(log: TrainLog, model: nn.Module, val_pairs: Sequence[ImagePair], scal
     tqdm.write(f"[{desc}] step {step}: val PSNR-Y {log.val_psnr_y_db[-1][1]:.3f} dB")
 
 
-def _log_loss(log: TrainLog, bar: tqdm, step: int, running: float, lr_now: float, last: bool) -> None:
-    """Every 50 steps and at the end: the running loss into the log and the progress bar."""
+class PlainProgress:
+    """Progress as plain lines, at most one per ``interval_s``, for logs that are not a terminal (where
+    tqdm's bar is disabled): a long fine-tuning written to a file would otherwise say nothing until it ends.
+
+    Args:
+        desc: label at the start of each line.
+        total: the step count a full run reaches.
+        start_step: the first step of this run (after a resume, the steps already done).
+        interval_s: the least time between two lines.
+    """
+
+    def __init__(self, desc: str, total: int, start_step: int, interval_s: float = 60.0) -> None:
+        self.desc, self.total, self.interval_s = desc, total, interval_s
+        self._t0 = self._last_s = time.perf_counter()
+        self._start_step = start_step
+
+    def line(self, step: int, loss: float, lr_now: float, now_s: float | None = None) -> str | None:
+        """The line to print after ``step`` steps, or None while ``interval_s`` has not passed."""
+        now_s = time.perf_counter() if now_s is None else now_s
+        if now_s - self._last_s < self.interval_s:
+            return None
+        self._last_s = now_s
+        elapsed_s = now_s - self._t0
+        s_per_step = elapsed_s / max(step - self._start_step, 1)
+        return (f"[{self.desc}] step {step}/{self.total}: loss {loss:.4f}, lr {lr_now:.2e}, "
+                f"{s_per_step:.2f} s/step, {elapsed_s / 60:.1f} min")
+
+
+def _log_loss(log: TrainLog, bar: tqdm, plain: PlainProgress, step: int, running: float, lr_now: float,
+              last: bool) -> None:
+    """Every 50 steps and at the end: the running loss into the log and the progress bar (or, without a
+    terminal, a plain line at most once a minute)."""
     if step % 50 == 0 or last:
         log.loss.append((step, running))
         bar.set_postfix(loss=f"{running:.4f}", lr=f"{lr_now:.2e}")
+        line = plain.line(step, running, lr_now) if bar.disable else None
+        if line is not None:
+            tqdm.write(line)
 
 
 def _optimizer(cfg: TrainConfig, params: list) -> torch.optim.Optimizer:
@@ -279,6 +312,7 @@ def fit(
     t0, budget_s = time.perf_counter() - spent_s, cfg.max_minutes * 60.0
     end = start if budget_s and spent_s >= budget_s else cfg.steps  # a resumed run whose budget is spent
     bar = tqdm(range(start, end), desc=desc, initial=start, total=cfg.steps, mininterval=5, disable=None)
+    plain = PlainProgress(desc, cfg.steps, start)
     running, done = 0.0, start
     for step in bar:
         lr_t, hr_t = _on_device(next(batches), device, fmt)
@@ -288,7 +322,7 @@ def fit(
             hook(step + 1)
         running = 0.98 * running + 0.02 * loss if step > start else loss
         last = step + 1 == cfg.steps or _out_of_time(budget_s, t0, ranks)
-        _log_loss(log, bar, step + 1, running, lr_now, last)
+        _log_loss(log, bar, plain, step + 1, running, lr_now, last)
         if val_pairs and ranks.rank == 0 and ((cfg.val_every and (step + 1) % cfg.val_every == 0) or last):
             _score(log, model, val_pairs, scale, device, step + 1, desc, ema)
         if resume is not None and ranks.rank == 0 and cfg.ckpt_every and ((step + 1) % cfg.ckpt_every == 0 or last):
