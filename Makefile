@@ -21,7 +21,7 @@ QUANT_SOURCES ?= auto
 PYTEST_ARGS ?=
 QUICK ?= 0
 # NPROC=N runs the training stages (train, prune, quantize) under torchrun with N processes
-# (DistributedDataParallel; Gloo on CPUs, NCCL on GPUs). Multi-node: call torchrun yourself with
+# (DistributedDataParallel; Gloo on CPUs; NCCL on GPUs for train, the one stage with --device). Multi-node: call torchrun yourself with
 # --nnodes / --rdzv-endpoint (README, "Training on several processes").
 NPROC ?=
 TRAIN_PY = $(if $(NPROC),$(VENV)/bin/torchrun --standalone --nproc-per-node $(NPROC) -m -- compress,$(PY) -m compress)

@@ -59,7 +59,7 @@ def add_deploy(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--tile", type=opt.non_negative_int, default=0, help="LR tile side (0: automatic)")
     s.add_argument("--threads", type=opt.non_negative_int, default=0)
     s.add_argument("--format", choices=["png", "jpeg", "webp"], default="png")
-    s.add_argument("--quality", type=opt.positive_int, default=95, help="JPEG / WebP quality")
+    s.add_argument("--quality", type=opt.quality, default=95, help="JPEG / WebP quality, 1..100")
     s.set_defaults(func=_cmd_upscale)
 
     s = sub.add_parser("serve", help="HTTP service and web page (FastAPI + uvicorn)")

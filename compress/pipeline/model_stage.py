@@ -6,21 +6,42 @@ from pathlib import Path
 
 from compress.core.checkpoint import LoadedModel, count_macs, count_params, load_checkpoint, save_checkpoint
 from compress.core.evaluate import bicubic_upscaler, eval_sets, quality
-from compress.core.files import source_block, write_sidecar
+from compress.core.errors import InputError
+from compress.core.files import read_sidecar, sha256_file, sidecar_path, source_block, write_sidecar
 from compress.core.infer import torch_upscaler
-from compress.pipeline.contract import path_of
+from compress.pipeline.contract import STAGES, path_of
 from compress.pipeline.defaults import default_checkpoint
+
+
+def refuse_another_baseline(run: Path, src: Path) -> None:
+    """Refuse a run folder whose baseline came from another input file while later stages' artifacts are
+    there: they were made from that other model, and the bench and report would score them against this
+    one. Re-running the stage on the same input (say, with more evaluation sets) is allowed."""
+    old = path_of(run, "baseline")
+    if not sidecar_path(old).is_file():
+        return
+    before = read_sidecar(old).get("source", {})
+    if not isinstance(before, dict) or before.get("sha256") == sha256_file(src):
+        return
+    later = [st.folder for st in STAGES if st.name != "model" and (run / st.folder).is_dir()]
+    if later:
+        raise InputError(f"{run}: holds {', '.join(later)} made from another baseline ({before.get('path')}, "
+                         f"sha256 {str(before.get('sha256'))[:12]}); choose another run folder (RUN=) or delete it")
 
 
 def stage_model(model: str | None, scale: int | None, run: Path, extra_eval: list[str] | None = None,
                 arch: str = "edsr") -> dict[str, object]:
-    """Take the input checkpoint (default: the shipped ``arch`` model) into ``run`` as the FP32 baseline."""
+    """Take the input checkpoint (default: the shipped ``arch`` model) into ``run`` as the FP32 baseline.
+
+    Raises:
+        InputError: ``run`` holds later stages' artifacts of another baseline (:func:`refuse_another_baseline`).
+    """
     src = Path(model) if model else default_checkpoint(scale or (4 if arch == "rrdb" else 2), arch)
     loaded: LoadedModel = load_checkpoint(src, scale)
+    refuse_another_baseline(run, src)
     sets = eval_sets(loaded.scale, extra_eval)
     out = path_of(run, "baseline")
-    save_checkpoint(loaded.model, loaded.config, out, metadata={"stage": "model", "source": str(src)})
-    record = {
+    record = {  # measured before anything is written: an interrupted stage leaves no baseline without its sidecar
         "stage": "model",
         "format": "pytorch-fp32",
         **{k: v for k, v in loaded.describe().items() if k != "params"},
@@ -29,5 +50,6 @@ def stage_model(model: str | None, scale: int | None, run: Path, extra_eval: lis
         "quality": quality(torch_upscaler(loaded.model), sets, loaded.scale),
         "bicubic": quality(bicubic_upscaler(loaded.scale), sets, loaded.scale),
     }
+    save_checkpoint(loaded.model, loaded.config, out, metadata={"stage": "model", "source": str(src)})
     write_sidecar(out, record, source_block(src, layout=loaded.layout))
     return {"artifact": str(out), "psnr_y_db": {k: v["psnr_y_db"] for k, v in record["quality"].items()}}

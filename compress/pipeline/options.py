@@ -33,6 +33,14 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def quality(text: str) -> int:
+    """A JPEG / WebP quality, 1..100 (PIL's WebP encoder refuses more; its JPEG encoder clamps silently)."""
+    value = _int(text)
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"quality must be 1..100, got {value}")
+    return value
+
+
 def scale(text: str) -> int:
     value = _int(text)
     if value not in SCALES:

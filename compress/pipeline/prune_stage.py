@@ -111,9 +111,13 @@ def run_prune(run: Path, recipe: PruneRecipe, name: str, extra_eval: list[str] |
     pruned = rebuild(model, scale)
     if recipe.method == "channel":
         detail["widths"] = {n: m.out_channels for n, m in pruned.model.named_modules() if isinstance(m, nn.Conv2d)}
+    after = quality(torch_upscaler(pruned.model), sets, scale)  # before writing: no checkpoint waits on it
     ckpt = save_checkpoint(pruned.model, pruned.config, path_of(run, "pruned", name), metadata={"stage": "prune"})
-    onnx_path, par = export_checked(pruned.model, path_of(run, "pruned_onnx", name), torch.rand(1, 3, 48, 40))
-    after = quality(torch_upscaler(pruned.model), sets, scale)
+    try:
+        onnx_path, par = export_checked(pruned.model, path_of(run, "pruned_onnx", name), torch.rand(1, 3, 48, 40))
+    except BaseException:  # no pruned checkpoint is left without its sidecar
+        ckpt.unlink(missing_ok=True)
+        raise
     record = {
         "stage": "prune",
         "method": recipe.method,

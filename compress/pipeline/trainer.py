@@ -57,6 +57,10 @@ class TrainRecipe:
         names = [a.name for a in ARCHITECTURES]
         if self.arch not in names:
             raise ValueError(f"arch must be one of {names}, got {self.arch!r}")
+        for name in ("distill_weight", "feature_distill_weight"):
+            if getattr(self.train, name):
+                raise ValueError(f"train.{name} must be 0 in a training recipe (training has no teacher), "
+                                 f"got {getattr(self.train, name)}")
 
     def model_config(self) -> object:
         """The architecture's config from the recipe's hyperparameters (those it has)."""

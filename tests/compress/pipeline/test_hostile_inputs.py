@@ -110,6 +110,8 @@ CASES = [
     ("runs-zero", ["bench", "--run", "{root}/run", "--runs", "0"], "positive integer"),
     ("sizes-garbage", ["bench", "--run", "{root}/run", "--sizes", "abc"], "HxW"),
     ("report-all-failed", ["report", "--run", "{root}/run"], "no configuration was timed successfully"),
+    ("quality-over-100", ["upscale", "{root}/imgs", "--out", "{root}/up", "--scale", "2", "--format", "webp",
+                          "--quality", "500"], "quality must be 1..100"),
 ]
 
 
@@ -146,7 +148,9 @@ def test_corrupt_run_files_are_named_and_nothing_is_written(tmp_path):
 
 
 @pytest.mark.parametrize("body, expect", [("[train]\nlr = \"fast\"\n", "expected a number"),
-                                          ("[train]\nlr = inf\n", "finite")])
+                                          ("[train]\nlr = inf\n", "finite"),
+                                          ("[train]\nfeature_distill_weight = 0.5\n", "no teacher"),
+                                          ("[train]\ndistill_weight = 0.5\n", "no teacher")])
 def test_bad_recipe_fails_before_training(tmp_path, body, expect):
     recipe = tmp_path / "r.toml"
     recipe.write_text(body)
