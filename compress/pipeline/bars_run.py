@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
@@ -223,11 +224,14 @@ def _declaration(c: Campaign, bar: Bar) -> dict[str, object]:
 
 
 def _current(c: Campaign, bar: Bar, records: dict[str, dict]) -> dict | None:
-    """``bar``'s record if it ran the commands declared now on the recipes as they are now (a changed
-    declaration or an edited recipe counts as not run; a record older than recipe digests is judged on
-    its commands)."""
+    """``bar``'s record if it ran the commands declared now on the recipes as they are now and, for a bar
+    run after another, on that bar's latest run (a changed declaration, an edited recipe or an earlier bar
+    that ran again since, in this invocation or an earlier one, counts as not run; a record older than
+    recipe digests is judged on its commands)."""
     record = records.get(bar.key)
     if not record:
+        return None
+    if bar.after and (records.get(bar.after) or {}).get("run_id") != record.get("after_run"):
         return None
     now = _declaration(c, bar)
     recorded = {"commands": record.get("commands"), "recipes": record.get("recipes", now["recipes"])}
@@ -274,10 +278,11 @@ def _records(c: Campaign) -> dict[str, dict]:
 
 
 def _run_bar(c: Campaign, bar: Bar, records: dict[str, dict]) -> dict:
-    """Run ``bar``'s steps; its record."""
+    """Run ``bar``'s steps; its record (with an id of this run, and the id of the run of the bar it continues)."""
     parent = records.get(bar.after) if bar.after else None
+    ids = {"run_id": uuid.uuid4().hex, **({"after_run": parent.get("run_id")} if parent is not None else {})}
     if parent is not None and parent.get("failed"):
-        return {"minutes": 0.0, "failed": f"not run: {bar.after} failed", **_declaration(c, bar)}
+        return {"minutes": 0.0, "failed": f"not run: {bar.after} failed", **_declaration(c, bar), **ids}
     run = c.run_folder(bar)
     if run == c.out / bar.key:
         shutil.copytree(path_of(c.out / BASE, "baseline").parent, path_of(run, "baseline").parent, dirs_exist_ok=True)
@@ -286,15 +291,15 @@ def _run_bar(c: Campaign, bar: Bar, records: dict[str, dict]) -> dict:
         failed = _compress(step.argv(run, c.evals, c.data), c.out / "logs" / f"{bar.key}.log")
         if failed:
             break
-    return {"minutes": round((time.monotonic() - t0) / 60, 2), "failed": failed, **_declaration(c, bar)}
+    return {"minutes": round((time.monotonic() - t0) / 60, 2), "failed": failed, **_declaration(c, bar), **ids}
 
 
 def run_bars(c: Campaign) -> Path:
     """Run every bar of the campaign not run before; write ``bars.json`` and ``bars.md`` after each. Returns bars.md.
 
     A bar recorded as met or not met is skipped unless its declared commands changed since (a new
-    recipe), a recipe it names has other settings, or it continues a bar that runs again; a failed bar always
-    runs again.
+    recipe), a recipe it names has other settings, or it continues a bar that ran again after it (now or in
+    an earlier invocation, e.g. with ``only``); a failed bar always runs again.
     """
     records = _records(c)
     if not path_of(c.out / BASE, "baseline").is_file():
@@ -302,12 +307,10 @@ def run_bars(c: Campaign) -> Path:
         if failed:
             raise InputError(f"{c.out / 'logs' / (BASE + '.log')}: the baseline failed ({failed})")
     md = _write_results(c, records)  # the campaign's identity is on disk before any bar runs
-    rerun: set[str] = set()
     for bar in c.bars():
         record = _current(c, bar, records)
-        if record and not record.get("failed") and bar.after not in rerun:
+        if record and not record.get("failed"):
             continue
-        rerun.add(bar.key)
         records[bar.key] = _run_bar(c, bar, records)
         md = _write_results(c, records)
     return md

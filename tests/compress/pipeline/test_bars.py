@@ -178,5 +178,13 @@ def test_campaign_runs_each_bar_in_its_own_folder_records_failures_and_resumes(t
     digest = json.loads((out / "bars.json").read_text())["records"]["pruned"]["recipes"][str(prune)]
     settings = json.dumps(tomllib.loads(prune.read_text()), sort_keys=True).encode()
     assert digest == hashlib.sha256(settings).hexdigest()
+    stamps = pruned.stat().st_mtime_ns, quantized.stat().st_mtime_ns
+    prune.write_text(prune.read_text().replace("steps = 8", "steps = 6"))
+    run_bars(dataclasses.replace(campaign, only=("pruned",)))  # the pruning alone runs again ...
+    assert pruned.stat().st_mtime_ns != stamps[0] and quantized.stat().st_mtime_ns == stamps[1]
+    assert "int8" not in json.loads((out / "bars.json").read_text())["outcomes"]  # ... so the INT8 bar is stale
+    stamps = pruned.stat().st_mtime_ns, quantized.stat().st_mtime_ns
+    run_bars(campaign)  # ... and a later invocation runs it on the new pruned model, not the pruning again
+    assert pruned.stat().st_mtime_ns == stamps[0] and quantized.stat().st_mtime_ns != stamps[1]
     with pytest.raises(InputError, match="bars.json: written by another campaign .*model"):
         run_bars(Campaign(plan, out, str(tmp_path / "other.safetensors"), data=str(image_dir)))
