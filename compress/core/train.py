@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import pickle
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ from compress.core.data import ImagePair
 from compress.core.distill import FeatureDistiller
 from compress.core.distributed import Ranks, ensure_process_group, rank_device
 from compress.core.ema import WeightAverage
+from compress.core.errors import InputError
 from compress.core.evaluate import evaluate
 from compress.core.files import atomic_path
 from compress.core.infer import torch_upscaler
@@ -65,12 +67,18 @@ def _load_resume(path: Path | None, model: nn.Module, opt: torch.optim.Optimizer
     """
     if path is None or not path.is_file():
         return 0, 0.0, None
-    state = torch.load(path, map_location=device, weights_only=True)
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    for _ in range(int(state["step"])):
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+    except (RuntimeError, ValueError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"{path}: not a resume checkpoint of this model and optimizer ({first}); "
+                         "delete it to start afresh") from None
+    for _ in range(step):
         next(batches)
-    return int(state["step"]), float(state.get("seconds", 0.0)), state.get("ema")
+    return step, float(state.get("seconds", 0.0)), state.get("ema")
 
 
 def _save_resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, seconds: float,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from compress.core.archs import ARCHITECTURES, architecture
 from compress.core.data import PatchConfig, list_images, load_pairs, random_patches
 from compress.core.default_data import WALLPAPER_MAX_SIDE, split_paths, training_images, training_pairs
 from compress.core.errors import InputError
-from compress.core.files import read_sidecar, sha256_file, sidecar_path, write_sidecar
+from compress.core.files import read_json_object, read_sidecar, sha256_file, sidecar_path, write_json_atomic, write_sidecar
 from compress.core.recipe import to_dict
 from compress.core.train import fit
 from compress.core.train_config import TrainConfig
@@ -127,6 +128,28 @@ def _summary(record: dict[str, object]) -> dict[str, object]:
     return out
 
 
+def claim_resume(resume: Path, recipe: TrainRecipe, continue_from: str | Path | None) -> Path:
+    """Tie ``resume`` (the interrupted-run checkpoint next to the output) to this training: its recipe and
+    start weights, recorded in ``<resume>.json``. A resume file another training left is refused, not
+    silently continued (its step count and weights would replace this run's start).
+
+    Returns:
+        The record's path (removed with the resume file when the training ends).
+    """
+    meta = resume.with_name(resume.name + ".json")
+    starts = {"init_from": recipe.init_from, "continue_from": str(continue_from or "")}
+    key = {"recipe": to_dict(recipe), **starts,
+           **{f"{k}_sha256": sha256_file(v) for k, v in starts.items() if v and Path(v).is_file()}}
+    fingerprint = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+    if resume.is_file():
+        if not meta.is_file() or read_json_object(meta).get("fingerprint") != fingerprint:
+            raise InputError(f"{resume}: left by an interrupted training with another recipe or start weights; "
+                             "rerun that training to finish it, or delete the file to start afresh")
+    elif is_writer():
+        write_json_atomic(meta, {"fingerprint": fingerprint, **starts})
+    return meta
+
+
 def train_model(recipe: TrainRecipe, out: Path, device: str = "cpu", recipe_file: str = "",
                 continue_from: str | Path | None = None) -> dict[str, object]:
     """Train per ``recipe`` and write ``out`` (safetensors) with its sidecar.
@@ -143,6 +166,7 @@ def train_model(recipe: TrainRecipe, out: Path, device: str = "cpu", recipe_file
     copied = init_matching(model, recipe.init_from) if recipe.init_from and cont is None else []
     batches = random_patches(pairs, recipe.scale, recipe.patch)
     resume = out.with_name(out.name + ".resume.pt")
+    meta = claim_resume(resume, recipe, continue_from)
     log = fit(model, batches, recipe.train, recipe.scale, val, device=device, resume=resume, desc=f"train {out.stem}")
     if not is_writer():  # under torchrun rank 0 alone validates, decides and writes
         return {"stage": "train", "written": False, "rank": ranks().rank, "steps_done": log.steps_done}
@@ -169,11 +193,13 @@ def train_model(recipe: TrainRecipe, out: Path, device: str = "cpu", recipe_file
         record["history"] = [*cont.history, _summary(record)]
         record["written"] = final > cont.val_psnr_y_db
         resume.unlink(missing_ok=True)
+        meta.unlink(missing_ok=True)
         if not record["written"]:
             return record
     save_checkpoint(model, recipe.model_config(), out, metadata={"stage": "train", "recipe": to_dict(recipe)})
     write_sidecar(out, record)
     resume.unlink(missing_ok=True)
+    meta.unlink(missing_ok=True)
     record["written"] = True
     return record
 def dumps(record: dict[str, object]) -> str:

@@ -3,14 +3,15 @@
 import dataclasses
 
 import pytest
+import torch
 
 from compress.core.archs import EDSRConfig
-from compress.core.checkpoint import save_checkpoint
+from compress.core.checkpoint import build_model, load_checkpoint, save_checkpoint
 from compress.core.data import PatchConfig
 from compress.core.errors import InputError
 from compress.core.files import sha256_file
 from compress.core.train_config import TrainConfig
-from compress.pipeline.trainer import TrainRecipe, train_model
+from compress.pipeline.trainer import TrainRecipe, claim_resume, train_model
 from tests.conftest import tiny_edsr
 
 
@@ -52,3 +53,35 @@ def test_continue_needs_a_matching_architecture(image_dir, tmp_path):
     wider = dataclasses.replace(_recipe(image_dir, 1e-3), num_feat=24)
     with pytest.raises(InputError, match="does not match"):
         train_model(wider, tmp_path / "x.safetensors", continue_from=other)
+
+
+def _interrupted(recipe: TrainRecipe, out, step: int):
+    """The resume file and its record an interrupted run of ``recipe`` leaves after ``step`` steps."""
+    resume = out.with_name(out.name + ".resume.pt")
+    claim_resume(resume, recipe, None)
+    model = build_model(recipe.model_config())
+    opt = torch.optim.Adam(model.parameters())
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "seconds": 0.0}, resume)
+    return resume, model.state_dict()
+
+
+def test_a_resume_file_of_another_training_is_refused_and_its_own_is_resumed(image_dir, tmp_path):
+    out, recipe = tmp_path / "m.safetensors", _recipe(image_dir, 1e-3)
+    resume, weights = _interrupted(recipe, out, step=8)  # interrupted after its last step, before writing
+    with pytest.raises(InputError, match="resume.pt: left by an interrupted training with another recipe"):
+        train_model(_recipe(image_dir, 2e-3), out)
+    assert resume.is_file() and not out.exists()
+    record = train_model(recipe, out)  # nothing left to train: the resumed weights are written as they are
+    assert record["written"] and record["steps_done"] == 8
+    written = load_checkpoint(out).model.state_dict()
+    assert all(torch.equal(written[k], v) for k, v in weights.items())
+    assert not resume.exists() and not resume.with_name(resume.name + ".json").exists()
+
+
+def test_an_unreadable_resume_file_is_named(image_dir, tmp_path):
+    out, recipe = tmp_path / "m.safetensors", _recipe(image_dir, 1e-3)
+    resume, _ = _interrupted(recipe, out, step=5)
+    resume.write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="resume.pt: not a resume checkpoint"):
+        train_model(recipe, out)
+    assert not out.exists()
