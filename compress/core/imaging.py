@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from compress.core.data import open_image, to_array, to_image
+from compress.core.data import open_image, to_array
 from compress.core.errors import InputError
-from compress.core.infer import TileConfig, Upscaler, auto_tiles, upscale
+from compress.core.infer import NonFiniteOutput, TileConfig, Upscaler, auto_tiles, upscale_u8
 
 FORMATS = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG", "webp": "WEBP"}
 MAX_SIDE = {"PNG": 2**31 - 1, "JPEG": 65_500, "WEBP": 16_383}
@@ -90,10 +90,10 @@ def decode_file(path: str | Path) -> Decoded:
 
 def upscale_decoded(fn: Upscaler, img: Decoded, scale: int, tiles: TileConfig = TileConfig()) -> Image.Image:
     """Run the model on the colour, enlarge the alpha with bicubic, restore grayscale."""
-    sr = upscale(fn, img.rgb, scale, auto_tiles(img.rgb.shape, tiles))
-    if not np.isfinite(sr).all():
-        raise InputError("the model's output holds NaN or Inf; no image is written")
-    out = to_image(sr)
+    try:
+        out = Image.fromarray(upscale_u8(fn, img.rgb, scale, auto_tiles(img.rgb.shape, tiles)))
+    except NonFiniteOutput as e:
+        raise InputError(f"{e}; no image is written") from None
     if img.gray:
         out = out.convert("L")
     if img.alpha is not None:
@@ -103,15 +103,25 @@ def upscale_decoded(fn: Upscaler, img: Decoded, scale: int, tiles: TileConfig = 
     return out
 
 
-def encode(img: Image.Image, fmt: str = "png", quality: int = 95) -> bytes:
-    """8-bit PNG / JPEG / WebP bytes (JPEG has no alpha: it is composited on white)."""
+def check_encodable(width: int, height: int, fmt: str) -> None:
+    """Refuse an output ``fmt`` cannot hold (before the inference that would make it).
+
+    Raises:
+        InputError: an unknown format, or a side over the format's limit (:data:`MAX_SIDE`).
+    """
     if fmt not in FORMATS:
         raise InputError(f"output format must be one of {sorted(set(FORMATS))}, got {fmt!r}")
     kind = FORMATS[fmt]
     side = MAX_SIDE[kind]
-    if max(img.size) > side:
-        raise InputError(f"a {img.width}x{img.height} output is over {kind}'s limit of {side} pixels a side; "
+    if max(width, height) > side:
+        raise InputError(f"a {width}x{height} output is over {kind}'s limit of {side} pixels a side; "
                          "choose --format png")
+
+
+def encode(img: Image.Image, fmt: str = "png", quality: int = 95) -> bytes:
+    """8-bit PNG / JPEG / WebP bytes (JPEG has no alpha: it is composited on white)."""
+    check_encodable(img.width, img.height, fmt)
+    kind = FORMATS[fmt]
     if kind == "JPEG" and img.mode in ("RGBA", "LA"):
         base = Image.new("RGB", img.size, (255, 255, 255))
         base.paste(img.convert("RGBA"), mask=img.getchannel("A"))

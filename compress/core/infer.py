@@ -60,6 +60,43 @@ def _windows(n: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]
     return out
 
 
+class NonFiniteOutput(ValueError):
+    """The model's output holds NaN or Inf."""
+
+
+def to_u8(arr: np.ndarray) -> np.ndarray:
+    """A float image in [0, 1] (values beyond are clipped) to uint8, rounding as MATLAB's ``im2uint8``.
+
+    Raises:
+        NonFiniteOutput: ``arr`` holds NaN or Inf (they have no 8-bit value).
+    """
+    if not np.isfinite(arr).all():
+        raise NonFiniteOutput("the model's output holds NaN or Inf")
+    return np.clip(np.round(arr * 255.0), 0, 255).astype(np.uint8)
+
+
+def _tiled(fn: Upscaler, x: np.ndarray, scale: int, tiles: TileConfig, out: np.ndarray,
+           store: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Fill the HWC ``out`` tile by tile with ``store`` of each tile's cropped HWC output."""
+    h, w = x.shape[2:]
+    for y0, y1, ya, yb in _windows(h, tiles.tile, tiles.overlap):
+        for x0, x1, xa, xb in _windows(w, tiles.tile, tiles.overlap):
+            part = fn(np.ascontiguousarray(x[:, :, ya:yb, xa:xb]))
+            oy, ox = (y0 - ya) * scale, (x0 - xa) * scale
+            crop = part[0, :, oy : oy + (y1 - y0) * scale, ox : ox + (x1 - x0) * scale]
+            out[y0 * scale : y1 * scale, x0 * scale : x1 * scale] = store(crop.transpose(1, 2, 0))
+    return out
+
+
+def _whole(x: np.ndarray, tiles: TileConfig) -> bool:
+    h, w = x.shape[2:]
+    return not tiles.tile or (h <= tiles.tile and w <= tiles.tile)
+
+
+def _nchw(lr: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(lr.transpose(2, 0, 1)[None], dtype=np.float32)
+
+
 def upscale(fn: Upscaler, lr: np.ndarray, scale: int, tiles: TileConfig = TileConfig()) -> np.ndarray:
     """Upscale one HWC image in [0, 1]; the output is clipped to [0, 1].
 
@@ -70,19 +107,26 @@ def upscale(fn: Upscaler, lr: np.ndarray, scale: int, tiles: TileConfig = TileCo
         tiles: tiling; ``tile=0`` runs the whole image at once. Tiles are read with ``overlap`` pixels of
             context on each side and all have one shape (see :func:`_windows`).
     """
-    x = np.ascontiguousarray(lr.transpose(2, 0, 1)[None], dtype=np.float32)
+    x = _nchw(lr)
+    if _whole(x, tiles):
+        return np.clip(fn(x)[0].transpose(1, 2, 0), 0.0, 1.0)
     h, w = x.shape[2:]
-    if not tiles.tile or (h <= tiles.tile and w <= tiles.tile):
-        out = fn(x)
-        return np.clip(out[0].transpose(1, 2, 0), 0.0, 1.0)
     out = np.zeros((h * scale, w * scale, 3), dtype=np.float32)
-    for y0, y1, ya, yb in _windows(h, tiles.tile, tiles.overlap):
-        for x0, x1, xa, xb in _windows(w, tiles.tile, tiles.overlap):
-            part = fn(np.ascontiguousarray(x[:, :, ya:yb, xa:xb]))
-            oy, ox = (y0 - ya) * scale, (x0 - xa) * scale
-            crop = part[0, :, oy : oy + (y1 - y0) * scale, ox : ox + (x1 - x0) * scale]
-            out[y0 * scale : y1 * scale, x0 * scale : x1 * scale] = crop.transpose(1, 2, 0)
-    return np.clip(out, 0.0, 1.0, out=out)
+    return _tiled(fn, x, scale, tiles, out, lambda t: np.clip(t, 0.0, 1.0))
+
+
+def upscale_u8(fn: Upscaler, lr: np.ndarray, scale: int, tiles: TileConfig = TileConfig()) -> np.ndarray:
+    """:func:`upscale` straight to an 8-bit HWC image (:func:`to_u8` per tile): a tiled run holds the
+    uint8 output and one tile's float output, a quarter of what a float32 output would take.
+
+    Raises:
+        NonFiniteOutput: the model's output holds NaN or Inf.
+    """
+    x = _nchw(lr)
+    if _whole(x, tiles):
+        return to_u8(fn(x)[0].transpose(1, 2, 0))
+    h, w = x.shape[2:]
+    return _tiled(fn, x, scale, tiles, np.zeros((h * scale, w * scale, 3), dtype=np.uint8), to_u8)
 
 
 #: One policy for evaluation, ``upscale``, ``serve`` and the bench: the whole image up to this many LR

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from compress.core.errors import ImageTooLarge
-from compress.core.imaging import UnsupportedFormat, decode_bytes, encode, upscale_decoded
+from compress.core.imaging import UnsupportedFormat, check_encodable, decode_bytes, encode, upscale_decoded
 from compress.pipeline.metrics import Metrics
 from compress.pipeline.models import ModelSet
 
@@ -66,6 +66,7 @@ class Service:
         img = decode_bytes(data, "upload", self.cfg.max_pixels)
         h, w = img.rgb.shape[:2]
         served, why = self.models.pick(scale, tier, h * w * scale * scale / 1e6, alpha)
+        check_encodable(w * served.scale, h * served.scale, fmt)  # before the inference, not after
         t1 = time.perf_counter()
         out = upscale_decoded(served.run, img, served.scale)
         t2 = time.perf_counter()

@@ -2,7 +2,9 @@
 
 The model is ``--artifact FILE`` (any runtime of :mod:`export.runtimes`), or the artifact a run's
 report says meets ``--target`` at each image's size with the least loss (``--run``), or the shipped
-default for ``--scale``. Large images run in tiles of one shape (bounded memory, no re-planning).
+default for ``--scale``. Large images run in tiles of one shape (no re-planning): the model's memory is
+bounded by the tile, and the output is filled tile by tile in 8 bits (3 bytes per output pixel, not
+a float32 image's 12). An output the chosen format cannot hold is refused before the inference.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from tqdm import tqdm
 from compress.core.data import IMAGE_SUFFIXES
 from compress.core.errors import InputError
 from compress.core.files import write_bytes_atomic
-from compress.core.imaging import FORMATS, decode_file, encode, upscale_decoded
+from compress.core.imaging import FORMATS, check_encodable, decode_file, encode, upscale_decoded
 from compress.core.infer import TileConfig
 from compress.pipeline.choose import choose
 from compress.pipeline.defaults import default_checkpoint
@@ -106,6 +108,10 @@ def upscale_files(inputs: list[str], opts: UpscaleOptions) -> list[dict[str, obj
         img = decode_file(path)
         h, w = img.rgb.shape[:2]
         fn, scale, why = models.for_image(h * w / 1e6)
+        try:
+            check_encodable(w * scale, h * scale, opts.fmt)
+        except InputError as e:
+            raise InputError(f"{path}: {e}") from None
         out = upscale_decoded(fn, img, scale, TileConfig(tile=opts.tile))
         target = opts.out / f"{path.stem}_x{scale}.{suffix}"
         write_bytes_atomic(target, encode(out, opts.fmt, opts.quality))

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from compress.core.infer import AUTO_TILE, TileConfig, _windows, auto_tiles, torch_upscaler, upscale
+from compress.core.infer import (AUTO_TILE, NonFiniteOutput, TileConfig, _windows, auto_tiles, to_u8, torch_upscaler,
+                                 upscale, upscale_u8)
 from compress.core.metrics import psnr_y_db
 from tests.conftest import tiny_edsr
 
@@ -40,3 +41,29 @@ def test_large_inputs_are_tiled_automatically():
     assert auto_tiles((1200, 1000, 3), TileConfig()) == AUTO_TILE
     assert auto_tiles((540, 960, 3), TileConfig()) == TileConfig()  # a 1080p output at x2: whole image
     assert auto_tiles((600, 600, 3), TileConfig(tile=64)) == TileConfig(tile=64)
+
+
+def test_to_u8_rounds_as_im2uint8_clips_and_refuses_nan():
+    assert to_u8(np.array([-0.1, 0.0, 0.5 / 255, 1.5 / 255, 0.999, 1.2])).tolist() == [0, 0, 0, 2, 255, 255]
+    with pytest.raises(NonFiniteOutput):
+        to_u8(np.array([0.5, np.nan]))
+
+
+@pytest.mark.parametrize("tiles", [TileConfig(), TileConfig(tile=32, overlap=12)], ids=["whole", "tiled"])
+def test_upscale_u8_is_the_8_bit_rounding_of_upscale(tiles):
+    fn = torch_upscaler(tiny_edsr(2))
+    lr = np.random.default_rng(0).random((70, 90, 3), dtype=np.float32)
+    u8 = upscale_u8(fn, lr, 2, tiles)
+    assert u8.dtype == np.uint8 and u8.shape == (140, 180, 3)
+    np.testing.assert_array_equal(u8, to_u8(upscale(fn, lr, 2, tiles)))
+
+
+def test_upscale_u8_refuses_a_nan_tile():
+    def nan_in_last_tile(x):  # noqa: ANN001, ANN202
+        out = np.repeat(np.repeat(x, 2, axis=2), 2, axis=3)
+        return out if x[0, 0, -1, -1] < 2 else out * np.nan
+
+    lr = np.random.default_rng(0).random((70, 90, 3), dtype=np.float32)
+    lr[-1, -1, 0] = 5.0
+    with pytest.raises(NonFiniteOutput):
+        upscale_u8(nan_in_last_tile, lr, 2, TileConfig(tile=32, overlap=12))

@@ -182,7 +182,7 @@ def test_second_probe_cases(tmp_path, work):
     wide = tmp_path / "wide.png"
     Image.new("RGB", (8200, 1)).save(wide)
     assert_clean_failure(cli("upscale", str(wide), "--artifact", str(ckpt), "--out", str(tmp_path / "w"),
-                             "--format", "webp", cwd=REPO), "over WEBP's limit")
+                             "--format", "webp", cwd=REPO), "wide.png: a 16400x2 output is over WEBP's limit")
 
 
 def test_a_replaced_artifact_is_not_reported_with_its_old_sidecar(tmp_path):
