@@ -21,6 +21,9 @@ INPUT_NAME = "lr"
 OUTPUT_NAME = "sr"
 
 
+MIN_PARITY_DB = 60.0  # an FP32 conversion must match its source to ~1e-3 of full range
+
+
 @dataclasses.dataclass(frozen=True)
 class Parity:
     """Agreement between two runtimes on the same input (outputs in [0, 1])."""
@@ -31,20 +34,42 @@ class Parity:
 
     def to_dict(self) -> dict[str, object]:
         return {
-            "max_abs_diff": float(f"{self.max_abs_diff:.3g}"),
-            "psnr_db": round(self.psnr_db, 2) if math.isfinite(self.psnr_db) else "inf",
+            "max_abs_diff": float(f"{self.max_abs_diff:.3g}") if math.isfinite(self.max_abs_diff) else "inf",
+            "psnr_db": round(self.psnr_db, 2) if math.isfinite(self.psnr_db) else str(self.psnr_db),
             "input_shape": list(self.input_shape),
         }
 
 
 def parity(reference: np.ndarray, candidate: np.ndarray) -> Parity:
+    """PSNR and largest difference of ``candidate`` against ``reference``; a NaN or Inf in either is
+    infinitely far (PSNR ``-inf``), never a match."""
     diff = reference.astype(np.float64) - candidate.astype(np.float64)
+    if not np.isfinite(diff).all():
+        return Parity(max_abs_diff=math.inf, psnr_db=-math.inf, input_shape=tuple(reference.shape))
     mse = float(np.mean(diff**2))
     return Parity(
         max_abs_diff=float(np.abs(diff).max()),
         psnr_db=math.inf if mse == 0 else 10 * math.log10(1.0 / mse),
         input_shape=tuple(reference.shape),
     )
+
+
+class ParityError(RuntimeError):
+    """An exported or converted model disagrees with the model it came from."""
+
+
+def require_parity(par: Parity, what: str, files: tuple[Path, ...] = ()) -> Parity:
+    """``par`` if it reaches :data:`MIN_PARITY_DB`; else ``files`` (the converted model) are removed.
+
+    Raises:
+        ParityError: naming ``what`` was compared, with the PSNR and the largest difference.
+    """
+    if par.psnr_db >= MIN_PARITY_DB:
+        return par
+    for f in files:
+        Path(f).unlink(missing_ok=True)
+    raise ParityError(f"{what} (PSNR {par.psnr_db:.1f} dB, max diff {par.max_abs_diff:.3g}; "
+                      f"at least {MIN_PARITY_DB:.0f} dB needed)")
 
 
 def export_onnx(model: nn.Module, path: str | Path, sample: torch.Tensor | None = None,
@@ -88,24 +113,18 @@ def onnx_op_counts(path: str | Path) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-MIN_PARITY_DB = 60.0  # FP32 ONNX must match PyTorch to ~1e-3 of full range
-
-
 def export_checked(model: nn.Module, path: str | Path, probe: torch.Tensor,
                    narrow_tail: bool = True) -> tuple[Path, Parity]:
     """Export ``model`` to ONNX, run the file in ONNX Runtime on ``probe`` and compare with PyTorch.
 
     Raises:
-        RuntimeError: if the two disagree by more than ``MIN_PARITY_DB`` PSNR; the file is removed.
+        ParityError: if the two disagree by more than ``MIN_PARITY_DB`` PSNR; the file is removed.
     """
     from export.runtimes import ort_upscaler
 
     out = export_onnx(model, path, narrow_tail=narrow_tail)
     with torch.inference_mode():
         ref = model.eval()(probe).numpy()
-    par = parity(ref, ort_upscaler(out)(probe.numpy()))
-    if par.psnr_db < MIN_PARITY_DB:
-        out.unlink()
-        raise RuntimeError(f"{out}: ONNX output disagrees with PyTorch (PSNR {par.psnr_db:.1f} dB, "
-                           f"max diff {par.max_abs_diff:.3g})")
+    par = require_parity(parity(ref, ort_upscaler(out)(probe.numpy())), f"{out}: ONNX output disagrees with PyTorch",
+                         (out,))
     return out, par

@@ -64,8 +64,10 @@ def _dataset(batches: Iterator[tuple[np.ndarray, np.ndarray]]):  # noqa: ANN202
 
 
 def _conv_names(kmodel) -> list[str]:  # noqa: ANN001
+    """The twin's learned convolutions in order; the fixed colour conversions of a one-channel SRCNN twin
+    (``trainable=False`` 1x1 convolutions) are not the model's and are never pruned."""
     tfk = keras()
-    return [layer.name for layer in kmodel.layers if isinstance(layer, tfk.layers.Conv2D)]
+    return [layer.name for layer in kmodel.layers if isinstance(layer, tfk.layers.Conv2D) and layer.trainable]
 
 
 def prune_keras(kmodel, schedule: PolynomialDecay, batches, steps: int, lr: float = 1e-5,  # noqa: ANN001, ANN201

@@ -25,30 +25,29 @@ def prunable_convs(model: nn.Module, skip_first_last: bool = True) -> list[tuple
     return convs[1:-1] if skip_first_last and len(convs) > 2 else convs
 
 
-def _kth_smallest(values: torch.Tensor, k: int) -> float:
-    return float(values.kthvalue(k).values) if k > 0 else -1.0
+def _keep_mask(magnitudes: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """1-D keep-mask zeroing exactly ``int(sparsity * n)`` of the smallest ``magnitudes`` (ties at the
+    threshold broken by position, so the sparsity is the target's, never more)."""
+    k = int(sparsity * magnitudes.numel())
+    mask = torch.ones_like(magnitudes)
+    if k > 0:
+        mask[magnitudes.argsort(stable=True)[:k]] = 0.0
+    return mask
 
 
 def magnitude_masks(weights: list[torch.Tensor], sparsity: float, scope: str) -> list[torch.Tensor]:
     """Keep-masks that zero the ``sparsity`` fraction of smallest magnitudes (per layer or globally).
 
-    Ties at the threshold are broken towards keeping, so sparsity never exceeds the target.
+    Exactly that fraction is zeroed, also where magnitudes tie at the threshold (e.g. weights already zero).
     """
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    flats = [w.detach().abs().flatten() for w in weights]
     if scope == "global":
-        flat = torch.cat([w.detach().abs().flatten() for w in weights])
-        thr = _kth_smallest(flat, int(sparsity * flat.numel()))
-        return [(w.detach().abs() > thr).to(w.dtype) for w in weights]
-    masks = []
-    for w in weights:
-        mag = w.detach().abs().flatten()
-        k = int(sparsity * mag.numel())
-        mask = torch.ones_like(mag)
-        if k > 0:
-            mask[mag.argsort()[:k]] = 0.0
-        masks.append(mask.view_as(w))
-    return masks
+        pieces = _keep_mask(torch.cat(flats), sparsity).split([f.numel() for f in flats])
+    else:
+        pieces = [_keep_mask(f, sparsity) for f in flats]
+    return [piece.view_as(w).to(w.dtype) for piece, w in zip(pieces, weights)]
 
 
 @dataclasses.dataclass

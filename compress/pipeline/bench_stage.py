@@ -132,8 +132,13 @@ def machine() -> dict[str, object]:
     return info
 
 
-def large_subset(run: Path, pairs: list[tuple[Path, str]], results: list[dict]) -> list[tuple[Path, str]]:
-    """The FP32 ONNX reference plus the Pareto front of the last timed size (see ``BenchConfig.large``)."""
+def large_subset(run: Path, pairs: list[tuple[Path, str]], results: list[dict],
+                 own: dict[str, dict] | None = None) -> list[tuple[Path, str]]:
+    """The FP32 ONNX reference plus the Pareto front of the last timed size (see ``BenchConfig.large``).
+
+    ``own`` is :func:`own_quality`: a runtime with numerics of its own (bf16) is placed at the loss it
+    measured, not at its artifact's sidecar's (FP32) figure.
+    """
     from compress.pipeline.report import pareto_front, quality_record
 
     timed = [r for r in results if "error" not in r]
@@ -145,7 +150,8 @@ def large_subset(run: Path, pairs: list[tuple[Path, str]], results: list[dict]) 
     for r in timed:
         if tuple(r["lr_size"]) != last:
             continue
-        q = quality_record(run, run / r["artifact"]).get("quality", {}).get("embedded", {})
+        q = (own or {}).get(f"{r['artifact']}|{r['runtime']}") or quality_record(run, run / r["artifact"]).get("quality", {})
+        q = q.get("embedded", {})
         if "psnr_y_db" in q and "psnr_y_db" in ref:
             points[(r["artifact"], r["runtime"])] = (r["p50_ms"], ref["psnr_y_db"] - q["psnr_y_db"])
     keep = pareto_front(points, LARGE_LOSS_TOL_DB) | {(artifact_kind("fp32_onnx").pattern, "ort")}
@@ -158,9 +164,10 @@ def run_bench(run: Path, scale: int, cfg: BenchConfig = BenchConfig()) -> Path:
     pairs += extra_runtimes(pairs, cfg.gpu)
     sizes = [s if s is not None else full_hd_lr(scale) for s in cfg.sizes]
     sizes.sort(key=lambda s: s[0] * s[1])
+    quality = own_quality(run, pairs, scale, cfg.threads)  # first: the front below places bf16 by its own loss
     results: list[dict] = []
     for size in sizes:
-        chosen = pairs if cfg.large == "all" or not is_large(size) else large_subset(run, pairs, results)
+        chosen = pairs if cfg.large == "all" or not is_large(size) else large_subset(run, pairs, results, quality)
         for artifact, rt_name in chosen:
             row = {**run_one(artifact, rt_name, size, scale, cfg), "artifact": str(artifact.relative_to(run))}
             results.append(row)
@@ -170,9 +177,8 @@ def run_bench(run: Path, scale: int, cfg: BenchConfig = BenchConfig()) -> Path:
     if results and all("error" in r for r in results):
         raise InputError(f"{run}: every configuration failed (first: {results[0]['error']}); "
                          f"{out} is left as it was")
-    front = large_subset(run, pairs, results)  # the reference and the Pareto front at the largest size timed
+    front = large_subset(run, pairs, results, quality)  # the reference and the Pareto front at the largest size
     ladders = [lad for a, rt in front for lad in ladder(run, a, rt, results, scale, cfg)]
-    quality = own_quality(run, pairs, scale, cfg.threads)
     write_json_atomic(out, {"machine": machine(), "config": dataclasses.asdict(cfg), "scale": scale,
                             "targets_ms": list(TARGETS_MS), "results": results, "ladders": ladders,
                             "quality": quality})

@@ -48,11 +48,12 @@ def stage_export(run: Path, tflite: bool = True, extra_eval: list[str] | None = 
 
 def _export_ir(onnx_path: Path, xml: Path, probe, loaded: LoadedModel, base: dict) -> str:  # noqa: ANN001
     """OpenVINO IR of the rewritten FP32 ONNX, with its parity against ONNX Runtime on the probe."""
-    from export.onnx_export import parity
+    from export.onnx_export import parity, require_parity
     from export.openvino_ir import to_ir
 
     to_ir(onnx_path, xml)
-    par = parity(open_artifact(onnx_path, "ort").run(probe), open_artifact(xml, "openvino").run(probe))
+    par = require_parity(parity(open_artifact(onnx_path, "ort").run(probe), open_artifact(xml, "openvino").run(probe)),
+                         f"{xml}: OpenVINO IR output disagrees with ONNX Runtime", (xml, xml.with_suffix(".bin")))
     write_sidecar(xml, {"stage": "export", "format": "openvino-ir-fp32", "method": "fp32 OpenVINO IR",
                         "arch": loaded.arch, "scale": loaded.scale, "params": base.get("params"),
                         "macs_256x256": base.get("macs_256x256"), "weights_file": xml.with_suffix(".bin").name,

@@ -64,6 +64,9 @@ def _fine_tune_channels(model, recipe, batches, scale, teacher) -> tuple[list[tu
     steps = recipe.schedule.pruning_steps()
     bounds = [*steps, recipe.train.steps]
     events, seconds = [], 0.0
+    if steps and steps[0] > 0:  # begin_step > 0: the dense model fine-tunes first, as unstructured pruning does
+        dense = dataclasses.replace(recipe.train, steps=steps[0], lr_schedule="constant", warmup_steps=0)
+        seconds += fit(model, batches, dense, scale, teacher=teacher, desc="prune dense").seconds
     for i, start in enumerate(steps):
         if criterion.needs_gradients:
             loss_gradients(model, next(batches), teacher)

@@ -300,5 +300,5 @@ def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_ev
         from compress.pipeline.tflite_stage import tfmot_qat_tflite
 
         results.update(tfmot_qat_tflite(loaded, src, out_dir, recipe.tflite_qat, recipe.data, ref_quality,
-                                        extra_eval, recipe.calibration))
+                                        extra_eval, recipe.calibration, _calibration_paths(recipe)))
     return {"source": source, "out": str(out_dir), "psnr_y_delta_db": results}

@@ -10,7 +10,7 @@ from export.tflite_export import TFLiteKind, convert, tflite_ops  # noqa: E402
 from export.runtimes.tflite import TFLiteRunner  # noqa: E402
 from export.tfmot_path import prune_keras, qat_keras, tfmot_schedule  # noqa: E402
 from pruning.schedule import PolynomialDecay  # noqa: E402
-from tests.conftest import tiny_edsr, tiny_rrdb  # noqa: E402
+from tests.conftest import tiny_edsr, tiny_rrdb, tiny_srcnn  # noqa: E402
 
 pytestmark = pytest.mark.tflite
 
@@ -40,6 +40,16 @@ def test_prune_low_magnitude_on_twin_reaches_sparsity_and_strips():
     kernel = pruned.get_layer("body_0_conv1").get_weights()[0]
     assert float((kernel == 0).mean()) == pytest.approx(0.5, abs=0.02)
     assert float((pruned.get_layer("conv_first").get_weights()[0] == 0).mean()) == 0.0
+
+
+def test_prune_keras_on_a_luma_srcnn_prunes_its_middle_conv_and_never_the_colour_conversions():
+    twin = to_keras(tiny_srcnn(scale=2, channels=1))
+    fixed = {name: twin.get_layer(name).get_weights()[0].copy() for name in ("rgb_to_y", "rgb_to_cbcr", "ycbcr_to_rgb")}
+    pruned = prune_keras(twin, PolynomialDecay(0.0, 0.5, begin_step=0, end_step=4, frequency=2), _batches(2), steps=6)
+    zeros = {name: float((pruned.get_layer(name).get_weights()[0] == 0).mean()) for name in ("conv1", "conv2", "conv3")}
+    assert zeros["conv2"] == pytest.approx(0.5, abs=0.02) and zeros["conv1"] == zeros["conv3"] == 0.0
+    for name, kernel in fixed.items():
+        np.testing.assert_array_equal(pruned.get_layer(name).get_weights()[0], kernel)
 
 
 def _qat_int8(model, tmp_path):

@@ -56,3 +56,12 @@ def test_masks_survive_optimizer_steps_and_strip():
 def test_bad_scope():
     with pytest.raises(ValueError, match="scope must be one of"):
         prune_low_magnitude(tiny_edsr(2), PolynomialDecay(0, 0.5, 0, 1), scope="row")
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_ties_at_the_threshold_never_push_sparsity_over_the_target(scope):
+    weights = [torch.tensor([0.0, 0.0, 0.0, 0.0]), torch.tensor([0.0, 0.0, 1.0, 2.0, 3.0, 4.0, 0.0, 0.0])]
+    masks = magnitude_masks(weights, 0.25, scope)
+    zeroed = [int((m == 0).sum()) for m in masks]
+    assert zeroed == ([1, 2] if scope == "layer" else [3, 0])  # int(0.25 * 12) = 3, ties by position
+    assert all(m.shape == w.shape for m, w in zip(masks, weights))

@@ -100,3 +100,26 @@ def test_storage_bytes_counts_zeros():
     torch.nn.init.zeros_(model.weight)
     assert dense["dense_fp32_bytes"] == 4 * 144
     assert storage_bytes(model)["sparse_bitmap_bytes"] == 18
+
+
+@pytest.mark.parametrize("method", ["channel", "unstructured"])
+def test_both_methods_fine_tune_the_dense_model_until_begin_step_and_train_steps_in_all(run_dir, image_dir, method,
+                                                                                         monkeypatch):
+    import compress.pipeline.prune_stage as stage
+
+    runs, real_fit = [], stage.fit
+
+    def counting_fit(model, batches, cfg, *args, **kwargs):  # noqa: ANN001, ANN202
+        runs.append(cfg.steps)
+        return real_fit(model, batches, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(stage, "fit", counting_fit)
+    schedule = {**TINY["schedule"], "begin_step": 2, "end_step": 4}
+    recipe = from_mapping(PruneRecipe, {**TINY, "schedule": schedule, "method": method, "data": str(image_dir),
+                                        "round_to": 4})
+    run_prune(run_dir, recipe, method)
+    assert sum(runs) == recipe.train.steps == 6
+    if method == "channel":
+        assert runs == [2, 2, 2]  # dense until step 2, then a segment after each of the events at 2 and 4
+        events = read_sidecar(run_dir / "10-prune" / method / "model.safetensors")["events"]
+        assert [e[0] for e in events] == [2, 4]

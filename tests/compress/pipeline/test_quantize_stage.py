@@ -53,6 +53,8 @@ def test_quantize_stage_ptq_mixed_qat(tmp_path, image_dir):
     assert not (out / "nncf_qat_candidate.xml").exists()
     tfl = read_sidecar(out / "model_int8_tfmot_qat.tflite")
     assert tfl["method"] == "tfmot-qat" and "CONV_2D:int8" in tfl["op_input_dtypes"]
+    assert tfl["calibration"]["samples"] == 6  # the recipe's calibration folder, as ORT's and NNCF's
+    assert tfl["calibration"]["images"] == sorted(p.name for p in image_dir.iterdir())
     fp32 = read_sidecar(out / "model_int8_minmax.onnx")["fp32_quality"]["embedded"]["psnr_y_db"]
     expected = round(tfl["quality"]["embedded"]["psnr_y_db"] - fp32, 4)  # a change in dB, like every other row
     assert tfl["psnr_y_delta_db"] == {"embedded": expected} == summary["psnr_y_delta_db"]["model_int8_tfmot_qat.tflite"]

@@ -126,6 +126,11 @@ def test_large_sizes_time_reference_and_pareto_front_only(tmp_path):
     chosen = [(str(Path(a).relative_to(run)), rt) for a, rt in large_subset(run, pairs, results)]
     # PyTorch eager has the FP32 quality but is slower than ORT FP32: dominated, so not timed at 1080p.
     assert chosen == [("30-export/model_fp32.onnx", "ort"), ("20-quantize/model/model_int8_minmax.onnx", "ort")]
+    # a runtime with numerics of its own is placed at the PSNR it measured, not its artifact's sidecar's
+    fp32_db = json.loads((run / "00-model/model.safetensors.json").read_text())["quality"]["embedded"]["psnr_y_db"]
+    own = {"00-model/model.safetensors|pytorch": {"embedded": {"psnr_y_db": fp32_db + 0.5}}}
+    chosen = [(str(Path(a).relative_to(run)), rt) for a, rt in large_subset(run, pairs, results, own)]
+    assert ("00-model/model.safetensors", "pytorch") in chosen
     with pytest.raises(ValueError, match="large must be"):
         BenchConfig(large="some")
     with pytest.raises(ValueError, match="warmup >= 2"):
