@@ -129,9 +129,14 @@ def to_array(img: Image.Image) -> np.ndarray:
     return np.asarray(img, dtype=np.float32) / 255.0
 
 
+def round_to_u8(arr: np.ndarray) -> np.ndarray:
+    """float in [0, 1] (values beyond are clipped) to uint8, rounding as MATLAB's im2uint8 does."""
+    return np.clip(np.round(arr * 255.0), 0, 255).astype(np.uint8)
+
+
 def to_image(arr: np.ndarray) -> Image.Image:
-    """float HWC in [0, 1] to 8-bit RGB, rounding as MATLAB's im2uint8 does."""
-    return Image.fromarray(np.clip(np.round(arr * 255.0), 0, 255).astype(np.uint8))
+    """float HWC in [0, 1] to 8-bit RGB (:func:`round_to_u8`)."""
+    return Image.fromarray(round_to_u8(arr))
 
 
 def quantize_u8(arr: np.ndarray) -> np.ndarray:

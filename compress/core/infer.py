@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from compress.core.data import round_to_u8
+
 Upscaler = Callable[[np.ndarray], np.ndarray]
 
 
@@ -65,14 +67,14 @@ class NonFiniteOutput(ValueError):
 
 
 def to_u8(arr: np.ndarray) -> np.ndarray:
-    """A float image in [0, 1] (values beyond are clipped) to uint8, rounding as MATLAB's ``im2uint8``.
+    """A model's float output to uint8 (:func:`compress.core.data.round_to_u8`), refusing NaN and Inf.
 
     Raises:
         NonFiniteOutput: ``arr`` holds NaN or Inf (they have no 8-bit value).
     """
     if not np.isfinite(arr).all():
         raise NonFiniteOutput("the model's output holds NaN or Inf")
-    return np.clip(np.round(arr * 255.0), 0, 255).astype(np.uint8)
+    return round_to_u8(arr)
 
 
 def _tiled(fn: Upscaler, x: np.ndarray, scale: int, tiles: TileConfig, out: np.ndarray,

@@ -28,13 +28,8 @@ def _parity(loaded: LoadedModel, path: Path, threads: int = 2) -> Parity:
     return parity(ref, TFLiteRunner(path, threads)(x.numpy()))
 
 
-def _parity_record(loaded: LoadedModel, path: Path, threads: int = 2) -> dict[str, object]:
-    return _parity(loaded, path, threads).to_dict()
-
-
-def _calibration(scale: int, cfg: CalibrationConfig, paths: list[Path] | None = None) -> list[np.ndarray]:
-    """NHWC calibration patches of ``paths`` (default: the embedded calibration split)."""
-    paths = split_paths("calibration") if paths is None else paths
+def _calibration(scale: int, cfg: CalibrationConfig, paths: list[Path]) -> list[np.ndarray]:
+    """NHWC calibration patches of ``paths``."""
     return [np.ascontiguousarray(p.transpose(0, 2, 3, 1)) for p in iter_patches(paths, scale, cfg)]
 
 
@@ -51,7 +46,7 @@ def export_tflite(loaded: LoadedModel, src: Path, out_dir: Path, extra_eval: lis
         ref = loaded.model(torch.from_numpy(x)).numpy()
     twin_parity = require_parity(parity(ref, twin(x.transpose(0, 2, 3, 1)).numpy().transpose(0, 3, 1, 2)),
                                  f"{out_dir}: the Keras twin disagrees with the PyTorch model").to_dict()
-    calib = _calibration(loaded.scale, calibration)
+    calib = _calibration(loaded.scale, calibration, split_paths("calibration"))
     sets = eval_sets(loaded.scale, extra_eval)
     summary = {}
     for kind in TFLiteKind:
@@ -91,7 +86,8 @@ def tfmot_qat_tflite(loaded: LoadedModel, src: Path, out_dir: Path, cfg: TFLiteQ
     from export.runtimes.tflite import tflite_upscaler
     from export.tfmot_path import qat_keras
 
-    calib = _calibration(loaded.scale, calibration, calibration_paths)
+    paths = split_paths("calibration") if calibration_paths is None else calibration_paths
+    calib = _calibration(loaded.scale, calibration, paths)
     pairs = training_pairs(data, loaded.scale)
     qat = qat_keras(to_keras(loaded.model), calib, random_patches(pairs, loaded.scale, cfg.patch, shard=False), cfg.steps, cfg.lr)
     path = convert(qat, TFLiteKind.FULL_INT8, out_dir / "model_int8_tfmot_qat.tflite", lambda: iter(calib))
@@ -101,9 +97,9 @@ def tfmot_qat_tflite(loaded: LoadedModel, src: Path, out_dir: Path, cfg: TFLiteQ
     write_sidecar(path, {
         "stage": "quantize", "format": "tflite-int8", "method": "tfmot-qat", "qat": dataclasses.asdict(cfg),
         "arch": loaded.arch, "scale": loaded.scale,
-        "params": loaded.describe()["params"], "parity_vs_pytorch": _parity_record(loaded, path), "quality": q,
+        "params": loaded.describe()["params"], "parity_vs_pytorch": _parity(loaded, path).to_dict(), "quality": q,
         "psnr_y_delta_db": delta,
-        "calibration": {"samples": len(calib), "images": [p.name for p in calibration_paths or split_paths("calibration")],
+        "calibration": {"samples": len(calib), "images": [p.name for p in paths],
                         "used_for": "QAT range init and conversion"},
         "op_input_dtypes": sorted({f"{name}:{dt[0] if dt else '-'}" for name, dt in tflite_ops(path)}),
     }, source=src)
