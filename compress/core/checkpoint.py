@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import pickle
-import zipfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -83,7 +84,7 @@ def _read_file(path: Path) -> tuple[dict[str, object], dict[str, str]]:
     """Raw mapping and safetensors metadata (empty for torch files)."""
     if not path.is_file():
         raise InputError(f"{path}: checkpoint not found")
-    if path.suffix == ".safetensors":
+    if path.suffix.lower() == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file, safe_open
 
@@ -93,17 +94,27 @@ def _read_file(path: Path) -> tuple[dict[str, object], dict[str, str]]:
             return dict(load_file(str(path), device="cpu")), meta
         except (SafetensorError, OSError, ValueError) as exc:
             raise InputError(f"{path}: not a readable safetensors file ({exc})") from exc
+    if _looks_like_safetensors(path):
+        raise InputError(f"{path}: a safetensors file with another suffix; name it *.safetensors")
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's pickle-protocol notes would precede the one-line error
+            warnings.simplefilter("ignore")
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise InputError(f"{path}: refused: the file holds Python objects beyond tensors, which could run code "
                          "when unpickled; only plain tensor checkpoints (or .safetensors) are read") from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, TypeError, AttributeError,
-            IndexError, KeyError, UnicodeDecodeError, MemoryError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a corrupt file raises anything from struct.error to AssertionError
         raise InputError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)})") from exc
     if not isinstance(obj, dict):
         raise InputError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
     return obj, {}
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    """A safetensors file starts with an 8-byte little-endian header length and then ``{``."""
+    with path.open("rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= path.stat().st_size
 
 
 def _first_line(exc: BaseException) -> str:
@@ -136,9 +147,51 @@ def detect_layout(sd: dict[str, torch.Tensor], path: Path) -> Layout:
         return found[0]
     keys = ", ".join(list(sd)[:12])
     if not found:
-        supported = "\n".join(f"  - {lay.name}: {lay.description}" for lay in LAYOUTS)
-        raise InputError(f"{path}: unknown checkpoint layout. First keys: {keys}\nSupported layouts:\n{supported}")
+        supported = ", ".join(lay.name for lay in LAYOUTS)
+        raise InputError(f"{path}: unknown checkpoint layout (first keys: {keys}); supported: {supported} "
+                         "(README, 'Checkpoints it reads')")
     raise InputError(f"{path}: ambiguous layout, matches {[f.name for f in found]}; first keys: {keys}")
+
+
+#: Weight dtypes read (converted to float32); anything else is refused, naming the tensor.
+WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@dataclasses.dataclass(frozen=True)
+class Unshaped:
+    """Config fields that tensor shapes do not reveal (EDSR's ``res_scale`` and ``img_range``).
+
+    The pipeline's checkpoints record them in their metadata and :func:`rebuild` carries them over, so a
+    model trained or pruned with other values than the shape-based guess reloads as it was.
+    """
+
+    res_scale: float | None = None
+    img_range: float | None = None
+
+    @classmethod
+    def of(cls, cfg: object) -> Unshaped:
+        return cls(**{f.name: getattr(cfg, f.name, None) for f in dataclasses.fields(cls)})
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str], path: Path) -> Unshaped:
+        values: dict[str, float] = {}
+        for field in dataclasses.fields(cls):
+            text = meta.get(field.name)
+            if text is None:
+                continue
+            try:
+                value = float(text)
+            except ValueError:
+                value = float("nan")
+            if not (value > 0 and math.isfinite(value)):
+                raise InputError(f"{path}: metadata {field.name}={text!r} is not a positive number")
+            values[field.name] = value
+        return cls(**values)
+
+    def apply(self, cfg: Config) -> Config:
+        known = {f.name for f in dataclasses.fields(cfg)}
+        updates = {k: v for k, v in dataclasses.asdict(self).items() if v is not None and k in known}
+        return dataclasses.replace(cfg, **updates) if updates else cfg
 
 
 def load_checkpoint(path: str | Path, scale: int | None = None) -> LoadedModel:
@@ -146,55 +199,94 @@ def load_checkpoint(path: str | Path, scale: int | None = None) -> LoadedModel:
 
     Args:
         path: ``.pth``, ``.pt`` or ``.safetensors`` file.
-        scale: expected scale; required for SRCNN, checked against the checkpoint otherwise.
+        scale: expected scale; required for SRCNN (unless the file records it), checked otherwise.
 
     Raises:
         InputError: unreadable file, unknown layout, wrong scale, NaN/Inf weights, shape mismatch.
     """
     path = Path(path)
     raw, meta = _read_file(path)
-    if scale is None and meta.get("scale"):
-        scale = int(meta["scale"])
-    return from_state_dict(unwrap_state_dict(raw, path), scale, path)
+    recorded = _recorded_scale(meta, path)
+    if scale is not None and recorded is not None and recorded != scale:
+        raise InputError(f"{path}: the checkpoint records scale {recorded}, but scale {scale} was requested")
+    return from_state_dict(unwrap_state_dict(raw, path), scale if scale is not None else recorded, path,
+                           Unshaped.from_metadata(meta, path))
 
 
-def from_state_dict(sd: dict[str, torch.Tensor], scale: int | None, path: Path) -> LoadedModel:
-    """Detect, validate and convert a bare state dict (``path`` names it in errors)."""
+def _recorded_scale(meta: dict[str, str], path: Path) -> int | None:
+    text = meta.get("scale")
+    if not text:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise InputError(f"{path}: metadata scale={text!r} is not a positive integer")
+    return int(text)
+
+
+def from_state_dict(sd: dict[str, torch.Tensor], scale: int | None, path: Path,
+                    unshaped: Unshaped = Unshaped()) -> LoadedModel:
+    """Detect, validate and convert a bare state dict (``path`` names it in errors).
+
+    Every shape is checked against a skeleton built on the meta device before any weight is allocated,
+    so a small file cannot make the loader reserve gigabytes for the widths it declares.
+    """
+    _check_tensors(sd, path)
     layout = detect_layout(sd, path)
-    for key, tensor in sd.items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise InputError(f"{path}: tensor {key!r} contains NaN or Inf values")
     try:
         cfg, canon = layout.to_canonical(sd, scale)
     except (ValueError, KeyError, IndexError, TypeError, ZeroDivisionError) as exc:
         raise InputError(f"{path}: layout {layout.name}: tensor shapes fit no {layout.arch} model ({_first_line(exc)})") from exc
+    cfg = unshaped.apply(cfg)
     if scale is not None and cfg.scale != scale:
         raise InputError(f"{path}: checkpoint is a x{cfg.scale} {layout.arch} model, but scale {scale} was requested")
+    with torch.device("meta"):
+        skeleton = build_model(cfg)
+    _check_shapes(skeleton, canon, path, layout.name)
     model = build_model(cfg)
-    _check_shapes(model, canon, path, layout.name)
-    missing, unexpected = model.load_state_dict({k: v.float() for k, v in canon.items()}, strict=False)
-    missing = [k for k in missing if k != "mean"]
-    if missing or unexpected:
-        raise InputError(
-            f"{path}: layout {layout.name} did not convert cleanly: missing {missing[:6]}, unexpected {unexpected[:6]}"
-        )
+    model.load_state_dict({k: v.float() for k, v in canon.items()}, strict=False)
     model.eval()
     return LoadedModel(model=model, arch=layout.arch, config=cfg, layout=layout.name, path=path)
 
 
-def _check_shapes(model: nn.Module, canon: dict[str, torch.Tensor], path: Path, layout: str) -> None:
-    """Name the first tensor whose shape does not fit the detected architecture, with both shapes."""
-    want = model.state_dict()
+def _check_tensors(sd: dict[str, torch.Tensor], path: Path) -> None:
+    """Dense CPU float weights only, each backed by as much data as it claims, all finite."""
+    for key, tensor in sd.items():
+        if tensor.device.type != "cpu" or tensor.layout != torch.strided or tensor.is_quantized:
+            raise InputError(f"{path}: tensor {key!r} is a {tensor.layout} {tensor.device.type} tensor"
+                             f"{' (quantized)' if tensor.is_quantized else ''}; only dense weights are read")
+        if (tensor.is_floating_point() or tensor.is_complex()) and tensor.dtype not in WEIGHT_DTYPES:
+            raise InputError(f"{path}: tensor {key!r} has dtype {tensor.dtype}; weights must be float16, bfloat16, "
+                             "float32 or float64")
+        if tensor.numel() * tensor.element_size() > tensor.untyped_storage().nbytes():
+            raise InputError(f"{path}: tensor {key!r} of shape {tuple(tensor.shape)} is a view larger than the "
+                             "data stored for it")
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise InputError(f"{path}: tensor {key!r} contains NaN or Inf values")
+
+
+def _check_shapes(skeleton: nn.Module, canon: dict[str, torch.Tensor], path: Path, layout: str) -> None:
+    """Every tensor the architecture needs, of its shape and dtype, and no other (``mean`` may default)."""
+    want = skeleton.state_dict()
+    missing = [k for k in want if k not in canon and k != "mean"]
+    unexpected = [k for k in canon if k not in want]
+    if missing or unexpected:
+        raise InputError(f"{path}: layout {layout} did not convert cleanly: missing {missing[:6]}, "
+                         f"unexpected {unexpected[:6]}")
     for key, tensor in canon.items():
-        if key in want and tuple(want[key].shape) != tuple(tensor.shape):
+        if not tensor.is_floating_point():
+            raise InputError(f"{path}: tensor {key!r} has dtype {tensor.dtype}; weights must be floating point")
+        if tuple(want[key].shape) != tuple(tensor.shape):
             raise InputError(f"{path}: layout {layout}: tensor {key!r} has shape {tuple(tensor.shape)}, but the "
                              f"architecture read from the other tensors needs {tuple(want[key].shape)}")
 
 
 def rebuild(model: nn.Module, scale: int) -> LoadedModel:
-    """Fresh canonical model and config read from the (e.g. channel-pruned) model's tensor shapes."""
+    """Fresh canonical model and config read from the (e.g. channel-pruned) model's tensor shapes.
+
+    What shapes do not reveal (:class:`Unshaped`) is carried over from the model's own ``cfg``.
+    """
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return from_state_dict(sd, scale, Path(f"<{type(model).__name__} in memory>"))
+    name = Path(f"<{type(model).__name__} in memory>")
+    return from_state_dict(sd, scale, name, Unshaped.of(getattr(model, "cfg", None)))
 
 
 def save_checkpoint(
@@ -202,8 +294,8 @@ def save_checkpoint(
 ) -> Path:
     """Write a canonical checkpoint as safetensors, atomically.
 
-    The architecture is re-detected from tensor shapes on load; ``scale`` is stored in the metadata
-    only because SRCNN's shapes do not reveal it.
+    The architecture is re-detected from tensor shapes on load; the metadata stores only what shapes do
+    not reveal: ``scale`` (SRCNN) and the :class:`Unshaped` fields.
     """
     from safetensors.torch import save_file
 
@@ -211,6 +303,7 @@ def save_checkpoint(
     dtype = torch.float16 if fp16 else torch.float32
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
     meta = {"arch": arch_of(cfg), "scale": str(cfg.scale), "layout": of_config(cfg).canonical_layout}
+    meta |= {k: repr(v) for k, v in dataclasses.asdict(Unshaped.of(cfg)).items() if v is not None}
     meta["extra"] = json.dumps(metadata or {}, sort_keys=True)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)

@@ -34,14 +34,18 @@ class Layout:
 
 
 def _rename(sd: StateDict, rules: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
+    """Apply the first matching rule to each key; two keys landing on one name is an error."""
     out: dict[str, torch.Tensor] = {}
+    source: dict[str, str] = {}
     for key, value in sd.items():
         new = key
         for pattern, repl in rules:
             new, n = re.subn(pattern, repl, new)
             if n:
                 break
-        out[new] = value
+        if new in out:
+            raise ValueError(f"keys {source[new]!r} and {key!r} both map to {new!r}")
+        out[new], source[new] = value, key
     return out
 
 
@@ -59,7 +63,7 @@ def _in(sd: StateDict, key: str) -> int:
 
 
 # --------------------------------------------------------------------------------------------- EDSR
-def _edsr_config(sd: StateDict, mean: tuple[float, float, float]) -> EDSRConfig:
+def _edsr_config(sd: StateDict, mean: tuple[float, float, float], img_range: float = 255.0) -> EDSRConfig:
     """Read an EDSRConfig from a canonical (BasicSR-named) EDSR state dict."""
     num_feat = _out(sd, "conv_first.weight")
     num_block = _count(sd, r"body\.(\d+)\.conv1\.weight$")
@@ -79,7 +83,9 @@ def _edsr_config(sd: StateDict, mean: tuple[float, float, float]) -> EDSRConfig:
         scale=scale,
         num_feat=num_feat,
         num_block=num_block,
-        res_scale=0.1 if num_feat >= 256 else 1.0,  # the official full model (32x256) trains with 0.1
+        # the official full model (32x256) trains with 0.1; the pipeline's own files record theirs
+        res_scale=0.1 if num_feat >= 256 else 1.0,
+        img_range=img_range,
         rgb_mean=mean,
         block_mid=mids if any(m != num_feat for m in mids) else None,
         up_feat=up_feat if up_feat != num_feat else None,
@@ -94,6 +100,26 @@ def _mean_from(sd: StateDict, key: str | None, divisor: float = 1.0) -> tuple[fl
     return (round(float(vec[0]), 6), round(float(vec[1]), 6), round(float(vec[2]), 6))
 
 
+def _edsr_range(sd: StateDict) -> float:
+    """EDSR-PyTorch's ``--rgb_range`` (255 by default, 1 for some retrained models) from its mean shifts.
+
+    ``add_mean`` is a 1x1 convolution with weight ``I / std`` and bias ``rgb_range * mean / std``; the
+    canonical EDSR models std 1 only, so any other weight, or a ``sub_mean`` that is not its inverse, is
+    refused rather than loaded wrong.
+    """
+    if "add_mean.bias" not in sd:
+        return 255.0
+    eye = torch.eye(3, dtype=torch.float64).view(3, 3, 1, 1)
+    for name in ("sub_mean", "add_mean"):
+        weight = sd.get(f"{name}.weight")
+        if weight is not None and (weight.shape != eye.shape or not torch.allclose(weight.double(), eye, atol=1e-4)):
+            raise ValueError(f"{name}.weight is not the identity (an rgb_std other than 1 is not supported)")
+    bias = sd["add_mean.bias"].double().flatten()
+    if "sub_mean.bias" in sd and not torch.allclose(sd["sub_mean.bias"].double().flatten(), -bias, atol=1e-3):
+        raise ValueError("sub_mean.bias is not the negative of add_mean.bias")
+    return 255.0 if float(bias.abs().max()) > 1.5 else 1.0
+
+
 def _edsr_official(sd: StateDict, scale: int | None) -> tuple[Config, dict[str, torch.Tensor]]:
     n = _count(sd, r"body\.(\d+)\.body\.0\.weight$")
     rules = [
@@ -105,7 +131,8 @@ def _edsr_official(sd: StateDict, scale: int | None) -> tuple[Config, dict[str, 
         (r"^tail\.1\.", "conv_last."),
     ]
     canon = {k: v for k, v in _rename(sd, rules).items() if not k.startswith(("sub_mean.", "add_mean."))}
-    cfg = _edsr_config(canon, _mean_from(sd, "add_mean.bias", divisor=255.0))
+    img_range = _edsr_range(sd)
+    cfg = _edsr_config(canon, _mean_from(sd, "add_mean.bias", divisor=img_range), img_range)
     canon["mean"] = torch.tensor(cfg.rgb_mean).view(1, 3, 1, 1)
     return cfg, canon
 
@@ -223,7 +250,7 @@ LAYOUTS: tuple[Layout, ...] = (
     Layout(
         "srcnn", "srcnn", "SRCNN (conv1 9x9, conv2, conv3; 1 channel = Y or 3 = RGB; scale must be given)",
         lambda sd: set(k.rsplit(".", 1)[0] for k in sd) == {"conv1", "conv2", "conv3"}
-        and sd["conv1.weight"].ndim == 4 and sd["conv1.weight"].shape[-1] == 9,
+        and "conv1.weight" in sd and sd["conv1.weight"].ndim == 4 and sd["conv1.weight"].shape[-1] == 9,
         _srcnn,
     ),
 )

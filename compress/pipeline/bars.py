@@ -182,7 +182,7 @@ PLANS: tuple[Plan, ...] = (
     _plan("edsr-x2", "edsr", 2, ModelRecipes("nncf_qat_xlong.toml", "channel30_xlong.toml", "channel50_xlong.toml",
                                              "unstructured50_long.toml", "channel.toml", NNCF, NNCF_QAT)),
     _plan("edsr-x4", "edsr", 4, ModelRecipes("nncf_qat_long.toml", "channel30_x4_long.toml", "channel_x4_long.toml",
-                                             "unstructured_long.toml", "channel.toml", NNCF, NNCF_QAT)),
+                                             "unstructured50_long.toml", "channel.toml", NNCF, NNCF_QAT)),
     _plan("rrdb-x4", "rrdb", 4, ModelRecipes("rrdb_x4.toml", "channel30_rrdb_long.toml", "channel_rrdb_long.toml",
                                              "unstructured50_long.toml", "channel_rrdb.toml", PERCENTILE, ORT_QAT)),
 )

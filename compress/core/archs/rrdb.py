@@ -136,7 +136,8 @@ class RRDBNet(nn.Module):
         h, w = x.shape[-2:]
         u = self.cfg.unshuffle
         if u > 1:  # reflect-pad to a multiple of the unshuffle factor, as Real-ESRGAN's inference does
-            x = F.pad(x, (0, (u - w % u) % u, 0, (u - h % u) % u), mode="reflect")
+            pad = (0, (u - w % u) % u, 0, (u - h % u) % u)  # reflection needs more pixels than it adds
+            x = F.pad(x, pad, mode="reflect" if min(h, w) >= u else "replicate")
             x = F.pixel_unshuffle(x, u)
         feat = self.conv_first(x)
         feat = feat + self.conv_body(self.body(feat))

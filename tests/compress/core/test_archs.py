@@ -1,6 +1,7 @@
 """Each architecture describes itself: registry lookups and the structural facts other packages read."""
 
 import pytest
+import torch
 from torch import nn
 
 from compress.core.archs import ARCHITECTURES, EDSRConfig, architecture, of_config, of_model, structure_of
@@ -56,3 +57,9 @@ def test_config_from_recipe_hyperparameters_ignores_foreign_names():
     assert cfg == EDSRConfig(scale=3, num_feat=32, num_block=4)
     assert type(architecture("rrdb").build(architecture("rrdb").config(scale=4, num_feat=8, num_block=1,
                                                                          num_grow_ch=4))).__name__ == "RRDBNet"
+
+
+def test_unshuffled_rrdb_takes_inputs_smaller_than_its_factor():
+    model = tiny_rrdb(2)
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 1, 5)).shape == (1, 3, 2, 10)

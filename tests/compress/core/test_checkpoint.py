@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from compress.core.checkpoint import load_checkpoint, save_checkpoint
+from compress.core.archs.edsr import EDSR, EDSRConfig
+from compress.core.checkpoint import load_checkpoint, rebuild, save_checkpoint
 from compress.core.errors import InputError
 from tests.conftest import LAYOUT_CASES, as_layout, tiny_edsr, tiny_rrdb, tiny_srcnn
 
@@ -142,3 +143,104 @@ def test_pickled_code_is_refused(tmp_path):
         warnings.simplefilter("ignore")
         with pytest.raises(InputError, match="evil.pth"):
             load_checkpoint(path)
+
+
+def test_unknown_layout_error_is_one_line(tmp_path):
+    path = _save(tmp_path, {"encoder.weight": torch.zeros(2, 2)})
+    with pytest.raises(InputError) as err:
+        load_checkpoint(path)
+    assert "\n" not in str(err.value)
+
+
+def test_res_scale_and_range_survive_save_load_and_rebuild(tmp_path):
+    torch.manual_seed(0)
+    model = EDSR(EDSRConfig(scale=2, num_feat=16, num_block=2, res_scale=0.1)).eval()  # shapes say 1.0
+    loaded = load_checkpoint(save_checkpoint(model, model.cfg, tmp_path / "r.safetensors"))
+    assert loaded.config.res_scale == 0.1
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x), model(x))
+        assert rebuild(model, 2).config.res_scale == 0.1
+
+
+def test_official_edsr_trained_on_unit_range(tmp_path):
+    model = tiny_edsr(2)
+    sd = as_layout(model, "edsr-official")
+    for key in ("sub_mean.bias", "add_mean.bias"):
+        sd[key] = sd[key] / 255.0  # EDSR-PyTorch --rgb_range 1
+    loaded = load_checkpoint(_save(tmp_path, sd), 2)
+    assert loaded.config.img_range == 1.0
+    x = torch.rand(1, 3, 9, 11)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x), _official_edsr_forward(sd, x, 2, 2), atol=1e-5, rtol=1e-5)
+
+
+def test_official_edsr_with_other_rgb_std_is_refused(tmp_path):
+    sd = as_layout(tiny_edsr(2), "edsr-official")
+    sd["add_mean.weight"] = sd["add_mean.weight"] * 2.0
+    with pytest.raises(InputError, match="identity"):
+        load_checkpoint(_save(tmp_path, sd))
+
+
+def test_declared_huge_width_is_refused_before_allocation(tmp_path):
+    sd = as_layout(tiny_edsr(2), "edsr-basicsr")
+    sd["conv_first.weight"] = torch.zeros(200_000, 3, 3, 3)  # 21 MB here, but 1.4 TB of trunk if built
+    sd["conv_first.bias"] = torch.zeros(200_000)
+    with pytest.raises(InputError, match="conv_first|body"):
+        load_checkpoint(_save(tmp_path, sd))
+
+
+@pytest.mark.parametrize("bad", ["expanded", "int", "float8", "sparse"])
+def test_tensors_that_are_not_plain_weights(tmp_path, bad):
+    sd = as_layout(tiny_edsr(2), "edsr-basicsr")
+    key = "body.0.conv1.weight"
+    shape = sd[key].shape
+    sd[key] = {"expanded": lambda: torch.zeros(1).expand(*shape), "int": lambda: torch.zeros(shape, dtype=torch.int32),
+               "float8": lambda: torch.zeros(shape).to(torch.float8_e4m3fn),
+               "sparse": lambda: torch.zeros(shape).to_sparse()}[bad]()
+    with pytest.raises(InputError, match=key.replace(".", r"\.")):
+        load_checkpoint(_save(tmp_path, sd))
+
+
+def test_truncated_legacy_format_file(tmp_path):
+    full = tmp_path / "full.pth"
+    torch.save(as_layout(tiny_rrdb(4), "rrdb-esrgan-old"), full, _use_new_zipfile_serialization=False)
+    for size in (28, 300, full.stat().st_size // 2):
+        cut = tmp_path / f"cut{size}.pth"
+        cut.write_bytes(full.read_bytes()[:size])
+        with pytest.raises(InputError, match=cut.name):
+            load_checkpoint(cut)
+
+
+def test_metadata_scale_is_validated_and_checked(tmp_path):
+    from safetensors.torch import save_file
+
+    model = tiny_srcnn(3, 1)
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    bad = tmp_path / "bad.safetensors"
+    save_file(tensors, str(bad), metadata={"scale": "x4"})
+    with pytest.raises(InputError, match="metadata scale"):
+        load_checkpoint(bad)
+    good = save_checkpoint(model, model.cfg, tmp_path / "s.safetensors")
+    with pytest.raises(InputError, match="records scale 3"):
+        load_checkpoint(good, 2)
+
+
+def test_partial_srcnn_and_colliding_keys_are_input_errors(tmp_path):
+    sd = as_layout(tiny_srcnn(3), "srcnn")
+    del sd["conv1.weight"]
+    with pytest.raises(InputError):
+        load_checkpoint(_save(tmp_path, sd, "partial.pth"), 3)
+    old = as_layout(tiny_rrdb(4), "rrdb-esrgan-old")
+    old["conv_first.weight"] = old["model.0.weight"].clone()  # renamed model.0 lands on the same name
+    with pytest.raises(InputError, match="both map to"):
+        load_checkpoint(_save(tmp_path, old, "dup.pth"))
+
+
+def test_safetensors_by_content_not_suffix(tmp_path):
+    sd = as_layout(tiny_edsr(2), "edsr-basicsr")
+    upper = _save(tmp_path, sd, "m.safetensors").rename(tmp_path / "M.SAFETENSORS")
+    assert load_checkpoint(upper).arch == "edsr"
+    renamed = _save(tmp_path, sd, "n.safetensors").rename(tmp_path / "n.pth")
+    with pytest.raises(InputError, match="safetensors file with another suffix"):
+        load_checkpoint(renamed)
