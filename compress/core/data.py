@@ -73,13 +73,14 @@ def open_image(src: str | Path | BinaryIO, limit: int | None = None, label: str 
     """Decode an image (a file, or bytes in a file object named ``label``) after checking its header:
     pixel limit, EXIF orientation applied, 16 bits to 8."""
     path = Path(src) if isinstance(src, (str, Path)) else Path(label)
+    hint = " (set SRCOMPRESS_MAX_PIXELS to raise it)" if limit is None else ""
     limit = max_pixels() if limit is None else limit
     try:
         with Image.open(src) as im:
             w, h = im.size
             if w * h > limit:
                 raise ImageTooLarge(f"{path}: {w}x{h} = {w * h / 1e6:.1f} MP is over the {limit / 1e6:g} MP decoding "
-                                 "limit (set SRCOMPRESS_MAX_PIXELS to raise it)")
+                                    f"limit{hint}")
             if w < 1 or h < 1:
                 raise InputError(f"{path}: empty image ({w}x{h})")
             im.load()

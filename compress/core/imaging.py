@@ -115,7 +115,7 @@ def check_encodable(width: int, height: int, fmt: str) -> None:
     side = MAX_SIDE[kind]
     if max(width, height) > side:
         raise InputError(f"a {width}x{height} output is over {kind}'s limit of {side} pixels a side; "
-                         "choose --format png")
+                         "choose the png format")
 
 
 def encode(img: Image.Image, fmt: str = "png", quality: int = 95) -> bytes:

@@ -29,6 +29,19 @@ class Choice:
     why: str
 
 
+def report_scale(report: dict, path: Path) -> int:
+    """The scale a run's report was made for.
+
+    Raises:
+        InputError: the report has no ``header.scale`` (not a report of this pipeline).
+    """
+    header = report.get("header")
+    scale = header.get("scale") if isinstance(header, dict) else None
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise InputError(f"{path}: not a report of this pipeline (no header.scale)")
+    return scale
+
+
 def worst_loss(row: dict) -> float | None:
     """The row's worst dB lost over its evaluation sets (0 for the FP32 reference)."""
     losses = [v for v in row.get("db_lost", {}).values() if isinstance(v, (int, float))]

@@ -330,6 +330,9 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run one command: bad input ends in ``error: <file>: <problem>`` and exit 2; anything unexpected
     in one ``error:`` line and exit 3, with the traceback only under ``--debug``."""
+    for stream in (sys.stdout, sys.stderr):  # a file name with undecodable bytes must not end the run
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     warnings.filterwarnings("default", category=UserWarning, module="compress")
     if not is_writer():  # under torchrun, rank 0 alone reports; every rank still says its errors

@@ -29,7 +29,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     cfg = ServeConfig(artifacts=tuple(Path(a) for a in args.artifact), run=Path(args.run) if args.run else None,
                       blend=tuple(Path(b) for b in args.blend), workers=args.workers, queue=args.queue,
-                      max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, threads=args.threads)
+                      max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, threads=args.threads,
+                      upload_timeout_s=args.upload_timeout_s)
     serve(cfg, args.host, args.port)
     return 0
 
@@ -68,12 +69,14 @@ def add_deploy(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--blend", action="append", default=[],
                    help="with one --artifact: a second checkpoint of the same architecture for the alpha parameter")
     s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=opt.positive_int, default=8000)
+    s.add_argument("--port", type=opt.port, default=8000)
     s.add_argument("--workers", type=opt.positive_int, default=1, help="inference threads")
     s.add_argument("--queue", type=opt.non_negative_int, default=4, help="requests waiting beyond the workers before 503")
     s.add_argument("--max-upload-mb", type=opt.positive_float, default=20.0)
     s.add_argument("--max-pixels", type=opt.positive_int, default=8_000_000, help="decoded input pixels")
     s.add_argument("--threads", type=opt.non_negative_int, default=0, help="runtime threads")
+    s.add_argument("--upload-timeout-s", type=opt.positive_float, default=30.0,
+                   help="an upload not received within this time gets 408 and frees its slot")
     s.set_defaults(func=_cmd_serve)
 
     s = sub.add_parser("interpolate", help="ESRGAN network interpolation of two checkpoints")

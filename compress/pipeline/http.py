@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import time
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from compress.core.errors import InputError
 from compress.pipeline.choose import TARGETS_MS
@@ -30,11 +34,14 @@ async def read_upload(request: Request, limit: int) -> bytes:
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         if length is None:
             raise Refused(411, "a multipart upload needs a Content-Length")
-        async with request.form(max_files=1, max_fields=8) as form:
-            field = form.get("file")
-            if not isinstance(field, UploadFile):
-                raise Refused(422, "multipart upload needs a 'file' field")
-            data = await field.read(limit + 1)
+        try:
+            async with request.form(max_files=1, max_fields=8) as form:
+                field = form.get("file")
+                if not isinstance(field, UploadFile):
+                    raise Refused(422, "multipart upload needs a 'file' field")
+                data = await field.read(limit + 1)
+        except StarletteHTTPException as exc:  # malformed multipart: no boundary, too many parts
+            raise Refused(400, f"malformed multipart upload: {exc.detail}") from exc
     else:
         chunks, size = [], 0
         async for chunk in request.stream():
@@ -50,6 +57,14 @@ async def read_upload(request: Request, limit: int) -> bytes:
     return data
 
 
+async def _read_in_time(request: Request, limit: int, timeout_s: float) -> bytes:
+    """:func:`read_upload` within ``timeout_s``: a stalled or trickling upload must not hold a slot."""
+    try:
+        return await asyncio.wait_for(read_upload(request, limit), timeout_s)
+    except TimeoutError:
+        raise Refused(408, f"upload not received within {timeout_s:g} s") from None
+
+
 def _header(text: str) -> str:
     return text.encode("latin-1", "replace").decode("latin-1").replace("\n", " ")[:300]
 
@@ -58,6 +73,10 @@ def build_app(service: Service) -> FastAPI:
     """The FastAPI application around one loaded :class:`Service`."""
     app = FastAPI(title="srcompress", description="Super-resolution with compressed artifacts")
     limit = int(service.cfg.max_upload_mb * 1024 * 1024)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _bad_params(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -76,11 +95,15 @@ def build_app(service: Service) -> FastAPI:
             if tier not in TARGETS_MS:
                 raise Refused(422, f"tier must be one of {list(TARGETS_MS)}, got {tier!r}")
             with service.slot():  # taken before the upload is read: a busy service reads nothing
-                body, info = await service.upscale(await read_upload(request, limit), scale, tier, format, alpha)
+                data = await _read_in_time(request, limit, service.cfg.upload_timeout_s)
+                body, info = await service.upscale(data, scale, tier, format, alpha)
             headers = {"X-Artifact": _header(info["artifact"]), "X-Runtime": info["runtime"],
                        "X-Inference-Ms": str(info["inference_ms"]), "X-Total-Ms": str(info["total_ms"]),
                        "X-Scale": str(info["scale"]), "X-Model-Choice": _header(info["why"])}
             return Response(body, media_type=MEDIA[format], headers=headers)
+        except ClientDisconnect:
+            status = 499  # nginx's code for a client that hung up: no answer can reach it
+            return Response(status_code=499)
         except Busy:
             status = 503
             return JSONResponse({"error": "busy: every worker is taken; retry shortly"}, status_code=503,
@@ -97,20 +120,20 @@ def build_app(service: Service) -> FastAPI:
         finally:
             service.metrics.observe(tier if tier in TARGETS_MS else "other", status, time.perf_counter() - t0)
 
-    @app.get("/v1/models")
+    @app.api_route("/v1/models", methods=["GET", "HEAD"])
     async def models() -> dict:
         return {"scales": service.models.scales(), "tiers": list(TARGETS_MS),
                 "blend": service.models.blend is not None, "models": service.models.describe()}
 
-    @app.get("/healthz")
+    @app.api_route("/healthz", methods=["GET", "HEAD"])
     async def healthz() -> dict:
         return {"status": "ok"}
 
-    @app.get("/metrics")
+    @app.api_route("/metrics", methods=["GET", "HEAD"])
     async def metrics() -> PlainTextResponse:
         return PlainTextResponse(service.metrics.render(), media_type="text/plain; version=0.0.4")
 
-    @app.get("/")
+    @app.api_route("/", methods=["GET", "HEAD"])
     async def page() -> HTMLResponse:
         return HTMLResponse(PAGE.read_text(encoding="utf-8"))
 
@@ -121,6 +144,18 @@ def serve(cfg: object, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Load the models once, then serve until interrupted."""
     import uvicorn
 
+    _check_bindable(host, port)
     app = build_app(Service(cfg))
     print(f"serving on http://{host}:{port}/", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def _check_bindable(host: str, port: int) -> None:
+    """Refuse a port that is taken (or a host that is not this machine's) before loading any model."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(infos[0][4])
+    except OSError as exc:
+        raise InputError(f"{host}:{port}: cannot listen there ({exc.strerror or exc})") from None

@@ -41,6 +41,13 @@ def quality(text: str) -> int:
     return value
 
 
+def port(text: str) -> int:
+    value = _int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 1..65535, got {value}")
+    return value
+
+
 def scale(text: str) -> int:
     value = _int(text)
     if value not in SCALES:

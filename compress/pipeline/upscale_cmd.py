@@ -4,13 +4,15 @@ The model is ``--artifact FILE`` (any runtime of :mod:`export.runtimes`), or the
 report says meets ``--target`` at each image's size with the least loss (``--run``), or the shipped
 default for ``--scale``. Large images run in tiles of one shape (no re-planning): the model's memory is
 bounded by the tile, and the output is filled tile by tile in 8 bits (3 bytes per output pixel, not
-a float32 image's 12). An output the chosen format cannot hold is refused before the inference.
+a float32 image's 12). Every input is checked before the first inference (readable, within the
+format's size, not overwritten by another's output), so a bad one leaves no partial batch behind.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import sys
+import tempfile
 from pathlib import Path
 
 from tqdm import tqdm
@@ -20,7 +22,7 @@ from compress.core.errors import InputError
 from compress.core.files import write_bytes_atomic
 from compress.core.imaging import FORMATS, check_encodable, decode_file, encode, upscale_decoded
 from compress.core.infer import TileConfig
-from compress.pipeline.choose import choose
+from compress.pipeline.choose import choose, report_scale
 from compress.pipeline.defaults import default_checkpoint
 from compress.core.files import read_json_object
 from compress.pipeline.contract import path_of
@@ -64,12 +66,15 @@ class _Models:
 
     def __init__(self, opts: UpscaleOptions) -> None:
         self.opts, self.cache = opts, {}
-        self.report = read_json_object(path_of(opts.run, "report")) if opts.run is not None else None
+        self.report = None
+        if opts.run is not None:
+            self.report = read_json_object(path_of(opts.run, "report"))
+            self.run_scale = report_scale(self.report, path_of(opts.run, "report"))
 
     def for_image(self, out_mp_per_scale: float) -> tuple[object, int, str]:
         o = self.opts
         if o.run is not None:
-            scale = int(self.report["header"]["scale"])
+            scale = self.run_scale
             pick = choose(o.run, out_mp_per_scale * scale * scale, o.target, o.max_loss_db, self.report)
             path, runtime, why = pick.artifact, pick.runtime, pick.why
         else:
@@ -84,6 +89,17 @@ class _Models:
         return fn, scale, why
 
 
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """One image, checked: the model chosen for its size and where its output goes."""
+
+    path: Path
+    fn: object
+    scale: int
+    why: str
+    target: Path
+
+
 def _refuse_clashes(files: list[Path]) -> None:
     """Two inputs with one name would write one output: refuse before anything is written."""
     seen: dict[str, Path] = {}
@@ -94,27 +110,59 @@ def _refuse_clashes(files: list[Path]) -> None:
         seen[path.stem] = path
 
 
+def _prepare_out(out: Path) -> None:
+    """Create ``out`` and prove it takes a file, before any model is opened."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: --out must be a folder, and this is a file")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise InputError(f"{out}: cannot write there ({exc.strerror or exc})") from None
+
+
+def _check(path: Path, models: _Models, opts: UpscaleOptions, inputs: set[Path]) -> _Job:
+    """Decode ``path`` (the whole file: a truncated one fails here), choose its model, check its output."""
+    img = decode_file(path)
+    h, w = img.rgb.shape[:2]
+    fn, scale, why = models.for_image(h * w / 1e6)
+    try:
+        check_encodable(w * scale, h * scale, opts.fmt)
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from None
+    suffix = "jpg" if opts.fmt in ("jpeg", "jpg") else opts.fmt
+    target = opts.out / f"{path.stem}_x{scale}.{suffix}"
+    if target.resolve() in inputs:
+        raise InputError(f"{target}: is one of the inputs, and {path}'s output would overwrite it; "
+                         "choose another --out")
+    if target.is_dir():
+        raise InputError(f"{target}: a folder stands where {path}'s output goes")
+    return _Job(path, fn, scale, why, target)
+
+
 def upscale_files(inputs: list[str], opts: UpscaleOptions) -> list[dict[str, object]]:
-    """Upscale every image into ``opts.out``; returns one record per image."""
+    """Upscale every image into ``opts.out``; returns one record per image.
+
+    Every input is decoded and checked first (its model, its output's size for the format, its output
+    path), so a bad image or a clash ends the command before any output is written.
+    """
     if opts.fmt not in FORMATS:
         raise InputError(f"--format must be one of {sorted(set(FORMATS))}, got {opts.fmt!r}")
     files = expand(inputs)
-    if opts.out.exists() and not opts.out.is_dir():
-        raise InputError(f"{opts.out}: --out must be a folder, and this is a file")
-    models, done = _Models(opts), []
-    suffix = "jpg" if opts.fmt in ("jpeg", "jpg") else opts.fmt
     _refuse_clashes(files)
-    for path in tqdm(files, desc="upscale", unit="img", disable=len(files) < 2 or None):
-        img = decode_file(path)
-        h, w = img.rgb.shape[:2]
-        fn, scale, why = models.for_image(h * w / 1e6)
+    _prepare_out(opts.out)
+    models, done = _Models(opts), []
+    resolved = {f.resolve() for f in files}
+    quiet = len(files) < 2 or None
+    jobs = [_check(path, models, opts, resolved) for path in tqdm(files, desc="check", unit="img", disable=quiet)]
+    for job in tqdm(jobs, desc="upscale", unit="img", disable=quiet):
+        out = upscale_decoded(job.fn, decode_file(job.path), job.scale, TileConfig(tile=opts.tile))
         try:
-            check_encodable(w * scale, h * scale, opts.fmt)
-        except InputError as e:
-            raise InputError(f"{path}: {e}") from None
-        out = upscale_decoded(fn, img, scale, TileConfig(tile=opts.tile))
-        target = opts.out / f"{path.stem}_x{scale}.{suffix}"
-        write_bytes_atomic(target, encode(out, opts.fmt, opts.quality))
-        done.append({"input": str(path), "output": str(target), "size": [out.width, out.height], "model": why})
-        tqdm.write(f"{path} -> {target} ({out.width}x{out.height}; {why})", file=sys.stdout)
+            write_bytes_atomic(job.target, encode(out, opts.fmt, opts.quality))
+        except OSError as exc:
+            raise InputError(f"{job.target}: cannot write ({exc.strerror or exc})") from None
+        done.append({"input": str(job.path), "output": str(job.target), "size": [out.width, out.height],
+                     "model": job.why})
+        tqdm.write(f"{job.path} -> {job.target} ({out.width}x{out.height}; {job.why})", file=sys.stdout)
     return done

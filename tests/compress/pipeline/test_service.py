@@ -89,7 +89,7 @@ def test_bad_requests_get_their_status_and_a_json_error(service, make, query, st
     code, headers, body = post(url, make(), query)
     assert code == status, body[:300]
     assert headers["content-type"].startswith("application/json")
-    assert message in json.loads(body)["error"]
+    assert message in json.loads(body)["error"] and "SRCOMPRESS" not in json.loads(body)["error"]
 
 
 def test_an_upload_over_the_byte_limit_is_refused_from_its_length_before_it_is_read(service):
@@ -135,3 +135,57 @@ def test_alpha_blends_the_two_networks(service):
     outs = {a: np.asarray(Image.open(io.BytesIO(post(url, img, f"?alpha={a}")[2]))) for a in (0.0, 0.5, 1.0)}
     assert not np.array_equal(outs[0.0], outs[1.0])
     assert not np.array_equal(outs[0.5], outs[0.0]) and not np.array_equal(outs[0.5], outs[1.0])
+
+
+def _raw_connection(service, timeout=30):
+    import http.client
+    from urllib.parse import urlparse
+
+    host = urlparse(service[0])
+    return http.client.HTTPConnection(host.hostname, host.port, timeout=timeout)
+
+
+def test_a_stalled_upload_gets_408_and_frees_its_slot(service):
+    conn = _raw_connection(service)
+    conn.putrequest("POST", "/v1/upscale")
+    conn.putheader("Content-Type", "application/octet-stream")
+    conn.putheader("Content-Length", "100")
+    conn.endheaders()  # and then nothing: the only worker slot is held until the upload timeout
+    response = conn.getresponse()
+    assert response.status == 408 and "not received within" in json.loads(response.read())["error"]
+    conn.close()
+    assert post(service[0], png((16, 16)))[0] == 200
+
+
+def test_malformed_multipart_is_400_not_500(service):
+    url, _ = service
+    code, _, body = post(url, png((16, 16)), "", {"Content-Type": "multipart/form-data"})  # no boundary
+    assert code == 400 and "malformed multipart" in json.loads(body)["error"]
+
+
+def test_head_probes_and_unknown_routes_answer_in_json(service):
+    conn = _raw_connection(service)
+    conn.request("HEAD", "/healthz")
+    response = conn.getresponse()
+    response.read()
+    assert response.status == 200
+    conn.request("GET", "/nowhere")
+    response = conn.getresponse()
+    assert response.status == 404 and "error" in json.loads(response.read())
+    conn.close()
+
+
+def test_a_port_in_use_or_out_of_range_is_refused_before_models_load(tiny_checkpoints, capsys):
+    import socket
+
+    from compress.pipeline.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--artifact", str(tiny_checkpoints[0]), "--port", str(port)]) == 2
+    assert "cannot listen there" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--artifact", str(tiny_checkpoints[0]), "--port", "99999"])
+    assert exc.value.code == 2

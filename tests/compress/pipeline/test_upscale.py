@@ -110,3 +110,36 @@ def test_an_output_with_nan_is_refused_not_written_black(tmp_path):
     img = decode_file(write_image(tmp_path / "x.png", (16, 16)))
     with pytest.raises(InputError, match="NaN or Inf"):
         upscale_decoded(lambda x: np.full((1, 3, 32, 32), np.nan, dtype=np.float32), img, 2)
+
+
+def test_an_output_that_would_overwrite_an_input_is_refused_before_any_write(tmp_path, ckpt, capsys):
+    folder = tmp_path / "same"
+    folder.mkdir()
+    write_image(folder / "a.png", (12, 10), seed=1)
+    write_image(folder / "a_x2.png", (8, 6), seed=2)  # the user's own file, named like a's output
+    before = (folder / "a_x2.png").read_bytes()
+    assert main(["upscale", str(folder), "--out", str(folder), "--artifact", str(ckpt)]) == 2
+    assert "a_x2.png: is one of the inputs" in capsys.readouterr().err
+    assert (folder / "a_x2.png").read_bytes() == before and sorted(p.name for p in folder.iterdir()) == ["a.png",
+                                                                                                        "a_x2.png"]
+
+
+def test_a_bad_image_in_a_batch_stops_it_before_any_output(tmp_path, ckpt, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    write_image(src / "a.png", (12, 10))
+    (src / "b.png").write_bytes(write_image(tmp_path / "whole.png", (40, 30)).read_bytes()[:80])  # truncated
+    write_image(src / "c.png", (12, 10))
+    assert main(["upscale", str(src), "--out", str(tmp_path / "out"), "--artifact", str(ckpt)]) == 2
+    assert "b.png" in capsys.readouterr().err and not list((tmp_path / "out").iterdir())
+
+
+def test_an_unwritable_out_and_a_report_without_header_are_input_errors(tmp_path, ckpt, capsys):
+    img = write_image(tmp_path / "x.png", (12, 10))
+    (tmp_path / "afile").write_text("")
+    assert main(["upscale", str(img), "--out", str(tmp_path / "afile" / "sub"), "--artifact", str(ckpt)]) == 2
+    assert "cannot write there" in capsys.readouterr().err
+    (tmp_path / "run" / "50-report").mkdir(parents=True)
+    (tmp_path / "run" / "50-report" / "report.json").write_text("{}")
+    assert main(["upscale", str(img), "--out", str(tmp_path / "o"), "--run", str(tmp_path / "run")]) == 2
+    assert "no header.scale" in capsys.readouterr().err
