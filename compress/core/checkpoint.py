@@ -94,7 +94,11 @@ def _read_file(path: Path) -> tuple[dict[str, object], dict[str, str]]:
             return dict(load_file(str(path), device="cpu")), meta
         except (SafetensorError, OSError, ValueError) as exc:
             raise InputError(f"{path}: not a readable safetensors file ({exc})") from exc
-    if _looks_like_safetensors(path):
+    try:
+        sniffed = _looks_like_safetensors(path)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    if sniffed:
         raise InputError(f"{path}: a safetensors file with another suffix; name it *.safetensors")
     try:
         with warnings.catch_warnings():  # torch's pickle-protocol notes would precede the one-line error
@@ -217,7 +221,7 @@ def _recorded_scale(meta: dict[str, str], path: Path) -> int | None:
     text = meta.get("scale")
     if not text:
         return None
-    if not text.isdigit() or int(text) < 1:
+    if not (text.isascii() and text.isdecimal()) or int(text) < 1:
         raise InputError(f"{path}: metadata scale={text!r} is not a positive integer")
     return int(text)
 
@@ -233,7 +237,7 @@ def from_state_dict(sd: dict[str, torch.Tensor], scale: int | None, path: Path,
     layout = detect_layout(sd, path)
     try:
         cfg, canon = layout.to_canonical(sd, scale)
-    except (ValueError, KeyError, IndexError, TypeError, ZeroDivisionError) as exc:
+    except (ValueError, KeyError, IndexError, TypeError, ZeroDivisionError, RuntimeError) as exc:
         raise InputError(f"{path}: layout {layout.name}: tensor shapes fit no {layout.arch} model ({_first_line(exc)})") from exc
     cfg = unshaped.apply(cfg)
     if scale is not None and cfg.scale != scale:
@@ -261,6 +265,22 @@ def _check_tensors(sd: dict[str, torch.Tensor], path: Path) -> None:
                              "data stored for it")
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise InputError(f"{path}: tensor {key!r} contains NaN or Inf values")
+    _refuse_shared_storage(sd, path)
+
+
+def _refuse_shared_storage(sd: dict[str, torch.Tensor], path: Path) -> None:
+    """Tensors that overlap in one storage would let a small file fill a large model: refuse them."""
+    owner: dict[int, str] = {}
+    stored = claimed = 0
+    for key, tensor in sd.items():
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in owner:
+            owner[storage.data_ptr()] = key
+            stored += storage.nbytes()
+        claimed += tensor.numel() * tensor.element_size()
+        if claimed > stored:
+            raise InputError(f"{path}: tensor {key!r} shares its data with {owner[storage.data_ptr()]!r}; "
+                             "each weight must be stored once")
 
 
 def _check_shapes(skeleton: nn.Module, canon: dict[str, torch.Tensor], path: Path, layout: str) -> None:
@@ -303,7 +323,7 @@ def save_checkpoint(
     dtype = torch.float16 if fp16 else torch.float32
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
     meta = {"arch": arch_of(cfg), "scale": str(cfg.scale), "layout": of_config(cfg).canonical_layout}
-    meta |= {k: repr(v) for k, v in dataclasses.asdict(Unshaped.of(cfg)).items() if v is not None}
+    meta |= {k: str(float(v)) for k, v in dataclasses.asdict(Unshaped.of(cfg)).items() if v is not None}
     meta["extra"] = json.dumps(metadata or {}, sort_keys=True)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)

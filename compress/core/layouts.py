@@ -115,7 +115,10 @@ def _edsr_range(sd: StateDict) -> float:
         if weight is not None and (weight.shape != eye.shape or not torch.allclose(weight.double(), eye, atol=1e-4)):
             raise ValueError(f"{name}.weight is not the identity (an rgb_std other than 1 is not supported)")
     bias = sd["add_mean.bias"].double().flatten()
-    if "sub_mean.bias" in sd and not torch.allclose(sd["sub_mean.bias"].double().flatten(), -bias, atol=1e-3):
+    sub = sd.get("sub_mean.bias", -bias).double().flatten()
+    if bias.numel() != 3 or sub.numel() != 3:
+        raise ValueError(f"mean shifts of {bias.numel()} and {sub.numel()} values; an RGB EDSR has 3")
+    if not torch.allclose(sub, -bias, atol=1e-3):
         raise ValueError("sub_mean.bias is not the negative of add_mean.bias")
     return 255.0 if float(bias.abs().max()) > 1.5 else 1.0
 

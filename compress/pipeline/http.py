@@ -120,23 +120,26 @@ def build_app(service: Service) -> FastAPI:
         finally:
             service.metrics.observe(tier if tier in TARGETS_MS else "other", status, time.perf_counter() - t0)
 
-    @app.api_route("/v1/models", methods=["GET", "HEAD"])
+    @app.get("/v1/models")
     async def models() -> dict:
         return {"scales": service.models.scales(), "tiers": list(TARGETS_MS),
                 "blend": service.models.blend is not None, "models": service.models.describe()}
 
-    @app.api_route("/healthz", methods=["GET", "HEAD"])
+    @app.get("/healthz")
     async def healthz() -> dict:
         return {"status": "ok"}
 
-    @app.api_route("/metrics", methods=["GET", "HEAD"])
+    @app.get("/metrics")
     async def metrics() -> PlainTextResponse:
         return PlainTextResponse(service.metrics.render(), media_type="text/plain; version=0.0.4")
 
-    @app.api_route("/", methods=["GET", "HEAD"])
+    @app.get("/")
     async def page() -> HTMLResponse:
         return HTMLResponse(PAGE.read_text(encoding="utf-8"))
 
+    for route in list(app.routes):  # HEAD for probes, kept out of the OpenAPI schema (one operation per GET)
+        if "GET" in getattr(route, "methods", ()) and getattr(route, "include_in_schema", False):
+            app.add_api_route(route.path, route.endpoint, methods=["HEAD"], include_in_schema=False)
     return app
 
 
@@ -151,11 +154,18 @@ def serve(cfg: object, host: str = "127.0.0.1", port: int = 8000) -> None:
 
 
 def _check_bindable(host: str, port: int) -> None:
-    """Refuse a port that is taken (or a host that is not this machine's) before loading any model."""
+    """Refuse a port that is taken (or a host that is not this machine's) before loading any model.
+
+    Binds as asyncio's server will: every address ``host`` resolves to (all interfaces for ``""``),
+    IPv6 sockets v6-only. Another process may still take the port between this check and uvicorn's bind.
+    """
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        with socket.socket(infos[0][0], socket.SOCK_STREAM) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(infos[0][4])
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, proto, _, address in infos:
+            with socket.socket(family, kind, proto) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(address)
     except OSError as exc:
         raise InputError(f"{host}:{port}: cannot listen there ({exc.strerror or exc})") from None

@@ -10,6 +10,7 @@ format's size, not overwritten by another's output), so a bad one leaves no part
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import tempfile
@@ -110,16 +111,18 @@ def _refuse_clashes(files: list[Path]) -> None:
         seen[path.stem] = path
 
 
-def _prepare_out(out: Path) -> None:
-    """Create ``out`` and prove it takes a file, before any model is opened."""
+def _prepare_out(out: Path) -> bool:
+    """Create ``out`` and prove it takes a file, before any model is opened; True if it was created."""
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: --out must be a folder, and this is a file")
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
             pass
     except OSError as exc:
         raise InputError(f"{out}: cannot write there ({exc.strerror or exc})") from None
+    return created
 
 
 def _check(path: Path, models: _Models, opts: UpscaleOptions, inputs: set[Path]) -> _Job:
@@ -151,11 +154,17 @@ def upscale_files(inputs: list[str], opts: UpscaleOptions) -> list[dict[str, obj
         raise InputError(f"--format must be one of {sorted(set(FORMATS))}, got {opts.fmt!r}")
     files = expand(inputs)
     _refuse_clashes(files)
-    _prepare_out(opts.out)
-    models, done = _Models(opts), []
-    resolved = {f.resolve() for f in files}
+    created = _prepare_out(opts.out)
+    resolved, done = {f.resolve() for f in files}, []
     quiet = len(files) < 2 or None
-    jobs = [_check(path, models, opts, resolved) for path in tqdm(files, desc="check", unit="img", disable=quiet)]
+    try:
+        models = _Models(opts)
+        jobs = [_check(path, models, opts, resolved) for path in tqdm(files, desc="check", unit="img", disable=quiet)]
+    except InputError:
+        if created:  # a refused batch leaves nothing behind, not even the folder it made
+            with contextlib.suppress(OSError):
+                opts.out.rmdir()
+        raise
     for job in tqdm(jobs, desc="upscale", unit="img", disable=quiet):
         out = upscale_decoded(job.fn, decode_file(job.path), job.scale, TileConfig(tile=opts.tile))
         try:

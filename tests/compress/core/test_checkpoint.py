@@ -154,13 +154,15 @@ def test_unknown_layout_error_is_one_line(tmp_path):
 
 def test_res_scale_and_range_survive_save_load_and_rebuild(tmp_path):
     torch.manual_seed(0)
-    model = EDSR(EDSRConfig(scale=2, num_feat=16, num_block=2, res_scale=0.1)).eval()  # shapes say 1.0
+    cfg = EDSRConfig(scale=2, num_feat=16, num_block=2, res_scale=0.1, img_range=1.0, rgb_mean=(0.5, 0.4, 0.3))
+    model = EDSR(cfg).eval()  # shapes alone say res_scale 1.0 and img_range 255
     loaded = load_checkpoint(save_checkpoint(model, model.cfg, tmp_path / "r.safetensors"))
-    assert loaded.config.res_scale == 0.1
+    rebuilt = rebuild(model, 2)
+    assert loaded.config == cfg and rebuilt.config == cfg
     x = torch.rand(1, 3, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(loaded.model(x), model(x))
-        assert rebuild(model, 2).config.res_scale == 0.1
+        torch.testing.assert_close(rebuilt.model(x), model(x))
 
 
 def test_official_edsr_trained_on_unit_range(tmp_path):
@@ -244,3 +246,18 @@ def test_safetensors_by_content_not_suffix(tmp_path):
     renamed = _save(tmp_path, sd, "n.safetensors").rename(tmp_path / "n.pth")
     with pytest.raises(InputError, match="safetensors file with another suffix"):
         load_checkpoint(renamed)
+
+
+def test_weights_sharing_one_storage_are_refused(tmp_path):
+    sd = as_layout(tiny_edsr(2), "edsr-basicsr")
+    for i in range(2):  # a small file would fill every block from one tensor
+        sd[f"body.{i}.conv1.weight"] = sd["body.0.conv2.weight"]
+    with pytest.raises(InputError, match="shares its data"):
+        load_checkpoint(_save(tmp_path, sd))
+
+
+def test_official_mean_shift_of_wrong_length_is_an_input_error(tmp_path):
+    sd = as_layout(tiny_edsr(2), "edsr-official")
+    sd["sub_mean.bias"] = torch.zeros(4)
+    with pytest.raises(InputError, match="3"):
+        load_checkpoint(_save(tmp_path, sd))

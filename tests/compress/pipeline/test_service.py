@@ -165,13 +165,17 @@ def test_malformed_multipart_is_400_not_500(service):
 
 def test_head_probes_and_unknown_routes_answer_in_json(service):
     conn = _raw_connection(service)
-    conn.request("HEAD", "/healthz")
-    response = conn.getresponse()
-    response.read()
-    assert response.status == 200
+    for route in ("/healthz", "/", "/metrics"):
+        conn.request("HEAD", route)
+        response = conn.getresponse()
+        assert response.status == 200 and response.read() == b""
     conn.request("GET", "/nowhere")
     response = conn.getresponse()
     assert response.status == 404 and "error" in json.loads(response.read())
+    conn.request("GET", "/openapi.json")
+    schema = json.loads(conn.getresponse().read())
+    operations = [op["operationId"] for path in schema["paths"].values() for op in path.values()]
+    assert len(operations) == len(set(operations)) and "head" not in json.dumps(schema["paths"])
     conn.close()
 
 

@@ -131,7 +131,7 @@ def test_a_bad_image_in_a_batch_stops_it_before_any_output(tmp_path, ckpt, capsy
     (src / "b.png").write_bytes(write_image(tmp_path / "whole.png", (40, 30)).read_bytes()[:80])  # truncated
     write_image(src / "c.png", (12, 10))
     assert main(["upscale", str(src), "--out", str(tmp_path / "out"), "--artifact", str(ckpt)]) == 2
-    assert "b.png" in capsys.readouterr().err and not list((tmp_path / "out").iterdir())
+    assert "b.png" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
 def test_an_unwritable_out_and_a_report_without_header_are_input_errors(tmp_path, ckpt, capsys):
