@@ -252,7 +252,14 @@ def from_state_dict(sd: dict[str, torch.Tensor], scale: int | None, path: Path,
 
 
 def _check_tensors(sd: dict[str, torch.Tensor], path: Path) -> None:
-    """Dense CPU float weights only, each backed by as much data as it claims, all finite."""
+    """Dense CPU float weights only, each backed by as much data as it claims and by data of its own
+    (tensors overlapping in one storage would let a small file fill a large model), all finite.
+
+    The storage checks come before the finiteness check, which would otherwise read an expanded view
+    at its full size.
+    """
+    owner: dict[int, str] = {}
+    stored = claimed = 0
     for key, tensor in sd.items():
         if tensor.device.type != "cpu" or tensor.layout != torch.strided or tensor.is_quantized:
             raise InputError(f"{path}: tensor {key!r} is a {tensor.layout} {tensor.device.type} tensor"
@@ -260,27 +267,17 @@ def _check_tensors(sd: dict[str, torch.Tensor], path: Path) -> None:
         if (tensor.is_floating_point() or tensor.is_complex()) and tensor.dtype not in WEIGHT_DTYPES:
             raise InputError(f"{path}: tensor {key!r} has dtype {tensor.dtype}; weights must be float16, bfloat16, "
                              "float32 or float64")
-        if tensor.numel() * tensor.element_size() > tensor.untyped_storage().nbytes():
+        storage, size = tensor.untyped_storage(), tensor.numel() * tensor.element_size()
+        if size > storage.nbytes():
             raise InputError(f"{path}: tensor {key!r} of shape {tuple(tensor.shape)} is a view larger than the "
                              "data stored for it")
+        first = owner.setdefault(storage.data_ptr(), key)
+        stored += storage.nbytes() if first == key else 0
+        claimed += size
+        if claimed > stored:
+            raise InputError(f"{path}: tensor {key!r} shares its data with {first!r}; each weight must be stored once")
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise InputError(f"{path}: tensor {key!r} contains NaN or Inf values")
-    _refuse_shared_storage(sd, path)
-
-
-def _refuse_shared_storage(sd: dict[str, torch.Tensor], path: Path) -> None:
-    """Tensors that overlap in one storage would let a small file fill a large model: refuse them."""
-    owner: dict[int, str] = {}
-    stored = claimed = 0
-    for key, tensor in sd.items():
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in owner:
-            owner[storage.data_ptr()] = key
-            stored += storage.nbytes()
-        claimed += tensor.numel() * tensor.element_size()
-        if claimed > stored:
-            raise InputError(f"{path}: tensor {key!r} shares its data with {owner[storage.data_ptr()]!r}; "
-                             "each weight must be stored once")
 
 
 def _check_shapes(skeleton: nn.Module, canon: dict[str, torch.Tensor], path: Path, layout: str) -> None:

@@ -29,17 +29,19 @@ class Choice:
     why: str
 
 
-def report_scale(report: dict, path: Path) -> int:
-    """The scale a run's report was made for.
+def read_report(run: Path) -> tuple[dict, int]:
+    """A run's parsed ``report.json`` and the scale it was made for.
 
     Raises:
-        InputError: the report has no ``header.scale`` (not a report of this pipeline).
+        InputError: no readable report, or one without ``header.scale`` (not a report of this pipeline).
     """
+    path = path_of(run, "report")
+    report = read_json_object(path)
     header = report.get("header")
     scale = header.get("scale") if isinstance(header, dict) else None
     if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
         raise InputError(f"{path}: not a report of this pipeline (no header.scale)")
-    return scale
+    return report, scale
 
 
 def worst_loss(row: dict) -> float | None:

@@ -8,9 +8,8 @@ from pathlib import Path
 
 
 from compress.core.errors import InputError
-from compress.core.files import read_json_object
 from compress.core.infer import Upscaler
-from compress.pipeline.choose import TARGETS_MS, choose, report_scale, worst_loss
+from compress.pipeline.choose import TARGETS_MS, choose, read_report, worst_loss
 from compress.pipeline.contract import path_of
 from compress.pipeline.defaults import DEFAULT_MODELS, default_checkpoint
 from export.runtimes import for_file, open_artifact, probe_scale
@@ -51,8 +50,8 @@ class ModelSet:
             self._prepare_blend(artifacts, blend)
 
     def _open_run(self, run: Path) -> None:
-        self.report = report = read_json_object(path_of(run, "report"))
-        scale = report_scale(report, path_of(run, "report"))
+        report, scale = read_report(run)
+        self.report = report
         for row in report.get("rows", []):
             loss = worst_loss(row)
             if row.get("latency") and loss is not None and loss <= self.max_loss_db:

@@ -23,10 +23,8 @@ from compress.core.errors import InputError
 from compress.core.files import write_bytes_atomic
 from compress.core.imaging import FORMATS, check_encodable, decode_file, encode, upscale_decoded
 from compress.core.infer import TileConfig
-from compress.pipeline.choose import choose, report_scale
+from compress.pipeline.choose import choose, read_report
 from compress.pipeline.defaults import default_checkpoint
-from compress.core.files import read_json_object
-from compress.pipeline.contract import path_of
 from export.runtimes import open_artifact, probe_scale
 
 
@@ -67,10 +65,7 @@ class _Models:
 
     def __init__(self, opts: UpscaleOptions) -> None:
         self.opts, self.cache = opts, {}
-        self.report = None
-        if opts.run is not None:
-            self.report = read_json_object(path_of(opts.run, "report"))
-            self.run_scale = report_scale(self.report, path_of(opts.run, "report"))
+        self.report, self.run_scale = read_report(opts.run) if opts.run is not None else (None, None)
 
     def for_image(self, out_mp_per_scale: float) -> tuple[object, int, str]:
         o = self.opts
