@@ -144,28 +144,42 @@ def build_app(service: Service) -> FastAPI:
 
 
 def serve(cfg: object, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Load the models once, then serve until interrupted."""
+    """Bind the port, load the models once, then serve on the bound sockets until interrupted."""
     import uvicorn
 
-    _check_bindable(host, port)
-    app = build_app(Service(cfg))
-    print(f"serving on http://{host}:{port}/", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    sockets = _listen(host, port)
+    try:
+        app = build_app(Service(cfg))
+        print(f"serving on http://{host}:{port}/", flush=True)
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning")
+        uvicorn.Server(config).run(sockets=sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
-def _check_bindable(host: str, port: int) -> None:
-    """Refuse a port that is taken (or a host that is not this machine's) before loading any model.
+def _listen(host: str, port: int) -> list[socket.socket]:
+    """Bind and listen on every address ``host`` resolves to, before any model loads.
 
-    Binds as asyncio's server will: every address ``host`` resolves to (all interfaces for ``""``),
-    IPv6 sockets v6-only. Another process may still take the port between this check and uvicorn's bind.
+    Binds as asyncio's server would (all interfaces for ``""``, IPv6 sockets v6-only), and the
+    sockets are handed to uvicorn, so no other process can take the port between this check and serving.
+
+    Raises:
+        InputError: the port is taken, or ``host`` is not an address of this machine.
     """
+    sockets: list[socket.socket] = []
     try:
         infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         for family, kind, proto, _, address in infos:
-            with socket.socket(family, kind, proto) as sock:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                sock.bind(address)
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(2048)
     except OSError as exc:
+        for sock in sockets:
+            sock.close()
         raise InputError(f"{host}:{port}: cannot listen there ({exc.strerror or exc})") from None
+    return sockets

@@ -193,3 +193,22 @@ def test_a_port_in_use_or_out_of_range_is_refused_before_models_load(tiny_checkp
     with pytest.raises(SystemExit) as exc:
         main(["serve", "--artifact", str(tiny_checkpoints[0]), "--port", "99999"])
     assert exc.value.code == 2
+
+
+def test_the_port_is_held_from_the_check_to_serving():
+    """The check's own sockets are the ones served on, so no other process can take the port in between."""
+    import socket
+
+    from compress.core.errors import InputError
+    from compress.pipeline.http import _listen
+
+    held = _listen("127.0.0.1", 0)
+    try:
+        port = held[0].getsockname()[1]
+        with pytest.raises(InputError, match="cannot listen there"):
+            _listen("127.0.0.1", port)
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass  # already listening: connections queue until uvicorn accepts them
+    finally:
+        for sock in held:
+            sock.close()
