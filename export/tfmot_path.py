@@ -37,6 +37,12 @@ class TFLiteQATConfig:
     lr: float = 1e-6
     patch: PatchConfig = PatchConfig(lr_patch=32, batch_size=8, seed=4)
 
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"TFLiteQATConfig.steps must be >= 1, got {self.steps}")
+        if not self.lr > 0:
+            raise ValueError(f"TFLiteQATConfig.lr must be > 0, got {self.lr}")
+
 
 def _tfmot():  # noqa: ANN202
     keras()

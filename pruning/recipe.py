@@ -52,6 +52,8 @@ class PruneRecipe:
     train: TrainConfig = TrainConfig(steps=300, lr=1e-4, distill_weight=0.5)
 
     def __post_init__(self) -> None:
+        if not self.data:
+            raise ValueError("data must be 'default' or a folder, got ''")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.scope not in ("layer", "global"):

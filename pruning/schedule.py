@@ -16,6 +16,9 @@ import dataclasses
 from typing import Any
 
 
+MAX_EVENTS = 100_000  # pruning events a schedule may ask for (each recomputes every mask)
+
+
 @dataclasses.dataclass(frozen=True)
 class PolynomialDecay:
     """Sparsity that rises polynomially from ``initial_sparsity`` to ``final_sparsity``.
@@ -53,6 +56,9 @@ class PolynomialDecay:
             raise ValueError(f"PolynomialDecay.frequency must be >= 1, got {self.frequency}")
         if self.power <= 0:
             raise ValueError(f"PolynomialDecay.power must be > 0, got {self.power}")
+        if (self.end_step - self.begin_step) // self.frequency > MAX_EVENTS:
+            raise ValueError(f"PolynomialDecay: {(self.end_step - self.begin_step) // self.frequency} pruning events "
+                             f"(end_step - begin_step) / frequency, more than {MAX_EVENTS}; raise frequency")
 
     def __call__(self, step: int) -> float:
         """Target sparsity at ``step`` (clamped before ``begin_step`` and after ``end_step``)."""

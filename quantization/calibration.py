@@ -13,8 +13,11 @@ from pathlib import Path
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
-from compress.core.data import load_pair
+from compress.core.data import MAX_LR_PATCH, load_pair
 from compress.core.errors import InputError
+
+
+MAX_PATCHES_PER_IMAGE = 4096  # calibration patches are held in memory: a bound on what a recipe can ask for
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,8 +39,14 @@ class CalibrationConfig:
     def __post_init__(self) -> None:
         if self.lr_patch < 8:
             raise ValueError(f"CalibrationConfig.lr_patch must be >= 8, got {self.lr_patch}")
-        if self.patches_per_image < 1:
-            raise ValueError(f"CalibrationConfig.patches_per_image must be >= 1, got {self.patches_per_image}")
+        if self.lr_patch > MAX_LR_PATCH:
+            raise ValueError(f"CalibrationConfig.lr_patch must be <= {MAX_LR_PATCH}, got {self.lr_patch}")
+        if not 1 <= self.patches_per_image <= MAX_PATCHES_PER_IMAGE:
+            raise ValueError(f"CalibrationConfig.patches_per_image must be in [1, {MAX_PATCHES_PER_IMAGE}], "
+                             f"got {self.patches_per_image}")
+        for name in ("max_images", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"CalibrationConfig.{name} must be >= 0, got {getattr(self, name)}")
 
 
 def iter_patches(paths: Sequence[Path], scale: int, cfg: CalibrationConfig) -> Iterator[np.ndarray]:

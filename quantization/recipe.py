@@ -76,6 +76,9 @@ class QuantRecipe:
     nncf: NNCFConfig = NNCFConfig()
 
     def __post_init__(self) -> None:
+        for name in ("data", "calibration_data"):
+            if not getattr(self, name):
+                raise ValueError(f"{name} must be 'default' or a folder, got ''")
         bad = [m for m in self.ptq_methods if m not in METHODS]
         if bad or not self.ptq_methods:
             raise ValueError(f"ptq_methods must be a non-empty subset of {METHODS}, got {list(self.ptq_methods)}")

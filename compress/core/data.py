@@ -43,6 +43,8 @@ def list_images(folder: str | Path) -> list[Path]:
 #: Decoded-pixel limit, checked from the header before decoding (``SRCOMPRESS_MAX_PIXELS`` overrides it).
 #: 50 MP is about 600 MB as float32 RGB, well under the memory this toolkit plans for.
 DEFAULT_MAX_PIXELS = 50_000_000
+MAX_BATCH = 4096  # patches per batch: beyond any CPU or single-GPU memory at SR patch sizes
+MAX_LR_PATCH = 1024  # LR patch side in pixels
 Image.MAX_IMAGE_PIXELS = None  # our own limit, with a clean error, replaces PIL's bomb warning / error
 
 
@@ -203,8 +205,12 @@ class PatchConfig:
     def __post_init__(self) -> None:
         if self.lr_patch < 4:
             raise ValueError(f"PatchConfig.lr_patch must be >= 4, got {self.lr_patch}")
-        if self.batch_size < 1:
-            raise ValueError(f"PatchConfig.batch_size must be >= 1, got {self.batch_size}")
+        if not 1 <= self.batch_size <= MAX_BATCH:
+            raise ValueError(f"PatchConfig.batch_size must be in [1, {MAX_BATCH}], got {self.batch_size}")
+        if self.lr_patch > MAX_LR_PATCH:
+            raise ValueError(f"PatchConfig.lr_patch must be <= {MAX_LR_PATCH}, got {self.lr_patch}")
+        if self.seed < 0:
+            raise ValueError(f"PatchConfig.seed must be >= 0, got {self.seed}")
 
 
 def check_patchable(pairs: Sequence[ImagePair], lr_patch: int) -> None:

@@ -130,9 +130,34 @@ def read_sidecar(artifact: str | Path, verify: bool = True) -> dict[str, object]
     return record
 
 
+def sidecar_quality(record: dict[str, object], where: str | Path) -> dict[str, dict[str, float]]:
+    """A sidecar's ``quality``: evaluation set -> metrics with a numeric ``psnr_y_db`` (``{}`` if absent).
+
+    Raises:
+        InputError: naming ``where`` when the entry has another shape.
+    """
+    quality = record.get("quality", {})
+    ok = isinstance(quality, dict) and all(
+        isinstance(m, dict) and isinstance(m.get("psnr_y_db"), (int, float)) and not isinstance(m["psnr_y_db"], bool)
+        for m in quality.values())
+    if not ok:
+        raise InputError(f"{where}: 'quality' must map each evaluation set to its metrics with a psnr_y_db; "
+                         "rerun the stage that wrote it")
+    return {name: dict(metrics) for name, metrics in quality.items()}  # type: ignore[union-attr]
+
+
+def read_stage_seconds(run: str | Path) -> dict[str, float]:
+    """``<run>/stage_seconds.json``: each stage's wall time (``{}`` before any stage ran)."""
+    path = Path(run) / "stage_seconds.json"
+    times = read_json_object(path) if path.is_file() else {}
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in times.values()):
+        raise InputError(f"{path}: every stage's seconds must be a number")
+    return times
+
+
 def record_stage_seconds(run: str | Path, stage: str, seconds: float) -> Path:
     """Set ``stage``'s wall time in ``<run>/stage_seconds.json`` (the report sums them)."""
     path = Path(run) / "stage_seconds.json"
-    times = read_json_object(path) if path.is_file() else {}
+    times = read_stage_seconds(run)
     times[stage] = round(seconds, 1)
     return write_json_atomic(path, times)

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from compress.core.errors import InputError
 
 T = TypeVar("T")
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # TOML's integer range, which tomllib does not enforce
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:
@@ -42,6 +43,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         args = typing.get_args(tp)
         inner = args[0] if args else Any
         return tuple(_coerce(inner, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
+        raise InputError(f"{where}: integer {value} is outside TOML's 64-bit range")
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InputError(f"{where}: expected a number, got {value!r}")
@@ -60,17 +63,30 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
 
 
 def from_mapping(cls: type[T], mapping: dict[str, Any], where: str = "recipe") -> T:
-    """Build dataclass ``cls`` from a mapping, validating names, types and values."""
+    """Build dataclass ``cls`` from a mapping, validating names, types and values.
+
+    ``where`` names the mapping in errors (``""``: the top level of a file, named by the caller); a
+    nested table's fields are named ``where.table.field``.
+    """
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    names = {f.name for f in fields}
     unknown = sorted(set(mapping) - names)
     if unknown:
-        raise InputError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(names)}")
-    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in mapping.items()}
+        raise InputError(f"{_at(where)}unknown field(s) {unknown}; allowed: {sorted(names)}")
+    missing = [f.name for f in fields if f.name not in mapping and f.init
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise InputError(f"{_at(where)}missing field(s) {missing}")
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in mapping.items()}
     try:
         return cls(**kwargs)
-    except (ValueError, TypeError) as exc:
-        raise InputError(f"{where}: {exc}") from exc
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InputError(f"{_at(where)}{exc}") from exc
+
+
+def _at(where: str) -> str:
+    return f"{where}: " if where else ""
 
 
 def load_recipe(cls: type[T], path: str | Path, overrides: dict[str, Any] | None = None) -> T:
@@ -85,7 +101,10 @@ def load_recipe(cls: type[T], path: str | Path, overrides: dict[str, Any] | None
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{path}: not valid TOML ({exc})") from exc
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return from_mapping(cls, data, where=str(path))
+    try:
+        return from_mapping(cls, data, where="")
+    except InputError as exc:  # the file first, then the field: "error: <file>: train.lr: ..."
+        raise InputError(f"{path}: {exc}") from None
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

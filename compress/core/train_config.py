@@ -108,6 +108,13 @@ class TrainConfig:
                 f"TrainConfig.feature_distill_weight must be finite and >= 0, got {self.feature_distill_weight}")
         if not (math.isfinite(self.ema_decay) and 0 <= self.ema_decay < 1):
             raise ValueError(f"TrainConfig.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):  # a negative norm would flip the gradient
+            raise ValueError(f"TrainConfig.grad_clip must be finite and >= 0, got {self.grad_clip}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        for name in ("warmup_steps", "val_every", "ckpt_every", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
 
     @property
     def uses_teacher(self) -> bool:

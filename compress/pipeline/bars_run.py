@@ -26,7 +26,7 @@ from pathlib import Path
 from compress.core.cpu import host_cpu
 from compress.core.errors import InputError
 from compress.core.evaluate import psnr_delta_db, set_name
-from compress.core.files import read_json_object, read_sidecar, write_json_atomic, write_text_atomic
+from compress.core.files import read_json_object, read_sidecar, sidecar_quality, write_json_atomic, write_text_atomic
 from compress.pipeline.bars import BASE, REPO, Bar, Plan
 from compress.pipeline.contract import path_of
 
@@ -53,7 +53,8 @@ class Outcome:
 
 def _loss_db(base: dict, side: dict) -> dict[str, float]:
     """dB of PSNR-Y the artifact's sidecar lost against the baseline's, per set both measured."""
-    gained = psnr_delta_db(dict(side.get("quality", {})), dict(base.get("quality", {})))
+    gained = psnr_delta_db(sidecar_quality(side, "the judged artifact's sidecar"),
+                           sidecar_quality(base, "the baseline's sidecar"))
     return {name: -delta for name, delta in gained.items()}
 
 

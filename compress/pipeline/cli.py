@@ -17,10 +17,10 @@ from typing import NoReturn
 
 from compress.core.distributed import is_writer, ranks, release_process_group
 from compress.core.errors import InputError
-from compress.core.files import read_json_object, record_stage_seconds
+from compress.core.files import read_stage_seconds, record_stage_seconds
 from compress.pipeline import options as opt
 from compress.pipeline.deploy_cli import add_deploy
-from compress.pipeline.contract import STAGE_SECONDS, STAGES, inputs
+from compress.pipeline.contract import STAGES, inputs
 
 TIMED_STAGES = ("model", "prune", "quantize", "export", "bench")  # wall times go to <run>/stage_seconds.json
 STAGE_NAMES = tuple(st.name for st in STAGES)
@@ -123,9 +123,14 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     from pruning.recipe import PruneRecipe
     from compress.pipeline.prune_stage import run_prune
 
+    recipes = {}  # every recipe is read before the first one runs; each writes 10-prune/<its stem>/
     for path in args.recipe:
-        recipe = load_recipe(PruneRecipe, path, {"data": args.data})
-        print(json.dumps(run_prune(Path(args.run), recipe, Path(path).stem, args.eval or None), indent=2, default=str))
+        if Path(path).stem in recipes:
+            raise InputError(f"{path}: another --recipe is also named {Path(path).stem!r}; "
+                             "both would write 10-prune/" + Path(path).stem)
+        recipes[Path(path).stem] = load_recipe(PruneRecipe, path, {"data": args.data})
+    for name, recipe in recipes.items():
+        print(json.dumps(run_prune(Path(args.run), recipe, name, args.eval or None), indent=2, default=str))
     return 0
 
 
@@ -317,9 +322,7 @@ def _run(args: argparse.Namespace) -> int:
         inputs(Path(args.run), args.command)  # refuse before writing anything
         if args.command in ("prune", "quantize") and not is_writer():
             args.run = str(private_run(Path(args.run)))
-        seconds = Path(args.run) / STAGE_SECONDS
-        if seconds.exists():
-            read_json_object(seconds)  # a corrupt file is reported now, not after the stage has written
+        read_stage_seconds(args.run)  # a corrupt file is reported now, not after the stage has written
     start = time.perf_counter()
     code = int(args.func(args) or 0)
     if args.command in TIMED_STAGES and code == 0:

@@ -51,7 +51,6 @@ ARTIFACTS: tuple[ArtifactKind, ...] = (
 #: The order the bench discovers (and the report lists) timed artifacts in.
 BENCH_ORDER = ("baseline", "fp32_onnx", "fp32_plain_onnx", "openvino_ir", "pruned_onnx", "int8_onnx", "int8_nncf_ir",
                "tfmot_tflite", "tflite")
-STAGE_SECONDS = "stage_seconds.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +133,9 @@ def inputs(run: Path, name: str) -> dict[str, list[Path]]:
         InputError: naming the stage, the missing file and the stage that makes it.
     """
     st = stage(name)
+    for folder in (Path(run), Path(run) / st.folder):
+        if folder.exists() and not folder.is_dir():
+            raise InputError(f"{folder}: is a file, not a run folder; choose another RUN")
     found = {}
     for key in st.reads:
         found[key] = find(run, key)

@@ -10,10 +10,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from compress.core.checkpoint import count_params, rebuild, save_checkpoint
+from compress.core.checkpoint import LoadedModel, count_params, rebuild, save_checkpoint
 from compress.core.data import random_patches
 from compress.core.default_data import training_pairs
-from compress.core.files import read_sidecar, write_sidecar
+from compress.core.files import read_sidecar, sidecar_path, sidecar_quality, write_sidecar
 from compress.core.infer import torch_upscaler
 from compress.core.recipe import to_dict
 from compress.core.checkpoint import count_macs
@@ -91,7 +91,7 @@ def run_prune(run: Path, recipe: PruneRecipe, name: str, extra_eval: list[str] |
     scale = loaded.scale
     model = loaded.model
     sets = eval_sets(scale, extra_eval)
-    before = dict(base_side.get("quality", {}))
+    before = sidecar_quality(base_side, sidecar_path(src))
     missing = {k: v for k, v in sets.items() if k not in before}
     if missing:  # sets the baseline was not measured on when `make model` ran
         before.update(quality(torch_upscaler(model), missing, scale))
@@ -116,12 +116,26 @@ def run_prune(run: Path, recipe: PruneRecipe, name: str, extra_eval: list[str] |
         detail["widths"] = {n: m.out_channels for n, m in pruned.model.named_modules() if isinstance(m, nn.Conv2d)}
     after = quality(torch_upscaler(pruned.model), sets, scale)  # before writing: no checkpoint waits on it
     ckpt = save_checkpoint(pruned.model, pruned.config, path_of(run, "pruned", name), metadata={"stage": "prune"})
+    onnx_path = path_of(run, "pruned_onnx", name)
     try:
-        onnx_path, par = export_checked(pruned.model, path_of(run, "pruned_onnx", name), torch.rand(1, 3, 48, 40))
-    except BaseException:  # no pruned checkpoint is left without its sidecar
-        ckpt.unlink(missing_ok=True)
+        _, par = export_checked(pruned.model, onnx_path, torch.rand(1, 3, 48, 40))
+        record = _record(recipe, pruned, scale, ckpt, base_side, storage_before, seconds, after, before, detail)
+        write_sidecar(ckpt, record, source=src)
+        write_sidecar(onnx_path, {"stage": "prune-export", "format": "onnx-fp32", "parity_vs_pytorch": par.to_dict(),
+                                  "params": record["params"], "macs_256x256": record["macs_256x256"]}, source=ckpt)
+    except BaseException:  # no pruned artifact is left without its sidecar
+        for path in (ckpt, onnx_path):
+            path.unlink(missing_ok=True)
+            sidecar_path(path).unlink(missing_ok=True)
         raise
-    record = {
+    return {"artifact": str(ckpt), "psnr_y_delta_db": record["psnr_y_delta_db"], "macs_256x256": record["macs_256x256"],
+            "macs_256x256_before": record["macs_256x256_before"]}
+
+
+def _record(recipe: PruneRecipe, pruned: LoadedModel, scale: int, ckpt: Path, base_side: dict, storage_before: dict,
+            seconds: float, after: dict, before: dict, detail: dict) -> dict[str, object]:
+    """The pruned checkpoint's sidecar record."""
+    return {
         "stage": "prune",
         "method": recipe.method,
         "recipe": to_dict(recipe),
@@ -143,8 +157,3 @@ def run_prune(run: Path, recipe: PruneRecipe, name: str, extra_eval: list[str] |
         "psnr_y_delta_db": psnr_delta_db(after, before),
         **detail,
     }
-    write_sidecar(ckpt, record, source=src)
-    write_sidecar(onnx_path, {"stage": "prune-export", "format": "onnx-fp32", "parity_vs_pytorch": par.to_dict(),
-                              "params": record["params"], "macs_256x256": record["macs_256x256"]}, source=ckpt)
-    return {"artifact": str(ckpt), "psnr_y_delta_db": record["psnr_y_delta_db"], "macs_256x256": record["macs_256x256"],
-            "macs_256x256_before": record["macs_256x256_before"]}

@@ -12,7 +12,7 @@ import torch
 
 from compress.core.checkpoint import LoadedModel, load_checkpoint
 from compress.core.data import ImagePair, list_images, load_pair, random_patches
-from compress.core.default_data import split_paths, training_pairs
+from compress.core.default_data import split_paths, training_images, training_pairs
 from compress.core.distributed import is_writer, rank0_value
 from compress.core.errors import InputError
 from compress.core.evaluate import eval_sets, evaluate, psnr_delta_db, quality
@@ -37,7 +37,11 @@ SCORE_CROP = 96  # LR side of the centre crops that score sensitivity
 
 def source_checkpoint(run: Path, source: str) -> Path:
     """``model`` (the baseline) or ``prune/<name>`` (a pruned model) inside ``run``."""
-    path = path_of(run, "baseline") if source == "model" else path_of(run, "pruned", source.removeprefix("prune/"))
+    name = source.removeprefix("prune/")
+    if source != "model" and not (source.startswith("prune/") and name and "/" not in name and "\\" not in name
+                                  and name not in (".", "..")):
+        raise InputError(f"{run}: quantize source must be 'model', 'auto' or 'prune/<recipe name>', got {source!r}")
+    path = path_of(run, "baseline") if source == "model" else path_of(run, "pruned", name)
     if not path.is_file():
         raise InputError(f"{path}: quantize source {source!r} not found in run {run} (run make model / make prune first)")
     return path
@@ -54,6 +58,14 @@ def auto_sources(run: Path) -> list[str]:
 
 def _calibration_paths(recipe: QuantRecipe) -> list[Path]:
     return split_paths("calibration") if recipe.calibration_data == "default" else list_images(recipe.calibration_data)
+
+
+def _checked_images(recipe: QuantRecipe) -> list[Path]:
+    """The calibration images, once the QAT training folder (when a QAT will run) is known to hold images
+    too: a missing or empty folder is refused before the stage writes anything."""
+    if recipe.qat or recipe.nncf.qat or recipe.tflite_qat.enabled:
+        training_images(recipe.data)
+    return _calibration_paths(recipe)
 
 
 def _centre_crops(paths: list[Path], scale: int) -> list[ImagePair]:
@@ -227,10 +239,10 @@ def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_ev
     src = source_checkpoint(run, source)
     loaded = load_checkpoint(src)
     scale = loaded.scale
+    reader = PatchCalibrationReader(_checked_images(recipe), scale, recipe.calibration)
     out_dir = stage_dir(run, "quantize") / source.replace("/", "-")
     fp32 = export_onnx(loaded.model, out_dir / "model_fp32.onnx")
     pre = preprocess(fp32, out_dir / "model_fp32_pre.onnx")
-    reader = PatchCalibrationReader(_calibration_paths(recipe), scale, recipe.calibration)
     sets = eval_sets(scale, extra_eval)
     ref_quality = quality(ort_upscaler(fp32), sets, scale)
     score_pairs = _centre_crops(reader.paths, scale)

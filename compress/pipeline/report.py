@@ -16,9 +16,11 @@ from importlib import metadata
 from pathlib import Path
 
 from compress.core.errors import InputError
-from compress.core.files import read_json_object, read_sidecar, sidecar_path, write_json_atomic, write_text_atomic
-from compress.pipeline.contract import STAGE_SECONDS, artifact_kind, path_of, stage_dir
+from compress.core.files import (read_sidecar, read_stage_seconds, sidecar_path, sidecar_quality, write_json_atomic,
+                                 write_text_atomic)
+from compress.pipeline.contract import artifact_kind, path_of, stage_dir
 from compress.pipeline.ladder import target_label
+from compress.pipeline.latency_file import read_latency
 
 LIBS = ("torch", "torch-pruning", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorflow", "tf-keras",
         "tensorflow-model-optimization", "openvino", "numpy")
@@ -76,12 +78,10 @@ def build_rows(run: Path) -> tuple[list[dict], dict]:
     bench_file = path_of(run, "latency")
     if not bench_file.is_file():
         raise InputError(f"{bench_file}: no benchmark results; run make bench first")
-    bench = read_json_object(bench_file)
-    if not (isinstance(bench.get("results"), list) and isinstance(bench.get("targets_ms"), list)
-            and isinstance(bench.get("scale"), int)):
-        raise InputError(f"{bench_file}: not a latency file of make bench (needs results, targets_ms, scale)")
-    base = _sidecar(path_of(run, "baseline"))
-    ref = {k: v["psnr_y_db"] for k, v in base.get("quality", {}).items()}
+    bench = read_latency(bench_file)
+    base_file = path_of(run, "baseline")
+    base = _sidecar(base_file)
+    ref = {k: v["psnr_y_db"] for k, v in sidecar_quality(base, sidecar_path(base_file)).items()}
     ladders = {(lad["artifact"], lad["runtime"], float(lad["target_ms"])): lad for lad in bench.get("ladders", [])}
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in bench["results"]:
@@ -91,7 +91,7 @@ def build_rows(run: Path) -> tuple[list[dict], dict]:
         artifact = run / rel
         side, qside = _sidecar(artifact), quality_record(run, artifact)
         own = bench.get("quality", {}).get(f"{rel}|{runtime}")  # a runtime with numerics of its own (bf16)
-        psnr = {k: v["psnr_y_db"] for k, v in (own or qside.get("quality", {})).items()}
+        psnr = {k: v["psnr_y_db"] for k, v in (own or sidecar_quality(qside, f"{rel}'s sidecar")).items()}
         ok = [r for r in results if "error" not in r]
         row = {
             "artifact": rel, "runtime": runtime, "format": side.get("format", qside.get("format", "")),
@@ -110,15 +110,11 @@ def build_rows(run: Path) -> tuple[list[dict], dict]:
         rows.append(row)
     header = {"run": str(run), "scale": bench["scale"], "machine": bench["machine"], "bench_config": bench["config"],
               "targets_ms": bench["targets_ms"], "libraries": _versions(), "git_commit": _git_commit(),
-              "bicubic_psnr_y_db": {k: v["psnr_y_db"] for k, v in base.get("bicubic", {}).items()},
-              "fp32_psnr_y_db": ref, "stage_seconds": _stage_seconds(run),
+              "bicubic_psnr_y_db": {k: v["psnr_y_db"] for k, v in sidecar_quality(
+                  {"quality": base.get("bicubic", {})}, sidecar_path(base_file)).items()},
+              "fp32_psnr_y_db": ref, "stage_seconds": read_stage_seconds(run),
               "psnr_convention": "Y of BT.601, scale pixels shaved, 8-bit rounded; LR by PIL antialiased bicubic"}
     return rows, header
-
-
-def _stage_seconds(run: Path) -> dict[str, float]:
-    path = run / STAGE_SECONDS
-    return read_json_object(path) if path.is_file() else {}
 
 
 def _versions() -> dict[str, str]:

@@ -62,6 +62,11 @@ class TrainRecipe:
             if getattr(self.train, name):
                 raise ValueError(f"train.{name} must be 0 in a training recipe (training has no teacher), "
                                  f"got {getattr(self.train, name)}")
+        if not self.data:
+            raise ValueError("data must be 'default' or a folder, got ''")
+        if self.max_side < 0:
+            raise ValueError(f"max_side must be >= 0, got {self.max_side}")
+        self.model_config()  # the architecture's own checks of scale and widths, before any image is read
 
     def model_config(self) -> object:
         """The architecture's config from the recipe's hyperparameters (those it has)."""
@@ -167,7 +172,13 @@ def train_model(recipe: TrainRecipe, out: Path, device: str = "cpu", recipe_file
     batches = random_patches(pairs, recipe.scale, recipe.patch)
     resume = out.with_name(out.name + ".resume.pt")
     meta = claim_resume(resume, recipe, continue_from)
-    log = fit(model, batches, recipe.train, recipe.scale, val, device=device, resume=resume, desc=f"train {out.stem}")
+    try:
+        log = fit(model, batches, recipe.train, recipe.scale, val, device=device, resume=resume,
+                  desc=f"train {out.stem}")
+    except BaseException:
+        if not resume.is_file():  # nothing to resume from: the record of this run's start goes too
+            meta.unlink(missing_ok=True)
+        raise
     if not is_writer():  # under torchrun rank 0 alone validates, decides and writes
         return {"stage": "train", "written": False, "rank": ranks().rank, "steps_done": log.steps_done}
     if not all(torch.isfinite(p).all() for p in model.parameters()):

@@ -47,6 +47,12 @@ class EDSRConfig:
             raise ValueError(f"EDSRConfig.scale must be 2, 3 or 4, got {self.scale!r}")
         if self.num_feat < 1 or self.num_block < 0:
             raise ValueError(f"EDSRConfig: num_feat={self.num_feat}, num_block={self.num_block} invalid")
+        for name in ("res_scale", "img_range"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ValueError(f"EDSRConfig.{name} must be finite and > 0, got {getattr(self, name)}")
+        if any(w < 1 for w in (*(self.block_mid or ()), self.up_width)):
+            raise ValueError(f"EDSRConfig: every pruned width must be >= 1 (block_mid {self.block_mid}, "
+                             f"up_feat {self.up_feat})")
         if self.block_mid is not None and len(self.block_mid) != self.num_block:
             raise ValueError(f"EDSRConfig.block_mid has {len(self.block_mid)} entries for {self.num_block} blocks")
 

@@ -43,6 +43,12 @@ class RRDBConfig:
             raise ValueError(f"RRDBConfig.up_feat needs 3 widths (conv_up1, conv_up2, conv_hr), got {self.up_feat!r}")
         if self.scale not in (1, 2, 4):
             raise ValueError(f"RRDBConfig.scale must be 1, 2 or 4, got {self.scale!r}")
+        if self.num_feat < 1 or self.num_grow_ch < 1 or self.num_block < 0:
+            raise ValueError(f"RRDBConfig: num_feat={self.num_feat}, num_block={self.num_block}, "
+                             f"num_grow_ch={self.num_grow_ch} invalid")
+        widths = [w for block in self.grow or () for dense in block for w in dense] + list(self.up_feat or ())
+        if any(w < 1 for w in widths):
+            raise ValueError(f"RRDBConfig: every pruned width must be >= 1, got {min(widths)}")
         if self.grow is not None and len(self.grow) != self.num_block:
             raise ValueError(f"RRDBConfig.grow has {len(self.grow)} entries for {self.num_block} blocks")
 

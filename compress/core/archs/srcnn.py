@@ -38,6 +38,8 @@ class SRCNNConfig:
             raise ValueError(f"SRCNNConfig.scale must be 2, 3 or 4, got {self.scale!r}")
         if self.channels not in (1, 3):
             raise ValueError(f"SRCNNConfig.channels must be 1 or 3, got {self.channels!r}")
+        if self.num_feat < 1 or self.num_feat2 < 1:
+            raise ValueError(f"SRCNNConfig: num_feat={self.num_feat}, num_feat2={self.num_feat2} invalid")
 
 
 class SRCNN(nn.Module):

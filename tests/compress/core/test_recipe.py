@@ -62,3 +62,62 @@ def test_a_utf8_bom_is_accepted_and_integral_floats_are_ints(tmp_path):
     path = tmp_path / "bom.toml"
     path.write_bytes("\ufeff[train]\nsteps = 20.0\n".encode("utf-8"))
     assert load_recipe(TrainRecipe, path).train.steps == 20
+
+
+@pytest.mark.parametrize("body, match", [
+    ("[train]\nlr = 1" + "0" * 400 + "\n", r"train\.lr: integer 10+ is outside TOML's 64-bit range"),
+    ("[train]\nseed = 100000000000000000000000000000\n", r"train\.seed: integer .* outside TOML's 64-bit range"),
+    ("[train]\nseed = -1\n", r"TrainConfig\.seed must be >= 0"),
+    ("[patch]\nseed = -1\n", r"PatchConfig\.seed must be >= 0"),
+    ("[patch]\nbatch_size = 1000000000\n", r"PatchConfig\.batch_size must be in \[1, 4096\]"),
+    ("[patch]\nlr_patch = 1000000000\n", r"PatchConfig\.lr_patch must be <= 1024"),
+    ("[train]\ngrad_clip = -1.0\n", r"TrainConfig\.grad_clip must be finite and >= 0"),
+    ("[train]\nmin_lr_ratio = -5.0\n", r"TrainConfig\.min_lr_ratio must be in \[0, 1\]"),
+    ("[train]\nmin_lr_ratio = 7.0\n", r"TrainConfig\.min_lr_ratio must be in \[0, 1\]"),
+    ("[train]\nval_every = -1\n", r"TrainConfig\.val_every must be >= 0"),
+    ("[train]\nckpt_every = -1\n", r"TrainConfig\.ckpt_every must be >= 0"),
+    ("[train]\nwarmup_steps = -10\n", r"TrainConfig\.warmup_steps must be >= 0"),
+    ("num_feat = 0\n", r"EDSRConfig: num_feat=0"),
+    ("res_scale = 0.0\n", r"EDSRConfig\.res_scale must be finite and > 0"),
+    ("arch = \"srcnn\"\nnum_feat = -1\n", r"SRCNNConfig: num_feat=-1"),
+    ("arch = \"rrdb\"\nscale = 4\nnum_grow_ch = 0\n", r"RRDBConfig: .*num_grow_ch=0 invalid"),
+    ("scale = 5\n", r"EDSRConfig\.scale must be 2, 3 or 4"),
+    ("max_side = -1\n", r"max_side must be >= 0"),
+    ("data = \"\"\n", r"data must be 'default' or a folder"),
+])
+def test_values_that_would_fail_later_are_refused_when_the_recipe_loads(tmp_path, body, match):
+    """Each of these used to load and then end in a traceback (or train the wrong way) at run time."""
+    path = tmp_path / "r.toml"
+    path.write_text(body)
+    with pytest.raises(InputError, match=match) as info:
+        load_recipe(TrainRecipe, path)
+    assert str(info.value).startswith(f"{path}: ")  # the file, then the field
+
+
+def test_a_missing_field_of_a_table_is_named(tmp_path):
+    from pruning.recipe import PruneRecipe
+
+    path = tmp_path / "p.toml"
+    path.write_text("[schedule]\nfinal_sparsity = 0.5\nend_step = 10\n")
+    with pytest.raises(InputError, match=r"p\.toml: schedule: missing field\(s\) \['initial_sparsity', 'begin_step'\]"):
+        load_recipe(PruneRecipe, path)
+
+
+def test_quantize_and_prune_recipe_tables_are_checked(tmp_path):
+    from pruning.recipe import PruneRecipe
+    from quantization.recipe import QuantRecipe
+
+    cases = [(QuantRecipe, "[tflite_qat]\nsteps = -5\n", r"TFLiteQATConfig\.steps must be >= 1"),
+             (QuantRecipe, "[tflite_qat]\nlr = 0.0\n", r"TFLiteQATConfig\.lr must be > 0"),
+             (QuantRecipe, "[calibration]\nmax_images = -1\n", r"CalibrationConfig\.max_images must be >= 0"),
+             (QuantRecipe, "[calibration]\nseed = -1\n", r"CalibrationConfig\.seed must be >= 0"),
+             (QuantRecipe, "calibration_data = \"\"\n", r"calibration_data must be 'default' or a folder"),
+             (PruneRecipe, "data = \"\"\n", r"data must be 'default' or a folder"),
+             (PruneRecipe, "[schedule]\ninitial_sparsity = 0.0\nfinal_sparsity = 0.5\nbegin_step = 0\n"
+                           "end_step = 1000000000\nfrequency = 1\n[train]\nsteps = 1000000000\n",
+              r"1000000000 pruning events")]
+    for cls, body, match in cases:
+        path = tmp_path / "r.toml"
+        path.write_text(body)
+        with pytest.raises(InputError, match=match):
+            load_recipe(cls, path)

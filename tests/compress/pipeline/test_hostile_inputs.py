@@ -64,7 +64,7 @@ def work(tmp_path_factory) -> Path:
     ckpt = save_checkpoint(tiny_edsr(2), EDSRConfig(scale=2, num_feat=16, num_block=2), run / "00-model/model.safetensors")
     (run / "00-model/model.safetensors.json").write_text(json.dumps({"stage": "model", "quality": {}}))
     (run / "40-bench").mkdir()
-    (run / "40-bench/latency.json").write_text(json.dumps({"scale": 2, "machine": {}, "config": {}, "targets_ms": [300],
+    (run / "40-bench/latency.json").write_text(json.dumps({"scale": 2, "machine": {}, "config": {}, "targets_ms": [300, 1000],
                                                           "results": [{"artifact": "00-model/model.safetensors",
                                                                        "runtime": "pytorch", "lr_size": [8, 8],
                                                                        "error": "boom"}]}))
@@ -193,7 +193,7 @@ def test_a_replaced_artifact_is_not_reported_with_its_old_sidecar(tmp_path):
     write_sidecar(ckpt, {"stage": "model", "quality": {"embedded": {"psnr_y_db": 30.0}}})
     (run / "40-bench").mkdir()
     (run / "40-bench/latency.json").write_text(json.dumps({"scale": 2, "machine": {}, "config": {"threads": 1},
-                                                          "targets_ms": [300], "results": [
+                                                          "targets_ms": [300, 1000], "results": [
         {"artifact": "00-model/model.safetensors", "runtime": "pytorch", "lr_size": [8, 8], "out_mp": 0.1,
          "p50_ms": 1.0, "p95_ms": 1.0, "min_ms": 1.0, "peak_rss_mb": 1.0}]}))
     ckpt.write_bytes(np.random.default_rng(0).bytes(2000))
@@ -201,3 +201,106 @@ def test_a_replaced_artifact_is_not_reported_with_its_old_sidecar(tmp_path):
     assert not (run / "50-report").exists()
     (run / "40-bench/latency.json").write_text("{}")
     assert_clean_failure(cli("report", "--run", str(run), cwd=REPO), "not a latency file")
+
+
+def _tiny_run(root: Path) -> Path:
+    run = root / "run"
+    save_checkpoint(tiny_edsr(2), EDSRConfig(scale=2, num_feat=16, num_block=2), run / "00-model/model.safetensors")
+    (run / "00-model/model.safetensors.json").write_text(json.dumps({"stage": "model", "quality": {}}))
+    return run
+
+
+GOOD_RESULT = {"artifact": "00-model/model.safetensors", "runtime": "pytorch", "lr_size": [8, 8], "p50_ms": 1.0,
+               "p95_ms": 1.0, "min_ms": 1.0, "out_mp": 0.0003, "peak_rss_mb": 10.0}
+
+
+@pytest.mark.parametrize("change, expect", [
+    ({"results": [{}]}, "results[0] artifact None is not a path inside the run folder"),
+    ({"results": [1]}, "results[0] is not an object"),
+    ({"results": [{**GOOD_RESULT, "artifact": "/etc/hostname"}]}, "'/etc/hostname' is not a path inside the run"),
+    ({"results": [{**GOOD_RESULT, "artifact": "../run2/x.onnx"}]}, "is not a path inside the run"),
+    ({"results": [{**GOOD_RESULT, "p50_ms": "fast"}]}, "results[0] p50_ms not numbers"),
+    ({"machine": None}, "not a latency file of make bench"),
+    ({"targets_ms": [300]}, "must be positive and include [300, 1000]"),
+    ({"ladders": [{}]}, "ladders[0] needs artifact"),
+    ({"quality": {"x|ort": {"Set5": {"psnr_y_db": "high"}}}}, "quality['x|ort'] does not map"),
+])
+def test_a_malformed_latency_file_is_refused_naming_the_entry(tmp_path, capsys, change, expect):
+    from compress.pipeline.cli import main
+
+    run = _tiny_run(tmp_path)
+    (run / "40-bench").mkdir()
+    bench = {"scale": 2, "machine": {}, "config": {}, "targets_ms": [300, 1000], "results": [GOOD_RESULT], **change}
+    (run / "40-bench/latency.json").write_text(json.dumps(bench))
+    assert main(["report", "--run", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and "latency.json" in err and expect in err, err
+    assert not (run / "50-report").exists()
+
+
+def test_malformed_quality_and_stage_seconds_are_refused_before_anything_is_written(tmp_path, capsys):
+    from compress.pipeline.cli import main
+
+    run = _tiny_run(tmp_path)
+    recipe = tmp_path / "p.toml"
+    recipe.write_text((REPO / "pruning/recipes/quick.toml").read_text())
+    (run / "00-model/model.safetensors.json").write_text(json.dumps({"quality": {"embedded": {"psnr_y_db": "x"}}}))
+    assert main(["prune", "--run", str(run), "--recipe", str(recipe)]) == 2
+    assert "'quality' must map each evaluation set" in capsys.readouterr().err
+    assert not (run / "10-prune").exists()
+    (run / "00-model/model.safetensors.json").write_text(json.dumps({"quality": {}}))
+    (run / "stage_seconds.json").write_text(json.dumps({"model": "x"}))
+    assert main(["export", "--run", str(run), "--no-tflite"]) == 2
+    assert "every stage's seconds must be a number" in capsys.readouterr().err
+    assert not (run / "30-export").exists()
+
+
+def test_prune_reads_every_recipe_before_the_first_runs(tmp_path, capsys):
+    from compress.pipeline.cli import main
+
+    run = _tiny_run(tmp_path)
+    good, bad = tmp_path / "good.toml", tmp_path / "bad.toml"
+    good.write_text((REPO / "pruning/recipes/quick.toml").read_text())
+    bad.write_text("methd = \"channel\"\n")
+    assert main(["prune", "--run", str(run), "--recipe", str(good), "--recipe", str(bad)]) == 2
+    assert "unknown field(s) ['methd']" in capsys.readouterr().err
+    (tmp_path / "other").mkdir()
+    twin = tmp_path / "other" / "good.toml"
+    twin.write_text(good.read_text())
+    assert main(["prune", "--run", str(run), "--recipe", str(good), "--recipe", str(twin)]) == 2
+    assert "both would write 10-prune/good" in capsys.readouterr().err
+    assert not (run / "10-prune").exists()
+
+
+@pytest.mark.parametrize("source", ["prune/../../elsewhere/00-model", "prune/", "bogus"])
+def test_quantize_sources_stay_inside_the_run(tmp_path, capsys, source):
+    from compress.pipeline.cli import main
+
+    run = _tiny_run(tmp_path)
+    recipe = str(REPO / "quantization/recipes/quick.toml")
+    assert main(["quantize", "--run", str(run), "--recipe", recipe, "--source", source]) == 2
+    assert "quantize source must be 'model', 'auto' or 'prune/<recipe name>'" in capsys.readouterr().err
+    assert not (run / "20-quantize").exists()
+
+
+def test_quantize_checks_its_image_folders_before_writing(tmp_path, capsys):
+    from compress.pipeline.cli import main
+
+    run = _tiny_run(tmp_path)
+    recipe = tmp_path / "q.toml"
+    recipe.write_text(f"calibration_data = \"{tmp_path / 'nothere'}\"\n")
+    assert main(["quantize", "--run", str(run), "--recipe", str(recipe)]) == 2
+    assert "nothere" in capsys.readouterr().err
+    recipe.write_text(f"data = \"{tmp_path / 'nothere'}\"\n")
+    assert main(["quantize", "--run", str(run), "--recipe", str(recipe)]) == 2
+    assert "nothere" in capsys.readouterr().err
+    assert not (run / "20-quantize").exists()
+
+
+def test_a_run_that_is_a_file_is_refused_before_the_model_is_read(tmp_path, capsys):
+    from compress.pipeline.cli import main
+
+    (tmp_path / "run").write_text("a file")
+    assert main(["model", "--run", str(tmp_path / "run"), "--model", str(_tiny_run(tmp_path / "src").parent /
+                                                                          "run/00-model/model.safetensors")]) == 2
+    assert "is a file, not a run folder" in capsys.readouterr().err

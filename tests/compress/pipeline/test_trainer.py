@@ -85,3 +85,16 @@ def test_an_unreadable_resume_file_is_named(image_dir, tmp_path):
     with pytest.raises(InputError, match="resume.pt: not a resume checkpoint"):
         train_model(recipe, out)
     assert not out.exists()
+
+
+def test_a_training_that_fails_before_its_first_checkpoint_leaves_no_resume_record(image_dir, tmp_path, monkeypatch):
+    import compress.pipeline.trainer as trainer
+
+    def broken_fit(*args, **kwargs):
+        raise RuntimeError("the forward pass failed")
+
+    monkeypatch.setattr(trainer, "fit", broken_fit)
+    out = tmp_path / "m.safetensors"
+    with pytest.raises(RuntimeError, match="forward pass failed"):
+        train_model(_recipe(image_dir, 1e-3), out)
+    assert not list(tmp_path.glob("m.safetensors*"))  # neither the weights nor <out>.resume.pt.json

@@ -1,0 +1,92 @@
+"""``40-bench/latency.json`` as the report stage reads it, checked entry by entry.
+
+The bench stage writes the file; the report reads it through :func:`read_latency`, so a truncated,
+hand-edited or foreign file is one :class:`~compress.core.errors.InputError` naming the file and the
+entry, never a ``KeyError`` halfway through the report.
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+from typing import Any
+
+from compress.core.errors import InputError
+from compress.core.files import read_json_object
+
+REPORT_TARGETS_MS = (300, 1000)  # the report's pass / fail columns
+TIMING_FIELDS = ("p50_ms", "p95_ms", "min_ms", "out_mp", "peak_rss_mb")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _relative(value: Any) -> bool:
+    """A path inside the run folder: relative, without ``..``."""
+    if not isinstance(value, str) or not value:
+        return False
+    path = PurePosixPath(value)
+    return not path.is_absolute() and ".." not in path.parts and "\\" not in value
+
+
+def _result_problem(r: Any) -> str:
+    if not isinstance(r, dict):
+        return "is not an object"
+    if not _relative(r.get("artifact")):
+        return f"artifact {r.get('artifact')!r} is not a path inside the run folder"
+    if not isinstance(r.get("runtime"), str):
+        return "has no runtime"
+    size = r.get("lr_size")
+    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
+        return f"lr_size {size!r} is not [height, width]"
+    if "error" in r:
+        return "" if isinstance(r["error"], str) else "error is not text"
+    bad = [f for f in TIMING_FIELDS if not _number(r.get(f))]
+    return f"{', '.join(bad)} not numbers" if bad else ""
+
+
+def _ladder_problem(lad: Any) -> str:
+    if not isinstance(lad, dict):
+        return "is not an object"
+    if not (_relative(lad.get("artifact")) and isinstance(lad.get("runtime"), str) and _number(lad.get("target_ms"))):
+        return "needs artifact (inside the run), runtime and target_ms"
+    if not all(lad.get(k) is None or _number(lad.get(k)) for k in ("max_output_mp", "failing_mp")):
+        return "max_output_mp / failing_mp are not numbers"
+    return "" if isinstance(lad.get("rungs", []), list) else "rungs is not a list"
+
+
+def _quality_problem(quality: Any) -> str:
+    if not isinstance(quality, dict):
+        return "quality is not an object"
+    for key, sets in quality.items():
+        if not (isinstance(sets, dict) and all(isinstance(v, dict) and _number(v.get("psnr_y_db"))
+                                               for v in sets.values())):
+            return f"quality[{key!r}] does not map evaluation sets to psnr_y_db"
+    return ""
+
+
+def check_latency(bench: dict[str, Any], where: str) -> dict[str, Any]:
+    """``bench`` if it is a latency file of ``make bench``, else an :class:`InputError` naming the entry."""
+    targets = bench.get("targets_ms")
+    if not (isinstance(bench.get("results"), list) and isinstance(targets, list) and isinstance(bench.get("scale"), int)
+            and isinstance(bench.get("machine"), dict) and isinstance(bench.get("config"), dict)):
+        raise InputError(f"{where}: not a latency file of make bench (needs results, targets_ms, scale, machine, config)")
+    if not (all(_number(t) and t > 0 for t in targets) and set(REPORT_TARGETS_MS) <= set(targets)):
+        raise InputError(f"{where}: targets_ms {targets!r} must be positive and include {list(REPORT_TARGETS_MS)}")
+    for i, r in enumerate(bench["results"]):
+        if problem := _result_problem(r):
+            raise InputError(f"{where}: results[{i}] {problem}")
+    ladders = bench.get("ladders", [])
+    if not isinstance(ladders, list):
+        raise InputError(f"{where}: ladders is not a list")
+    for i, lad in enumerate(ladders):
+        if problem := _ladder_problem(lad):
+            raise InputError(f"{where}: ladders[{i}] {problem}")
+    if problem := _quality_problem(bench.get("quality", {})):
+        raise InputError(f"{where}: {problem}")
+    return bench
+
+
+def read_latency(path: Any) -> dict[str, Any]:
+    """Read and check a latency file (:func:`check_latency`)."""
+    return check_latency(read_json_object(path), str(path))
