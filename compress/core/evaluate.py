@@ -12,7 +12,7 @@ import numpy as np
 from compress.core.data import ImagePair, bicubic_up, list_images, load_pairs, to_array, to_image
 from compress.core.default_data import split_paths
 from compress.core.errors import InputError
-from compress.core.infer import TileConfig, Upscaler, auto_tiles, upscale
+from compress.core.infer import NonFiniteOutput, TileConfig, Upscaler, auto_tiles, upscale
 from compress.core.metrics import mean_error, psnr_db, psnr_rgb_db, ssim, y_planes
 
 
@@ -75,9 +75,10 @@ def evaluate(fn: Upscaler, pairs: Sequence[ImagePair], scale: int, tiles: TileCo
     """Score ``fn`` on every pair; a non-finite metric is refused with the image named (never reported)."""
     scores = []
     for pair in pairs:
-        sr = upscale(fn, pair.lr, scale, auto_tiles(pair.lr.shape, tiles))
-        if not np.isfinite(sr).all():
-            raise InputError(f"{pair.name}: the model's output holds NaN or Inf; no PSNR is reported")
+        try:
+            sr = upscale(fn, pair.lr, scale, auto_tiles(pair.lr.shape, tiles))
+        except NonFiniteOutput:
+            raise InputError(f"{pair.name}: the model's output holds NaN or Inf; no PSNR is reported") from None
         y_sr, y_hr = y_planes(sr, pair.hr, scale)  # once for the three Y metrics
         score = ImageScore(pair.name, psnr_db(y_sr, y_hr, peak=255.0), ssim(y_sr, y_hr),
                            psnr_rgb_db(sr, pair.hr, scale), mean_error(y_sr, y_hr))

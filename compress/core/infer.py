@@ -66,6 +66,13 @@ class NonFiniteOutput(ValueError):
     """The model's output holds NaN or Inf."""
 
 
+def clip_finite(arr: np.ndarray) -> np.ndarray:
+    """A model's float output clipped to [0, 1], refusing NaN and Inf (which clipping would hide)."""
+    if not np.isfinite(arr).all():
+        raise NonFiniteOutput("the model's output holds NaN or Inf")
+    return np.clip(arr, 0.0, 1.0)
+
+
 def to_u8(arr: np.ndarray) -> np.ndarray:
     """A model's float output to uint8 (:func:`compress.core.data.round_to_u8`), refusing NaN and Inf.
 
@@ -102,6 +109,9 @@ def _nchw(lr: np.ndarray) -> np.ndarray:
 def upscale(fn: Upscaler, lr: np.ndarray, scale: int, tiles: TileConfig = TileConfig()) -> np.ndarray:
     """Upscale one HWC image in [0, 1]; the output is clipped to [0, 1].
 
+    Raises:
+        NonFiniteOutput: the model's output holds NaN or Inf (clipping would hide an Inf).
+
     Args:
         fn: upscaler for NCHW batches.
         lr: HWC float32 image.
@@ -111,10 +121,10 @@ def upscale(fn: Upscaler, lr: np.ndarray, scale: int, tiles: TileConfig = TileCo
     """
     x = _nchw(lr)
     if _whole(x, tiles):
-        return np.clip(fn(x)[0].transpose(1, 2, 0), 0.0, 1.0)
+        return clip_finite(fn(x)[0].transpose(1, 2, 0))
     h, w = x.shape[2:]
     out = np.zeros((h * scale, w * scale, 3), dtype=np.float32)
-    return _tiled(fn, x, scale, tiles, out, lambda t: np.clip(t, 0.0, 1.0))
+    return _tiled(fn, x, scale, tiles, out, clip_finite)
 
 
 def upscale_u8(fn: Upscaler, lr: np.ndarray, scale: int, tiles: TileConfig = TileConfig()) -> np.ndarray:

@@ -28,7 +28,12 @@ STAGE_NAMES = tuple(st.name for st in STAGES)
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from compress.core.checkpoint import load_checkpoint
+    from export.runtimes import suffixes
 
+    suffix = Path(args.checkpoint).suffix.lower()
+    if suffix in suffixes() and suffix not in (".pth", ".pt", ".safetensors"):
+        raise InputError(f"{args.checkpoint}: inspect reads checkpoints (.pth, .pt, .safetensors); for a {suffix} "
+                         "artifact use eval --model")
     info = load_checkpoint(args.checkpoint, args.scale).describe()
     if args.json:
         print(json.dumps(info, indent=2))
@@ -42,7 +47,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from compress.core.data import list_images, load_pairs
     from compress.core.evaluate import bicubic_upscaler, evaluate
     from compress.core.infer import TileConfig
-    from export.runtimes import open_upscaler
+    from export.runtimes import open_artifact
 
     if args.run:
         return _eval_run(args)
@@ -52,7 +57,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.model == "bicubic":
         fn, label = bicubic_upscaler(args.scale), "bicubic"
     else:
-        fn, label = open_upscaler(args.model, args.scale, threads=args.threads), args.model
+        fn, label = open_artifact(args.model, None, args.threads, args.scale, untrusted=True).run, args.model
     result = evaluate(fn, pairs, args.scale, TileConfig(tile=args.tile))
     out = {"model": label, "data": str(args.data), **result.to_dict()}
     if args.json:

@@ -12,7 +12,7 @@ from compress.core.infer import Upscaler
 from compress.pipeline.choose import TARGETS_MS, choose, read_report, worst_loss
 from compress.pipeline.contract import path_of
 from compress.pipeline.defaults import DEFAULT_MODELS, default_checkpoint
-from export.runtimes import for_file, open_artifact, probe_scale
+from export.runtimes import for_file, open_artifact
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,9 +27,8 @@ class Served:
 
 
 def _open(path: Path, runtime: str | None, threads: int, figures: dict[str, object]) -> Served:
-    opened = open_artifact(path, runtime, threads)
-    scale = probe_scale(opened.run)
-    return Served(path, runtime or for_file(path).name, scale, opened.run, figures)
+    opened = open_artifact(path, runtime, threads, untrusted=True)
+    return Served(path, runtime or for_file(path).name, opened.scale, opened.run, figures)
 
 
 class ModelSet:

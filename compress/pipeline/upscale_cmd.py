@@ -25,7 +25,7 @@ from compress.core.imaging import FORMATS, check_encodable, decode_file, encode,
 from compress.core.infer import TileConfig
 from compress.pipeline.choose import choose, read_report
 from compress.pipeline.defaults import default_checkpoint
-from export.runtimes import open_artifact, probe_scale
+from export.runtimes import open_artifact
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,8 +79,8 @@ class _Models:
             scale = o.scale
         key = (str(path), runtime)
         if key not in self.cache:
-            opened = open_artifact(path, runtime, o.threads, scale)
-            self.cache[key] = (opened.run, scale or probe_scale(opened.run))
+            opened = open_artifact(path, runtime, o.threads, scale, untrusted=True)
+            self.cache[key] = (opened.run, opened.scale)
         fn, scale = self.cache[key]
         return fn, scale, why
 
@@ -143,7 +143,8 @@ def upscale_files(inputs: list[str], opts: UpscaleOptions) -> list[dict[str, obj
     """Upscale every image into ``opts.out``; returns one record per image.
 
     Every input is decoded and checked first (its model, its output's size for the format, its output
-    path), so a bad image or a clash ends the command before any output is written.
+    path), so a bad image or a clash ends the command before any output is written; a model whose
+    output fails its checks on some image ends it too, and the outputs already written are removed.
     """
     if opts.fmt not in FORMATS:
         raise InputError(f"--format must be one of {sorted(set(FORMATS))}, got {opts.fmt!r}")
@@ -155,18 +156,27 @@ def upscale_files(inputs: list[str], opts: UpscaleOptions) -> list[dict[str, obj
     try:
         models = _Models(opts)
         jobs = [_check(path, models, opts, resolved) for path in tqdm(files, desc="check", unit="img", disable=quiet)]
-    except InputError:
-        if created:  # a refused batch leaves nothing behind, not even the folder it made
+        for job in tqdm(jobs, desc="upscale", unit="img", disable=quiet):
+            done.append(_run(job, opts))
+    except InputError:  # a refused batch leaves nothing behind: not its outputs, nor the folder it made
+        for record in done:
+            Path(record["output"]).unlink(missing_ok=True)
+        if created:
             with contextlib.suppress(OSError):
                 opts.out.rmdir()
         raise
-    for job in tqdm(jobs, desc="upscale", unit="img", disable=quiet):
-        out = upscale_decoded(job.fn, decode_file(job.path), job.scale, TileConfig(tile=opts.tile))
-        try:
-            write_bytes_atomic(job.target, encode(out, opts.fmt, opts.quality))
-        except OSError as exc:
-            raise InputError(f"{job.target}: cannot write ({exc.strerror or exc})") from None
-        done.append({"input": str(job.path), "output": str(job.target), "size": [out.width, out.height],
-                     "model": job.why})
-        tqdm.write(f"{job.path} -> {job.target} ({out.width}x{out.height}; {job.why})", file=sys.stdout)
     return done
+
+
+def _run(job: _Job, opts: UpscaleOptions) -> dict[str, object]:
+    """Upscale one checked image and write its output; its record."""
+    try:
+        out = upscale_decoded(job.fn, decode_file(job.path), job.scale, TileConfig(tile=opts.tile))
+    except InputError as exc:  # the model's output failed its checks on this image
+        raise InputError(f"{job.path}: {exc}") from None
+    try:
+        write_bytes_atomic(job.target, encode(out, opts.fmt, opts.quality))
+    except OSError as exc:
+        raise InputError(f"{job.target}: cannot write ({exc.strerror or exc})") from None
+    tqdm.write(f"{job.path} -> {job.target} ({out.width}x{out.height}; {job.why})", file=sys.stdout)
+    return {"input": str(job.path), "output": str(job.target), "size": [out.width, out.height], "model": job.why}

@@ -57,48 +57,71 @@ def for_file(path: str | Path) -> Runtime:
     raise InputError(f"{path}: unsupported model file type {Path(path).suffix!r} ({', '.join(suffixes())})")
 
 
-def checked_scale(run: Upscaler, scale: int | None, label: str) -> Upscaler:
-    """Wrap ``run`` so that its first call checks the output is ``scale`` times the input."""
-    if scale is None:
-        return run
-    checked = False
+PROBE_SCALES = (1, 2, 3, 4)  # factors an artifact may have (RRDB x1 included) when no scale is asked for
+
+
+def output_problem(x: np.ndarray, y: object, scale: int) -> str:
+    """What is wrong with ``y`` as the output of an x``scale`` SR model for the NCHW input ``x`` ('' if nothing)."""
+    if not isinstance(y, np.ndarray) or y.ndim != 4:
+        return f"its output has shape {getattr(y, 'shape', None)}, not NCHW"
+    if not np.issubdtype(y.dtype, np.floating):
+        return f"its output is {y.dtype}, not a floating-point image"
+    if y.shape[:2] != x.shape[:2]:
+        return f"its output has {y.shape[1]} channels for an input of {x.shape[1]} (shape {tuple(y.shape)})"
+    if y.shape[2:] != (x.shape[2] * scale, x.shape[3] * scale):
+        fy, fx = y.shape[2] / x.shape[2], y.shape[3] / x.shape[3]
+        have = f"x{fy:g}" if fy == fx else f"x{fy:g} in height and x{fx:g} in width"
+        return f"this model upscales {have}, not x{scale} (input {tuple(x.shape)}, output {tuple(y.shape)})"
+    return ""
+
+
+def checked_scale(run: Upscaler, scale: int, label: str) -> Upscaler:
+    """Wrap ``run`` so that every call checks its output: float NCHW, the input's channels, ``scale``
+    times its height and width (a fixed-size or odd graph can pass on one input and not on another)."""
 
     def call(x: np.ndarray) -> np.ndarray:
-        nonlocal checked
         y = run(x)
-        if not checked:
-            got = (y.shape[-2] / x.shape[-2], y.shape[-1] / x.shape[-1]) if y.ndim == 4 else None
-            if got is None or got[0] != got[1] or got[0] != scale or y.shape[1] != x.shape[1]:
-                have = f"x{got[0]:g}" if got and got[0] == got[1] else f"output shape {tuple(y.shape)}"
-                raise InputError(f"{label}: this model upscales {have}, not x{scale} (input {tuple(x.shape)})")
-            checked = True
+        if problem := output_problem(x, y, scale):
+            raise InputError(f"{label}: {problem}")
         return y
 
     return call
 
 
-def probe_scale(run: Upscaler) -> int:
-    """The scale an upscaler has, from one call on an 8x8 input."""
-    return int(run(np.zeros((1, 3, 8, 8), dtype=np.float32)).shape[-1] // 8)
+def probe_scale(run: Upscaler, label: str = "model") -> int:
+    """The scale an upscaler has, from one call on an 8x8 RGB input: the same integer factor in height
+    and width, one of :data:`PROBE_SCALES`, with a float RGB output."""
+    x = np.zeros((1, 3, 8, 8), dtype=np.float32)
+    y = run(x)
+    factor = y.shape[-1] // 8 if isinstance(y, np.ndarray) and y.ndim == 4 else 0
+    if factor not in PROBE_SCALES or output_problem(x, y, factor):
+        raise InputError(f"{label}: not a super-resolution model of scale {', '.join(map(str, PROBE_SCALES))}: "
+                         f"an 8x8 RGB input gave {getattr(y, 'dtype', '')} output of shape {getattr(y, 'shape', None)}")
+    return factor
 
 
 def open_artifact(path: str | Path, runtime_name: str | None = None, threads: int = 0,
-                  scale: int | None = None) -> Opened:
+                  scale: int | None = None, untrusted: bool = False) -> Opened:
     """Open ``path`` on ``runtime_name`` (default: the primary runtime for its suffix).
 
-    With ``scale`` the first call checks that the model upscales by that factor.
+    Every call of the returned upscaler checks its output against ``scale`` (without ``scale``: the
+    scale one probe on an 8x8 input finds, in ``Opened.scale``). ``untrusted`` (a file the user names):
+    runtimes that cannot load a damaged file safely in-process test it in a child process first.
     """
     path = Path(path)
     rt = runtime(runtime_name) if runtime_name else for_file(path)
     if path.suffix.lower() not in rt.suffixes:
         raise InputError(f"{path}: runtime {rt.name} opens {', '.join(rt.suffixes)} files")
     if not path.is_file():
-        raise InputError(f"{path}: file not found")
+        raise InputError(f"{path}: {'not a regular file' if path.exists() else 'file not found'}")
     if not rt.present():
         raise InputError(f"{path}: runtime {rt.name} is not available on this host ({rt.library} not importable"
                          f"{'' if rt.device == 'cpu' else ' or no ' + rt.device.upper() + ' device'})")
+    if untrusted and rt.vet is not None:
+        rt.vet(path)
     opened = rt.open(path, threads, scale)
-    return Opened(checked_scale(opened.run, scale, str(path)), opened.sync)
+    scale = scale if scale is not None else probe_scale(opened.run, str(path))
+    return Opened(checked_scale(opened.run, scale, str(path)), opened.sync, scale)
 
 
 def open_upscaler(path: str | Path, scale: int | None = None, threads: int = 0) -> Upscaler:

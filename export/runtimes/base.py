@@ -17,10 +17,13 @@ class Opened:
     Attributes:
         run: NCHW float32 in [0, 1] -> NCHW float32, the upscaler.
         sync: waits for an asynchronous device before the bench reads the clock (None on the CPU).
+        scale: the SR factor every call of ``run`` is checked against (None before
+            :func:`export.runtimes.open_artifact` knows it).
     """
 
     run: Upscaler
     sync: Callable[[], None] | None = None
+    scale: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +44,8 @@ class Runtime:
         applies: which files of its suffixes it is meant for (e.g. bf16 inference: float graphs), or None.
         own_numerics: it computes in another precision than the artifact's (bf16 inference of an FP32
             graph), so the artifact's measured PSNR does not hold for it: the bench measures its own.
+        vet: ``vet(path)`` tests a file the user named in a child process before this process opens it,
+            for a library that a damaged file can crash or hang (raises ``InputError``); None: not needed.
         note: what it is, for help texts and the report.
     """
 
@@ -54,6 +59,7 @@ class Runtime:
     available: Callable[[], bool] | None = None
     applies: Callable[[Path], bool] | None = None
     own_numerics: bool = False
+    vet: Callable[[Path], None] | None = None
     note: str = ""
 
     def present(self) -> bool:

@@ -30,11 +30,14 @@ class OVRunner:
     def __init__(self, path: Path, threads: int, precision: str) -> None:
         import openvino as ov
 
-        self.core = ov.Core()
+        if path.suffix.lower() == ".xml":
+            _check_ir(path)
+        self.core, self.path = ov.Core(), path
         try:
             self.model = self.core.read_model(str(path))
         except RuntimeError as exc:
-            raise InputError(f"{path}: OpenVINO cannot read it ({str(exc).strip().splitlines()[0]})") from exc
+            raise InputError(f"{path}: OpenVINO cannot read it ({_cause(exc)})") from exc
+        _check_io(self.model, path)
         self.config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             self.config["INFERENCE_NUM_THREADS"] = threads
@@ -48,8 +51,11 @@ class OVRunner:
                 self.compiled.move_to_end(shape)
                 return self.compiled[shape]
             model = self.model.clone()
-            model.reshape({model.inputs[0].any_name: list(shape)})
-            self.compiled[shape] = self.core.compile_model(model, "CPU", self.config)
+            try:
+                model.reshape({model.inputs[0].any_name: list(shape)})
+                self.compiled[shape] = self.core.compile_model(model, "CPU", self.config)
+            except RuntimeError as exc:
+                raise InputError(f"{self.path}: OpenVINO cannot run it on a {list(shape)} input ({_cause(exc)})") from exc
             while len(self.compiled) > MAX_SHAPES:  # a service sees many upload sizes: keep the recent ones
                 self.compiled.popitem(last=False)
             return self.compiled[shape]
@@ -62,6 +68,43 @@ class OVRunner:
         request = requests[id(compiled)][1]
         request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
         return request.get_output_tensor(0).data.copy()
+
+
+def _cause(exc: Exception) -> str:
+    """OpenVINO's reason, from the last line of its message (the first names only its source file)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return (lines[-1] if lines else type(exc).__name__)[:200]
+
+
+def _check_ir(path: Path) -> None:
+    """An ``.xml`` must be OpenVINO IR (a ``<net>`` document) with its weights in a regular file: OpenVINO
+    would otherwise try its other frontends on the text, or block reading a FIFO named like the weights."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if b"<net" not in head:
+        raise InputError(f"{path}: not OpenVINO IR (no <net> element at the start of the file)")
+    weights = path.with_suffix(".bin")
+    if weights.exists() and not weights.is_file():
+        raise InputError(f"{weights}: the IR's weights are not a regular file")
+
+
+def _check_io(model, path: Path) -> None:  # noqa: ANN001
+    """Refuse a model that is not one float32 NCHW RGB input to float outputs: OpenVINO would cast or
+    leave the rest uninitialised."""
+    import openvino as ov
+
+    if len(model.inputs) != 1 or not model.outputs:
+        raise InputError(f"{path}: the model has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
+                         "an SR model takes one image and gives one")
+    port, shape = model.inputs[0], model.inputs[0].get_partial_shape()
+    channels_ok = shape.rank.is_static and shape.rank.get_length() == 4 and (
+        shape[1].is_dynamic or shape[1].get_length() == 3)
+    if port.get_element_type() != ov.Type.f32 or not channels_ok:
+        raise InputError(f"{path}: the model's input is {port.get_element_type().get_type_name()} {shape}, "
+                         "not a float32 NCHW RGB image")
+    if not model.outputs[0].get_element_type().is_real():
+        raise InputError(f"{path}: the model's output is {model.outputs[0].get_element_type().get_type_name()}, "
+                         "not floating point")
 
 
 def _float_graph(path: Path) -> bool:

@@ -1,4 +1,4 @@
-"""The runtime table: presence on this host, lookup by file, the scale check on the first call."""
+"""The runtime table: presence on this host, lookup by file, the output checks on every call, hostile artifacts."""
 
 import importlib
 
@@ -103,3 +103,119 @@ def test_openvino_runs_float_and_int8_graphs_and_compiles_once_per_shape(tmp_pat
     assert _float_graph(fp32) and not _float_graph(int8)
     got, ref = open_artifact(int8, "openvino", threads=1).run(x), ort_upscaler(int8)(x)
     assert np.abs(got - ref).mean() < 0.01  # both integer pipelines, rounding may differ slightly
+
+
+def _graph(tmp_path, name: str, nodes, inputs, output, initializers=()):  # noqa: ANN001
+    """A hand-made ONNX model (opset 18), the kind of file a user might name as an artifact."""
+    import onnx
+    from onnx import helper
+
+    model = helper.make_model(helper.make_graph(nodes, name, inputs, [output], list(initializers)),
+                              opset_imports=[helper.make_opsetid("", 18)])
+    path = tmp_path / f"{name}.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def _image(name: str = "x", kind=None, shape=(1, 3, None, None)):  # noqa: ANN001
+    from onnx import TensorProto, helper
+
+    return helper.make_tensor_value_info(name, kind or TensorProto.FLOAT, list(shape))
+
+
+def _resize(tmp_path, name: str, factors, out_kind=None):  # noqa: ANN001
+    """``Resize`` by per-axis ``factors`` (NCHW), optionally cast: an upscaler of any shape rule."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Resize", ["x", "", "scales"], ["r"], mode="nearest")]
+    nodes.append(helper.make_node("Cast", ["r"], ["y"], to=out_kind) if out_kind else
+                 helper.make_node("Identity", ["r"], ["y"]))
+    scales = numpy_helper.from_array(np.array(factors, dtype=np.float32), "scales")
+    return _graph(tmp_path, name, nodes, [_image()], _image("y", out_kind or TensorProto.FLOAT), [scales])
+
+
+@pytest.mark.parametrize("name, factors, out_kind, expect", [
+    ("aniso", (1, 1, 2, 3), None, "not a super-resolution model"),
+    ("down", (1, 1, 0.5, 0.5), None, "not a super-resolution model"),
+    ("four_channels", (1, 4 / 3, 2, 2), None, "not a super-resolution model"),
+    ("bytes", (1, 1, 2, 2), 2, "not a super-resolution model"),  # TensorProto.UINT8
+])
+def test_without_a_scale_the_probe_refuses_what_is_no_sr_model(tmp_path, name, factors, out_kind, expect):
+    """These used to be written as images named x0, x1.5 or x3, or with a 4th channel as alpha."""
+    path = _resize(tmp_path, name, factors, out_kind)
+    with pytest.raises(InputError, match=expect):
+        open_artifact(path)
+
+
+def test_every_call_is_checked_not_only_the_first(tmp_path):
+    """A graph with a fixed output passes on an input of its size and must fail on any other."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    size = numpy_helper.from_array(np.array([16, 16], dtype=np.int64), "size")
+    axes = helper.make_node("Resize", ["x", "", "", "size"], ["y"], mode="nearest", axes=[2, 3])
+    path = _graph(tmp_path, "fixed", [axes], [_image()], _image("y", TensorProto.FLOAT), [size])
+    opened = open_artifact(path)
+    assert opened.scale == 2  # 8x8 in, 16x16 out
+    assert opened.run(np.zeros((1, 3, 8, 8), np.float32)).shape == (1, 3, 16, 16)
+    with pytest.raises(InputError, match="upscales x1, not x2"):
+        opened.run(np.zeros((1, 3, 16, 16), np.float32))
+
+
+def test_onnx_runtime_refuses_graphs_that_do_not_take_one_rgb_image(tmp_path):
+    from onnx import TensorProto, helper
+
+    two = _graph(tmp_path, "two", [helper.make_node("Add", ["x", "z"], ["y"])], [_image("x"), _image("z")],
+                 _image("y"))
+    gray = _graph(tmp_path, "gray", [helper.make_node("Identity", ["x"], ["y"])], [_image(shape=(1, 1, None, None))],
+                  _image("y"))
+    u8 = _graph(tmp_path, "u8", [helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT)],
+                [_image(kind=TensorProto.UINT8)], _image("y"))
+    for path, expect in ((two, "2 inputs"), (gray, "not a float32 NCHW RGB image"), (u8, "not a float32 NCHW")):
+        with pytest.raises(InputError, match=expect):
+            open_artifact(path)
+
+
+def test_an_infinite_output_is_refused_not_clipped_into_a_psnr(tmp_path):
+    from compress.core.evaluate import evaluate
+    from compress.core.data import ImagePair
+
+    from onnx import helper, numpy_helper
+
+    zero = numpy_helper.from_array(np.zeros(1, dtype=np.float32), "zero")
+    path = _graph(tmp_path, "inf", [helper.make_node("Resize", ["x", "", "s"], ["r"], mode="nearest"),
+                                    helper.make_node("Div", ["r", "zero"], ["y"])], [_image()], _image("y"),
+                  [zero, numpy_helper.from_array(np.array([1, 1, 2, 2], dtype=np.float32), "s")])
+    lr = np.full((8, 8, 3), 0.5, np.float32)
+    with pytest.raises(InputError, match="NaN or Inf; no PSNR"):
+        evaluate(open_artifact(path, scale=2).run, [ImagePair("img", np.zeros((16, 16, 3), np.float32), lr)], 2)
+
+
+@pytest.mark.skipif(not _importable("openvino"), reason="openvino not installed")
+def test_openvino_refuses_files_that_are_not_ir_and_weights_that_are_no_file(tmp_path):
+    import os
+
+    fp32 = export_onnx(tiny_edsr(2), tmp_path / "m.onnx")
+    import openvino as ov
+
+    ov.save_model(ov.convert_model(str(fp32)), str(tmp_path / "m.xml"))
+    assert open_artifact(tmp_path / "m.xml").scale == 2
+    text = tmp_path / "text.xml"
+    text.write_text("this is no model")
+    with pytest.raises(InputError, match="not OpenVINO IR"):
+        open_artifact(text)
+    (tmp_path / "fifo.xml").write_bytes((tmp_path / "m.xml").read_bytes())
+    os.mkfifo(tmp_path / "fifo.bin")  # reading it would block for ever
+    with pytest.raises(InputError, match="weights are not a regular file"):
+        open_artifact(tmp_path / "fifo.xml")
+
+
+@pytest.mark.tflite
+@pytest.mark.skipif(not _importable("tensorflow"), reason="tensorflow not installed")
+def test_a_damaged_tflite_file_that_crashes_the_interpreter_is_refused_from_a_child_process():
+    """``data/damaged_segv.tflite``: a 1 KB TFLite model with eight bytes changed at random (a hostile-input
+    probe of session 22); TFLite's interpreter dies with SIGSEGV on it, which would end the whole CLI or service."""
+    from tests.conftest import REPO
+
+    damaged = REPO / "tests/export/data/damaged_segv.tflite"
+    with pytest.raises(InputError, match=r"crashed on it \(SIG"):
+        open_artifact(damaged, untrusted=True)

@@ -100,6 +100,7 @@ CASES = [
     ("onnx-wrong-scale", ["eval", "--model", "{root}/x2.onnx", "--scale", "4", "--data", "{root}/imgs"], "upscales x2, not x4"),
     ("wrong-shape", ["inspect", "{root}/wrongshape.safetensors"], "'body.1.conv1.weight' has shape (16, 16, 5, 5)"),
     ("zero-byte", ["inspect", "{root}/empty.pth"], "empty.pth: not a readable PyTorch checkpoint"),
+    ("inspect-onnx", ["inspect", "{root}/x2.onnx"], "inspect reads checkpoints (.pth, .pt, .safetensors)"),
     ("truncated", ["inspect", "{root}/trunc.safetensors"], "not a readable safetensors file"),
     ("bomb-header", ["eval", "--model", "bicubic", "--scale", "2", "--data", "{root}/bomb"], "decoding limit"),
     ("float-tiff", ["eval", "--model", "bicubic", "--scale", "2", "--data", "{root}/float"], "floating-point image"),

@@ -143,3 +143,24 @@ def test_an_unwritable_out_and_a_report_without_header_are_input_errors(tmp_path
     (tmp_path / "run" / "50-report" / "report.json").write_text("{}")
     assert main(["upscale", str(img), "--out", str(tmp_path / "o"), "--run", str(tmp_path / "run")]) == 2
     assert "no header.scale" in capsys.readouterr().err
+
+
+def test_a_model_that_fails_on_a_later_image_leaves_no_outputs_behind(tmp_path, capsys):
+    """A graph with a fixed 16x16 output passes the probe (8x8 in) and the first image, then fails."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph([helper.make_node("Resize", ["x", "", "", "size"], ["y"], mode="nearest", axes=[2, 3])],
+                              "fixed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, None, None])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, None, None])],
+                              [numpy_helper.from_array(np.array([16, 16], dtype=np.int64), "size")])
+    model = tmp_path / "fixed.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(model))
+    src = tmp_path / "in"
+    src.mkdir()
+    write_image(src / "a.png", (8, 8))
+    write_image(src / "b.png", (12, 10))
+    assert main(["upscale", str(src), "--out", str(tmp_path / "out"), "--artifact", str(model)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and "b.png" in err and "not x2" in err
+    assert not (tmp_path / "out").exists()  # a_x2.png was written, then removed with the folder
