@@ -10,5 +10,15 @@ class InputError(ValueError):
     """
 
 
+class BadModelOutput(InputError):
+    """A model's output failed its checks (shape, type, NaN or Inf): the model's fault, not the image's."""
+
+
+def first_line(exc: BaseException, last: bool = False) -> str:
+    """The first (or last) non-empty line of a library's exception message, at most 200 characters."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return ((lines[-1] if last else lines[0]) if lines else type(exc).__name__)[:200]
+
+
 class ImageTooLarge(InputError):
     """An image over the decoded-pixel limit (refused from its header, before decoding)."""

@@ -130,19 +130,27 @@ def read_sidecar(artifact: str | Path, verify: bool = True) -> dict[str, object]
     return record
 
 
-def sidecar_quality(record: dict[str, object], where: str | Path) -> dict[str, dict[str, float]]:
-    """A sidecar's ``quality``: evaluation set -> metrics with a numeric ``psnr_y_db`` (``{}`` if absent).
+def is_number(value: object) -> bool:
+    """An int or float that is not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def quality_problem(quality: object) -> str:
+    """What is wrong with a ``quality`` entry (evaluation set -> metrics with a numeric ``psnr_y_db``), or ''."""
+    ok = isinstance(quality, dict) and all(isinstance(m, dict) and is_number(m.get("psnr_y_db"))
+                                           for m in quality.values())
+    return "" if ok else "must map each evaluation set to its metrics with a psnr_y_db"
+
+
+def sidecar_quality(record: dict[str, object], where: str | Path, field: str = "quality") -> dict[str, dict[str, float]]:
+    """A sidecar's ``quality`` (or another ``field`` of that shape, such as ``bicubic``; ``{}`` if absent).
 
     Raises:
         InputError: naming ``where`` when the entry has another shape.
     """
-    quality = record.get("quality", {})
-    ok = isinstance(quality, dict) and all(
-        isinstance(m, dict) and isinstance(m.get("psnr_y_db"), (int, float)) and not isinstance(m["psnr_y_db"], bool)
-        for m in quality.values())
-    if not ok:
-        raise InputError(f"{where}: 'quality' must map each evaluation set to its metrics with a psnr_y_db; "
-                         "rerun the stage that wrote it")
+    quality = record.get(field, {})
+    if problem := quality_problem(quality):
+        raise InputError(f"{where}: {field!r} {problem}; rerun the stage that wrote it")
     return {name: dict(metrics) for name, metrics in quality.items()}  # type: ignore[union-attr]
 
 
@@ -150,7 +158,7 @@ def read_stage_seconds(run: str | Path) -> dict[str, float]:
     """``<run>/stage_seconds.json``: each stage's wall time (``{}`` before any stage ran)."""
     path = Path(run) / "stage_seconds.json"
     times = read_json_object(path) if path.is_file() else {}
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in times.values()):
+    if not all(is_number(v) for v in times.values()):
         raise InputError(f"{path}: every stage's seconds must be a number")
     return times
 

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from compress.core.data import open_image, to_array
-from compress.core.errors import InputError
+from compress.core.errors import BadModelOutput, InputError
 from compress.core.infer import NonFiniteOutput, TileConfig, Upscaler, auto_tiles, upscale_u8
 
 FORMATS = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG", "webp": "WEBP"}
@@ -93,7 +93,7 @@ def upscale_decoded(fn: Upscaler, img: Decoded, scale: int, tiles: TileConfig = 
     try:
         out = Image.fromarray(upscale_u8(fn, img.rgb, scale, auto_tiles(img.rgb.shape, tiles)))
     except NonFiniteOutput as e:
-        raise InputError(f"{e}; no image is written") from None
+        raise BadModelOutput(f"{e}; no image is written") from None
     if img.gray:
         out = out.convert("L")
     if img.alpha is not None:

@@ -26,7 +26,8 @@ from pathlib import Path
 from compress.core.cpu import host_cpu
 from compress.core.errors import InputError
 from compress.core.evaluate import psnr_delta_db, set_name
-from compress.core.files import read_json_object, read_sidecar, sidecar_quality, write_json_atomic, write_text_atomic
+from compress.core.files import (read_json_object, read_sidecar, sidecar_path, sidecar_quality, write_json_atomic,
+                                 write_text_atomic)
 from compress.pipeline.bars import BASE, REPO, Bar, Plan
 from compress.pipeline.contract import path_of
 
@@ -51,10 +52,11 @@ class Outcome:
     failed: str | None = None
 
 
-def _loss_db(base: dict, side: dict) -> dict[str, float]:
-    """dB of PSNR-Y the artifact's sidecar lost against the baseline's, per set both measured."""
-    gained = psnr_delta_db(sidecar_quality(side, "the judged artifact's sidecar"),
-                           sidecar_quality(base, "the baseline's sidecar"))
+def _loss_db(run: Path, artifact: Path) -> dict[str, float]:
+    """dB of PSNR-Y the artifact's sidecar lost against the run's baseline's, per set both measured."""
+    base = path_of(run, "baseline")
+    gained = psnr_delta_db(sidecar_quality(read_sidecar(artifact), sidecar_path(artifact)),
+                           sidecar_quality(read_sidecar(base), sidecar_path(base)))
     return {name: -delta for name, delta in gained.items()}
 
 
@@ -64,15 +66,15 @@ def read_outcome(bar: Bar, run: Path) -> Outcome:
     if not artifact.is_file():
         return Outcome(None)
     try:
-        base, side = read_sidecar(path_of(run, "baseline")), read_sidecar(artifact)
+        side = read_sidecar(artifact)
         cut = None
         if side.get("macs_256x256") and side.get("macs_256x256_before"):
             cut = 1 - float(side["macs_256x256"]) / float(side["macs_256x256_before"])
         start = None
         verdict = side.get("against_ptq_start")
         if bar.qat and isinstance(verdict, dict) and verdict.get("ptq_start"):
-            start = _loss_db(base, read_sidecar(artifact.parent / str(verdict["ptq_start"])))
-        return Outcome(_loss_db(base, side) or None, cut, start)
+            start = _loss_db(run, artifact.parent / str(verdict["ptq_start"]))
+        return Outcome(_loss_db(run, artifact) or None, cut, start)
     except (InputError, KeyError, TypeError, ValueError) as exc:
         return Outcome(None, failed=f"unreadable sidecar of {artifact}: {exc}")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from compress.core.cpu import host_cpu
 from compress.core.errors import InputError
-from compress.core.files import sidecar_quality, write_json_atomic
+from compress.core.files import sidecar_path, sidecar_quality, write_json_atomic
 from compress.pipeline.contract import BENCH_ORDER, artifact_kind, find, path_of
 from compress.pipeline.ladder import climb, first_guess_mp
 from compress.core.evaluate import eval_sets, quality
@@ -145,13 +145,14 @@ def large_subset(run: Path, pairs: list[tuple[Path, str]], results: list[dict],
     if not timed:
         return pairs
     last = max((tuple(r["lr_size"]) for r in timed), key=lambda s: s[0] * s[1])
-    ref = sidecar_quality(quality_record(run, path_of(run, "baseline")), "the baseline's sidecar").get("embedded", {})
+    base = path_of(run, "baseline")
+    ref = sidecar_quality(quality_record(run, base), sidecar_path(base)).get("embedded", {})
     points = {}
     for r in timed:
         if tuple(r["lr_size"]) != last:
             continue
         q = (own or {}).get(f"{r['artifact']}|{r['runtime']}") or sidecar_quality(
-            quality_record(run, run / r["artifact"]), f"{r['artifact']}'s sidecar")
+            quality_record(run, run / r["artifact"]), f"{run / r['artifact']} (its quality record)")
         q = q.get("embedded", {})
         if "psnr_y_db" in q and "psnr_y_db" in ref:
             points[(r["artifact"], r["runtime"])] = (r["p50_ms"], ref["psnr_y_db"] - q["psnr_y_db"])

@@ -142,13 +142,14 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from compress.core.recipe import load_recipe
     from quantization.recipe import QuantRecipe
-    from compress.pipeline.quantize_stage import run_quantize
-
-    from compress.pipeline.quantize_stage import auto_sources
+    from compress.pipeline.quantize_stage import auto_sources, checked_images, run_quantize, source_checkpoint
 
     recipe = load_recipe(QuantRecipe, args.recipe, {"data": args.data})
     pruned = load_recipe(QuantRecipe, args.pruned_recipe, {"data": args.data}) if args.pruned_recipe else recipe
     sources = [s for name in (args.source or ["model"]) for s in (auto_sources(Path(args.run)) if name == "auto" else [name])]
+    for source in sources:  # every source and image folder is checked before the first source runs
+        source_checkpoint(Path(args.run), source)
+        checked_images(pruned if source.startswith("prune/") else recipe)
     for source in sources:
         chosen = pruned if source.startswith("prune/") else recipe
         print(json.dumps(run_quantize(Path(args.run), chosen, source, args.eval or None), indent=2, default=str))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 
@@ -152,7 +153,8 @@ def serve(cfg: object, host: str = "127.0.0.1", port: int = 8000) -> None:
         app = build_app(Service(cfg))
         print(f"serving on http://{host}:{port}/", flush=True)
         config = uvicorn.Config(app, host=host, port=port, log_level="warning")
-        uvicorn.Server(config).run(sockets=sockets)
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a service stops, as in uvicorn.run
+            uvicorn.Server(config).run(sockets=sockets)
     finally:
         for sock in sockets:
             sock.close()
@@ -162,7 +164,8 @@ def _listen(host: str, port: int) -> list[socket.socket]:
     """Bind and listen on every address ``host`` resolves to, before any model loads.
 
     Binds as asyncio's server would (all interfaces for ``""``, IPv6 sockets v6-only), and the
-    sockets are handed to uvicorn, so no other process can take the port between this check and serving.
+    sockets are handed to uvicorn, so no other process can take the port between this check and serving
+    (connections made while the models load wait in the listen queue).
 
     Raises:
         InputError: the port is taken, or ``host`` is not an address of this machine.
@@ -170,7 +173,7 @@ def _listen(host: str, port: int) -> list[socket.socket]:
     sockets: list[socket.socket] = []
     try:
         infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        for family, kind, proto, _, address in infos:
+        for family, kind, proto, _, address in dict.fromkeys(infos):  # asyncio binds each address once
             sock = socket.socket(family, kind, proto)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

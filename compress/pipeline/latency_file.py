@@ -11,14 +11,10 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from compress.core.errors import InputError
-from compress.core.files import read_json_object
+from compress.core.files import is_number, quality_problem, read_json_object
 
 REPORT_TARGETS_MS = (300, 1000)  # the report's pass / fail columns
 TIMING_FIELDS = ("p50_ms", "p95_ms", "min_ms", "out_mp", "peak_rss_mb")
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _relative(value: Any) -> bool:
@@ -41,16 +37,16 @@ def _result_problem(r: Any) -> str:
         return f"lr_size {size!r} is not [height, width]"
     if "error" in r:
         return "" if isinstance(r["error"], str) else "error is not text"
-    bad = [f for f in TIMING_FIELDS if not _number(r.get(f))]
+    bad = [f for f in TIMING_FIELDS if not is_number(r.get(f))]
     return f"{', '.join(bad)} not numbers" if bad else ""
 
 
 def _ladder_problem(lad: Any) -> str:
     if not isinstance(lad, dict):
         return "is not an object"
-    if not (_relative(lad.get("artifact")) and isinstance(lad.get("runtime"), str) and _number(lad.get("target_ms"))):
+    if not (_relative(lad.get("artifact")) and isinstance(lad.get("runtime"), str) and is_number(lad.get("target_ms"))):
         return "needs artifact (inside the run), runtime and target_ms"
-    if not all(lad.get(k) is None or _number(lad.get(k)) for k in ("max_output_mp", "failing_mp")):
+    if not all(lad.get(k) is None or is_number(lad.get(k)) for k in ("max_output_mp", "failing_mp")):
         return "max_output_mp / failing_mp are not numbers"
     return "" if isinstance(lad.get("rungs", []), list) else "rungs is not a list"
 
@@ -59,9 +55,8 @@ def _quality_problem(quality: Any) -> str:
     if not isinstance(quality, dict):
         return "quality is not an object"
     for key, sets in quality.items():
-        if not (isinstance(sets, dict) and all(isinstance(v, dict) and _number(v.get("psnr_y_db"))
-                                               for v in sets.values())):
-            return f"quality[{key!r}] does not map evaluation sets to psnr_y_db"
+        if problem := quality_problem(sets):
+            return f"quality[{key!r}] {problem}"
     return ""
 
 
@@ -71,7 +66,7 @@ def check_latency(bench: dict[str, Any], where: str) -> dict[str, Any]:
     if not (isinstance(bench.get("results"), list) and isinstance(targets, list) and isinstance(bench.get("scale"), int)
             and isinstance(bench.get("machine"), dict) and isinstance(bench.get("config"), dict)):
         raise InputError(f"{where}: not a latency file of make bench (needs results, targets_ms, scale, machine, config)")
-    if not (all(_number(t) and t > 0 for t in targets) and set(REPORT_TARGETS_MS) <= set(targets)):
+    if not (all(is_number(t) and t > 0 for t in targets) and set(REPORT_TARGETS_MS) <= set(targets)):
         raise InputError(f"{where}: targets_ms {targets!r} must be positive and include {list(REPORT_TARGETS_MS)}")
     for i, r in enumerate(bench["results"]):
         if problem := _result_problem(r):

@@ -60,7 +60,7 @@ def _calibration_paths(recipe: QuantRecipe) -> list[Path]:
     return split_paths("calibration") if recipe.calibration_data == "default" else list_images(recipe.calibration_data)
 
 
-def _checked_images(recipe: QuantRecipe) -> list[Path]:
+def checked_images(recipe: QuantRecipe) -> list[Path]:
     """The calibration images, once the QAT training folder (when a QAT will run) is known to hold images
     too: a missing or empty folder is refused before the stage writes anything."""
     if recipe.qat or recipe.nncf.qat or recipe.tflite_qat.enabled:
@@ -239,7 +239,7 @@ def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_ev
     src = source_checkpoint(run, source)
     loaded = load_checkpoint(src)
     scale = loaded.scale
-    reader = PatchCalibrationReader(_checked_images(recipe), scale, recipe.calibration)
+    reader = PatchCalibrationReader(checked_images(recipe), scale, recipe.calibration)
     out_dir = stage_dir(run, "quantize") / source.replace("/", "-")
     fp32 = export_onnx(loaded.model, out_dir / "model_fp32.onnx")
     pre = preprocess(fp32, out_dir / "model_fp32_pre.onnx")

@@ -91,7 +91,7 @@ def build_rows(run: Path) -> tuple[list[dict], dict]:
         artifact = run / rel
         side, qside = _sidecar(artifact), quality_record(run, artifact)
         own = bench.get("quality", {}).get(f"{rel}|{runtime}")  # a runtime with numerics of its own (bf16)
-        psnr = {k: v["psnr_y_db"] for k, v in (own or sidecar_quality(qside, f"{rel}'s sidecar")).items()}
+        psnr = {k: v["psnr_y_db"] for k, v in (own or sidecar_quality(qside, f"{artifact} (its quality record)")).items()}
         ok = [r for r in results if "error" not in r]
         row = {
             "artifact": rel, "runtime": runtime, "format": side.get("format", qside.get("format", "")),
@@ -111,7 +111,7 @@ def build_rows(run: Path) -> tuple[list[dict], dict]:
     header = {"run": str(run), "scale": bench["scale"], "machine": bench["machine"], "bench_config": bench["config"],
               "targets_ms": bench["targets_ms"], "libraries": _versions(), "git_commit": _git_commit(),
               "bicubic_psnr_y_db": {k: v["psnr_y_db"] for k, v in sidecar_quality(
-                  {"quality": base.get("bicubic", {})}, sidecar_path(base_file)).items()},
+                  base, sidecar_path(base_file), field="bicubic").items()},
               "fp32_psnr_y_db": ref, "stage_seconds": read_stage_seconds(run),
               "psnr_convention": "Y of BT.601, scale pixels shaved, 8-bit rounded; LR by PIL antialiased bicubic"}
     return rows, header

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from compress.core.errors import ImageTooLarge
+from compress.core.errors import BadModelOutput, ImageTooLarge
 from compress.core.imaging import UnsupportedFormat, check_encodable, decode_bytes, encode, upscale_decoded
 from compress.pipeline.metrics import Metrics
 from compress.pipeline.models import ModelSet
@@ -96,6 +96,8 @@ class Service:
 
 def status_of(exc: Exception) -> int:
     """HTTP status of a refused request."""
+    if isinstance(exc, BadModelOutput):  # the served model failed, not the request
+        return 500
     if isinstance(exc, ImageTooLarge):
         return 413
     if isinstance(exc, UnsupportedFormat):

@@ -176,7 +176,7 @@ def train_model(recipe: TrainRecipe, out: Path, device: str = "cpu", recipe_file
         log = fit(model, batches, recipe.train, recipe.scale, val, device=device, resume=resume,
                   desc=f"train {out.stem}")
     except BaseException:
-        if not resume.is_file():  # nothing to resume from: the record of this run's start goes too
+        if is_writer() and not resume.is_file():  # nothing to resume from: the record of this start goes too
             meta.unlink(missing_ok=True)
         raise
     if not is_writer():  # under torchrun rank 0 alone validates, decides and writes

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -144,7 +145,8 @@ def upscale_files(inputs: list[str], opts: UpscaleOptions) -> list[dict[str, obj
 
     Every input is decoded and checked first (its model, its output's size for the format, its output
     path), so a bad image or a clash ends the command before any output is written; a model whose
-    output fails its checks on some image ends it too, and the outputs already written are removed.
+    output fails its checks on some image ends it too: outputs wait under temporary names and take
+    their own only once every image has succeeded.
     """
     if opts.fmt not in FORMATS:
         raise InputError(f"--format must be one of {sorted(set(FORMATS))}, got {opts.fmt!r}")
@@ -153,19 +155,27 @@ def upscale_files(inputs: list[str], opts: UpscaleOptions) -> list[dict[str, obj
     created = _prepare_out(opts.out)
     resolved, done = {f.resolve() for f in files}, []
     quiet = len(files) < 2 or None
+    jobs: list[_Job] = []
     try:
         models = _Models(opts)
         jobs = [_check(path, models, opts, resolved) for path in tqdm(files, desc="check", unit="img", disable=quiet)]
         for job in tqdm(jobs, desc="upscale", unit="img", disable=quiet):
             done.append(_run(job, opts))
-    except InputError:  # a refused batch leaves nothing behind: not its outputs, nor the folder it made
-        for record in done:
-            Path(record["output"]).unlink(missing_ok=True)
+    except BaseException:  # a refused batch changes nothing: no output, no earlier file replaced, no folder made
+        for job in jobs:
+            _staged(job.target).unlink(missing_ok=True)
         if created:
             with contextlib.suppress(OSError):
                 opts.out.rmdir()
         raise
+    for job in jobs:  # the whole batch succeeded: its outputs take their names
+        os.replace(_staged(job.target), job.target)
     return done
+
+
+def _staged(target: Path) -> Path:
+    """Where an output waits until the whole batch has succeeded."""
+    return target.with_name(f".{target.name}.pending")
 
 
 def _run(job: _Job, opts: UpscaleOptions) -> dict[str, object]:
@@ -175,7 +185,7 @@ def _run(job: _Job, opts: UpscaleOptions) -> dict[str, object]:
     except InputError as exc:  # the model's output failed its checks on this image
         raise InputError(f"{job.path}: {exc}") from None
     try:
-        write_bytes_atomic(job.target, encode(out, opts.fmt, opts.quality))
+        write_bytes_atomic(_staged(job.target), encode(out, opts.fmt, opts.quality))
     except OSError as exc:
         raise InputError(f"{job.target}: cannot write ({exc.strerror or exc})") from None
     tqdm.write(f"{job.path} -> {job.target} ({out.width}x{out.height}; {job.why})", file=sys.stdout)

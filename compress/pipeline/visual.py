@@ -15,7 +15,8 @@ import numpy as np
 
 from compress.core.data import ImagePair, load_pair
 from compress.core.default_data import split_paths
-from compress.core.infer import upscale
+from compress.core.errors import BadModelOutput
+from compress.core.infer import NonFiniteOutput, upscale
 from compress.pipeline.contract import path_of
 from export.runtimes import open_artifact
 
@@ -51,7 +52,10 @@ def crops(pair: ImagePair, scale: int, entries: list[tuple[str, Path, str]], thr
     out = {"HR": pair.hr[y * scale:(y + CROP_LR) * scale, x * scale:(x + CROP_LR) * scale]}
     out["bicubic"] = upscale(bicubic_upscaler(scale), lr, scale)[inner, inner]
     for label, artifact, runtime in entries:
-        out[label] = upscale(open_artifact(artifact, runtime, threads, scale).run, lr, scale)[inner, inner]
+        try:
+            out[label] = upscale(open_artifact(artifact, runtime, threads, scale).run, lr, scale)[inner, inner]
+        except NonFiniteOutput:
+            raise BadModelOutput(f"{artifact}: the model's output holds NaN or Inf") from None
     return out
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.core.errors import InputError
+from compress.core.errors import BadModelOutput, InputError
 from compress.core.infer import Upscaler
 from compress.core.registry import by_name
 from export.runtimes import openvino, ort, pytorch, tflite
@@ -82,7 +82,7 @@ def checked_scale(run: Upscaler, scale: int, label: str) -> Upscaler:
     def call(x: np.ndarray) -> np.ndarray:
         y = run(x)
         if problem := output_problem(x, y, scale):
-            raise InputError(f"{label}: {problem}")
+            raise BadModelOutput(f"{label}: {problem}")
         return y
 
     return call

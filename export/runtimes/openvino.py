@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from compress.core.cpu import host_cpu
-from compress.core.errors import InputError
+from compress.core.errors import InputError, first_line
 from export.runtimes.base import Opened, Runtime
 
 
@@ -36,7 +36,7 @@ class OVRunner:
         try:
             self.model = self.core.read_model(str(path))
         except RuntimeError as exc:
-            raise InputError(f"{path}: OpenVINO cannot read it ({_cause(exc)})") from exc
+            raise InputError(f"{path}: OpenVINO cannot read it ({first_line(exc, last=True)})") from exc
         _check_io(self.model, path)
         self.config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
         if threads:
@@ -55,7 +55,8 @@ class OVRunner:
                 model.reshape({model.inputs[0].any_name: list(shape)})
                 self.compiled[shape] = self.core.compile_model(model, "CPU", self.config)
             except RuntimeError as exc:
-                raise InputError(f"{self.path}: OpenVINO cannot run it on a {list(shape)} input ({_cause(exc)})") from exc
+                raise InputError(f"{self.path}: OpenVINO cannot run it on a {list(shape)} input "
+                                 f"({first_line(exc, last=True)})") from exc
             while len(self.compiled) > MAX_SHAPES:  # a service sees many upload sizes: keep the recent ones
                 self.compiled.popitem(last=False)
             return self.compiled[shape]
@@ -68,12 +69,6 @@ class OVRunner:
         request = requests[id(compiled)][1]
         request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
         return request.get_output_tensor(0).data.copy()
-
-
-def _cause(exc: Exception) -> str:
-    """OpenVINO's reason, from the last line of its message (the first names only its source file)."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return (lines[-1] if lines else type(exc).__name__)[:200]
 
 
 def _check_ir(path: Path) -> None:

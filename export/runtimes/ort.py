@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.core.errors import InputError
+from compress.core.errors import InputError, first_line
 from compress.core.infer import Upscaler
 from export.runtimes.base import Opened, Runtime
 
@@ -23,7 +23,7 @@ def ort_session(path: str | Path, threads: int = 0, providers: list[str] | None 
     try:
         return ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types
-        raise InputError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]})") from exc
+        raise InputError(f"{path}: ONNX Runtime cannot load it ({first_line(exc)})") from exc
 
 
 def image_input(sess, path: str | Path) -> str:  # noqa: ANN001
@@ -46,7 +46,7 @@ def ort_upscaler(path: str | Path, threads: int = 0) -> Upscaler:
             return sess.run(None, {name: x.astype(np.float32)})[0]
         except Exception as exc:  # onnxruntime's own exception types: the graph does not take this input
             raise InputError(f"{path}: ONNX Runtime cannot run it on a float32 image "
-                             f"({str(exc).strip().splitlines()[0][:200]})") from exc
+                             f"({first_line(exc)})") from exc
 
     return run
 

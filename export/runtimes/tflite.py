@@ -24,10 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.core.errors import InputError
+from compress.core.errors import InputError, first_line
 from compress.core.infer import Upscaler
 from export.keras_twins import keras
 from export.runtimes.base import Opened, Runtime
+
+
+warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated", category=UserWarning)
 
 
 class TFLiteRunner:
@@ -47,14 +50,13 @@ class TFLiteRunner:
         self._shape: tuple[int, ...] | None = None
 
     def _new(self):  # noqa: ANN202
-        warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated", category=UserWarning)
         try:
             resolver = self._tf.lite.experimental.OpResolverType
             return self._tf.lite.Interpreter(
                 model_path=str(self.path), num_threads=self.threads,
                 experimental_op_resolver_type=resolver.AUTO if self.xnnpack else resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
         except (ValueError, RuntimeError, MemoryError) as exc:
-            raise InputError(f"{self.path}: not a loadable TFLite model ({_first_line(exc)})") from exc
+            raise InputError(f"{self.path}: not a loadable TFLite model ({first_line(exc)})") from exc
 
     def _check_io(self) -> None:
         """One float32 NHWC RGB input, a float NHWC output: anything else would be cast or left unfed."""
@@ -86,7 +88,7 @@ class TFLiteRunner:
                 self._resize(shape)
             except (RuntimeError, ValueError, MemoryError) as exc:
                 raise InputError(f"{self.path}: TFLite cannot run it on a {list(shape)} input "
-                                 f"({_first_line(exc)})") from exc
+                                 f"({first_line(exc)})") from exc
         self._shape = shape
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -96,11 +98,6 @@ class TFLiteRunner:
             self._interp.set_tensor(self._interp.get_input_details()[0]["index"], nhwc)
             self._interp.invoke()
             return self._interp.get_tensor(self._interp.get_output_details()[0]["index"]).transpose(0, 3, 1, 2).copy()
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return (lines[0] if lines else type(exc).__name__)[:200]
 
 
 VET_TIMEOUT_S = 120
@@ -117,8 +114,8 @@ def vet(path: Path) -> None:
            "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
                                                        os.environ.get("PYTHONPATH")]))}
     try:
-        proc = subprocess.run([sys.executable, "-m", "export.runtimes.tflite", str(path)], env=env,
-                              capture_output=True, text=True, timeout=VET_TIMEOUT_S)
+        proc = subprocess.run([sys.executable, "-P", "-m", "export.runtimes.tflite", str(Path(path).resolve())],
+                              env=env, capture_output=True, text=True, timeout=VET_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         raise InputError(f"{path}: TFLite did not load and run it within {VET_TIMEOUT_S} s") from None
     if proc.returncode < 0:
@@ -127,16 +124,20 @@ def vet(path: Path) -> None:
     if proc.returncode != 0:
         said = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
         raise InputError(said[-1].removeprefix("error: ") if said else
-                         f"{path}: TFLite cannot load and run it (exit {proc.returncode})")
+                         f"{path}: TFLite cannot load and run it (exit {proc.returncode}: "
+                         f"{first_line(proc.stderr, last=True)})")
 
 
 def _vet_child(path: str) -> int:
     """The child of :func:`vet`: open ``path`` as :class:`TFLiteRunner` does and run an 8x8 input."""
     keras()
-    with open("/proc/self/status", encoding="ascii") as status:
-        vm_kib = next(int(ln.split()[1]) for ln in status if ln.startswith("VmSize:"))
-    limit = vm_kib * 1024 + VET_MEMORY_BYTES
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    status = Path("/proc/self/status")
+    if status.is_file():  # Linux: the address space may grow by VET_MEMORY_BYTES, within any inherited limit
+        vm_kib = next(int(ln.split()[1]) for ln in status.read_text().splitlines() if ln.startswith("VmSize:"))
+        hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+        limit = vm_kib * 1024 + VET_MEMORY_BYTES
+        limit = limit if hard == resource.RLIM_INFINITY else min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
     try:
         TFLiteRunner(path, threads=1)(np.zeros((1, 3, 8, 8), dtype=np.float32))
     except InputError as exc:

@@ -211,11 +211,15 @@ def test_openvino_refuses_files_that_are_not_ir_and_weights_that_are_no_file(tmp
 
 @pytest.mark.tflite
 @pytest.mark.skipif(not _importable("tensorflow"), reason="tensorflow not installed")
-def test_a_damaged_tflite_file_that_crashes_the_interpreter_is_refused_from_a_child_process():
+def test_a_damaged_tflite_file_that_crashes_the_interpreter_is_refused_from_a_child_process(tmp_path, monkeypatch):
     """``data/damaged_segv.tflite``: a 1 KB TFLite model with eight bytes changed at random (a hostile-input
     probe of session 22); TFLite's interpreter dies with SIGSEGV on it, which would end the whole CLI or service."""
     from tests.conftest import REPO
 
     damaged = REPO / "tests/export/data/damaged_segv.tflite"
+    with pytest.raises(InputError, match=r"crashed on it \(SIG"):
+        open_artifact(damaged, untrusted=True)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "export.py").write_text("")  # a user's file must not shadow the project's package in the child
     with pytest.raises(InputError, match=r"crashed on it \(SIG"):
         open_artifact(damaged, untrusted=True)

@@ -224,7 +224,7 @@ GOOD_RESULT = {"artifact": "00-model/model.safetensors", "runtime": "pytorch", "
     ({"machine": None}, "not a latency file of make bench"),
     ({"targets_ms": [300]}, "must be positive and include [300, 1000]"),
     ({"ladders": [{}]}, "ladders[0] needs artifact"),
-    ({"quality": {"x|ort": {"Set5": {"psnr_y_db": "high"}}}}, "quality['x|ort'] does not map"),
+    ({"quality": {"x|ort": {"Set5": {"psnr_y_db": "high"}}}}, "quality['x|ort'] must map each evaluation set"),
 ])
 def test_a_malformed_latency_file_is_refused_naming_the_entry(tmp_path, capsys, change, expect):
     from compress.pipeline.cli import main

@@ -212,3 +212,18 @@ def test_the_port_is_held_from_the_check_to_serving():
     finally:
         for sock in held:
             sock.close()
+
+
+def test_a_host_that_resolves_to_one_address_twice_binds_it_once(monkeypatch):
+    import socket
+
+    from compress.pipeline import http
+
+    real = socket.getaddrinfo
+    monkeypatch.setattr(http.socket, "getaddrinfo", lambda *a, **k: real(*a, **k) * 2)
+    held = http._listen("127.0.0.1", 0)
+    try:
+        assert len(held) == 1
+    finally:
+        for sock in held:
+            sock.close()

@@ -163,4 +163,9 @@ def test_a_model_that_fails_on_a_later_image_leaves_no_outputs_behind(tmp_path, 
     assert main(["upscale", str(src), "--out", str(tmp_path / "out"), "--artifact", str(model)]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: ") and "b.png" in err and "not x2" in err
-    assert not (tmp_path / "out").exists()  # a_x2.png was written, then removed with the folder
+    assert not (tmp_path / "out").exists()  # a_x2.png was made, then removed with the folder
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "a_x2.png").write_bytes(b"an earlier run's output")
+    assert main(["upscale", str(src), "--out", str(tmp_path / "out"), "--artifact", str(model)]) == 2
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["a_x2.png"]  # no .pending file left
+    assert (tmp_path / "out" / "a_x2.png").read_bytes() == b"an earlier run's output"
