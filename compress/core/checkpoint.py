@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from compress.core.archs import of_config
-from compress.core.errors import InputError
+from compress.core.errors import InputError, first_line
 from compress.core.layouts import LAYOUTS, Config, Layout, matching_layouts
 from compress.core.files import atomic_path
 
@@ -122,8 +122,8 @@ def _looks_like_safetensors(path: Path) -> bool:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+    """The exception's type and the first line of its message (:func:`first_line`)."""
+    return f"{type(exc).__name__}: {first_line(exc)}" if str(exc).strip() else type(exc).__name__
 
 
 def unwrap_state_dict(obj: dict[str, object], path: Path) -> dict[str, torch.Tensor]:

@@ -154,9 +154,12 @@ def sidecar_quality(record: dict[str, object], where: str | Path, field: str = "
     return {name: dict(metrics) for name, metrics in quality.items()}  # type: ignore[union-attr]
 
 
+STAGE_SECONDS = "stage_seconds.json"  # each stage's wall time, in the run folder
+
+
 def read_stage_seconds(run: str | Path) -> dict[str, float]:
     """``<run>/stage_seconds.json``: each stage's wall time (``{}`` before any stage ran)."""
-    path = Path(run) / "stage_seconds.json"
+    path = Path(run) / STAGE_SECONDS
     times = read_json_object(path) if path.is_file() else {}
     if not all(is_number(v) for v in times.values()):
         raise InputError(f"{path}: every stage's seconds must be a number")
@@ -165,7 +168,7 @@ def read_stage_seconds(run: str | Path) -> dict[str, float]:
 
 def record_stage_seconds(run: str | Path, stage: str, seconds: float) -> Path:
     """Set ``stage``'s wall time in ``<run>/stage_seconds.json`` (the report sums them)."""
-    path = Path(run) / "stage_seconds.json"
+    path = Path(run) / STAGE_SECONDS
     times = read_stage_seconds(run)
     times[stage] = round(seconds, 1)
     return write_json_atomic(path, times)

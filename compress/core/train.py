@@ -29,7 +29,7 @@ from compress.core.data import ImagePair
 from compress.core.distill import FeatureDistiller
 from compress.core.distributed import Ranks, ensure_process_group, rank_device
 from compress.core.ema import WeightAverage
-from compress.core.errors import InputError
+from compress.core.errors import InputError, first_line
 from compress.core.evaluate import evaluate
 from compress.core.files import atomic_path
 from compress.core.infer import torch_upscaler
@@ -73,8 +73,7 @@ def _load_resume(path: Path | None, model: nn.Module, opt: torch.optim.Optimizer
         opt.load_state_dict(state["optimizer"])
         step = int(state["step"])
     except (RuntimeError, ValueError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"{path}: not a resume checkpoint of this model and optimizer ({first}); "
+        raise InputError(f"{path}: not a resume checkpoint of this model and optimizer ({first_line(e)}); "
                          "delete it to start afresh") from None
     for _ in range(step):
         next(batches)

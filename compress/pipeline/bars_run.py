@@ -52,12 +52,13 @@ class Outcome:
     failed: str | None = None
 
 
-def _loss_db(run: Path, artifact: Path) -> dict[str, float]:
-    """dB of PSNR-Y the artifact's sidecar lost against the run's baseline's, per set both measured."""
-    base = path_of(run, "baseline")
-    gained = psnr_delta_db(sidecar_quality(read_sidecar(artifact), sidecar_path(artifact)),
-                           sidecar_quality(read_sidecar(base), sidecar_path(base)))
-    return {name: -delta for name, delta in gained.items()}
+def _quality(artifact: Path) -> dict[str, dict[str, float]]:
+    return sidecar_quality(read_sidecar(artifact), sidecar_path(artifact))
+
+
+def _loss_db(base: dict[str, dict[str, float]], artifact: Path) -> dict[str, float]:
+    """dB of PSNR-Y the artifact's sidecar lost against the baseline's quality ``base``, per set both measured."""
+    return {name: -delta for name, delta in psnr_delta_db(_quality(artifact), base).items()}
 
 
 def read_outcome(bar: Bar, run: Path) -> Outcome:
@@ -66,15 +67,15 @@ def read_outcome(bar: Bar, run: Path) -> Outcome:
     if not artifact.is_file():
         return Outcome(None)
     try:
-        side = read_sidecar(artifact)
+        side, base = read_sidecar(artifact), _quality(path_of(run, "baseline"))
         cut = None
         if side.get("macs_256x256") and side.get("macs_256x256_before"):
             cut = 1 - float(side["macs_256x256"]) / float(side["macs_256x256_before"])
         start = None
         verdict = side.get("against_ptq_start")
         if bar.qat and isinstance(verdict, dict) and verdict.get("ptq_start"):
-            start = _loss_db(run, artifact.parent / str(verdict["ptq_start"]))
-        return Outcome(_loss_db(run, artifact) or None, cut, start)
+            start = _loss_db(base, artifact.parent / str(verdict["ptq_start"]))
+        return Outcome(_loss_db(base, artifact) or None, cut, start)
     except (InputError, KeyError, TypeError, ValueError) as exc:
         return Outcome(None, failed=f"unreadable sidecar of {artifact}: {exc}")
 

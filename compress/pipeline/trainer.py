@@ -17,7 +17,7 @@ from compress.core.infer import torch_upscaler
 from compress.core.archs import ARCHITECTURES, architecture
 from compress.core.data import PatchConfig, list_images, load_pairs, random_patches
 from compress.core.default_data import WALLPAPER_MAX_SIDE, split_paths, training_images, training_pairs
-from compress.core.errors import InputError
+from compress.core.errors import InputError, first_line
 from compress.core.files import read_json_object, read_sidecar, sha256_file, sidecar_path, write_json_atomic, write_sidecar
 from compress.core.recipe import to_dict
 from compress.core.train import fit
@@ -112,8 +112,8 @@ def start_continuation(model: torch.nn.Module, source: str | Path, val, scale: i
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[-1].strip()
-        raise InputError(f"{source}: does not match the recipe's architecture ({first})") from exc
+        raise InputError(f"{source}: does not match the recipe's architecture "
+                         f"({first_line(exc, last=True)})") from exc
     if not val:
         raise InputError(f"{source}: continuing needs validation images to decide whether to keep the result")
     psnr = evaluate(torch_upscaler(model.eval()), val, scale).psnr_y_db
