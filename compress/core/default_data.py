@@ -1,7 +1,9 @@
 """The embedded default image set: photographs shipped by installed packages, no network needed.
 
 Splits are fixed by name. ``sporco``'s barbara and monarch are Set14 images and kodim23 is a Kodak
-test image, so all three stay in the evaluation split and are never trained on. Licences are listed
+test image, so all three stay in the evaluation split and are never trained on. Checkpoints are
+chosen on :func:`validation_paths`, which leaves out the two Set14 images so that choosing never
+sees Set5 or Set14. Licences are listed
 per image; DEFAULT_DATA.md in ``artifacts/default`` repeats them.
 
 Training adds the photographs among Debian's wallpaper packages (:data:`WALLPAPERS`: 15 of
@@ -34,6 +36,7 @@ class PackagedImage:
     relpath: str
     split: str
     licence: str
+    benchmark: str = ""
 
     def path(self) -> Path:
         spec = importlib.util.find_spec(self.package)
@@ -54,8 +57,8 @@ IMAGES: tuple[PackagedImage, ...] = (
     PackagedImage("skimage", "data/astronaut.png", "calibration", "public domain (NASA)"),
     PackagedImage("matplotlib", "mpl-data/sample_data/grace_hopper.jpg", "calibration", "public domain (US Navy)"),
     PackagedImage("skimage", "data/chelsea.png", "evaluation", "public domain (Stefan van der Walt)"),
-    PackagedImage("sporco", "data/barbara.png", "evaluation", "attributed to Allen Gersho; Set14 image"),
-    PackagedImage("sporco", "data/monarch.png", "evaluation", "Waterloo BragZone; Set14 image"),
+    PackagedImage("sporco", "data/barbara.png", "evaluation", "attributed to Allen Gersho", "Set14"),
+    PackagedImage("sporco", "data/monarch.png", "evaluation", "Waterloo BragZone", "Set14"),
     PackagedImage("sporco", "data/kodim23.png", "evaluation", "Kodak, released for unrestricted use"),
 )
 
@@ -65,6 +68,17 @@ def split_paths(split: str) -> list[Path]:
     if split not in SPLITS:
         raise InputError(f"default image set: split must be one of {SPLITS}, got {split!r}")
     return [img.path() for img in IMAGES if img.split == split]
+
+
+def validation_paths() -> list[Path]:
+    """Images that choose checkpoints for the default data: the calibration split and the evaluation
+    images in no public benchmark (astronaut, grace_hopper, chelsea, kodim23), never trained on.
+
+    barbara and monarch are left out: they are Set14 images, and a choice made on them would bias
+    the Set14 figures reported for the chosen model.
+    """
+    return [img.path() for img in IMAGES
+            if img.split == "calibration" or (img.split == "evaluation" and not img.benchmark)]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,6 +51,18 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
 def write_json_atomic(path: str | Path, obj: object) -> Path:
     """JSON with NaN / Infinity refused (they are not JSON): a ``ValueError`` before anything is written."""
     return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str, allow_nan=False) + "\n")
+
+
+def fresh_folder(path: str | Path) -> Path:
+    """Empty ``path`` (a stage's own output folder) and create it, so that a rerun keeps nothing of an
+    earlier run's: a file the new run does not make would otherwise be found, timed and reported."""
+    path = Path(path)
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
 
 
 def sha256_file(path: str | Path) -> str:

@@ -9,8 +9,8 @@ import torch
 from compress.core.checkpoint import LoadedModel
 from compress.core.data import load_pairs
 from compress.core.default_data import split_paths
-from compress.core.files import read_sidecar, write_sidecar
-from compress.pipeline.contract import baseline, path_of
+from compress.core.files import fresh_folder, read_sidecar, write_sidecar
+from compress.pipeline.contract import baseline, path_of, stage_dir
 from export.runtimes import open_artifact, runtime
 
 
@@ -28,6 +28,7 @@ def stage_export(run: Path, tflite: bool = True, extra_eval: list[str] | None = 
     from export.onnx_tail import recorded_rewrites
 
     src, loaded = baseline(run)
+    fresh_folder(stage_dir(run, "export"))  # a rerun without TFLite or OpenVINO keeps no earlier run's files
     pair = load_pairs(split_paths("evaluation")[:1], loaded.scale)[0]
     probe = torch.from_numpy(pair.lr[:128, :128].transpose(2, 0, 1)[None].copy())
     base = read_sidecar(src)

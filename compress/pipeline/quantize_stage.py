@@ -16,7 +16,7 @@ from compress.core.default_data import split_paths, training_images, training_pa
 from compress.core.distributed import is_writer, rank0_value
 from compress.core.errors import InputError
 from compress.core.evaluate import eval_sets, evaluate, psnr_delta_db, quality
-from compress.core.files import read_sidecar, sidecar_path, write_sidecar
+from compress.core.files import fresh_folder, read_sidecar, sidecar_path, write_sidecar
 from compress.core.recipe import to_dict
 from compress.core.train import TrainLog, fit
 from compress.pipeline.contract import find, path_of, stage_dir
@@ -240,7 +240,7 @@ def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_ev
     loaded = load_checkpoint(src)
     scale = loaded.scale
     reader = PatchCalibrationReader(checked_images(recipe), scale, recipe.calibration)
-    out_dir = stage_dir(run, "quantize") / source.replace("/", "-")
+    out_dir = fresh_folder(stage_dir(run, "quantize") / source.replace("/", "-"))  # checked: now replace
     fp32 = export_onnx(loaded.model, out_dir / "model_fp32.onnx")
     pre = preprocess(fp32, out_dir / "model_fp32_pre.onnx")
     sets = eval_sets(scale, extra_eval)
@@ -299,12 +299,8 @@ def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_ev
     plan = qat_plan(recipe, ort_start, nncf_start, score)
     if plan["nncf"]:
         results.update(_run_nncf_qat(loaded, recipe, patches, nncf_start, out_dir, finish, score, plan))
-    else:
-        _drop(out_dir / "model_int8_nncf_qat.xml")  # an earlier run's, not made by this recipe
     if plan["ort"]:
         results.update(_run_qat(loaded, recipe, reader, pre, out_dir, ort_start, rr, opts, finish, score, plan))
-    else:
-        _drop(out_dir / "model_int8_qat.onnx")
     for name, ran in (("model_int8_qat.onnx", plan["ort"]), ("model_int8_nncf_qat.xml", plan["nncf"])):
         if "start_psnr_y_db" in plan and not ran:  # qat_from = best chose the other runtime's start
             results[name] = {"not_run": plan}

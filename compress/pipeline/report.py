@@ -160,13 +160,14 @@ def target_summary(rows: list[dict], eval_set: str = "embedded") -> list[dict]:
         ref = best([r for r in rows if r["artifact"] == artifact_kind("fp32_onnx").pattern and r["runtime"] == "ort"])
         picks = {"fp32 ONNX": ref, "best": best(rows)}
         for budget in LOSS_BUDGETS_DB:
-            picks[f"best within {budget} dB"] = best([r for r in rows if r["db_lost"].get(eval_set, 0.0) <= budget])
+            known = [r for r in rows if r["db_lost"].get(eval_set) is not None]  # an unknown loss is no 0 dB
+            picks[f"best within {budget} dB"] = best([r for r in known if r["db_lost"][eval_set] <= budget])
         for label, r in picks.items():
             if r is not None:
                 out.append({"target": target, "pick": label, "artifact": r["artifact"], "runtime": r["runtime"],
                             "max_output_mp": r["max_output_mp"][target]["mp"],
                             "failing_mp": r["max_output_mp"][target]["failing_mp"],
-                            "db_lost": r["db_lost"].get(eval_set, 0.0)})
+                            "db_lost": r["db_lost"].get(eval_set)})
     return out
 
 

@@ -16,7 +16,7 @@ from compress.core.evaluate import evaluate
 from compress.core.infer import torch_upscaler
 from compress.core.archs import ARCHITECTURES, architecture
 from compress.core.data import PatchConfig, list_images, load_pairs, random_patches
-from compress.core.default_data import WALLPAPER_MAX_SIDE, split_paths, training_images, training_pairs
+from compress.core.default_data import WALLPAPER_MAX_SIDE, training_images, training_pairs, validation_paths
 from compress.core.errors import InputError, first_line
 from compress.core.files import read_json_object, read_sidecar, sha256_file, sidecar_path, write_json_atomic, write_sidecar
 from compress.core.recipe import to_dict
@@ -34,8 +34,8 @@ class TrainRecipe:
         num_feat / num_block / num_grow_ch / res_scale: architecture size (canonical BasicSR names).
         data: ``default`` (packaged photographs plus Debian's wallpapers when installed) or a folder.
         max_side: shrink training images so their longer side is at most this (0: never).
-        val_data: folder of validation images (default: the embedded evaluation split when ``data`` is
-            ``default``, else none).
+        val_data: folder of validation images, which choose checkpoints (default: the packaged images in
+            no benchmark and never trained on, when ``data`` is ``default``, else none).
         init_from: checkpoint whose matching tensors initialise the model (e.g. x2 body for x3/x4).
         patch: patch sampling.
         train: optimisation.
@@ -75,10 +75,11 @@ class TrainRecipe:
 
 
 def validation_images(data: str, val_data: str = "") -> list[Path]:
-    """``val_data``'s images, else the embedded evaluation split for the default data, else none."""
+    """``val_data``'s images, else :func:`~compress.core.default_data.validation_paths` for the
+    default data, else none."""
     if val_data:
         return list_images(val_data)
-    return split_paths("evaluation") if data == "default" else []
+    return validation_paths() if data == "default" else []
 
 
 def init_matching(model: torch.nn.Module, path: str) -> list[str]:
@@ -165,7 +166,8 @@ def train_model(recipe: TrainRecipe, out: Path, device: str = "cpu", recipe_file
     """
     files = training_images(recipe.data)
     pairs = training_pairs(recipe.data, recipe.scale, recipe.max_side)
-    val = load_pairs(validation_images(recipe.data, recipe.val_data), recipe.scale)
+    val_files = validation_images(recipe.data, recipe.val_data)
+    val = load_pairs(val_files, recipe.scale)
     model = build_model(recipe.model_config())
     cont = start_continuation(model, continue_from, val, recipe.scale) if continue_from else None
     copied = init_matching(model, recipe.init_from) if recipe.init_from and cont is None else []
@@ -196,6 +198,7 @@ def train_model(recipe: TrainRecipe, out: Path, device: str = "cpu", recipe_file
         "train_seconds": round(log.seconds, 1),
         "loss": log.loss[-20:],
         "val_psnr_y_db": log.val_psnr_y_db,
+        "validation_images": [p.name for p in val_files],
     }
     final = log.val_psnr_y_db[-1][1] if log.val_psnr_y_db else float("-inf")
     if cont is not None:

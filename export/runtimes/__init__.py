@@ -21,6 +21,7 @@ from export.runtimes.tflite import TFLiteRunner, tflite_upscaler
 
 RUNTIMES: tuple[Runtime, ...] = (
     pytorch.PYTORCH,
+    pytorch.PYTORCH_BF16,
     pytorch.PYTORCH_CUDA_FP16,
     ort.ORT,
     ort.ORT_CUDA,

@@ -23,7 +23,7 @@ def _importable(name: str) -> bool:
 
 
 def _device_ok(rt) -> bool:  # noqa: ANN001
-    if rt.name == "openvino-bf16":
+    if rt.name.endswith("-bf16"):
         from compress.core.cpu import host_cpu
 
         return host_cpu().native_bf16
@@ -76,6 +76,19 @@ def test_checkpoint_opens_on_pytorch_and_a_runtime_refuses_a_foreign_suffix(tmp_
     assert open_artifact(ckpt).run(x).shape == (1, 3, 16, 16)
     with pytest.raises(InputError, match="runtime ort opens .onnx files"):
         open_artifact(ckpt, "ort")
+
+
+def test_pytorch_bf16_runs_the_checkpoint_in_bf16_and_is_scored_on_its_own(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(tiny_edsr(2), EDSRConfig(scale=2, num_feat=16, num_block=2), path)
+    x = np.random.default_rng(0).random((1, 3, 12, 10), dtype=np.float32)
+    fp32 = runtime("pytorch").open(path, 1, 2).run(x)
+    bf16 = runtime("pytorch-bf16").open(path, 1, 2).run(x)  # opened directly: autocast runs on any CPU, slowly
+    assert bf16.dtype == np.float32 and bf16.shape == fp32.shape == (1, 3, 24, 20)
+    assert 0 < np.abs(bf16 - fp32).max() < 0.05  # bf16's 8-bit mantissa: close, and not the FP32 numbers
+    assert runtime("pytorch-bf16").own_numerics and runtime("pytorch-cuda-fp16").own_numerics
+    assert not runtime("pytorch").own_numerics
 
 
 def test_openvino_runs_float_and_int8_graphs_and_compiles_once_per_shape(tmp_path):

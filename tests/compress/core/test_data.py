@@ -4,7 +4,7 @@ import pytest
 from compress.core.data import (
     ImageNotice, PatchConfig, list_images, load_pair, load_pairs, load_rgb, random_patches,
 )
-from compress.core.default_data import IMAGES, WALLPAPER_PACKAGES, WALLPAPERS, split_paths
+from compress.core.default_data import IMAGES, WALLPAPER_PACKAGES, WALLPAPERS, split_paths, validation_paths
 from compress.core.errors import InputError
 from tests.conftest import write_image
 
@@ -72,6 +72,13 @@ def test_default_set_is_installed_and_set14_images_stay_in_evaluation():
     assert {"barbara.png", "monarch.png"} <= evaluation
     train = {img.relpath.rsplit("/", 1)[-1] for img in IMAGES if img.split == "train"}
     assert not train & {"barbara.png", "monarch.png", "kodim23.png"}
+
+
+def test_checkpoints_are_chosen_on_images_outside_set5_set14_and_training():
+    names = {p.name for p in validation_paths()}
+    assert names == {"astronaut.png", "grace_hopper.jpg", "chelsea.png", "kodim23.png"}
+    assert {img.benchmark for img in IMAGES if img.relpath.endswith(("barbara.png", "monarch.png"))} == {"Set14"}
+    assert not names & {p.name for p in split_paths("train")}
 
 
 def test_make_installs_every_wallpaper_package_and_names_are_unique():

@@ -24,7 +24,10 @@ def test_harness_on_tiny_model(tmp_path):
     torch.save(as_layout(tiny_edsr(2), "edsr-basicsr"), src)
     run = tmp_path / "run"
     stage_model(str(src), None, run)
+    (run / "30-export").mkdir()
+    (run / "30-export" / "model_int8.tflite").write_bytes(b"an earlier export's")  # a rerun without TFLite drops it
     stage_export(run, tflite=False)
+    assert not (run / "30-export" / "model_int8.tflite").exists()
     ir = [("model_fp32.xml", "openvino")] if runtime("openvino").present() else []
     assert [(a.name, r) for a, r in discover(run)] == [
         ("model.safetensors", "pytorch"), ("model_fp32.onnx", "ort"), ("model_fp32_plain.onnx", "ort"), *ir]
@@ -33,8 +36,9 @@ def test_harness_on_tiny_model(tmp_path):
         assert (run / "30-export/model_fp32.bin").is_file() and side["parity_vs_onnx"]["max_abs_diff"] < 1e-4
     out = run_bench(run, 2, BenchConfig(sizes=((32, 32), (48, 40)), runs=2, gpu=False, ladder_targets_ms=(15.0,)))
     data = json.loads(out.read_text())
-    extra = [rt.name for rt in available() if rt.bench_extra and rt.device == "cpu"]  # OpenVINO (f32, bf16)
-    assert len(data["results"]) == 2 * (3 + len(ir) + 2 * len(extra)) and all("error" not in r for r in data["results"])
+    extra = [rt.name for rt in available() if rt.bench_extra and rt.device == "cpu"]  # OpenVINO (f32, bf16), PyTorch bf16
+    files = sum(1 if runtime(name).library == "torch" else 2 for name in extra)  # the checkpoint; the two float ONNX
+    assert len(data["results"]) == 2 * (3 + len(ir) + files) and all("error" not in r for r in data["results"])
     assert {r["runtime"] for r in data["results"]} == {"pytorch", "ort", *extra}
     assert data["machine"]["cpu_description"].startswith(data["machine"]["cpu"])
     own = {f"{a}|{r}" for a, r in [(x["artifact"], x["runtime"]) for x in data["results"]]

@@ -96,6 +96,10 @@ def test_qat_that_does_not_beat_its_ptq_start_is_not_kept(tmp_path, image_dir, c
     (out / "model_int8_qat.onnx").write_bytes(b"stale")  # an earlier run's QAT models must not survive
     (out / "model_int8_nncf_qat.xml").write_bytes(b"stale")
     (out / "model_int8_nncf_qat.bin").write_bytes(b"stale")
+    stale = ["model_int8_entropy.onnx", "model_int8_entropy.onnx.json", "model_int8_mixed.onnx",
+             "model_int8_tfmot_qat.tflite"]  # made by an earlier recipe, not by this one: they would be reported
+    for name in stale:
+        (out / name).write_bytes(b"stale")
     recipe = from_mapping(QuantRecipe, {
         "ptq_methods": ["minmax"], "calibration": {"lr_patch": 16, "patches_per_image": 2},
         "calibration_data": str(image_dir), "data": str(image_dir), "mixed_precision": False,
@@ -121,6 +125,7 @@ def test_qat_that_does_not_beat_its_ptq_start_is_not_kept(tmp_path, image_dir, c
     assert [step for step, _ in nncf_verdict["val_trace"]] == [3, 6]
     assert "model_int8_nncf_qat.xml not kept" in printed
     assert not (out / "nncf_qat_candidate.xml").exists() and not (out / "nncf_qat_candidate.bin").exists()
+    assert not [name for name in stale if (out / name).exists()]
 
 
 def test_qat_plan_runs_only_the_qat_from_the_best_ptq_start(tmp_path, capsys):

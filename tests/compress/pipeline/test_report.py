@@ -149,6 +149,11 @@ def test_target_summary_picks_reference_and_best_within_budget(tmp_path):
     assert best["failing_mp"] == 6.67 and best["db_lost"] == pytest.approx(0.1)
     assert got[("1000ms", "best within 0.1 dB")]["artifact"].endswith("model_int8_minmax.onnx")
     assert ("1000ms", "fp32 ONNX") not in got  # no ladder measured for it at 1000 ms: no figure at all
+    unknown = [{**r, "db_lost": {}} if r["artifact"].endswith("int8_minmax.onnx") else r for r in rows]
+    got = {(t["target"], t["pick"]): t for t in target_summary(unknown)}
+    assert got[("1000ms", "best")]["db_lost"] is None  # still the fastest, with its loss unknown
+    within = got.get(("1000ms", "best within 0.1 dB"))
+    assert within is None or not within["artifact"].endswith("int8_minmax.onnx")  # an unknown loss is no 0 dB
     md = write_report(synthetic_run(tmp_path / "b")).read_text()
     assert "| 300ms | fp32 ONNX | 30-export/model_fp32.onnx | ort | 1.45 (1.67) | 0.000 |" in md
     assert "| 1000ms | best | 20-quantize/model/model_int8_minmax.onnx | ort | 19.00 | 0.100 |" in md
