@@ -26,6 +26,9 @@ QUICK ?= 0
 NPROC ?=
 TRAIN_PY = $(if $(NPROC),$(VENV)/bin/torchrun --standalone --nproc-per-node $(NPROC) -m -- compress,$(PY) -m compress)
 
+# Stages read what earlier stages wrote: `make -j` must not run them side by side.
+.NOTPARALLEL:
+
 STAMP := $(VENV)/.installed
 EVAL_ARGS := $(foreach d,$(EVAL),--eval $(d))
 MODEL_ARG := $(if $(MODEL),--model $(MODEL),)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from compress.core.recipe import from_mapping
+
 
 MAX_EVENTS = 100_000  # pruning events a schedule may ask for (each recomputes every mask)
 
@@ -87,4 +89,5 @@ class PolynomialDecay:
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> PolynomialDecay:
-        return cls(**config)
+        """The schedule :meth:`get_config` describes; an unknown or mistyped field is named."""
+        return from_mapping(cls, config, "schedule")

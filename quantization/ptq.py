@@ -59,6 +59,9 @@ class Int8Options:
         return [t for t in QUANT_OPS if t not in self.float_op_types]
 
 
+DEFAULT_PERCENTILE = 99.99  # the recipes' and calibrate()'s: ORT's own default, 99.999, keeps outliers
+
+
 class Calibration(enum.Enum):
     """How activation ranges are chosen from calibration data."""
 
@@ -110,7 +113,7 @@ def preprocess(fp32: Path, out: Path) -> Path:
 
 
 def calibrate(model: Path, reader: PatchCalibrationReader, method: Calibration, cache: Path,
-              percentile: float = 99.999) -> dict[str, tuple[float, float]]:
+              percentile: float = DEFAULT_PERCENTILE) -> dict[str, tuple[float, float]]:
     """Run one calibrator over the reader and write ORT's calibration cache; returns the ranges.
 
     A convolution output that a channel ``Slice`` trims (:mod:`export.onnx_tail`), and the tail's

@@ -9,7 +9,7 @@ from compress.core.train_config import TrainConfig
 from quantization.calibration import CalibrationConfig
 from quantization.nncf_ptq import NNCFConfig
 from export.tfmot_path import TFLiteQATConfig
-from quantization.ptq import Calibration, Int8Options, reduce_weight_range
+from quantization.ptq import DEFAULT_PERCENTILE, Calibration, Int8Options, reduce_weight_range
 
 METHODS = tuple(c.value for c in Calibration)
 QAT_FROM = ("each", "best")
@@ -57,7 +57,7 @@ class QuantRecipe:
     """
 
     ptq_methods: tuple[str, ...] = ("minmax", "percentile", "entropy")
-    percentile: float = 99.99
+    percentile: float = DEFAULT_PERCENTILE
     weight_range: str = "auto"
     float_op_types: tuple[str, ...] = ()
     calibration_data: str = "default"

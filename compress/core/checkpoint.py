@@ -41,15 +41,9 @@ class LoadedModel:
 
     def describe(self) -> dict[str, object]:
         cfg = self.config
-        return {
-            "arch": self.arch,
-            "scale": cfg.scale,
-            "num_feat": cfg.num_feat,
-            "num_block": getattr(cfg, "num_block", 3),
-            "params": count_params(self.model),
-            "layout": self.layout,
-            "config": config_to_dict(cfg),
-        }
+        sizes = {k: getattr(cfg, k) for k in ("num_feat", "num_block", "num_grow_ch") if hasattr(cfg, k)}
+        return {"arch": self.arch, "scale": cfg.scale, **sizes, "params": count_params(self.model),
+                "layout": self.layout, "config": config_to_dict(cfg)}
 
 
 def count_params(model: nn.Module) -> int:

@@ -142,11 +142,6 @@ def to_image(arr: np.ndarray) -> Image.Image:
     return Image.fromarray(round_to_u8(arr))
 
 
-def quantize_u8(arr: np.ndarray) -> np.ndarray:
-    """Round a float image to the 8-bit grid, as a saved PNG would be, kept in [0, 1]."""
-    return np.clip(np.round(arr * 255.0), 0, 255) / 255.0
-
-
 @dataclasses.dataclass(frozen=True)
 class ImagePair:
     """A mod-cropped HR image and its bicubic LR, as float32 HWC arrays in [0, 1]."""

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from compress.core.data import open_image, to_array
+from compress.core.data import max_pixels, open_image, to_array
 from compress.core.errors import BadModelOutput, InputError
 from compress.core.infer import NonFiniteOutput, TileConfig, Upscaler, auto_tiles, upscale_u8
 
@@ -103,14 +103,27 @@ def upscale_decoded(fn: Upscaler, img: Decoded, scale: int, tiles: TileConfig = 
     return out
 
 
+OUTPUT_PIXELS_PER_INPUT_PIXEL = 4
+
+
 def check_encodable(width: int, height: int, fmt: str) -> None:
     """Refuse an output ``fmt`` cannot hold (before the inference that would make it).
 
+    The output is held in 8 bits and encoded in memory, so its pixels are capped too: at
+    :data:`OUTPUT_PIXELS_PER_INPUT_PIXEL` times the input limit (the x2 output of the largest input
+    ``max_pixels`` admits; 200 MP, 600 MB of RGB, by default).
+
     Raises:
-        InputError: an unknown format, or a side over the format's limit (:data:`MAX_SIDE`).
+        InputError: an unknown format, a side over the format's limit (:data:`MAX_SIDE`), or more
+            pixels than the output limit.
     """
     if fmt not in FORMATS:
         raise InputError(f"output format must be one of {sorted(set(FORMATS))}, got {fmt!r}")
+    limit = OUTPUT_PIXELS_PER_INPUT_PIXEL * max_pixels()
+    if width * height > limit:
+        raise InputError(f"a {width}x{height} output ({width * height / 1e6:.3g} MP) is over the output limit of "
+                         f"{limit / 1e6:.3g} MP; upscale a smaller image or a crop (SRCOMPRESS_MAX_PIXELS raises "
+                         f"the input limit, and this one with it)")
     kind = FORMATS[fmt]
     side = MAX_SIDE[kind]
     if max(width, height) > side:

@@ -224,10 +224,6 @@ def _has(*keys: str) -> Callable[[StateDict], bool]:
     return lambda sd: all(k in sd for k in keys)
 
 
-def _has_not(pred: Callable[[StateDict], bool], *keys: str) -> Callable[[StateDict], bool]:
-    return lambda sd: pred(sd) and not any(k in sd for k in keys)
-
-
 LAYOUTS: tuple[Layout, ...] = (
     Layout(
         "edsr-official", "edsr", "EDSR-PyTorch (head.0, body.N.body.0, tail.0.0, tail.1; 0..255 with mean shift)",

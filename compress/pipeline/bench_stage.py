@@ -44,6 +44,9 @@ class BenchConfig:
         ladder_targets_ms: targets whose largest admitted output is measured by a ladder of sizes
             (:mod:`compress.pipeline.ladder`) for the FP32 ONNX reference and the Pareto front at the
             largest size timed (see :func:`large_subset`); empty: none.
+        timeout_s: wall time one configuration's process may take (warm-ups, runs and loading); past
+            it the process is killed and its row records the timeout, so one hung runtime cannot
+            stall the whole bench.
     """
 
     sizes: tuple[tuple[int, int] | None, ...] = ((128, 128), (256, 256), None)
@@ -55,8 +58,11 @@ class BenchConfig:
     gpu: bool = True
     large: str = "pareto"
     ladder_targets_ms: tuple[float, ...] = TARGETS_MS
+    timeout_s: float = 1800.0
 
     def __post_init__(self) -> None:
+        if not self.timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
         if any(not t > 0 for t in self.ladder_targets_ms):
             raise ValueError(f"ladder_targets_ms must be positive, got {list(self.ladder_targets_ms)}")
         if self.large not in ("all", "pareto"):
@@ -112,7 +118,12 @@ def run_one(artifact: Path, runtime: str, size: tuple[int, int], scale: int, cfg
            "--height", str(size[0]), "--width", str(size[1]), "--scale", str(scale), "--threads", str(cfg.threads),
            "--warmup", str(cfg.warmup), "--runs", str(runs), "--tile", str(cfg.tile)]
     env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[2])
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[2],
+                              timeout=cfg.timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"artifact": str(artifact), "runtime": runtime, "lr_size": list(size),
+                "error": f"timed out after {cfg.timeout_s:g} s (killed)"}
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
         return {"artifact": str(artifact), "runtime": runtime, "lr_size": list(size), "error": tail[0]}

@@ -38,8 +38,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
     else:
-        for key in ("arch", "scale", "num_feat", "num_block", "params", "layout"):
-            print(f"{key:10s} {info[key]}")
+        for key in ("arch", "scale", "num_feat", "num_block", "num_grow_ch", "params", "layout"):
+            if key in info:  # SRCNN has no blocks; only RRDB has a growth width
+                print(f"{key:10s} {info[key]}")
     return 0
 
 

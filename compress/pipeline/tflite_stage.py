@@ -30,7 +30,9 @@ def _parity(loaded: LoadedModel, path: Path, threads: int = 2) -> Parity:
 
 def _calibration(scale: int, cfg: CalibrationConfig, paths: list[Path]) -> list[np.ndarray]:
     """NHWC calibration patches of ``paths``."""
-    return [np.ascontiguousarray(p.transpose(0, 2, 3, 1)) for p in iter_patches(paths, scale, cfg)]
+    from export.tflite_export import nhwc_batches
+
+    return list(nhwc_batches(iter_patches(paths, scale, cfg)))
 
 
 def export_tflite(loaded: LoadedModel, src: Path, out_dir: Path, extra_eval: list[str] | None = None,

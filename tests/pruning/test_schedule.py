@@ -1,5 +1,6 @@
 import pytest
 
+from compress.core.errors import InputError
 from pruning.schedule import PolynomialDecay
 
 
@@ -25,6 +26,8 @@ def test_pruning_steps_include_end():
 def test_config_round_trip():
     sched = PolynomialDecay(0.1, 0.7, begin_step=3, end_step=90, power=2, frequency=7)
     assert PolynomialDecay.from_config(sched.get_config()) == sched
+    with pytest.raises(InputError, match=r"schedule: unknown field\(s\) \['final_sparsty'\]"):
+        PolynomialDecay.from_config({**sched.get_config(), "final_sparsty": 0.5})
 
 
 @pytest.mark.parametrize(

@@ -57,3 +57,12 @@ def test_harness_on_tiny_model(tmp_path):
     assert html.count("data:image/png;base64,") == 2 and "No crops" not in html
     row = data["results"][-1]
     assert row["lr_size"] == [48, 40] and row["out_size"] == [96, 80] and row["p50_ms"] > 0 and row["peak_rss_mb"] > 0
+
+
+def test_a_configuration_past_its_timeout_is_killed_and_recorded(tmp_path):
+    from compress.pipeline.bench_stage import run_one
+
+    row = run_one(tmp_path / "m.onnx", "ort", (8, 8), 2, BenchConfig(timeout_s=0.01))
+    assert row["error"] == "timed out after 0.01 s (killed)" and row["lr_size"] == [8, 8]
+    with pytest.raises(ValueError, match="timeout_s must be > 0, got 0"):
+        BenchConfig(timeout_s=0)

@@ -169,3 +169,16 @@ def test_a_model_that_fails_on_a_later_image_leaves_no_outputs_behind(tmp_path, 
     assert main(["upscale", str(src), "--out", str(tmp_path / "out"), "--artifact", str(model)]) == 2
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["a_x2.png"]  # no .pending file left
     assert (tmp_path / "out" / "a_x2.png").read_bytes() == b"an earlier run's output"
+
+
+def test_an_output_over_the_output_pixel_limit_is_refused_before_inference(tmp_path, ckpt, capsys, monkeypatch):
+    monkeypatch.setenv("SRCOMPRESS_MAX_PIXELS", "1000")  # inputs up to 1000 px, outputs up to 4000
+    write_image(tmp_path / "ok.png", (40, 25))  # 1000 px in, 4000 out at x2: admitted
+    assert main(["upscale", str(tmp_path / "ok.png"), "--out", str(tmp_path / "o1"), "--artifact", str(ckpt)]) == 0
+    capsys.readouterr()
+    write_image(tmp_path / "wide.png", (41, 24))  # 984 px in (admitted), 15744 out at x4: refused
+    x4 = save_checkpoint(tiny_edsr(4), EDSRConfig(scale=4, num_feat=16, num_block=2), tmp_path / "m4.safetensors")
+    assert main(["upscale", str(tmp_path / "wide.png"), "--out", str(tmp_path / "o2"), "--artifact", str(x4)]) == 2
+    err = capsys.readouterr().err
+    assert "wide.png: a 164x96 output (0.0157 MP) is over the output limit of 0.004 MP" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o2").exists()
