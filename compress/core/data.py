@@ -144,7 +144,9 @@ def to_image(arr: np.ndarray) -> Image.Image:
 
 @dataclasses.dataclass(frozen=True)
 class ImagePair:
-    """A mod-cropped HR image and its bicubic LR, as float32 HWC arrays in [0, 1]."""
+    """A mod-cropped HR image and its bicubic LR, as float32 HWC arrays in [0, 1], or as the 8-bit
+    values they come from (uint8 HWC: training pairs, a quarter of the memory, made float per patch
+    by :func:`random_patches` with the same numbers)."""
 
     name: str
     hr: np.ndarray
@@ -156,7 +158,7 @@ def min_hr_side(scale: int) -> int:
     return 4 * scale
 
 
-def load_pair(path: str | Path, scale: int, max_side: int | None = None) -> ImagePair:
+def load_pair(path: str | Path, scale: int, max_side: int | None = None, u8: bool = False) -> ImagePair:
     """HR image -> (optionally shrunk) mod-cropped HR and its LR.
 
     Args:
@@ -164,6 +166,7 @@ def load_pair(path: str | Path, scale: int, max_side: int | None = None) -> Imag
         scale: SR factor.
         max_side: shrink HR first (antialiased bicubic) so that its longer side is at most this,
             e.g. for large JPEG photographs whose fine detail is compression noise.
+        u8: keep the 8-bit values (uint8) rather than float32 in [0, 1].
     """
     img = load_rgb(path)
     if max_side is not None and max(img.size) > max_side:
@@ -174,11 +177,20 @@ def load_pair(path: str | Path, scale: int, max_side: int | None = None) -> Imag
     if hr.width < least or hr.height < least:
         raise InputError(f"{path}: image of {img.width}x{img.height} is too small for x{scale}: PSNR shaves {scale} px "
                          f"from each border, so both sides must be at least {least} px")
-    return ImagePair(name=Path(path).stem, hr=to_array(hr), lr=to_array(bicubic_down(hr, scale)))
+    lr = bicubic_down(hr, scale)
+    if u8:
+        return ImagePair(name=Path(path).stem, hr=np.asarray(hr, dtype=np.uint8), lr=np.asarray(lr, dtype=np.uint8))
+    return ImagePair(name=Path(path).stem, hr=to_array(hr), lr=to_array(lr))
 
 
-def load_pairs(paths: Sequence[str | Path], scale: int, max_side: int | None = None) -> list[ImagePair]:
-    return [load_pair(p, scale, max_side) for p in paths]
+def load_pairs(paths: Sequence[str | Path], scale: int, max_side: int | None = None,
+               u8: bool = False) -> list[ImagePair]:
+    return [load_pair(p, scale, max_side, u8) for p in paths]
+
+
+def _as_float(batch: np.ndarray) -> np.ndarray:
+    """A batch in [0, 1] as float32, made exactly as :func:`to_array` makes it from 8-bit values."""
+    return batch.astype(np.float32) / 255.0 if batch.dtype == np.uint8 else np.ascontiguousarray(batch)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,4 +266,4 @@ def random_patches(pairs: Sequence[ImagePair], scale: int, cfg: PatchConfig,
                     lr, hr = lr[:, ::-1], hr[:, ::-1]
             lrs.append(lr.transpose(2, 0, 1))
             hrs.append(hr.transpose(2, 0, 1))
-        yield np.ascontiguousarray(np.stack(lrs)), np.ascontiguousarray(np.stack(hrs))
+        yield _as_float(np.stack(lrs)), _as_float(np.stack(hrs))

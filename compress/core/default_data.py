@@ -10,7 +10,8 @@ Training adds the photographs among Debian's wallpaper packages (:data:`WALLPAPE
 ``lomiri-wallpapers-16.04`` and 2 of ``lomiri-wallpapers-20.04`` (CC0 / CC-BY / CC-BY-SA), 12 of
 ``mate-backgrounds`` and 10 of ``plasma-workspace-wallpapers`` (GPL-2+); the renders and drawings
 in those packages and all of ``ukui-wallpapers`` are left out), shrunk to at most
-``WALLPAPER_MAX_SIDE`` pixels first since they are JPEGs whose finest detail is compression noise.
+``WALLPAPER_MAX_SIDE`` pixels first since they are JPEGs whose finest detail is compression noise
+(the user's own training folders are not shrunk unless a recipe's ``max_side`` asks).
 ``make train`` installs the packages; missing ones are skipped.
 """
 
@@ -138,11 +139,17 @@ def training_images(data: str) -> list[Path]:
     return list_images(data)
 
 
-def training_pairs(data: str, scale: int, max_side: int = WALLPAPER_MAX_SIDE) -> list:
-    """(HR, LR) pairs of :func:`training_images`, each image shrunk to ``max_side`` first (0: never).
+def training_pairs(data: str, scale: int, max_side: int = 0) -> list:
+    """(HR, LR) pairs of :func:`training_images` in 8 bits (uint8), each image shrunk to ``max_side``
+    first (0: never); the wallpapers of the default data are shrunk to ``WALLPAPER_MAX_SIDE`` in any case.
 
-    The one loader of training data, used by ``train``, pruning fine-tuning, QAT and tfmot.
+    The one loader of training data, used by ``train``, pruning fine-tuning, QAT and tfmot. A folder
+    of the user's (``DATA=``) is taken as it is unless ``max_side`` says otherwise.
     """
     from compress.core.data import load_pairs
 
-    return load_pairs(training_images(data), scale, max_side or None)
+    if data != "default":
+        return load_pairs(training_images(data), scale, max_side or None, u8=True)
+    walls = min(max_side or WALLPAPER_MAX_SIDE, WALLPAPER_MAX_SIDE)
+    return (load_pairs(split_paths("train"), scale, max_side or None, u8=True)
+            + load_pairs(wallpaper_paths(), scale, walls, u8=True))

@@ -16,7 +16,7 @@ from compress.core.evaluate import evaluate
 from compress.core.infer import torch_upscaler
 from compress.core.archs import ARCHITECTURES, architecture
 from compress.core.data import PatchConfig, list_images, load_pairs, random_patches
-from compress.core.default_data import WALLPAPER_MAX_SIDE, training_images, training_pairs, validation_paths
+from compress.core.default_data import training_images, training_pairs, validation_paths
 from compress.core.errors import InputError, first_line
 from compress.core.files import read_json_object, read_sidecar, sha256_file, sidecar_path, write_json_atomic, write_sidecar
 from compress.core.recipe import to_dict
@@ -33,7 +33,8 @@ class TrainRecipe:
         scale: SR factor.
         num_feat / num_block / num_grow_ch / res_scale: architecture size (canonical BasicSR names).
         data: ``default`` (packaged photographs plus Debian's wallpapers when installed) or a folder.
-        max_side: shrink training images so their longer side is at most this (0: never).
+        max_side: shrink training images so their longer side is at most this (0: never; the default
+            data's wallpapers are shrunk to ``WALLPAPER_MAX_SIDE`` in any case).
         val_data: folder of validation images, which choose checkpoints (default: the packaged images in
             no benchmark and never trained on, when ``data`` is ``default``, else none).
         init_from: checkpoint whose matching tensors initialise the model (e.g. x2 body for x3/x4).
@@ -48,7 +49,7 @@ class TrainRecipe:
     num_grow_ch: int = 32
     res_scale: float = 1.0
     data: str = "default"
-    max_side: int = WALLPAPER_MAX_SIDE
+    max_side: int = 0
     val_data: str = ""
     init_from: str = ""
     patch: PatchConfig = PatchConfig()

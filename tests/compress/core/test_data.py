@@ -151,3 +151,18 @@ def test_exif_orientation_is_applied(tmp_path):
 def test_images_too_small_for_the_shave_border_are_refused(tmp_path):
     with pytest.raises(InputError, match="too small for x4: PSNR shaves 4 px"):
         load_pair(write_image(tmp_path / "tiny.png", (12, 40)), 4)
+
+
+def test_training_pairs_are_kept_in_8_bits_and_give_the_same_patches(tmp_path):
+    from compress.core.default_data import training_pairs
+
+    write_image(tmp_path / "a.png", (1300, 40))  # a user's image: not shrunk, though over 1200 px
+    write_image(tmp_path / "b.png", (60, 50), seed=1)
+    pairs = training_pairs(str(tmp_path), 2)
+    assert [p.hr.dtype for p in pairs] == [np.uint8] * 2 and pairs[0].hr.shape == (40, 1300, 3)
+    assert training_pairs(str(tmp_path), 2, max_side=650)[0].hr.shape == (20, 650, 3)
+    floats = load_pairs(sorted(tmp_path.iterdir()), 2)
+    cfg = PatchConfig(lr_patch=8, batch_size=4, seed=3)
+    for (lr8, hr8), (lr, hr), _ in zip(random_patches(pairs, 2, cfg), random_patches(floats, 2, cfg), range(3)):
+        assert lr8.dtype == hr8.dtype == np.float32
+        assert np.array_equal(lr8, lr) and np.array_equal(hr8, hr)  # the very numbers of the float32 pairs
