@@ -10,6 +10,9 @@ from pruning.channel import Criterion
 from pruning.schedule import PolynomialDecay
 
 METHODS = ("unstructured", "channel")
+#: Fields that only one method reads: set for the other, they would be silently ignored.
+ONLY_FOR = {"channel": ("round_to", "inner_final_sparsity", "upsample_final_sparsity", "criterion"),
+            "unstructured": ("skip_first_last",)}
 CRITERIA = tuple(c.value for c in Criterion)
 
 
@@ -64,6 +67,12 @@ class PruneRecipe:
             raise ValueError(f"upsample_final_sparsity must be in [0, 1), got {self.upsample_final_sparsity}")
         if self.criterion not in CRITERIA:
             raise ValueError(f"criterion must be one of {CRITERIA}, got {self.criterion!r}")
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for method, names in ONLY_FOR.items():
+            ignored = [n for n in names if method != self.method and getattr(self, n) != defaults[n]]
+            if ignored:
+                raise ValueError(f"{', '.join(ignored)}: only method = {method!r} reads it, and this recipe's "
+                                 f"method is {self.method!r}; remove it")
         if self.train.ema_decay:
             raise ValueError(f"train.ema_decay must be 0 for pruning (unstructured: the masks would not hold in the "
                              f"weight average; channel: every fine-tuning segment between pruning steps would "

@@ -105,7 +105,12 @@ def test_quantize_and_prune_recipe_tables_are_checked(tmp_path):
              (PruneRecipe, "data = \"\"\n", r"data must be 'default' or a folder"),
              (PruneRecipe, "[schedule]\ninitial_sparsity = 0.0\nfinal_sparsity = 0.5\nbegin_step = 0\n"
                            "end_step = 1000000000\nfrequency = 1\n[train]\nsteps = 1000000000\n",
-              r"1000000000 pruning events")]
+              r"1000000000 pruning events"),
+             (PruneRecipe, "method = \"unstructured\"\ncriterion = \"taylor\"\nround_to = 4\n",
+              r"r.toml: round_to, criterion: only method = 'channel' reads it, and this recipe's method is "
+              r"'unstructured'; remove it"),
+             (PruneRecipe, "method = \"channel\"\nskip_first_last = false\n",
+              r"skip_first_last: only method = 'unstructured' reads it")]
     for cls, body, match in cases:
         path = tmp_path / "r.toml"
         path.write_text(body)
