@@ -143,7 +143,7 @@ def detect_layout(sd: dict[str, torch.Tensor], path: Path) -> Layout:
     found = matching_layouts(sd)
     if len(found) == 1:
         return found[0]
-    keys = ", ".join(list(sd)[:12])
+    keys = ", ".join(repr(k)[:80] for k in list(sd)[:12])  # escaped: a key can hold newlines or terminal codes
     if not found:
         supported = ", ".join(lay.name for lay in LAYOUTS)
         raise InputError(f"{path}: unknown checkpoint layout (first keys: {keys}); supported: {supported} "
@@ -262,6 +262,8 @@ def _check_tensors(sd: dict[str, torch.Tensor], path: Path) -> None:
             raise InputError(f"{path}: tensor {key!r} has dtype {tensor.dtype}; weights must be float16, bfloat16, "
                              "float32 or float64")
         storage, size = tensor.untyped_storage(), tensor.numel() * tensor.element_size()
+        if size == 0:  # holds no data to share (its shape is checked against the architecture later)
+            continue
         if size > storage.nbytes():
             raise InputError(f"{path}: tensor {key!r} of shape {tuple(tensor.shape)} is a view larger than the "
                              "data stored for it")
@@ -270,8 +272,8 @@ def _check_tensors(sd: dict[str, torch.Tensor], path: Path) -> None:
         claimed += size
         if claimed > stored:
             raise InputError(f"{path}: tensor {key!r} shares its data with {first!r}; each weight must be stored once")
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise InputError(f"{path}: tensor {key!r} contains NaN or Inf values")
+        if tensor.is_floating_point() and not torch.isfinite(tensor.float()).all():  # float64 past float32's range too
+            raise InputError(f"{path}: tensor {key!r} contains NaN or Inf values (as the float32 it is run in)")
 
 
 def _check_shapes(skeleton: nn.Module, canon: dict[str, torch.Tensor], path: Path, layout: str) -> None:

@@ -99,9 +99,13 @@ def set_name(folder: str | Path) -> str:
 
 def eval_sets(scale: int, extra: list[str] | None) -> dict[str, list[ImagePair]]:
     """The embedded evaluation split plus any extra folders, keyed by :func:`set_name`."""
-    sets = {"embedded": load_pairs(split_paths("evaluation"), scale)}
+    sets, where = {"embedded": load_pairs(split_paths("evaluation"), scale)}, {"embedded": "the embedded split"}
     for folder in extra or []:
-        sets[set_name(folder)] = load_pairs(list_images(folder), scale)
+        name = set_name(folder)
+        if name in sets:  # one name would hide the other's figures
+            raise InputError(f"{folder}: its results would go by the name {name!r}, as {where[name]}'s do; "
+                             "rename the folder")
+        sets[name], where[name] = load_pairs(list_images(folder), scale), str(folder)
     return sets
 
 

@@ -212,9 +212,9 @@ def _add_tools(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--run", help="instead of --model: every artifact of this run folder, with dB lost against its FP32 model")
     s.add_argument("--data", required=True, help="folder of HR images")
     s.add_argument("--scale", type=opt.scale, help="required with --model")
-    s.add_argument("--tile", type=opt.non_negative_int, default=0,
+    s.add_argument("--tile", type=opt.tile, default=0,
                    help="LR tile size for tiled inference (0: whole image, tiled automatically when large)")
-    s.add_argument("--threads", type=opt.non_negative_int, default=0, help="runtime threads (0: library default)")
+    s.add_argument("--threads", type=opt.threads, default=0, help="runtime threads (0: library default)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_cmd_eval)
 
@@ -278,7 +278,7 @@ def _add_stages(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--run", required=True)
     s.add_argument("--sizes", nargs="+", type=opt.lr_size, default=["128x128", "256x256", "1080p"],
                    help="LR HxW sizes, or 1080p")
-    s.add_argument("--threads", type=opt.positive_int, default=2)
+    s.add_argument("--threads", type=opt.bench_threads, default=2)
     s.add_argument("--runs", type=opt.positive_int, default=10)
     s.add_argument("--large", choices=("pareto", "all"), default="pareto",
                    help="which artifacts to time at sizes over 0.1 LR MP: the FP32 reference and the Pareto front, or all")
@@ -361,6 +361,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # the boundary: one line, not a traceback
         if args.debug:
             raise
+        if isinstance(exc, OSError) and exc.filename is not None:  # a path it was given cannot be read or written
+            print(f"error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+            code = 2
+            return code
         what = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         print(f"error: {args.command}: internal error {type(exc).__name__}: {what} (rerun with --debug for the "
               "traceback)", file=sys.stderr)

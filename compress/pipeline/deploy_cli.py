@@ -6,12 +6,12 @@ import argparse
 import json
 from pathlib import Path
 
+from compress.core.errors import InputError
 from compress.pipeline import options as opt
 from compress.pipeline.choose import TARGETS_MS
 
 
 def _cmd_upscale(args: argparse.Namespace) -> int:
-    from compress.core.errors import InputError
     from compress.pipeline.upscale_cmd import UpscaleOptions, upscale_files
 
     if args.artifact and args.run:
@@ -37,13 +37,23 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_interpolate(args: argparse.Namespace) -> int:
     from compress.core.checkpoint import interpolate, load_checkpoint, save_checkpoint
-    from compress.core.files import source_block, write_sidecar
+    from compress.core.files import sidecar_path, source_block, write_sidecar
 
+    out = Path(args.out)
+    for given in (args.a, args.b):
+        if Path(given).resolve() == out.resolve():
+            raise InputError(f"{out}: is one of the inputs, and would be overwritten; choose another --out")
     a, b = load_checkpoint(args.a), load_checkpoint(args.b)
     model = interpolate(a, b, args.alpha)
-    out = save_checkpoint(model, a.config, Path(args.out), metadata={"stage": "interpolate", "alpha": str(args.alpha)})
-    write_sidecar(out, {"stage": "interpolate", "method": "network interpolation (ESRGAN)", "alpha": args.alpha,
-                        "b": source_block(args.b)}, source=args.a)
+    sources = source_block(args.a), source_block(args.b)  # hashed before anything is written
+    out = save_checkpoint(model, a.config, out, metadata={"stage": "interpolate", "alpha": str(args.alpha)})
+    try:
+        write_sidecar(out, {"stage": "interpolate", "method": "network interpolation (ESRGAN)", "alpha": args.alpha,
+                            "b": sources[1]}, source=sources[0])
+    except BaseException:  # no checkpoint without its sidecar
+        out.unlink(missing_ok=True)
+        sidecar_path(out).unlink(missing_ok=True)
+        raise
     print(json.dumps({"artifact": str(out), "alpha": args.alpha, "a": args.a, "b": args.b}))
     return 0
 
@@ -51,14 +61,14 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
 def add_deploy(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("upscale", help="upscale images or folders with a pipeline artifact")
     s.add_argument("inputs", nargs="+", help="image files and/or folders")
-    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--out", required=True, type=opt.folder, help="output folder")
     s.add_argument("--artifact", help="checkpoint, .onnx, .tflite (any runtime the project benchmarks)")
     s.add_argument("--run", help="pick from this run's report the artifact meeting --target with the least loss")
     s.add_argument("--target", choices=list(TARGETS_MS), default="1000ms")
     s.add_argument("--max-loss-db", type=opt.positive_float, default=0.1)
     s.add_argument("--scale", type=opt.scale, help="without --artifact / --run: the shipped default for this scale")
-    s.add_argument("--tile", type=opt.non_negative_int, default=0, help="LR tile side (0: automatic)")
-    s.add_argument("--threads", type=opt.non_negative_int, default=0)
+    s.add_argument("--tile", type=opt.tile, default=0, help="LR tile side (0: automatic)")
+    s.add_argument("--threads", type=opt.threads, default=0)
     s.add_argument("--format", choices=["png", "jpeg", "webp"], default="png")
     s.add_argument("--quality", type=opt.quality, default=95, help="JPEG / WebP quality, 1..100")
     s.set_defaults(func=_cmd_upscale)
@@ -74,7 +84,7 @@ def add_deploy(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--queue", type=opt.non_negative_int, default=4, help="requests waiting beyond the workers before 503")
     s.add_argument("--max-upload-mb", type=opt.positive_float, default=20.0)
     s.add_argument("--max-pixels", type=opt.positive_int, default=8_000_000, help="decoded input pixels")
-    s.add_argument("--threads", type=opt.non_negative_int, default=0, help="runtime threads")
+    s.add_argument("--threads", type=opt.threads, default=0, help="runtime threads")
     s.add_argument("--upload-timeout-s", type=opt.positive_float, default=30.0,
                    help="an upload not received within this time gets 408 and frees its slot")
     s.set_defaults(func=_cmd_serve)
@@ -82,6 +92,6 @@ def add_deploy(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("interpolate", help="ESRGAN network interpolation of two checkpoints")
     s.add_argument("a")
     s.add_argument("b")
-    s.add_argument("--alpha", type=float, required=True, help="0 gives A, 1 gives B")
+    s.add_argument("--alpha", type=opt.unit_float, required=True, help="0 gives A, 1 gives B")
     s.add_argument("--out", required=True, type=opt.safetensors_out, help="output .safetensors")
     s.set_defaults(func=_cmd_interpolate)

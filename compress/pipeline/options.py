@@ -10,6 +10,8 @@ import math
 import re
 
 SCALES = (2, 3, 4)
+MAX_THREADS = 1024  # OpenMP aborts or crashes past some thousands; no CPU needs more than this
+MIN_TILE, MAX_TILE = 32, 8192  # below 32 LR pixels a tile is mostly overlap: hours of work for a photo
 
 
 def _int(text: str) -> int:
@@ -30,6 +32,30 @@ def non_negative_int(text: str) -> int:
     value = _int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def threads(text: str) -> int:
+    """Runtime threads, 0 (the library's default) to :data:`MAX_THREADS`."""
+    value = _int(text)
+    if not 0 <= value <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"threads must be 0..{MAX_THREADS} (0: the library's default), got {value}")
+    return value
+
+
+def bench_threads(text: str) -> int:
+    """Threads for timing, 1 to :data:`MAX_THREADS` (a benchmark names its thread count)."""
+    value = threads(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("threads must be 1 or more for a benchmark, got 0")
+    return value
+
+
+def tile(text: str) -> int:
+    """An LR tile side: 0 (automatic) or :data:`MIN_TILE` to :data:`MAX_TILE`."""
+    value = _int(text)
+    if value != 0 and not MIN_TILE <= value <= MAX_TILE:
+        raise argparse.ArgumentTypeError(f"tile must be 0 (automatic) or {MIN_TILE}..{MAX_TILE}, got {value}")
     return value
 
 
@@ -63,6 +89,24 @@ def positive_float(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
+
+
+def unit_float(text: str) -> float:
+    """A number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def folder(text: str) -> str:
+    """A folder path, not empty (``""`` would mean the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; name a folder")
+    return text
 
 
 def lr_size(text: str) -> str:

@@ -107,18 +107,27 @@ def _refuse_clashes(files: list[Path]) -> None:
         seen[path.stem] = path
 
 
-def _prepare_out(out: Path) -> bool:
-    """Create ``out`` and prove it takes a file, before any model is opened; True if it was created."""
+def _prepare_out(out: Path) -> list[Path]:
+    """Create ``out`` and prove it takes a file, before any model is opened; the folders it created,
+    deepest first (a refused batch removes them again)."""
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: --out must be a folder, and this is a file")
-    created = not out.exists()
+    created = [p for p in (out, *out.parents) if not p.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
             pass
     except OSError as exc:
+        _remove(created)
         raise InputError(f"{out}: cannot write there ({exc.strerror or exc})") from None
     return created
+
+
+def _remove(folders: list[Path]) -> None:
+    """Remove the (empty) folders a refused command created, deepest first."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def _check(path: Path, models: _Models, opts: UpscaleOptions, inputs: set[Path]) -> _Job:
@@ -132,9 +141,10 @@ def _check(path: Path, models: _Models, opts: UpscaleOptions, inputs: set[Path])
         raise InputError(f"{path}: {e}") from None
     suffix = "jpg" if opts.fmt in ("jpeg", "jpg") else opts.fmt
     target = opts.out / f"{path.stem}_x{scale}.{suffix}"
-    if target.resolve() in inputs:
-        raise InputError(f"{target}: is one of the inputs, and {path}'s output would overwrite it; "
-                         "choose another --out")
+    for written in (target, _staged(target)):  # the output, and the name it waits under
+        if written.resolve() in inputs:
+            raise InputError(f"{written}: is one of the inputs, and {path}'s output would overwrite it; "
+                             "choose another --out")
     if target.is_dir():
         raise InputError(f"{target}: a folder stands where {path}'s output goes")
     return _Job(path, fn, scale, why, target)
@@ -164,9 +174,7 @@ def upscale_files(inputs: list[str], opts: UpscaleOptions) -> list[dict[str, obj
     except BaseException:  # a refused batch changes nothing: no output, no earlier file replaced, no folder made
         for job in jobs:
             _staged(job.target).unlink(missing_ok=True)
-        if created:
-            with contextlib.suppress(OSError):
-                opts.out.rmdir()
+        _remove(created)
         raise
     for job in jobs:  # the whole batch succeeded: its outputs take their names
         os.replace(_staged(job.target), job.target)

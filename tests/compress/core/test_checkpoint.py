@@ -115,6 +115,17 @@ def test_nan_weights_are_rejected(tmp_path):
     sd["body.1.conv2.weight"][0, 0, 0, 0] = math.nan
     with pytest.raises(InputError, match=r"body\.1\.conv2\.weight.*NaN"):
         load_checkpoint(_save(tmp_path, sd))
+    huge = {k: v.double() for k, v in as_layout(tiny_edsr(2), "edsr-basicsr").items()}
+    huge["body.0.conv1.weight"][0, 0, 0, 0] = 1e300  # finite in float64, Inf in the float32 it runs in
+    with pytest.raises(InputError, match=r"body\.0\.conv1\.weight' contains NaN or Inf values \(as the float32"):
+        load_checkpoint(_save(tmp_path, huge))
+
+
+def test_an_empty_tensor_is_named_by_its_shape(tmp_path):
+    sd = as_layout(tiny_edsr(2), "edsr-basicsr")
+    sd["conv_first.bias"] = torch.zeros(0)
+    with pytest.raises(InputError, match=r"'conv_first\.bias' has shape \(0,\)"):
+        load_checkpoint(_save(tmp_path, sd))
 
 
 def test_corrupt_and_non_checkpoint_files(tmp_path):
@@ -146,10 +157,12 @@ def test_pickled_code_is_refused(tmp_path):
 
 
 def test_unknown_layout_error_is_one_line(tmp_path):
-    path = _save(tmp_path, {"encoder.weight": torch.zeros(2, 2)})
+    path = _save(tmp_path, {"encoder.weight": torch.zeros(2, 2), "x\nTraceback (most recent call last):": torch.zeros(1),
+                            "\x1b[2Jclear": torch.zeros(1)})  # keys that would forge a line or clear the terminal
     with pytest.raises(InputError) as err:
         load_checkpoint(path)
-    assert "\n" not in str(err.value)
+    assert "\n" not in str(err.value) and "\x1b" not in str(err.value)
+    assert "'x\\nTraceback" in str(err.value) and "'\\x1b[2Jclear'" in str(err.value)
 
 
 def test_res_scale_and_range_survive_save_load_and_rebuild(tmp_path):

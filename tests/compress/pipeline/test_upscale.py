@@ -106,6 +106,22 @@ def test_interpolation_reproduces_a_and_b_at_0_and_1(tmp_path):
         interpolate(la, load_checkpoint(other), 0.5)
 
 
+def test_interpolate_refuses_to_overwrite_an_input_and_names_an_unwritable_out(tmp_path, capsys):
+    a = save_checkpoint(tiny_edsr(2, seed=0), CFG, tmp_path / "a.safetensors")
+    b = save_checkpoint(tiny_edsr(2, seed=1), CFG, tmp_path / "b.safetensors")
+    before = a.read_bytes()
+    assert main(["interpolate", str(a), str(b), "--alpha", "0.5", "--out", str(a)]) == 2
+    assert "a.safetensors: is one of the inputs" in capsys.readouterr().err and a.read_bytes() == before
+    (tmp_path / "c.safetensors.json").mkdir()  # the sidecar cannot be written: no checkpoint is left without it
+    assert main(["interpolate", str(a), str(b), "--alpha", "0.5", "--out", str(tmp_path / "c.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "c.safetensors.json" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "c.safetensors").exists()
+    with pytest.raises(SystemExit):
+        main(["interpolate", str(a), str(b), "--alpha", "2", "--out", str(tmp_path / "d.safetensors")])
+    assert "argument --alpha: must be in [0, 1], got 2" in capsys.readouterr().err
+
+
 def test_an_output_with_nan_is_refused_not_written_black(tmp_path):
     img = decode_file(write_image(tmp_path / "x.png", (16, 16)))
     with pytest.raises(InputError, match="NaN or Inf"):
@@ -124,14 +140,27 @@ def test_an_output_that_would_overwrite_an_input_is_refused_before_any_write(tmp
                                                                                                         "a_x2.png"]
 
 
+def test_an_input_named_like_an_output_waiting_for_its_batch_is_not_overwritten(tmp_path, ckpt, capsys):
+    a = write_image(tmp_path / "a.png", (12, 10))
+    pending = tmp_path / ".a_x2.png.pending"  # a PNG under the name a's output waits as
+    pending.write_bytes(write_image(tmp_path / "b.png", (16, 16), seed=2).read_bytes())
+    before = pending.read_bytes()
+    assert main(["upscale", str(a), str(pending), "--out", str(tmp_path), "--artifact", str(ckpt)]) == 2
+    assert ".a_x2.png.pending: is one of the inputs" in capsys.readouterr().err
+    assert pending.read_bytes() == before and not (tmp_path / "a_x2.png").exists()
+
+
 def test_a_bad_image_in_a_batch_stops_it_before_any_output(tmp_path, ckpt, capsys):
     src = tmp_path / "in"
     src.mkdir()
     write_image(src / "a.png", (12, 10))
     (src / "b.png").write_bytes(write_image(tmp_path / "whole.png", (40, 30)).read_bytes()[:80])  # truncated
     write_image(src / "c.png", (12, 10))
-    assert main(["upscale", str(src), "--out", str(tmp_path / "out"), "--artifact", str(ckpt)]) == 2
-    assert "b.png" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    assert main(["upscale", str(src), "--out", str(tmp_path / "out" / "x2" / "photos"), "--artifact", str(ckpt)]) == 2
+    assert "b.png" in capsys.readouterr().err and not (tmp_path / "out").exists()  # no folder it made is left
+    with pytest.raises(SystemExit):
+        main(["upscale", str(src), "--out", "", "--artifact", str(ckpt)])
+    assert "argument --out: an empty path" in capsys.readouterr().err
 
 
 def test_an_unwritable_out_and_a_report_without_header_are_input_errors(tmp_path, ckpt, capsys):
