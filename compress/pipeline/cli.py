@@ -21,6 +21,7 @@ from compress.core.files import read_stage_seconds, record_stage_seconds
 from compress.pipeline import options as opt
 from compress.pipeline.deploy_cli import add_deploy
 from compress.pipeline.contract import STAGES, inputs
+from compress.pipeline.defaults import SHIPPED_ARCHS
 
 TIMED_STAGES = ("model", "prune", "quantize", "export", "bench")  # wall times go to <run>/stage_seconds.json
 STAGE_NAMES = tuple(st.name for st in STAGES)
@@ -246,7 +247,7 @@ def _add_tools(sub: argparse._SubParsersAction) -> None:
 def _add_stages(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("model", help="stage 1: take a checkpoint into a run as its FP32 baseline")
     s.add_argument("--model", default="", help="checkpoint (default: the shipped default for --arch and --scale)")
-    s.add_argument("--arch", choices=("edsr", "rrdb"), default="edsr", help="which shipped default (without --model)")
+    s.add_argument("--arch", choices=SHIPPED_ARCHS, default="edsr", help="which shipped default (without --model)")
     s.add_argument("--scale", type=opt.scale, default=None)
     s.add_argument("--run", required=True, help="run folder, e.g. artifacts/run-x2")
     s.add_argument("--eval", action="append", default=[], help="extra evaluation folder(s)")

@@ -11,6 +11,17 @@ DEFAULT_MODELS = {("edsr", 2): "edsr_baseline_x2.safetensors", ("edsr", 3): "eds
                   ("edsr", 4): "edsr_baseline_x4.safetensors", ("rrdb", 4): "rrdb_compact_x4.safetensors"}
 
 
+SHIPPED_ARCHS = tuple(dict.fromkeys(a for a, _ in DEFAULT_MODELS))
+
+
+def default_scale(arch: str) -> int:
+    """The scale of ``arch``'s shipped default when none is asked for: its smallest shipped one."""
+    scales = [s for a, s in DEFAULT_MODELS if a == arch]
+    if not scales:
+        raise InputError(f"no shipped default {arch} model; shipped: {', '.join(SHIPPED_ARCHS)}")
+    return min(scales)
+
+
 def default_checkpoint(scale: int, arch: str = "edsr") -> Path:
     """The shipped default weights for (``arch``, ``scale``) in ``artifacts/default/``."""
     if (arch, scale) not in DEFAULT_MODELS:

@@ -10,7 +10,7 @@ from compress.core.errors import InputError
 from compress.core.files import read_sidecar, sha256_file, sidecar_path, source_block, write_sidecar
 from compress.core.infer import torch_upscaler
 from compress.pipeline.contract import STAGES, path_of
-from compress.pipeline.defaults import default_checkpoint
+from compress.pipeline.defaults import default_checkpoint, default_scale
 
 
 def refuse_another_baseline(run: Path, src: Path) -> None:
@@ -36,7 +36,7 @@ def stage_model(model: str | None, scale: int | None, run: Path, extra_eval: lis
     Raises:
         InputError: ``run`` holds later stages' artifacts of another baseline (:func:`refuse_another_baseline`).
     """
-    src = Path(model) if model else default_checkpoint(scale or (4 if arch == "rrdb" else 2), arch)
+    src = Path(model) if model else default_checkpoint(scale or default_scale(arch), arch)
     loaded: LoadedModel = load_checkpoint(src, scale)
     refuse_another_baseline(run, src)
     sets = eval_sets(loaded.scale, extra_eval)

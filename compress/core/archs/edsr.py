@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 import torch
 from torch import nn
 
 from compress.core.archs.spec import Architecture, Structure
+from compress.core.archs.layout import (
+    Layout, StateDict, count_indices, has_keys, in_channels, out_channels, rename_keys,
+)
 
 DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
 
@@ -128,4 +132,101 @@ def _structure(model: EDSR) -> Structure:
                      residual_blocks=tuple(model.body), feature_taps=tuple(model.body))
 
 
-ARCH = Architecture("edsr", EDSRConfig, EDSR, _structure, canonical_layout="edsr-basicsr")
+# ------------------------------------------------------------------ checkpoint layouts of its releases
+def _edsr_config(sd: StateDict, mean: tuple[float, float, float], img_range: float = 255.0) -> EDSRConfig:
+    """Read an EDSRConfig from a canonical (BasicSR-named) EDSR state dict."""
+    num_feat = out_channels(sd, "conv_first.weight")
+    num_block = count_indices(sd, r"body\.(\d+)\.conv1\.weight$")
+    mids = tuple(out_channels(sd, f"body.{i}.conv1.weight") for i in range(num_block))
+    stages = sorted(int(m.group(1)) for k in sd if (m := re.match(r"upsample\.(\d+)\.weight$", k)))
+    up_feat = in_channels(sd, "conv_last.weight")
+    if len(stages) == 2:
+        scale = 4
+    elif len(stages) == 1:
+        r2 = out_channels(sd, f"upsample.{stages[0]}.weight") // up_feat
+        scale = {4: 2, 9: 3}.get(r2, 0)
+    else:
+        scale = 0
+    if scale == 0:
+        raise ValueError(f"EDSR upsampler has {len(stages)} stages with shapes that match no scale of 2, 3 or 4")
+    return EDSRConfig(
+        scale=scale,
+        num_feat=num_feat,
+        num_block=num_block,
+        # the official full model (32x256) trains with 0.1; the pipeline's own files record theirs
+        res_scale=0.1 if num_feat >= 256 else 1.0,
+        img_range=img_range,
+        rgb_mean=mean,
+        block_mid=mids if any(m != num_feat for m in mids) else None,
+        up_feat=up_feat if up_feat != num_feat else None,
+    )
+
+
+def _mean_from(sd: StateDict, key: str | None, divisor: float = 1.0) -> tuple[float, float, float]:
+    """Per-channel mean in [0, 1] units from a tensor (float32 noise rounded off), or the DIV2K mean."""
+    if key is None or key not in sd:
+        return DIV2K_MEAN
+    vec = sd[key].double().flatten() / divisor
+    return (round(float(vec[0]), 6), round(float(vec[1]), 6), round(float(vec[2]), 6))
+
+
+def _edsr_range(sd: StateDict) -> float:
+    """EDSR-PyTorch's ``--rgb_range`` (255 by default, 1 for some retrained models) from its mean shifts.
+
+    ``add_mean`` is a 1x1 convolution with weight ``I / std`` and bias ``rgb_range * mean / std``; the
+    canonical EDSR models std 1 only, so any other weight, or a ``sub_mean`` that is not its inverse, is
+    refused rather than loaded wrong.
+    """
+    if "add_mean.bias" not in sd:
+        return 255.0
+    eye = torch.eye(3, dtype=torch.float64).view(3, 3, 1, 1)
+    for name in ("sub_mean", "add_mean"):
+        weight = sd.get(f"{name}.weight")
+        if weight is not None and (weight.shape != eye.shape or not torch.allclose(weight.double(), eye, atol=1e-4)):
+            raise ValueError(f"{name}.weight is not the identity (an rgb_std other than 1 is not supported)")
+    bias = sd["add_mean.bias"].double().flatten()
+    sub = sd.get("sub_mean.bias", -bias).double().flatten()
+    if bias.numel() != 3 or sub.numel() != 3:
+        raise ValueError(f"mean shifts of {bias.numel()} and {sub.numel()} values; an RGB EDSR has 3")
+    if not torch.allclose(sub, -bias, atol=1e-3):
+        raise ValueError("sub_mean.bias is not the negative of add_mean.bias")
+    return 255.0 if float(bias.abs().max()) > 1.5 else 1.0
+
+
+def _edsr_official(sd: StateDict, scale: int | None) -> tuple[EDSRConfig, dict[str, torch.Tensor]]:
+    n = count_indices(sd, r"body\.(\d+)\.body\.0\.weight$")
+    rules = [
+        (r"^head\.0\.", "conv_first."),
+        (r"^body\.(\d+)\.body\.0\.", r"body.\1.conv1."),
+        (r"^body\.(\d+)\.body\.2\.", r"body.\1.conv2."),
+        (rf"^body\.{n}\.", "conv_after_body."),
+        (r"^tail\.0\.(\d+)\.", r"upsample.\1."),
+        (r"^tail\.1\.", "conv_last."),
+    ]
+    canon = {k: v for k, v in rename_keys(sd, rules).items() if not k.startswith(("sub_mean.", "add_mean."))}
+    img_range = _edsr_range(sd)
+    cfg = _edsr_config(canon, _mean_from(sd, "add_mean.bias", divisor=img_range), img_range)
+    canon["mean"] = torch.tensor(cfg.rgb_mean).view(1, 3, 1, 1)
+    return cfg, canon
+
+
+def _edsr_basicsr(sd: StateDict, scale: int | None) -> tuple[EDSRConfig, dict[str, torch.Tensor]]:
+    canon = dict(sd)
+    cfg = _edsr_config(canon, _mean_from(sd, "mean"))
+    canon["mean"] = torch.tensor(cfg.rgb_mean).view(1, 3, 1, 1)
+    return cfg, canon
+
+
+LAYOUTS: tuple[Layout, ...] = (
+    Layout(
+        "edsr-official", "edsr", "EDSR-PyTorch (head.0, body.N.body.0, tail.0.0, tail.1; 0..255 with mean shift)",
+        has_keys("head.0.weight", "body.0.body.0.weight", "tail.0.0.weight", "tail.1.weight"), _edsr_official,
+    ),
+    Layout(
+        "edsr-basicsr", "edsr", "BasicSR EDSR (conv_first, body.N.conv1, conv_after_body, upsample.0, conv_last)",
+        has_keys("conv_first.weight", "body.0.conv1.weight", "conv_after_body.weight", "upsample.0.weight"), _edsr_basicsr,
+    ),
+)
+
+
+ARCH = Architecture("edsr", EDSRConfig, EDSR, _structure, canonical_layout="edsr-basicsr", layouts=LAYOUTS)

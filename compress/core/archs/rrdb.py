@@ -13,6 +13,9 @@ import torch
 from torch import nn
 
 from compress.core.archs.spec import Architecture, Structure
+from compress.core.archs.layout import (
+    Layout, StateDict, count_indices, has_keys, in_channels, out_channels, rename_keys,
+)
 from torch.nn import functional as F
 
 GROWTH_CONVS = 4  # conv1..conv4 of a dense block grow the concatenation; conv5 returns to num_feat
@@ -162,4 +165,81 @@ def _structure(model: RRDBNet) -> Structure:
                      scaled_sums=tuple(block.branch_scale for block in model.body))
 
 
-ARCH = Architecture("rrdb", RRDBConfig, RRDBNet, _structure, canonical_layout="rrdb-basicsr")
+# ------------------------------------------------------------------ checkpoint layouts of its releases
+def _rrdb_config(sd: StateDict) -> RRDBConfig:
+    """Read an RRDBConfig from a canonical (BasicSR-named) RRDBNet state dict."""
+    if "conv_up2.weight" not in sd:
+        raise ValueError("RRDBNet without conv_up2 (an x2-native or x1-native variant) is not supported")
+    num_feat = out_channels(sd, "conv_first.weight")
+    num_block = count_indices(sd, r"body\.(\d+)\.rdb1\.conv1\.weight$")
+    grow = tuple(
+        tuple(tuple(out_channels(sd, f"body.{i}.rdb{r}.conv{j}.weight") for j in range(1, 5)) for r in (1, 2, 3))
+        for i in range(num_block)
+    )
+    num_grow_ch = grow[0][0][0] if num_block else 32
+    uniform = all(g == num_grow_ch for block in grow for rdb in block for g in rdb)
+    unshuffle_in = in_channels(sd, "conv_first.weight")
+    scale = {3: 4, 12: 2, 48: 1}.get(unshuffle_in)
+    if scale is None:
+        raise ValueError(f"RRDBNet conv_first takes {unshuffle_in} input channels; expected 3, 12 or 48")
+    up_feat = tuple(out_channels(sd, f"{name}.weight") for name in ("conv_up1", "conv_up2", "conv_hr"))
+    return RRDBConfig(
+        scale=scale,
+        num_feat=num_feat,
+        num_block=num_block,
+        num_grow_ch=num_grow_ch,
+        grow=None if uniform else grow,
+        up_feat=up_feat if up_feat != (num_feat,) * 3 else None,  # type: ignore[arg-type]
+    )
+
+
+def _rrdb_basicsr(sd: StateDict, scale: int | None) -> tuple[RRDBConfig, dict[str, torch.Tensor]]:
+    canon = dict(sd)
+    return _rrdb_config(canon), canon
+
+
+def _rrdb_esrgan_new(sd: StateDict, scale: int | None) -> tuple[RRDBConfig, dict[str, torch.Tensor]]:
+    rules = [
+        (r"^RRDB_trunk\.(\d+)\.RDB(\d)\.", r"body.\1.rdb\2."),
+        (r"^trunk_conv\.", "conv_body."),
+        (r"^upconv1\.", "conv_up1."),
+        (r"^upconv2\.", "conv_up2."),
+        (r"^HRconv\.", "conv_hr."),
+    ]
+    canon = rename_keys(sd, rules)
+    return _rrdb_config(canon), canon
+
+
+def _rrdb_esrgan_old(sd: StateDict, scale: int | None) -> tuple[RRDBConfig, dict[str, torch.Tensor]]:
+    n = count_indices(sd, r"model\.1\.sub\.(\d+)\.RDB1\.conv1\.0\.weight$")
+    rules = [
+        (r"^model\.0\.", "conv_first."),
+        (r"^model\.1\.sub\.(\d+)\.RDB(\d)\.conv(\d)\.0\.", r"body.\1.rdb\2.conv\3."),
+        (rf"^model\.1\.sub\.{n}\.", "conv_body."),
+        (r"^model\.3\.", "conv_up1."),
+        (r"^model\.6\.", "conv_up2."),
+        (r"^model\.8\.", "conv_hr."),
+        (r"^model\.10\.", "conv_last."),
+    ]
+    canon = rename_keys(sd, rules)
+    return _rrdb_config(canon), canon
+
+
+LAYOUTS: tuple[Layout, ...] = (
+    Layout(
+        "rrdb-esrgan-old", "rrdb", "ESRGAN old arch (model.0, model.1.sub.N.RDB1.conv1.0, model.3, model.10)",
+        has_keys("model.0.weight", "model.1.sub.0.RDB1.conv1.0.weight", "model.10.weight"), _rrdb_esrgan_old,
+    ),
+    Layout(
+        "rrdb-esrgan", "rrdb", "ESRGAN repo new arch / BSRGAN (RRDB_trunk, trunk_conv, upconv1, HRconv)",
+        has_keys("conv_first.weight", "RRDB_trunk.0.RDB1.conv1.weight", "trunk_conv.weight", "HRconv.weight"),
+        _rrdb_esrgan_new,
+    ),
+    Layout(
+        "rrdb-basicsr", "rrdb", "BasicSR / Real-ESRGAN RRDBNet (body.N.rdb1.conv1, conv_body, conv_up1, conv_hr)",
+        has_keys("conv_first.weight", "body.0.rdb1.conv1.weight", "conv_body.weight", "conv_hr.weight"), _rrdb_basicsr,
+    ),
+)
+
+
+ARCH = Architecture("rrdb", RRDBConfig, RRDBNet, _structure, canonical_layout="rrdb-basicsr", layouts=LAYOUTS)

@@ -1,9 +1,10 @@
-"""The description every architecture file gives of itself: config, module and structure.
+"""The description every architecture file gives of itself: config, module, structure and the
+checkpoint layouts of its releases.
 
 Pruning, QAT, export and the checkpoint loader read these facts instead of testing model types, so an
-architecture is one file (its config, module and :class:`Architecture` entry) plus one entry in each
-capability list (:data:`compress.core.archs.ARCHITECTURES`, :data:`compress.core.layouts.LAYOUTS`,
-the Keras twins of :mod:`export.keras_twins`).
+architecture is one file (its config, module, layouts and :class:`Architecture` entry) plus one entry
+in :data:`compress.core.archs.ARCHITECTURES` (and, for TFLite export, one Keras twin in
+:mod:`export.keras_twins`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import dataclasses
 from collections.abc import Callable
 
 from torch import nn
+
+from compress.core.archs.layout import Layout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +68,8 @@ class Architecture:
         module_type: its ``nn.Module`` (built from a config).
         structure: the facts of a built model (see :class:`Structure`).
         canonical_layout: the checkpoint layout a canonical state dict is in.
+        layouts: the checkpoint layouts of its public releases, each recognised and converted by
+            shape (:class:`~compress.core.archs.layout.Layout`; ``canonical_layout`` among them).
     """
 
     name: str
@@ -72,6 +77,7 @@ class Architecture:
     module_type: type
     structure: Callable[[nn.Module], Structure]
     canonical_layout: str
+    layouts: tuple[Layout, ...]
 
     def build(self, cfg: object) -> nn.Module:
         return self.module_type(cfg)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from compress.core.archs.spec import Architecture, Structure
+from compress.core.archs.layout import Layout, StateDict, in_channels, out_channels
 from compress.core.color import rgb_to_ycbcr, ycbcr_to_rgb
 from compress.core.resize import bicubic_up
 
@@ -72,4 +73,27 @@ def _structure(model: SRCNN) -> Structure:
                      residual_blocks=(), feature_taps=hidden)
 
 
-ARCH = Architecture("srcnn", SRCNNConfig, SRCNN, _structure, canonical_layout="srcnn")
+# ------------------------------------------------------------------ checkpoint layouts of its releases
+def _srcnn(sd: StateDict, scale: int | None) -> tuple[SRCNNConfig, dict[str, torch.Tensor]]:
+    if scale is None:
+        raise ValueError("an SRCNN checkpoint does not record its scale: pass --scale (SCALE=) explicitly")
+    cfg = SRCNNConfig(
+        scale=scale,
+        channels=in_channels(sd, "conv1.weight"),
+        num_feat=out_channels(sd, "conv1.weight"),
+        num_feat2=out_channels(sd, "conv2.weight"),
+    )
+    return cfg, dict(sd)
+
+
+LAYOUTS: tuple[Layout, ...] = (
+    Layout(
+        "srcnn", "srcnn", "SRCNN (conv1 9x9, conv2, conv3; 1 channel = Y or 3 = RGB; scale must be given)",
+        lambda sd: set(k.rsplit(".", 1)[0] for k in sd) == {"conv1", "conv2", "conv3"}
+        and "conv1.weight" in sd and sd["conv1.weight"].ndim == 4 and sd["conv1.weight"].shape[-1] == 9,
+        _srcnn,
+    ),
+)
+
+
+ARCH = Architecture("srcnn", SRCNNConfig, SRCNN, _structure, canonical_layout="srcnn", layouts=LAYOUTS)

@@ -26,6 +26,15 @@ def test_layout_names_are_unique_and_cover_three_archs():
     assert {lay.arch for lay in LAYOUTS} == {"edsr", "rrdb", "srcnn"}
 
 
+def test_each_architecture_declares_its_own_layouts_and_its_canonical_one_among_them():
+    from compress.core.archs import ARCHITECTURES
+
+    for arch in ARCHITECTURES:
+        assert arch.layouts and all(lay.arch == arch.name for lay in arch.layouts)
+        assert arch.canonical_layout in [lay.name for lay in arch.layouts]
+    assert LAYOUTS == tuple(lay for arch in ARCHITECTURES for lay in arch.layouts)  # the one list, nothing besides
+
+
 def test_edsr_full_model_gets_residual_scaling():
     from compress.core.archs import EDSR, EDSRConfig
 
