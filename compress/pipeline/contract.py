@@ -1,6 +1,7 @@
 """The stage contract: every stage, the artifacts it reads and writes, and every artifact's name.
 
-This module is the one place that spells run-folder paths. A stage is declared once in
+This module is the one place that spells stage folders and the artifacts one stage finds of another's
+(a stage names the files inside its own folder itself). A stage is declared once in
 :data:`STAGES` (name = make target, folder, inputs, outputs, the function that runs it); an artifact
 kind once in :data:`ARTIFACTS` (a glob under the run folder and the runtime that opens it). Stages
 find their inputs with :func:`inputs`, which refuses a stage whose required inputs are missing with
@@ -12,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from compress.core.checkpoint import LoadedModel, load_checkpoint
 from compress.core.errors import InputError
@@ -119,6 +120,36 @@ def path_of(run: Path, key: str, name: str = "") -> Path:
     if "*" in pattern and not name:
         raise ValueError(f"artifact kind {key!r} ({pattern}) needs a name")
     return Path(run) / pattern.replace("*", name, 1)
+
+
+def quantize_dir(run: Path, source: str) -> Path:
+    """The folder the quantize stage writes for ``source``: ``model`` (the baseline) gives
+    ``20-quantize/model``, ``prune/<name>`` gives ``20-quantize/prune-<name>``."""
+    return stage_dir(run, "quantize") / source.replace("/", "-")
+
+
+QUANTIZED_KINDS = ("int8_onnx", "int8_nncf_ir", "tfmot_tflite")
+
+
+def kind_of(rel: str | Path) -> str:
+    """The key of the artifact kind a run-relative path is (the first that matches), '' for none."""
+    path = PurePosixPath(rel)
+    for kind in ARTIFACTS:
+        pattern = PurePosixPath(kind.pattern)
+        if len(path.parts) == len(pattern.parts) and path.match(kind.pattern):
+            return kind.key
+    return ""
+
+
+def quantized_from(rel: str | Path) -> str:
+    """The quantize folder a quantized artifact (run-relative) sits in (``model``, ``prune-<name>``), '' if
+    it is no quantized artifact."""
+    return PurePosixPath(rel).parts[1] if kind_of(rel) in QUANTIZED_KINDS else ""
+
+
+def from_pruned(rel: str | Path) -> bool:
+    """Whether an artifact (run-relative) is a pruned model or was quantized from one."""
+    return kind_of(rel) in ("pruned", "pruned_onnx") or quantized_from(rel).startswith("prune-")
 
 
 def find(run: Path, key: str) -> list[Path]:

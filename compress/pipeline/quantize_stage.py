@@ -19,7 +19,7 @@ from compress.core.evaluate import eval_sets, evaluate, psnr_delta_db, quality
 from compress.core.files import fresh_folder, read_sidecar, sidecar_path, write_sidecar
 from compress.core.recipe import to_dict
 from compress.core.train import TrainLog, fit
-from compress.pipeline.contract import find, path_of, stage_dir
+from compress.pipeline.contract import find, path_of, quantize_dir
 from export.runtimes import open_upscaler, ort_upscaler, runtime
 from export.onnx_export import export_onnx, parity
 from export.onnx_tail import recorded_rewrites
@@ -240,7 +240,7 @@ def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_ev
     loaded = load_checkpoint(src)
     scale = loaded.scale
     reader = PatchCalibrationReader(checked_images(recipe), scale, recipe.calibration)
-    out_dir = fresh_folder(stage_dir(run, "quantize") / source.replace("/", "-"))  # checked: now replace
+    out_dir = fresh_folder(quantize_dir(run, source))  # everything checked: now replace
     fp32 = export_onnx(loaded.model, out_dir / "model_fp32.onnx")
     pre = preprocess(fp32, out_dir / "model_fp32_pre.onnx")
     sets = eval_sets(scale, extra_eval)

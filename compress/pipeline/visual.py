@@ -17,7 +17,7 @@ from compress.core.data import ImagePair, load_pair
 from compress.core.default_data import split_paths
 from compress.core.errors import BadModelOutput
 from compress.core.infer import NonFiniteOutput, upscale
-from compress.pipeline.contract import path_of
+from compress.pipeline.contract import path_of, quantized_from
 from export.runtimes import open_artifact
 
 CROP_LR = 48  # LR side of the crop
@@ -89,7 +89,8 @@ def label(artifact: str, runtime: str) -> str:
     """``prune-channel/int8_percentile (openvino)``: the source folder when it is not the baseline's."""
     path = Path(artifact)
     name = path.stem.removeprefix("model_") if path.stem != "model" else path.parent.name
-    source = path.parent.name if path.parent.name not in ("model", "30-export", "00-model") and path.stem != "model" else ""
+    source = quantized_from(artifact)
+    source = "" if source == "model" else source
     return f"{source + '/' if source else ''}{name} ({runtime})"
 
 

@@ -1,5 +1,7 @@
 """The stage contract: one declaration per stage, inputs checked before a stage writes anything."""
 
+from pathlib import Path
+
 import pytest
 
 from compress.core.errors import InputError
@@ -47,3 +49,20 @@ def test_paths_come_from_the_declared_patterns(tmp_path):
     assert find(tmp_path, "pruned") == [tmp_path / "10-prune/b/model.safetensors"]
     with pytest.raises(KeyError):
         stage("deploy")
+
+
+def test_kind_of_reads_a_run_relative_path_by_the_declared_patterns():
+    from compress.pipeline.contract import from_pruned, kind_of, quantize_dir, quantized_from
+
+    assert kind_of("00-model/model.safetensors") == "baseline"
+    assert kind_of("10-prune/channel/model.onnx") == "pruned_onnx"
+    assert kind_of("20-quantize/prune-channel/model_int8_percentile.onnx") == "int8_onnx"
+    assert kind_of("20-quantize/model/model_int8_nncf_qat.xml") == "int8_nncf_ir"
+    assert kind_of("30-export/model_int8.tflite") == "tflite"
+    assert kind_of("20-quantize/a/b/model_int8_x.onnx") == "" and kind_of("notes.txt") == ""  # no * across folders
+    assert quantized_from("20-quantize/prune-channel/model_int8_nncf.xml") == "prune-channel"
+    assert quantized_from("30-export/model_fp32.onnx") == ""
+    assert from_pruned("10-prune/unstructured/model.safetensors")
+    assert from_pruned("20-quantize/prune-channel/model_int8_tfmot_qat.tflite")
+    assert not from_pruned("20-quantize/model/model_int8_minmax.onnx") and not from_pruned("30-export/model_fp16.tflite")
+    assert str(quantize_dir(Path("r"), "prune/channel")) == "r/20-quantize/prune-channel"
