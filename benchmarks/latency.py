@@ -67,6 +67,7 @@ def measure(artifact: Path, runtime: str, height: int, width: int, scale: int, t
     from export.runtimes import open_artifact
 
     opened = open_artifact(artifact, runtime, threads, scale)
+    opened_mib = _rss_now_mib()  # the library and the model loaded, nothing run yet
     fn, sync = opened.run, opened.sync
     lr = np.random.default_rng(0).random((height, width, 3), dtype=np.float32)
     # as a deployer runs it (upscale, serve): the policy of compress.core.infer.auto_tiles
@@ -78,8 +79,20 @@ def measure(artifact: Path, runtime: str, height: int, width: int, scale: int, t
     return {"artifact": str(artifact), "runtime": runtime, "lr_size": [height, width],
             "out_size": [height * scale, width * scale], "out_mp": round(height * width * scale * scale / 1e6, 4),
             "threads": threads, "tile": tiles.tile, "mode": mode, **dataclasses.asdict(timing),
-            "peak_rss_mb": round(peak_kib / 1024, 1),
+            "peak_rss_mb": round(peak_kib / 1024, 1), "rss_opened_mb": opened_mib,
             "pid": os.getpid()}
+
+
+def _rss_now_mib() -> float | None:
+    """This process's resident memory now, in MiB (Linux ``/proc``; None elsewhere).
+
+    ``peak_rss_mb`` less this is what inference added on top of the runtime library and the model.
+    """
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
 
 
 def main(argv: list[str] | None = None) -> int:

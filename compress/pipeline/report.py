@@ -102,7 +102,8 @@ def build_rows(run: Path) -> tuple[list[dict], dict]:
             "sparsity": qside.get("overall_sparsity"),
             "psnr_y_db": psnr, "db_lost": {k: round(ref[k] - v, 4) for k, v in psnr.items() if k in ref},
             "latency": {size_label(r["lr_size"]): {"p50_ms": r["p50_ms"], "p95_ms": r["p95_ms"], "min_ms": r["min_ms"],
-                                                   "out_mp": r["out_mp"], "peak_rss_mb": r["peak_rss_mb"]} for r in ok},
+                                                   "out_mp": r["out_mp"], "peak_rss_mb": r["peak_rss_mb"],
+                                                   "rss_opened_mb": r.get("rss_opened_mb")} for r in ok},
             "errors": {size_label(r["lr_size"]): r["error"] for r in results if "error" in r},
         }
         row["verdicts"] = {lab: {f"{int(t)}ms": v["p50_ms"] <= t for t in bench["targets_ms"]} for lab, v in row["latency"].items()}

@@ -40,6 +40,7 @@ def test_harness_on_tiny_model(tmp_path):
     files = sum(1 if runtime(name).library == "torch" else 2 for name in extra)  # the checkpoint; the two float ONNX
     assert len(data["results"]) == 2 * (3 + len(ir) + files) and all("error" not in r for r in data["results"])
     assert {r["runtime"] for r in data["results"]} == {"pytorch", "ort", *extra}
+    assert all(0 < r["rss_opened_mb"] <= r["peak_rss_mb"] for r in data["results"])  # library + model, then inference
     assert data["machine"]["cpu_description"].startswith(data["machine"]["cpu"])
     own = {f"{a}|{r}" for a, r in [(x["artifact"], x["runtime"]) for x in data["results"]]
            if runtime(r).own_numerics}
