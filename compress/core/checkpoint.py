@@ -130,7 +130,9 @@ def unwrap_state_dict(obj: dict[str, object], path: Path) -> dict[str, torch.Ten
                 break
         else:
             break
-    sd = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    # detached: weights saved as nn.Parameter carry requires_grad, and reading shapes and means from
+    # them would warn about autograd, which a loaded checkpoint never needs
+    sd = {k: v.detach() for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if not sd:
         raise InputError(f"{path}: no tensors found; top-level keys: {sorted(map(str, obj))[:10]}")
     if all(k.startswith("module.") for k in sd):

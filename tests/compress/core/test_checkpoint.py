@@ -274,3 +274,16 @@ def test_official_mean_shift_of_wrong_length_is_an_input_error(tmp_path):
     sd["sub_mean.bias"] = torch.zeros(4)
     with pytest.raises(InputError, match="3"):
         load_checkpoint(_save(tmp_path, sd))
+
+
+def test_weights_saved_as_parameters_load_without_autograd_warnings(tmp_path):
+    import warnings
+
+    sd = {k: torch.nn.Parameter(v.clone()) for k, v in as_layout(tiny_edsr(2), "edsr-basicsr").items()}
+    sd["mean"] = torch.nn.Parameter(torch.tensor([0.4488, 0.4371, 0.4040]).view(1, 3, 1, 1))  # read as numbers
+    path = tmp_path / "params.pth"
+    torch.save(sd, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the mean read from a requires_grad tensor used to warn on stderr
+        loaded = load_checkpoint(path)
+    assert loaded.arch == "edsr" and not any(p.grad_fn for p in loaded.model.state_dict().values())
