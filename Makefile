@@ -80,7 +80,7 @@ BENCH_LARGE ?= pareto
 BENCH_LADDER ?= $(if $(filter 1,$(QUICK)),300,300 1000)
 THREADS ?= 2
 bench: venv
-	$(PY) -m compress bench --run $(RUN) --sizes $(BENCH_SIZES) --threads $(THREADS) --runs $(BENCH_RUNS) --large $(BENCH_LARGE) --ladder $(BENCH_LADDER)
+	$(PY) -m compress bench --run $(RUN) --sizes $(BENCH_SIZES) --threads $(THREADS) --runs $(BENCH_RUNS) --large $(BENCH_LARGE) --ladder $(BENCH_LADDER) $(EVAL_ARGS)
 
 report: venv
 	$(PY) -m compress report --run $(RUN)

@@ -20,5 +20,14 @@ def first_line(exc: BaseException, last: bool = False) -> str:
     return ((lines[-1] if last else lines[0]) if lines else type(exc).__name__)[:200]
 
 
+class WriteError(InputError):
+    """A file cannot be written where it was asked for (``reason``: the system's words), named by
+    the path asked for, never by a temporary file."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        super().__init__(f"{path}: cannot write ({reason})")
+        self.path, self.reason = path, reason
+
+
 class ImageTooLarge(InputError):
     """An image over the decoded-pixel limit (refused from its header, before decoding)."""

@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from compress.core.errors import InputError
+from compress.core.errors import InputError, WriteError
 
 
 @contextlib.contextmanager
@@ -26,17 +26,22 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:  # named by the file asked for, not by the temporary one
-        raise InputError(f"{path}: cannot write there ({exc.strerror or exc})") from None
+        raise WriteError(path, str(exc.strerror or exc)) from None
     os.close(fd)
     try:
-        yield Path(tmp)
+        try:
+            yield Path(tmp)
+        except OSError as exc:
+            if exc.filename not in (tmp, Path(tmp)):
+                raise
+            raise WriteError(path, str(exc.strerror or exc)) from None  # e.g. the disk filled up
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         try:
             os.replace(tmp, path)
         except OSError as exc:
-            raise InputError(f"{path}: cannot write ({exc.strerror or exc})") from None
+            raise WriteError(path, str(exc.strerror or exc)) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

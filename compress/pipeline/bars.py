@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from compress.core.errors import InputError
-from compress.pipeline.contract import path_of, stage_dir
+from compress.pipeline.contract import path_of, quantize_dir
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = "base"
@@ -119,7 +119,7 @@ def _prune(key: str, label: str, max_db: float, recipe: str, macs: float = 0.0) 
 
 def _quantized(artifact: str, source: str = "model") -> str:
     """An artifact of the quantize stage, in the folder it names after its source."""
-    return (stage_dir(Path(), "quantize") / source.replace("/", "-") / artifact).as_posix()
+    return (quantize_dir(Path(), source) / artifact).as_posix()
 
 
 def _quant(key: str, label: str, max_db: float, recipe: str, artifact: str, *, qat: bool = False, after: str = "",

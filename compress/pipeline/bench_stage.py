@@ -171,13 +171,17 @@ def large_subset(run: Path, pairs: list[tuple[Path, str]], results: list[dict],
     return [(a, rt) for a, rt in pairs if (str(a.relative_to(run)), rt) in keep]
 
 
-def run_bench(run: Path, scale: int, cfg: BenchConfig = BenchConfig()) -> Path:
-    """Time every artifact of ``run`` at every size; write ``40-bench/latency.json``."""
+def run_bench(run: Path, scale: int, cfg: BenchConfig = BenchConfig(), extra_eval: list[str] | None = None) -> Path:
+    """Time every artifact of ``run`` at every size; write ``40-bench/latency.json``.
+
+    A runtime with numerics of its own (bf16, FP16) is scored on the embedded split and ``extra_eval``
+    (the folders the other stages were given), so its rows carry the sets every other row carries.
+    """
     pairs = discover(run)
     pairs += extra_runtimes(pairs, cfg.gpu)
     sizes = [s if s is not None else full_hd_lr(scale) for s in cfg.sizes]
     sizes.sort(key=lambda s: s[0] * s[1])
-    quality = own_quality(run, pairs, scale, cfg.threads)  # first: the front below places bf16 by its own loss
+    quality = own_quality(run, pairs, scale, cfg.threads, extra_eval)  # first: the front places bf16 by its own loss
     results: list[dict] = []
     for size in sizes:
         chosen = pairs if cfg.large == "all" or not is_large(size) else large_subset(run, pairs, results, quality)
@@ -219,15 +223,16 @@ def ladder(run: Path, artifact: Path, rt_name: str, results: list[dict], scale: 
     return found
 
 
-def own_quality(run: Path, pairs: list[tuple[Path, str]], scale: int, threads: int) -> dict[str, dict]:
-    """PSNR-Y on the embedded evaluation split of every (artifact, runtime) whose runtime computes in a
-    precision of its own (bf16 inference), keyed ``artifact|runtime``: the artifact's sidecar does not
-    hold for it."""
+def own_quality(run: Path, pairs: list[tuple[Path, str]], scale: int, threads: int,
+                extra_eval: list[str] | None = None) -> dict[str, dict]:
+    """PSNR-Y on the embedded evaluation split and ``extra_eval`` of every (artifact, runtime) whose
+    runtime computes in a precision of its own (bf16, FP16 inference), keyed ``artifact|runtime``: the
+    artifact's sidecar does not hold for it."""
     sets = None
     out = {}
     for artifact, name in pairs:
         if runtime(name).own_numerics:
-            sets = sets or eval_sets(scale, None)
+            sets = sets or eval_sets(scale, extra_eval)
             fn = open_artifact(artifact, name, threads, scale).run
             out[f"{artifact.relative_to(run)}|{name}"] = quality(fn, sets, scale)
             print(f"[bench] {artifact.relative_to(run)} on {name}: PSNR-Y embedded "

@@ -14,6 +14,7 @@ from pathlib import Path
 from compress.core.errors import InputError
 from compress.core.files import read_json_object
 from compress.pipeline.contract import path_of
+from export.runtimes import runs_here
 
 TARGETS_MS = {"300ms": 300.0, "1000ms": 1000.0, "10s": 10_000.0}
 
@@ -78,8 +79,8 @@ def choose(run: Path, out_mp: float, target: str, max_loss_db: float, report: di
     candidates = []
     for row in report.get("rows", []):
         loss, pred = worst_loss(row), predict_ms(row, out_mp)
-        if loss is None or pred is None or loss > max_loss_db:
-            continue
+        if loss is None or pred is None or loss > max_loss_db or not runs_here(str(row.get("runtime"))):
+            continue  # a runtime the report's host had and this one lacks (bf16, CUDA) is no candidate
         candidates.append((pred[0] > budget, loss, pred[0], row, pred[1]))
     if not candidates:
         raise InputError(f"{path_of(run, 'report')}: no timed artifact loses at most {max_loss_db} dB")

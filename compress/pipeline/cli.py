@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import NoReturn
 
-from compress.core.distributed import is_writer, ranks, release_process_group
+from compress.core.distributed import is_writer, rank0_value, ranks, release_process_group
 from compress.core.errors import InputError
 from compress.core.files import read_stage_seconds, record_stage_seconds
 from compress.pipeline import options as opt
@@ -166,7 +166,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     sizes = tuple(tuple(int(v) for v in s.split("x")) if s != "1080p" else None for s in args.sizes)
     cfg = BenchConfig(sizes=sizes, threads=args.threads, runs=args.runs, large_runs=min(args.runs, 3), large=args.large,
                       ladder_targets_ms=tuple(args.ladder))
-    print(run_bench(Path(args.run), loaded.scale, cfg))
+    print(run_bench(Path(args.run), loaded.scale, cfg, args.eval))
     return 0
 
 
@@ -210,7 +210,7 @@ def _add_tools(sub: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("eval", help="PSNR-Y / SSIM-Y of a checkpoint, ONNX/TFLite artifact or bicubic")
     s.add_argument("--model", help="checkpoint, .onnx, .tflite, or 'bicubic'")
-    s.add_argument("--run", help="instead of --model: every artifact of this run folder, with dB lost against its FP32 model")
+    s.add_argument("--run", type=opt.folder, help="instead of --model: every artifact of this run folder, with dB lost against its FP32 model")
     s.add_argument("--data", required=True, help="folder of HR images")
     s.add_argument("--scale", type=opt.scale, help="required with --model")
     s.add_argument("--tile", type=opt.tile, default=0,
@@ -235,7 +235,7 @@ def _add_tools(sub: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("bars", help="re-measure every compression bar of a shipped model (README's results table)")
     s.add_argument("--plan", required=True, help="edsr-x2, edsr-x4 or rrdb-x4 (compress/pipeline/bars.py)")
-    s.add_argument("--out", required=True, help="campaign folder (rerun to resume)")
+    s.add_argument("--out", required=True, type=opt.folder, help="campaign folder (rerun to resume)")
     s.add_argument("--model", default="", help="checkpoint (default: the shipped model of the plan)")
     s.add_argument("--eval", action="append", default=[], help="extra evaluation folder(s), e.g. Set5 and Set14")
     s.add_argument("--data", default=None, help="training images for fine-tuning (default: embedded set)")
@@ -249,19 +249,19 @@ def _add_stages(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--model", default="", help="checkpoint (default: the shipped default for --arch and --scale)")
     s.add_argument("--arch", choices=SHIPPED_ARCHS, default="edsr", help="which shipped default (without --model)")
     s.add_argument("--scale", type=opt.scale, default=None)
-    s.add_argument("--run", required=True, help="run folder, e.g. artifacts/run-x2")
+    s.add_argument("--run", type=opt.folder, required=True, help="run folder, e.g. artifacts/run-x2")
     s.add_argument("--eval", action="append", default=[], help="extra evaluation folder(s)")
     s.set_defaults(func=_cmd_model)
 
     s = sub.add_parser("prune", help="stage 2: AGP unstructured or channel pruning of a run's baseline")
-    s.add_argument("--run", required=True)
+    s.add_argument("--run", type=opt.folder, required=True)
     s.add_argument("--recipe", action="append", required=True, help="prune recipe TOML (repeatable)")
     s.add_argument("--data", default=None, help="training images for fine-tuning (default: embedded set)")
     s.add_argument("--eval", action="append", default=[], help="extra evaluation folder(s)")
     s.set_defaults(func=_cmd_prune)
 
     s = sub.add_parser("quantize", help="stage 3: INT8 PTQ (ORT QDQ), mixed precision and QAT")
-    s.add_argument("--run", required=True)
+    s.add_argument("--run", type=opt.folder, required=True)
     s.add_argument("--recipe", required=True, help="quantize recipe TOML")
     s.add_argument("--source", action="append", default=[], help="'model' (default), 'prune/<name>', or 'auto' (model and every channel-pruned model; repeatable)")
     s.add_argument("--pruned-recipe", default=None, help="recipe for the pruned sources (default: --recipe)")
@@ -270,13 +270,13 @@ def _add_stages(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=_cmd_quantize)
 
     s = sub.add_parser("export", help="stage 4: FP32 ONNX and TFLite (FP32/FP16/INT8) exports with parity checks")
-    s.add_argument("--run", required=True)
+    s.add_argument("--run", type=opt.folder, required=True)
     s.add_argument("--no-tflite", action="store_true", help="ONNX only")
     s.add_argument("--eval", action="append", default=[], help="extra evaluation folder(s)")
     s.set_defaults(func=_cmd_export)
 
     s = sub.add_parser("bench", help="stage 5: latency of every artifact, each configuration in its own process")
-    s.add_argument("--run", required=True)
+    s.add_argument("--run", type=opt.folder, required=True)
     s.add_argument("--sizes", nargs="+", type=opt.lr_size, default=["128x128", "256x256", "1080p"],
                    help="LR HxW sizes, or 1080p")
     s.add_argument("--threads", type=opt.bench_threads, default=2)
@@ -286,10 +286,12 @@ def _add_stages(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--ladder", nargs="*", type=opt.positive_float, default=[300.0, 1000.0], metavar="MS",
                    help="latency targets (ms) whose largest admitted output is measured by a ladder of sizes "
                         "(default 300 1000; add 10000 for the print tier; none: no ladder)")
+    s.add_argument("--eval", action="append", default=[],
+                   help="extra evaluation folder(s) for the rows of bf16 / FP16 runtimes, scored here")
     s.set_defaults(func=_cmd_bench)
 
     s = sub.add_parser("report", help="stage 6: compression report (md, json, csv, html)")
-    s.add_argument("--run", required=True)
+    s.add_argument("--run", type=opt.folder, required=True)
     s.set_defaults(func=_cmd_report)
 
 
@@ -328,8 +330,10 @@ def private_run(run: Path) -> Path:
 def _run(args: argparse.Namespace) -> int:
     if args.command in STAGE_NAMES:
         inputs(Path(args.run), args.command)  # refuse before writing anything
-        if args.command in ("prune", "quantize") and not is_writer():
-            args.run = str(private_run(Path(args.run)))
+        if args.command in ("prune", "quantize") and ranks().distributed:
+            if not is_writer():
+                args.run = str(private_run(Path(args.run)))
+            rank0_value(None)  # a barrier: rank 0 changes nothing before every other rank has its copy
         read_stage_seconds(args.run)  # a corrupt file is reported now, not after the stage has written
     start = time.perf_counter()
     code = int(args.func(args) or 0)

@@ -51,8 +51,9 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
         write_sidecar(out, {"stage": "interpolate", "method": "network interpolation (ESRGAN)", "alpha": args.alpha,
                             "b": sources[1]}, source=sources[0])
     except BaseException:  # no checkpoint without its sidecar
-        out.unlink(missing_ok=True)
-        sidecar_path(out).unlink(missing_ok=True)
+        for path in (out, sidecar_path(out)):
+            if path.is_file():
+                path.unlink()
         raise
     print(json.dumps({"artifact": str(out), "alpha": args.alpha, "a": args.a, "b": args.b}))
     return 0
@@ -63,7 +64,7 @@ def add_deploy(sub: argparse._SubParsersAction) -> None:
     s.add_argument("inputs", nargs="+", help="image files and/or folders")
     s.add_argument("--out", required=True, type=opt.folder, help="output folder")
     s.add_argument("--artifact", help="checkpoint, .onnx, .tflite (any runtime the project benchmarks)")
-    s.add_argument("--run", help="pick from this run's report the artifact meeting --target with the least loss")
+    s.add_argument("--run", type=opt.folder, help="pick from this run's report the artifact meeting --target with the least loss")
     s.add_argument("--target", choices=list(TARGETS_MS), default="1000ms")
     s.add_argument("--max-loss-db", type=opt.positive_float, default=0.1)
     s.add_argument("--scale", type=opt.scale, help="without --artifact / --run: the shipped default for this scale")
@@ -75,13 +76,13 @@ def add_deploy(sub: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("serve", help="HTTP service and web page (FastAPI + uvicorn)")
     s.add_argument("--artifact", action="append", default=[], help="artifact to serve (repeatable; one per scale)")
-    s.add_argument("--run", help="serve the artifacts of this run's report, chosen per tier")
+    s.add_argument("--run", type=opt.folder, help="serve the artifacts of this run's report, chosen per tier")
     s.add_argument("--blend", action="append", default=[],
                    help="with one --artifact: a second checkpoint of the same architecture for the alpha parameter")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=opt.port, default=8000)
-    s.add_argument("--workers", type=opt.positive_int, default=1, help="inference threads")
-    s.add_argument("--queue", type=opt.non_negative_int, default=4, help="requests waiting beyond the workers before 503")
+    s.add_argument("--workers", type=opt.workers, default=1, help="inference threads (1..64)")
+    s.add_argument("--queue", type=opt.queue, default=4, help="requests waiting beyond the workers before 503")
     s.add_argument("--max-upload-mb", type=opt.positive_float, default=20.0)
     s.add_argument("--max-pixels", type=opt.positive_int, default=8_000_000, help="decoded input pixels")
     s.add_argument("--threads", type=opt.threads, default=0, help="runtime threads")

@@ -9,6 +9,7 @@ import torch
 from compress.core.checkpoint import LoadedModel
 from compress.core.data import load_pairs
 from compress.core.default_data import split_paths
+from compress.core.evaluate import eval_sets
 from compress.core.files import fresh_folder, read_sidecar, write_sidecar
 from compress.pipeline.contract import baseline, path_of, stage_dir
 from export.runtimes import open_artifact, runtime
@@ -28,10 +29,11 @@ def stage_export(run: Path, tflite: bool = True, extra_eval: list[str] | None = 
     from export.onnx_tail import recorded_rewrites
 
     src, loaded = baseline(run)
-    fresh_folder(stage_dir(run, "export"))  # a rerun without TFLite or OpenVINO keeps no earlier run's files
     pair = load_pairs(split_paths("evaluation")[:1], loaded.scale)[0]
     probe = torch.from_numpy(pair.lr[:128, :128].transpose(2, 0, 1)[None].copy())
     base = read_sidecar(src)
+    sets = eval_sets(loaded.scale, extra_eval) if tflite else {}
+    fresh_folder(stage_dir(run, "export"))  # every input read: a rerun without TFLite or OpenVINO keeps no old file
     # the rewritten graph is exported last: it is the ``out`` / ``par`` reported below and TFLite's folder
     for kind, rewrite in (("fp32_plain_onnx", False), ("fp32_onnx", True)):
         out, par = export_checked(loaded.model, path_of(run, kind), probe, narrow_tail=rewrite)
@@ -43,7 +45,7 @@ def stage_export(run: Path, tflite: bool = True, extra_eval: list[str] | None = 
     if tflite:
         from compress.pipeline.tflite_stage import export_tflite
 
-        result["tflite"] = export_tflite(loaded, src, out.parent, extra_eval)
+        result["tflite"] = export_tflite(loaded, src, out.parent, sets)
     return result
 
 

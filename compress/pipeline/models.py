@@ -12,7 +12,7 @@ from compress.core.infer import Upscaler
 from compress.pipeline.choose import TARGETS_MS, choose, read_report, worst_loss
 from compress.pipeline.contract import path_of
 from compress.pipeline.defaults import DEFAULT_MODELS, default_checkpoint
-from export.runtimes import for_file, open_artifact
+from export.runtimes import for_file, open_artifact, runs_here
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +53,7 @@ class ModelSet:
         self.report = report
         for row in report.get("rows", []):
             loss = worst_loss(row)
-            if row.get("latency") and loss is not None and loss <= self.max_loss_db:
+            if row.get("latency") and loss is not None and loss <= self.max_loss_db and runs_here(str(row["runtime"])):
                 figures = {"db_lost": row["db_lost"], "p50_ms": {k: v["p50_ms"] for k, v in row["latency"].items()}}
                 served = _open(Path(run) / row["artifact"], row["runtime"], self.threads, figures)
                 self.chosen[(row["artifact"], row["runtime"])] = served

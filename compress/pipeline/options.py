@@ -51,6 +51,22 @@ def bench_threads(text: str) -> int:
     return value
 
 
+def workers(text: str) -> int:
+    """Concurrent inference threads of the service, 1..64 (each holds a model's activations)."""
+    value = _int(text)
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"workers must be 1..64, got {value}")
+    return value
+
+
+def queue(text: str) -> int:
+    """Requests waiting beyond the workers, 0..1024 (each holds its upload)."""
+    value = _int(text)
+    if not 0 <= value <= 1024:
+        raise argparse.ArgumentTypeError(f"queue must be 0..1024, got {value}")
+    return value
+
+
 def tile(text: str) -> int:
     """An LR tile side: 0 (automatic) or :data:`MIN_TILE` to :data:`MAX_TILE`."""
     value = _int(text)

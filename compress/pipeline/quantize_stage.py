@@ -240,10 +240,10 @@ def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_ev
     loaded = load_checkpoint(src)
     scale = loaded.scale
     reader = PatchCalibrationReader(checked_images(recipe), scale, recipe.calibration)
-    out_dir = fresh_folder(quantize_dir(run, source))  # everything checked: now replace
+    sets = eval_sets(scale, extra_eval)
+    out_dir = fresh_folder(quantize_dir(run, source))  # every input read: now the earlier run's files go
     fp32 = export_onnx(loaded.model, out_dir / "model_fp32.onnx")
     pre = preprocess(fp32, out_dir / "model_fp32_pre.onnx")
-    sets = eval_sets(scale, extra_eval)
     ref_quality = quality(ort_upscaler(fp32), sets, scale)
     score_pairs = _centre_crops(reader.paths, scale)
     score = lambda path: evaluate(open_upscaler(path), score_pairs, scale).psnr_y_db  # noqa: E731
@@ -308,5 +308,5 @@ def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_ev
         from compress.pipeline.tflite_stage import tfmot_qat_tflite
 
         results.update(tfmot_qat_tflite(loaded, src, out_dir, recipe.tflite_qat, recipe.data, ref_quality,
-                                        extra_eval, recipe.calibration, _calibration_paths(recipe)))
+                                        sets, recipe.calibration, _calibration_paths(recipe)))
     return {"source": source, "out": str(out_dir), "psnr_y_delta_db": results}

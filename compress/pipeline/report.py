@@ -18,7 +18,7 @@ from pathlib import Path
 from compress.core.errors import InputError
 from compress.core.files import (read_sidecar, read_stage_seconds, sidecar_path, sidecar_quality, write_json_atomic,
                                  write_text_atomic)
-from compress.pipeline.contract import artifact_kind, from_pruned, path_of, stage_dir
+from compress.pipeline.contract import QUANTIZED_KINDS, artifact_kind, from_pruned, kind_of, path_of, stage_dir
 from compress.pipeline.ladder import target_label
 from compress.pipeline.latency_file import read_latency
 
@@ -245,12 +245,13 @@ MARKERS = {"FP32": "o", "FP16": "s", "INT8": "^", "pruned": "D", "pruned + INT8"
 def technique(row: dict) -> str:
     """A short name of what was done to the model, for the plot's markers."""
     art, rt = row["artifact"], row["runtime"]
-    int8 = "int8" in art
+    kind, stem = kind_of(art), Path(art).stem
+    int8 = kind in QUANTIZED_KINDS or (kind == "tflite" and "int8" in stem)  # by kind, not by a recipe's name
     if from_pruned(art):
         return "pruned + INT8" if int8 else "pruned"
     if int8:
         return "INT8"
-    if "fp16" in art:
+    if rt.endswith("fp16") or (kind == "tflite" and "fp16" in stem):
         return "FP16"
     return "bf16" if rt.endswith("bf16") else "FP32"
 

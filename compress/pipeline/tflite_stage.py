@@ -10,10 +10,10 @@ import numpy as np
 import torch
 
 from compress.core.checkpoint import LoadedModel
-from compress.core.data import random_patches
+from compress.core.data import ImagePair, random_patches
 from compress.core.default_data import split_paths, training_pairs
 from compress.core.files import write_sidecar
-from compress.core.evaluate import eval_sets, psnr_delta_db, quality
+from compress.core.evaluate import psnr_delta_db, quality
 from export.tfmot_path import TFLiteQATConfig
 from export.onnx_export import Parity, parity, require_parity
 from quantization.calibration import CalibrationConfig, iter_patches
@@ -35,9 +35,10 @@ def _calibration(scale: int, cfg: CalibrationConfig, paths: list[Path]) -> list[
     return list(nhwc_batches(iter_patches(paths, scale, cfg)))
 
 
-def export_tflite(loaded: LoadedModel, src: Path, out_dir: Path, extra_eval: list[str] | None = None,
+def export_tflite(loaded: LoadedModel, src: Path, out_dir: Path, sets: dict[str, list[ImagePair]],
                   calibration: CalibrationConfig = CalibrationConfig()) -> dict[str, object]:
-    """Keras twin with parity check, then the four TFLite variants with sidecars."""
+    """Keras twin with parity check, then the four TFLite variants with sidecars, each scored on ``sets``
+    (:func:`~compress.core.evaluate.eval_sets`, read by the caller before it writes anything)."""
     from export.keras_twins import to_keras
     from export.tflite_export import TFLiteKind, convert, tflite_ops
     from export.runtimes.tflite import tflite_upscaler
@@ -49,7 +50,6 @@ def export_tflite(loaded: LoadedModel, src: Path, out_dir: Path, extra_eval: lis
     twin_parity = require_parity(parity(ref, twin(x.transpose(0, 2, 3, 1)).numpy().transpose(0, 3, 1, 2)),
                                  f"{out_dir}: the Keras twin disagrees with the PyTorch model").to_dict()
     calib = _calibration(loaded.scale, calibration, split_paths("calibration"))
-    sets = eval_sets(loaded.scale, extra_eval)
     summary = {}
     for kind in TFLiteKind:
         path = convert(twin, kind, out_dir / f"model_{kind.value}.tflite", lambda: iter(calib))
@@ -71,7 +71,7 @@ def export_tflite(loaded: LoadedModel, src: Path, out_dir: Path, extra_eval: lis
 
 
 def tfmot_qat_tflite(loaded: LoadedModel, src: Path, out_dir: Path, cfg: TFLiteQATConfig, data: str,
-                     reference: dict[str, dict], extra_eval: list[str] | None = None,
+                     reference: dict[str, dict], sets: dict[str, list[ImagePair]],
                      calibration: CalibrationConfig = CalibrationConfig(),
                      calibration_paths: list[Path] | None = None) -> dict[str, dict[str, float]]:
     """tfmot QAT of the twin (ranges initialised from calibration), converted to full-integer TFLite.
@@ -93,7 +93,6 @@ def tfmot_qat_tflite(loaded: LoadedModel, src: Path, out_dir: Path, cfg: TFLiteQ
     pairs = training_pairs(data, loaded.scale)
     qat = qat_keras(to_keras(loaded.model), calib, random_patches(pairs, loaded.scale, cfg.patch, shard=False), cfg.steps, cfg.lr)
     path = convert(qat, TFLiteKind.FULL_INT8, out_dir / "model_int8_tfmot_qat.tflite", lambda: iter(calib))
-    sets = eval_sets(loaded.scale, extra_eval)
     q = quality(tflite_upscaler(path), sets, loaded.scale)
     delta = psnr_delta_db(q, reference)
     write_sidecar(path, {

@@ -20,7 +20,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from compress.core.data import IMAGE_SUFFIXES
-from compress.core.errors import InputError
+from compress.core.errors import InputError, WriteError
 from compress.core.files import write_bytes_atomic
 from compress.core.imaging import FORMATS, check_encodable, decode_file, encode, upscale_decoded
 from compress.core.infer import TileConfig
@@ -194,7 +194,7 @@ def _run(job: _Job, opts: UpscaleOptions) -> dict[str, object]:
         raise InputError(f"{job.path}: {exc}") from None
     try:
         write_bytes_atomic(_staged(job.target), encode(out, opts.fmt, opts.quality))
-    except OSError as exc:
-        raise InputError(f"{job.target}: cannot write ({exc.strerror or exc})") from None
+    except WriteError as exc:  # named by the output, not by the name it waits under
+        raise WriteError(job.target, exc.reason) from None
     tqdm.write(f"{job.path} -> {job.target} ({out.width}x{out.height}; {job.why})", file=sys.stdout)
     return {"input": str(job.path), "output": str(job.target), "size": [out.width, out.height], "model": job.why}

@@ -32,12 +32,18 @@ RUNTIMES: tuple[Runtime, ...] = (
 )
 
 __all__ = ["RUNTIMES", "Opened", "Runtime", "TFLiteRunner", "available", "for_file", "open_artifact", "open_upscaler",
-           "ort_session", "ort_upscaler", "probe_scale", "runtime", "tflite_upscaler"]
+           "ort_session", "ort_upscaler", "probe_scale", "runs_here", "runtime", "tflite_upscaler"]
 
 
 def runtime(name: str) -> Runtime:
     """The entry called ``name``."""
     return by_name(RUNTIMES, name, "runtime", InputError)
+
+
+def runs_here(name: str) -> bool:
+    """Whether the runtime called ``name`` exists and this host can run it (a report made on another
+    host may name one that cannot run here, such as bf16 inference on a CPU without native bf16)."""
+    return any(rt.name == name and rt.present() for rt in RUNTIMES)
 
 
 def available() -> tuple[Runtime, ...]:
@@ -115,9 +121,8 @@ def open_artifact(path: str | Path, runtime_name: str | None = None, threads: in
         raise InputError(f"{path}: runtime {rt.name} opens {', '.join(rt.suffixes)} files")
     if not path.is_file():
         raise InputError(f"{path}: {'not a regular file' if path.exists() else 'file not found'}")
-    if not rt.present():
-        raise InputError(f"{path}: runtime {rt.name} is not available on this host ({rt.library} not importable"
-                         f"{'' if rt.device == 'cpu' else ' or no ' + rt.device.upper() + ' device'})")
+    if rt.absence():
+        raise InputError(f"{path}: runtime {rt.name} is not available on this host ({rt.absence()})")
     if untrusted and rt.vet is not None:
         rt.vet(path)
     opened = rt.open(path, threads, scale)

@@ -64,6 +64,12 @@ class Runtime:
 
     def present(self) -> bool:
         """Whether this host can run it: the library is installed (and the device is there)."""
+        return not self.absence()
+
+    def absence(self) -> str:
+        """Why this host cannot run it ('' when it can)."""
         if importlib.util.find_spec(self.library) is None:
-            return False
-        return self.available() if self.available is not None else True
+            return f"{self.library} is not installed"
+        if self.available is not None and not self.available():
+            return f"this host lacks what it needs: {self.note or self.device}"
+        return ""

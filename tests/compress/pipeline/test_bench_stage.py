@@ -67,3 +67,19 @@ def test_a_configuration_past_its_timeout_is_killed_and_recorded(tmp_path):
     assert row["error"] == "timed out after 0.01 s (killed)" and row["lr_size"] == [8, 8]
     with pytest.raises(ValueError, match="timeout_s must be > 0, got 0"):
         BenchConfig(timeout_s=0)
+
+
+def test_rows_of_own_numerics_are_scored_on_the_extra_sets_too(tmp_path, image_dir, monkeypatch):
+    import dataclasses
+
+    import compress.core.cpu as cpu
+    from compress.core.checkpoint import save_checkpoint
+    from compress.pipeline.bench_stage import own_quality
+
+    host = cpu.host_cpu()
+    monkeypatch.setattr(cpu, "host_cpu", lambda: dataclasses.replace(host, flags=host.flags | {"avx512_bf16"}))
+    model = tiny_edsr(2)
+    ckpt = save_checkpoint(model, model.cfg, tmp_path / "model.safetensors")
+    got = own_quality(tmp_path, [(ckpt, "pytorch"), (ckpt, "pytorch-bf16")], 2, 1, [str(image_dir)])
+    assert list(got) == ["model.safetensors|pytorch-bf16"]  # FP32 PyTorch holds its sidecar's figures
+    assert set(got["model.safetensors|pytorch-bf16"]) == {"embedded", "imgs"}

@@ -125,3 +125,24 @@ def test_every_command_leaves_the_process_group_waiting_only_after_success(tmp_p
     assert _run(capsys, "inspect", str(tmp_path / "m.safetensors"))[0] == 0
     assert _run(capsys, "inspect", str(tmp_path / "missing.safetensors"))[0] == 2
     assert calls == [True, False]  # an error path must not wait at a barrier other ranks may never reach
+
+
+def test_prune_under_torchrun_reruns_over_an_earlier_run(image_dir, tmp_path):
+    """2 Gloo ranks prune a run twice: the other rank copies the run folder while rank 0 waits at a
+    barrier, so the rerun that replaces rank 0's outputs cannot pull files from under the copy."""
+    from compress.pipeline.model_stage import stage_model
+
+    model = tiny_edsr(2)
+    src = save_checkpoint(model, model.cfg, tmp_path / "m.safetensors")
+    run = tmp_path / "run"
+    stage_model(str(src), None, run)
+    recipe = tmp_path / "quick.toml"
+    recipe.write_text(f'method = "channel"\ndata = "{image_dir}"\nround_to = 4\n[schedule]\ninitial_sparsity = 0.0\n'
+                      'final_sparsity = 0.5\nbegin_step = 0\nend_step = 2\nfrequency = 1\n[patch]\nlr_patch = 8\n'
+                      'batch_size = 4\n[train]\nsteps = 2\nlr = 1e-4\nprecision = "fp32"\n')
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                               "-m", "--", "compress", "prune", "--run", str(run), "--recipe", str(recipe)],  # as make
+                              env=launch_env(OMP_NUM_THREADS="1"), cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (run / "10-prune" / "quick" / "model.safetensors").is_file()

@@ -115,8 +115,11 @@ CASES = [
     ("threads-overflow", ["eval", "--model", "bicubic", "--scale", "2", "--threads", "99999999999999999999",
                           "--data", "{root}/imgs"], "threads must be 0..1024"),
     ("bench-threads-zero", ["bench", "--run", "{root}/run", "--threads", "0"], "1 or more for a benchmark"),
+    ("run-empty", ["model", "--model", "{root}/run/00-model/model.safetensors", "--run", ""],
+     "argument --run: an empty path"),  # '' meant the current folder
+    ("serve-workers-huge", ["serve", "--workers", "100000"], "workers must be 1..64"),
     ("run-unwritable", ["model", "--model", "{root}/run/00-model/model.safetensors", "--run", "/proc/srcompress-run"],
-     "/proc/srcompress-run/00-model/model.safetensors: cannot write there"),
+     "/proc/srcompress-run/00-model/model.safetensors: cannot write (No such file or directory)"),
     ("runs-zero", ["bench", "--run", "{root}/run", "--runs", "0"], "positive integer"),
     ("sizes-garbage", ["bench", "--run", "{root}/run", "--sizes", "abc"], "HxW"),
     ("report-all-failed", ["report", "--run", "{root}/run"], "no configuration was timed successfully"),

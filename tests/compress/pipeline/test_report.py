@@ -186,3 +186,15 @@ def test_every_table_the_project_writes_renders(tmp_path):
     for table in tables:
         assert set(table[1].replace("|", "").replace(":", "")) == {"-"}, table[1]  # a separator row
         assert len({cells(line) for line in table}) == 1, "\n".join(table)
+
+
+def test_plot_markers_follow_the_artifact_kind_not_names():
+    from compress.pipeline.report import technique
+
+    cases = {("10-prune/int8x/model.onnx", "ort"): "pruned",  # a recipe named int8x is still a pruned FP32 model
+             ("20-quantize/prune-channel/model_int8_percentile.onnx", "ort"): "pruned + INT8",
+             ("20-quantize/model/model_int8_nncf.xml", "openvino"): "INT8",
+             ("30-export/model_int8.tflite", "tflite"): "INT8", ("30-export/model_fp16.tflite", "tflite"): "FP16",
+             ("00-model/model.safetensors", "pytorch-cuda-fp16"): "FP16",
+             ("30-export/model_fp32.onnx", "openvino-bf16"): "bf16", ("30-export/model_fp32.onnx", "ort"): "FP32"}
+    assert {k: technique({"artifact": k[0], "runtime": k[1]}) for k in cases} == cases

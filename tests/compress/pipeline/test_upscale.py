@@ -115,7 +115,8 @@ def test_interpolate_refuses_to_overwrite_an_input_and_names_an_unwritable_out(t
     (tmp_path / "c.safetensors.json").mkdir()  # the sidecar cannot be written: no checkpoint is left without it
     assert main(["interpolate", str(a), str(b), "--alpha", "0.5", "--out", str(tmp_path / "c.safetensors")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "c.safetensors.json" in err and len(err.splitlines()) == 1
+    assert err.startswith("error: ") and "c.safetensors.json: cannot write (Is a directory)" in err
+    assert len(err.splitlines()) == 1
     assert not (tmp_path / "c.safetensors").exists()
     with pytest.raises(SystemExit):
         main(["interpolate", str(a), str(b), "--alpha", "2", "--out", str(tmp_path / "d.safetensors")])
@@ -211,3 +212,20 @@ def test_an_output_over_the_output_pixel_limit_is_refused_before_inference(tmp_p
     err = capsys.readouterr().err
     assert "wide.png: a 164x96 output (0.0157 MP) is over the output limit of 0.004 MP" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "o2").exists()
+
+
+def test_a_row_on_a_runtime_this_host_lacks_is_no_candidate(tmp_path, monkeypatch):
+    import compress.pipeline.choose as ch
+
+    def row(rt: str, ms: float, loss: float) -> dict:
+        return {"artifact": "a.onnx", "runtime": rt, "db_lost": {"embedded": loss},
+                "latency": {"256x256": {"out_mp": 0.26, "p50_ms": ms}}}
+
+    report = {"rows": [row("openvino-bf16", 50.0, 0.0), row("ort", 200.0, 0.05)]}
+    monkeypatch.setattr(ch, "runs_here", lambda name: name != "openvino-bf16")  # made on an AMX host, run here
+    assert ch.choose(tmp_path, 0.2, "300ms", 0.1, report).runtime == "ort"
+    monkeypatch.setattr(ch, "runs_here", lambda name: True)
+    assert ch.choose(tmp_path, 0.2, "300ms", 0.1, report).runtime == "openvino-bf16"
+    from export.runtimes import runs_here
+
+    assert runs_here("ort") and not runs_here("no-such-runtime")

@@ -1,0 +1,38 @@
+"""Atomic writes and stage folders: errors name the file asked for; a rerun keeps nothing of the last."""
+
+import errno
+import os
+
+import pytest
+
+from compress.core.errors import WriteError
+from compress.core.files import atomic_path, fresh_folder, write_text_atomic
+
+
+def test_write_errors_name_the_file_asked_for_never_the_temporary_one(tmp_path):
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(WriteError, match=r"afile/x\.json: cannot write \(File exists\)"):
+        write_text_atomic(tmp_path / "afile" / "x.json", "{}")
+    (tmp_path / "taken.json").mkdir()
+    with pytest.raises(WriteError, match=r"taken\.json: cannot write \(Is a directory\)") as err:
+        write_text_atomic(tmp_path / "taken.json", "{}")
+    assert err.value.reason == "Is a directory"
+    with pytest.raises(WriteError, match=r"full\.bin: cannot write \(No space left on device\)"):
+        with atomic_path(tmp_path / "full.bin") as tmp:  # the disk fills while the temporary file is written
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "taken.json"]  # no temporary file left
+
+
+def test_an_error_of_something_else_passes_through(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        with atomic_path(tmp_path / "out.bin"):
+            open(tmp_path / "missing-input.bin", "rb")  # noqa: SIM115
+
+
+def test_fresh_folder_empties_a_stage_folder_and_replaces_a_file(tmp_path):
+    stage = tmp_path / "20-quantize" / "model"
+    stage.mkdir(parents=True)
+    (stage / "model_int8_entropy.onnx").write_bytes(b"an earlier recipe's")
+    assert fresh_folder(stage) == stage and list(stage.iterdir()) == []
+    (tmp_path / "30-export").write_text("")
+    assert fresh_folder(tmp_path / "30-export").is_dir()
