@@ -21,6 +21,14 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
 
 
+def _int_in(text: str, name: str, low: int, high: int, note: str = "") -> int:
+    """An integer in ``[low, high]``; the message names the option's ``name``."""
+    value = _int(text)
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{name} must be {low}..{high}{note}, got {value}")
+    return value
+
+
 def positive_int(text: str) -> int:
     value = _int(text)
     if value < 1:
@@ -37,34 +45,22 @@ def non_negative_int(text: str) -> int:
 
 def threads(text: str) -> int:
     """Runtime threads, 0 (the library's default) to :data:`MAX_THREADS`."""
-    value = _int(text)
-    if not 0 <= value <= MAX_THREADS:
-        raise argparse.ArgumentTypeError(f"threads must be 0..{MAX_THREADS} (0: the library's default), got {value}")
-    return value
+    return _int_in(text, "threads", 0, MAX_THREADS, " (0: the library's default)")
 
 
 def bench_threads(text: str) -> int:
     """Threads for timing, 1 to :data:`MAX_THREADS` (a benchmark names its thread count)."""
-    value = threads(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("threads must be 1 or more for a benchmark, got 0")
-    return value
+    return _int_in(text, "threads", 1, MAX_THREADS, " for a benchmark")
 
 
 def workers(text: str) -> int:
     """Concurrent inference threads of the service, 1..64 (each holds a model's activations)."""
-    value = _int(text)
-    if not 1 <= value <= 64:
-        raise argparse.ArgumentTypeError(f"workers must be 1..64, got {value}")
-    return value
+    return _int_in(text, "workers", 1, 64)
 
 
 def queue(text: str) -> int:
     """Requests waiting beyond the workers, 0..1024 (each holds its upload)."""
-    value = _int(text)
-    if not 0 <= value <= 1024:
-        raise argparse.ArgumentTypeError(f"queue must be 0..1024, got {value}")
-    return value
+    return _int_in(text, "queue", 0, 1024)
 
 
 def tile(text: str) -> int:
@@ -77,17 +73,11 @@ def tile(text: str) -> int:
 
 def quality(text: str) -> int:
     """A JPEG / WebP quality, 1..100 (PIL's WebP encoder refuses more; its JPEG encoder clamps silently)."""
-    value = _int(text)
-    if not 1 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"quality must be 1..100, got {value}")
-    return value
+    return _int_in(text, "quality", 1, 100)
 
 
 def port(text: str) -> int:
-    value = _int(text)
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be 1..65535, got {value}")
-    return value
+    return _int_in(text, "port", 1, 65535)
 
 
 def scale(text: str) -> int:

@@ -114,7 +114,7 @@ CASES = [
      "threads must be 0..1024"),  # OpenMP crashed (exit 139) on this
     ("threads-overflow", ["eval", "--model", "bicubic", "--scale", "2", "--threads", "99999999999999999999",
                           "--data", "{root}/imgs"], "threads must be 0..1024"),
-    ("bench-threads-zero", ["bench", "--run", "{root}/run", "--threads", "0"], "1 or more for a benchmark"),
+    ("bench-threads-zero", ["bench", "--run", "{root}/run", "--threads", "0"], "threads must be 1..1024 for a benchmark, got 0"),
     ("run-empty", ["model", "--model", "{root}/run/00-model/model.safetensors", "--run", ""],
      "argument --run: an empty path"),  # '' meant the current folder
     ("serve-workers-huge", ["serve", "--workers", "100000"], "workers must be 1..64"),
