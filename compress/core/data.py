@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import struct
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import BinaryIO
@@ -18,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from compress.core.distributed import Ranks, ranks, share_of_batch
-from compress.core.errors import ImageTooLarge, InputError
+from compress.core.errors import ImageTooLarge, InputError, first_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
@@ -89,9 +88,11 @@ def open_image(src: str | Path | BinaryIO, limit: int | None = None, label: str 
             img = ImageOps.exif_transpose(im) or im
     except InputError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
-            EOFError, struct.error, MemoryError) as exc:
-        raise InputError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from exc
+    except UnidentifiedImageError:
+        raise InputError(f"{path}: not a readable image (unknown or damaged format)") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged file makes Pillow's decoders raise almost anything
+        # (OSError, SyntaxError, struct.error, and TypeError / OverflowError from bad TIFF tags): all are the file's
+        raise InputError(f"{path}: not a readable image ({type(exc).__name__}: {first_line(exc)})") from None
     return _to_8bit(img, path)
 
 

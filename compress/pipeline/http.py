@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import traceback
 import time
 
 from fastapi import FastAPI, Request
@@ -30,6 +31,8 @@ class Refused(Exception):
 async def read_upload(request: Request, limit: int) -> bytes:
     """The image bytes of a raw body or of a multipart ``file`` field, at most ``limit`` bytes."""
     length = request.headers.get("content-length")
+    if length is not None and "transfer-encoding" in request.headers:  # the body is framed by chunks, so the
+        raise Refused(400, "Content-Length and Transfer-Encoding together; send one")  # length would check nothing
     if length is not None and length.isdigit() and int(length) > limit + MULTIPART_SLACK:
         raise Refused(413, f"upload of {int(length)} bytes is over the {limit} byte limit")
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
@@ -117,6 +120,7 @@ def build_app(service: Service) -> FastAPI:
             return JSONResponse({"error": str(exc)}, status_code=status)
         except Exception as exc:  # noqa: BLE001 (a runtime failure: JSON and counted, not a bare 500 page)
             status = 500
+            traceback.print_exc()  # the operator's log gets the cause; the client gets one line
             return JSONResponse({"error": f"internal error {type(exc).__name__}: {exc}"}, status_code=500)
         finally:
             service.metrics.observe(tier if tier in TARGETS_MS else "other", status, time.perf_counter() - t0)
@@ -152,7 +156,9 @@ def serve(cfg: object, host: str = "127.0.0.1", port: int = 8000) -> None:
     try:
         app = build_app(Service(cfg))
         print(f"serving on http://{host}:{port}/", flush=True)
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning")
+        # connections beyond workers + queue and a margin get 503 from uvicorn; idle keep-alives close in 5 s
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_keep_alive=5,
+                                limit_concurrency=cfg.workers + cfg.queue + 32)
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a service stops, as in uvicorn.run
             uvicorn.Server(config).run(sockets=sockets)
     finally:

@@ -81,10 +81,14 @@ class ModelSet:
 
         return torch_upscaler(interpolate(*self.blend, alpha))
 
-    def pick(self, scale: int, tier: str, out_mp: float, alpha: float | None) -> tuple[Served, str]:
-        """The model for one request, and why it was chosen."""
+    def require_scale(self, scale: int) -> None:
+        """Refuse a scale no model here serves (checked before an upload is decoded)."""
         if scale not in self.scales():
             raise InputError(f"scale {scale} is not served; scales: {self.scales()}")
+
+    def pick(self, scale: int, tier: str, out_mp: float, alpha: float | None) -> tuple[Served, str]:
+        """The model for one request, and why it was chosen."""
+        self.require_scale(scale)
         if alpha is not None:
             if self.blend is None:
                 raise InputError("alpha needs a service started with --artifact A --blend B")

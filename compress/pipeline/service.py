@@ -65,6 +65,7 @@ class Service:
 
     def _work(self, data: bytes, scale: int, tier: str, fmt: str, alpha: float | None) -> tuple[bytes, dict]:
         t0 = time.perf_counter()
+        self.models.require_scale(scale)  # before decoding: a refused request costs no decode
         img = decode_bytes(data, "upload", self.cfg.max_pixels)
         h, w = img.rgb.shape[:2]
         served, why = self.models.pick(scale, tier, h * w * scale * scale / 1e6, alpha)

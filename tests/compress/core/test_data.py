@@ -166,3 +166,22 @@ def test_training_pairs_are_kept_in_8_bits_and_give_the_same_patches(tmp_path):
     for (lr8, hr8), (lr, hr), _ in zip(random_patches(pairs, 2, cfg), random_patches(floats, 2, cfg), range(3)):
         assert lr8.dtype == hr8.dtype == np.float32
         assert np.array_equal(lr8, lr) and np.array_equal(hr8, hr)  # the very numbers of the float32 pairs
+
+
+@pytest.mark.parametrize("name", ["strip_ascii.tiff", "strip_long8.tiff"])
+def test_a_tiff_with_a_mistyped_tag_is_an_unreadable_image_not_a_crash(name):
+    """Bad TIFF tag types make Pillow's decoder raise TypeError / OverflowError (the service answered 500)."""
+    from pathlib import Path
+
+    path = Path(__file__).with_name("data") / name
+    with pytest.raises(InputError, match=rf"{name}: not a readable image \((TypeError|OverflowError|ValueError): "):
+        load_rgb(path)
+
+
+def test_an_unidentified_upload_is_named_without_python_internals(tmp_path):
+    import io
+
+    from compress.core.data import open_image
+
+    with pytest.raises(InputError, match=r"^upload: not a readable image \(unknown or damaged format\)$"):
+        open_image(io.BytesIO(b"\x89PNG\r\n\x1a\n"))

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import REPO
+
 
 def png(size: tuple[int, int], mode: str = "RGB", seed: int = 0, smooth: bool = False) -> bytes:
     """A PNG of noise, or (``smooth``) of a gradient that compresses to a few KB at any size."""
@@ -82,8 +84,11 @@ def test_models_health_and_metrics(service):
     (lambda: png((40, 30)), "?scale=abc", 422, "scale"),
     (lambda: png((40, 30)), "?alpha=2", 422, "alpha must be in [0, 1]"),
     (lambda: b"", "", 422, "empty upload"),
+    (lambda: (REPO / "tests/compress/core/data/strip_ascii.tiff").read_bytes(), "", 422, "not a readable image"),
+    (lambda: b"\x89PNG\r\n\x1a\n", "", 422, "unknown or damaged format"),
+    (lambda: b"\xff\xd8 a JPEG that would take long to decode", "?scale=3", 422, "scale 3 is not served"),
 ], ids=["decoded-pixels", "not-an-image", "corrupt", "scale-not-served", "bad-tier", "scale-not-int",
-        "alpha-out-of-range", "empty"])
+        "alpha-out-of-range", "empty", "tiff-bad-tag-was-500", "png-signature-only", "scale-before-decoding"])
 def test_bad_requests_get_their_status_and_a_json_error(service, make, query, status, message):
     url, _ = service
     code, headers, body = post(url, make(), query)
@@ -105,6 +110,25 @@ def test_an_upload_over_the_byte_limit_is_refused_from_its_length_before_it_is_r
     conn.send(b"\x89PNG\r\n\x1a\n")
     response = conn.getresponse()
     assert response.status == 413 and "byte limit" in json.loads(response.read())["error"]
+    conn.close()
+
+
+def test_content_length_with_chunked_framing_is_refused_before_the_body_is_read(service):
+    import http.client
+    from urllib.parse import urlparse
+
+    host = urlparse(service[0])
+    conn = http.client.HTTPConnection(host.hostname, host.port, timeout=30)
+    conn.putrequest("POST", "/v1/upscale")
+    conn.putheader("Content-Type", "multipart/form-data; boundary=BB")
+    conn.putheader("Content-Length", "100")  # the limit checked this, while chunks carried hundreds of MB
+    conn.putheader("Transfer-Encoding", "chunked")
+    conn.endheaders()
+    conn.send(b"4\r\n--BB\r\n")  # one well-framed chunk: the rest never needs to come
+    response = conn.getresponse()
+    body = response.read()
+    assert response.status == 400, (response.status, body[:200])
+    assert "Transfer-Encoding together" in json.loads(body)["error"]
     conn.close()
 
 
