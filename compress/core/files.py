@@ -140,6 +140,24 @@ def write_sidecar(artifact: str | Path, record: dict[str, object],
     return write_json_atomic(sidecar_path(artifact), full)
 
 
+@contextlib.contextmanager
+def removed_on_failure(*artifacts: str | Path) -> Iterator[None]:
+    """Remove every artifact and its sidecar if the block raises: none is left without its sidecar.
+
+    Only files are removed (a folder in a sidecar's place is the user's, and the reason for the error),
+    and the block's own error is the one raised.
+    """
+    try:
+        yield
+    except BaseException:
+        for artifact in artifacts:
+            for path in (Path(artifact), sidecar_path(artifact)):
+                if path.is_file():
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+        raise
+
+
 def read_sidecar(artifact: str | Path, verify: bool = True) -> dict[str, object]:
     """The sidecar of ``artifact`` (an :class:`InputError` naming the file if it is missing or corrupt).
 

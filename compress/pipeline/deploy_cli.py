@@ -37,7 +37,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_interpolate(args: argparse.Namespace) -> int:
     from compress.core.checkpoint import interpolate, load_checkpoint, save_checkpoint
-    from compress.core.files import sidecar_path, source_block, write_sidecar
+    from compress.core.files import removed_on_failure, source_block, write_sidecar
 
     out = Path(args.out)
     for given in (args.a, args.b):
@@ -47,14 +47,9 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
     model = interpolate(a, b, args.alpha)
     sources = source_block(args.a), source_block(args.b)  # hashed before anything is written
     out = save_checkpoint(model, a.config, out, metadata={"stage": "interpolate", "alpha": str(args.alpha)})
-    try:
+    with removed_on_failure(out):
         write_sidecar(out, {"stage": "interpolate", "method": "network interpolation (ESRGAN)", "alpha": args.alpha,
                             "b": sources[1]}, source=sources[0])
-    except BaseException:  # no checkpoint without its sidecar
-        for path in (out, sidecar_path(out)):
-            if path.is_file():
-                path.unlink()
-        raise
     print(json.dumps({"artifact": str(out), "alpha": args.alpha, "a": args.a, "b": args.b}))
     return 0
 

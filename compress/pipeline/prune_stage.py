@@ -13,7 +13,7 @@ from torch import nn
 from compress.core.checkpoint import LoadedModel, count_params, rebuild, save_checkpoint
 from compress.core.data import random_patches
 from compress.core.default_data import training_pairs
-from compress.core.files import read_sidecar, sidecar_path, sidecar_quality, write_sidecar
+from compress.core.files import read_sidecar, removed_on_failure, sidecar_path, sidecar_quality, write_sidecar
 from compress.core.infer import torch_upscaler
 from compress.core.recipe import to_dict
 from compress.core.checkpoint import count_macs
@@ -117,17 +117,12 @@ def run_prune(run: Path, recipe: PruneRecipe, name: str, extra_eval: list[str] |
     after = quality(torch_upscaler(pruned.model), sets, scale)  # before writing: no checkpoint waits on it
     ckpt = save_checkpoint(pruned.model, pruned.config, path_of(run, "pruned", name), metadata={"stage": "prune"})
     onnx_path = path_of(run, "pruned_onnx", name)
-    try:
+    with removed_on_failure(ckpt, onnx_path):
         _, par = export_checked(pruned.model, onnx_path, torch.rand(1, 3, 48, 40))
         record = _record(recipe, pruned, scale, ckpt, base_side, storage_before, seconds, after, before, detail)
         write_sidecar(ckpt, record, source=src)
         write_sidecar(onnx_path, {"stage": "prune-export", "format": "onnx-fp32", "parity_vs_pytorch": par.to_dict(),
                                   "params": record["params"], "macs_256x256": record["macs_256x256"]}, source=ckpt)
-    except BaseException:  # no pruned artifact is left without its sidecar
-        for path in (ckpt, onnx_path):
-            path.unlink(missing_ok=True)
-            sidecar_path(path).unlink(missing_ok=True)
-        raise
     return {"artifact": str(ckpt), "psnr_y_delta_db": record["psnr_y_delta_db"], "macs_256x256": record["macs_256x256"],
             "macs_256x256_before": record["macs_256x256_before"]}
 

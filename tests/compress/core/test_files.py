@@ -6,7 +6,7 @@ import os
 import pytest
 
 from compress.core.errors import WriteError
-from compress.core.files import atomic_path, fresh_folder, write_text_atomic
+from compress.core.files import atomic_path, fresh_folder, removed_on_failure, sidecar_path, write_sidecar, write_text_atomic
 
 
 def test_write_errors_name_the_file_asked_for_never_the_temporary_one(tmp_path):
@@ -36,3 +36,18 @@ def test_fresh_folder_empties_a_stage_folder_and_replaces_a_file(tmp_path):
     assert fresh_folder(stage) == stage and list(stage.iterdir()) == []
     (tmp_path / "30-export").write_text("")
     assert fresh_folder(tmp_path / "30-export").is_dir()
+
+
+def test_an_artifact_whose_sidecar_fails_is_removed_with_every_sidecar_written(tmp_path):
+    ckpt, onnx = tmp_path / "m.safetensors", tmp_path / "m.onnx"
+    ckpt.write_bytes(b"weights")
+    with pytest.raises(KeyboardInterrupt):
+        with removed_on_failure(ckpt, onnx):
+            write_sidecar(ckpt, {"stage": "prune"})
+            onnx.write_bytes(b"graph")
+            raise KeyboardInterrupt  # interrupted before the second sidecar
+    assert list(tmp_path.iterdir()) == []
+    with removed_on_failure(ckpt):  # success keeps both
+        ckpt.write_bytes(b"weights")
+        write_sidecar(ckpt, {"stage": "prune"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [ckpt.name, sidecar_path(ckpt).name]
