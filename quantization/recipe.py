@@ -80,8 +80,8 @@ class QuantRecipe:
             if not getattr(self, name):
                 raise ValueError(f"{name} must be 'default' or a folder, got ''")
         bad = [m for m in self.ptq_methods if m not in METHODS]
-        if bad or not self.ptq_methods:
-            raise ValueError(f"ptq_methods must be a non-empty subset of {METHODS}, got {list(self.ptq_methods)}")
+        if bad or not self.ptq_methods or len(set(self.ptq_methods)) < len(self.ptq_methods):
+            raise ValueError(f"ptq_methods must be a non-empty subset of {METHODS}, each once, got {list(self.ptq_methods)}")
         reduce_weight_range(self.weight_range)  # validates the setting
         if self.qat_from not in QAT_FROM:
             raise ValueError(f"qat_from must be one of {QAT_FROM}, got {self.qat_from!r}")

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
+MAX_MESSAGE_CHARS = 2000  # an error line is cut here: a value echoed from a file must not flood the terminal
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
 
 class InputError(ValueError):
     """Bad user input (checkpoint, image folder, recipe, argument).
@@ -18,6 +23,16 @@ def first_line(exc: BaseException, last: bool = False) -> str:
     """The first (or last) non-empty line of a library's exception message, at most 200 characters."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     return ((lines[-1] if last else lines[0]) if lines else type(exc).__name__)[:200]
+
+
+def error_line(message: str) -> str:
+    """``message`` as one printable line: control characters (newlines, terminal escapes) shown as
+    escapes, so a file name or a value from a file cannot start a line of its own; cut to
+    :data:`MAX_MESSAGE_CHARS`."""
+    line = _CONTROL.sub(lambda m: repr(m.group())[1:-1], message)
+    if len(line) > MAX_MESSAGE_CHARS:
+        line = f"{line[:MAX_MESSAGE_CHARS]}... ({len(line)} characters)"
+    return line
 
 
 class WriteError(InputError):

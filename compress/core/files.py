@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -91,16 +92,26 @@ def _refuse_constant(name: str) -> float:
     raise ValueError(f"{name} is not a JSON number")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: valid JSON syntax, but no float holds it
+        raise ValueError(f"{text[:40]} is beyond a float's range")
+    return value
+
+
 def read_json(path: str | Path) -> object:
     """Parse a JSON file the pipeline reads; a missing, unreadable or invalid file is an
-    :class:`InputError` that names it (NaN and Infinity are refused: they are not JSON)."""
+    :class:`InputError` that names it (NaN and Infinity are refused: they are not JSON; so are numbers
+    beyond a float's range, and nesting deeper than Python's recursion limit)."""
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
+        return json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float)
     except FileNotFoundError as exc:
         raise InputError(f"{path}: file not found") from exc
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise InputError(f"{path}: not valid JSON ({exc})") from exc
+    except RecursionError:
+        raise InputError(f"{path}: not usable JSON (nested too deeply)") from None
 
 
 def read_json_object(path: str | Path) -> dict[str, object]:
@@ -173,8 +184,10 @@ def read_sidecar(artifact: str | Path, verify: bool = True) -> dict[str, object]
 
 
 def is_number(value: object) -> bool:
-    """An int or float that is not a bool."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float that is not a bool."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def quality_problem(quality: object) -> str:

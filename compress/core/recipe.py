@@ -18,13 +18,21 @@ from compress.core.errors import InputError
 
 T = TypeVar("T")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # TOML's integer range, which tomllib does not enforce
+EXACT_FLOAT_INT = 2**53  # integers a float holds exactly: ``steps = 1e4`` is an integer, ``1e300`` is not
+SHOWN_CHARS = 80  # a value is shown in an error up to this many characters
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` for an error line: cut to :data:`SHOWN_CHARS`, on one line."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS - 15]}... ({len(text)} chars)"
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise InputError(f"{where}: expected a table, got {value!r}")
+            raise InputError(f"{where}: expected a table, got {shown(value)}")
         return from_mapping(tp, value, where)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -36,10 +44,10 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
                 return _coerce(arg, value, where)
             except InputError as exc:
                 errors.append(str(exc))
-        raise InputError(errors[0] if errors else f"{where}: invalid value {value!r}")
+        raise InputError(errors[0] if errors else f"{where}: invalid value {shown(value)}")
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise InputError(f"{where}: expected a list, got {value!r}")
+            raise InputError(f"{where}: expected a list, got {shown(value)}")
         args = typing.get_args(tp)
         inner = args[0] if args else Any
         return tuple(_coerce(inner, v, f"{where}[{i}]") for i, v in enumerate(value))
@@ -47,18 +55,18 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         raise InputError(f"{where}: integer {value} is outside TOML's 64-bit range")
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InputError(f"{where}: expected a number, got {value!r}")
+            raise InputError(f"{where}: expected a number, got {shown(value)}")
         if not math.isfinite(value):
             raise InputError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is int and isinstance(value, float) and not isinstance(value, bool):
-        if not (math.isfinite(value) and value.is_integer()):
+        if not (math.isfinite(value) and value.is_integer() and abs(value) <= EXACT_FLOAT_INT):
             raise InputError(f"{where}: expected an integer, got {value!r}")
         return int(value)
     if tp in (int, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
-        raise InputError(f"{where}: expected {tp.__name__}, got {value!r}")
+        raise InputError(f"{where}: expected {tp.__name__}, got {shown(value)}")
     if typing.get_origin(tp) is typing.Literal and value not in typing.get_args(tp):
-        raise InputError(f"{where}: expected one of {list(typing.get_args(tp))}, got {value!r}")
+        raise InputError(f"{where}: expected one of {list(typing.get_args(tp))}, got {shown(value)}")
     return value
 
 
@@ -100,6 +108,8 @@ def load_recipe(cls: type[T], path: str | Path, overrides: dict[str, Any] | None
         raise InputError(f"{path}: cannot read the recipe ({exc})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{path}: not valid TOML ({exc})") from exc
+    except RecursionError:
+        raise InputError(f"{path}: not a usable recipe (tables or arrays nested too deeply)") from None
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         return from_mapping(cls, data, where="")

@@ -12,8 +12,9 @@ import dataclasses
 from pathlib import Path
 
 from compress.core.errors import InputError
-from compress.core.files import read_json_object
+from compress.core.files import is_number, read_json_object
 from compress.pipeline.contract import path_of
+from compress.pipeline.latency_file import inside_run
 from export.runtimes import runs_here
 
 TARGETS_MS = {"300ms": 300.0, "1000ms": 1000.0, "10s": 10_000.0}
@@ -42,7 +43,34 @@ def read_report(run: Path) -> tuple[dict, int]:
     scale = header.get("scale") if isinstance(header, dict) else None
     if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
         raise InputError(f"{path}: not a report of this pipeline (no header.scale)")
+    rows = report.get("rows", [])
+    if not isinstance(rows, list):
+        raise InputError(f"{path}: rows is not a list")
+    for i, row in enumerate(rows):
+        if problem := _row_problem(row):
+            raise InputError(f"{path}: rows[{i}] {problem}")
     return report, scale
+
+
+def _row_problem(row: object) -> str:
+    """What makes ``row`` unusable for choosing ("" if nothing): the fields :func:`choose` reads."""
+    if not isinstance(row, dict):
+        return "is not an object"
+    if not inside_run(row.get("artifact")):
+        return f"artifact {str(row.get('artifact'))[:200]!r} is not a path inside the run folder"
+    if not isinstance(row.get("runtime"), str):
+        return "has no runtime"
+    lost = row.get("db_lost", {})
+    if not (isinstance(lost, dict) and all(v is None or is_number(v) for v in lost.values())):
+        return "db_lost is not an object of numbers"
+    latency = row.get("latency", {})
+    if not isinstance(latency, dict):
+        return "latency is not an object"
+    for label, at in latency.items():
+        if not (isinstance(at, dict) and is_number(at.get("out_mp")) and at["out_mp"] > 0
+                and is_number(at.get("p50_ms")) and at["p50_ms"] >= 0):
+            return f"latency[{str(label)[:40]!r}] needs a positive out_mp and p50_ms"
+    return ""
 
 
 def worst_loss(row: dict) -> float | None:
@@ -74,7 +102,7 @@ def choose(run: Path, out_mp: float, target: str, max_loss_db: float, report: di
     """
     if target not in TARGETS_MS:
         raise InputError(f"target must be one of {list(TARGETS_MS)}, got {target!r}")
-    report = report if report is not None else read_json_object(path_of(run, "report"))
+    report = report if report is not None else read_report(run)[0]
     budget = TARGETS_MS[target]
     candidates = []
     for row in report.get("rows", []):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from compress.core.distributed import is_writer, rank0_value, ranks, release_process_group
-from compress.core.errors import InputError
+from compress.core.errors import InputError, error_line
 from compress.core.files import read_stage_seconds, record_stage_seconds
 from compress.pipeline import options as opt
 from compress.pipeline.deploy_cli import add_deploy
@@ -163,9 +163,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from compress.pipeline.contract import baseline
 
     _, loaded = baseline(Path(args.run))
-    sizes = tuple(tuple(int(v) for v in s.split("x")) if s != "1080p" else None for s in args.sizes)
+    sizes = tuple(tuple(int(v) for v in s.split("x")) if s != "1080p" else None for s in dict.fromkeys(args.sizes))
     cfg = BenchConfig(sizes=sizes, threads=args.threads, runs=args.runs, large_runs=min(args.runs, 3), large=args.large,
-                      ladder_targets_ms=tuple(args.ladder))
+                      ladder_targets_ms=tuple(dict.fromkeys(args.ladder)))  # a size or target given twice is timed once
     print(run_bench(Path(args.run), loaded.scale, cfg, args.eval))
     return 0
 
@@ -280,7 +280,7 @@ def _add_stages(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--sizes", nargs="+", type=opt.lr_size, default=["128x128", "256x256", "1080p"],
                    help="LR HxW sizes, or 1080p")
     s.add_argument("--threads", type=opt.bench_threads, default=2)
-    s.add_argument("--runs", type=opt.positive_int, default=10)
+    s.add_argument("--runs", type=opt.bench_runs, default=10)
     s.add_argument("--large", choices=("pareto", "all"), default="pareto",
                    help="which artifacts to time at sizes over 0.1 LR MP: the FP32 reference and the Pareto front, or all")
     s.add_argument("--ladder", nargs="*", type=opt.positive_float, default=[300.0, 1000.0], metavar="MS",
@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         code = _run(args)
         return code
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {error_line(str(exc))}", file=sys.stderr)
         code = 2
         return code
     except KeyboardInterrupt:
@@ -367,12 +367,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         if isinstance(exc, OSError) and exc.filename is not None:  # a path it was given cannot be read or written
-            print(f"error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+            print(error_line(f"error: {exc.filename}: {exc.strerror or exc}"), file=sys.stderr)
             code = 2
             return code
         what = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        print(f"error: {args.command}: internal error {type(exc).__name__}: {what} (rerun with --debug for the "
-              "traceback)", file=sys.stderr)
+        print(error_line(f"error: {args.command}: internal error {type(exc).__name__}: {what} (rerun with --debug "
+                         "for the traceback)"), file=sys.stderr)
         return INTERNAL_ERROR
     finally:  # under torchrun: every rank leaves the Gloo / NCCL group before the interpreter exits
         release_process_group(wait=code == 0)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from compress.core.errors import InputError
+from compress.core.errors import InputError, error_line
 from compress.core.files import read_json_object
 from compress.pipeline.contract import path_of
 
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(format_table(compare(load_report(args.a), load_report(args.b), args.eval_set, args.size)))
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {error_line(str(exc))}", file=sys.stderr)
         return 2
     return 0
 

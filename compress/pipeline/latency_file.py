@@ -17,7 +17,7 @@ REPORT_TARGETS_MS = (300, 1000)  # the report's pass / fail columns
 TIMING_FIELDS = ("p50_ms", "p95_ms", "min_ms", "out_mp", "peak_rss_mb")
 
 
-def _relative(value: Any) -> bool:
+def inside_run(value: Any) -> bool:
     """A path inside the run folder: relative, without ``..``."""
     if not isinstance(value, str) or not value:
         return False
@@ -28,7 +28,7 @@ def _relative(value: Any) -> bool:
 def _result_problem(r: Any) -> str:
     if not isinstance(r, dict):
         return "is not an object"
-    if not _relative(r.get("artifact")):
+    if not inside_run(r.get("artifact")):
         return f"artifact {r.get('artifact')!r} is not a path inside the run folder"
     if not isinstance(r.get("runtime"), str):
         return "has no runtime"
@@ -44,7 +44,7 @@ def _result_problem(r: Any) -> str:
 def _ladder_problem(lad: Any) -> str:
     if not isinstance(lad, dict):
         return "is not an object"
-    if not (_relative(lad.get("artifact")) and isinstance(lad.get("runtime"), str) and is_number(lad.get("target_ms"))):
+    if not (inside_run(lad.get("artifact")) and isinstance(lad.get("runtime"), str) and is_number(lad.get("target_ms"))):
         return "needs artifact (inside the run), runtime and target_ms"
     if not all(lad.get(k) is None or is_number(lad.get(k)) for k in ("max_output_mp", "failing_mp")):
         return "max_output_mp / failing_mp are not numbers"

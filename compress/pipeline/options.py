@@ -53,6 +53,11 @@ def bench_threads(text: str) -> int:
     return _int_in(text, "threads", 1, MAX_THREADS, " for a benchmark")
 
 
+def bench_runs(text: str) -> int:
+    """Timed runs per configuration, 1..1000 (the p50 of 10 is the default)."""
+    return _int_in(text, "runs", 1, 1000)
+
+
 def workers(text: str) -> int:
     """Concurrent inference threads of the service, 1..64 (each holds a model's activations)."""
     return _int_in(text, "workers", 1, 64)

@@ -24,6 +24,10 @@ from compress.core.train import fit
 from compress.core.train_config import TrainConfig
 
 
+HYPERPARAMETERS = ("num_feat", "num_block", "num_grow_ch", "res_scale")
+MAX_SIZE = {"num_feat": 1024, "num_block": 256, "num_grow_ch": 1024}  # 4x EDSR's 256 features, 8x its 32 blocks
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainRecipe:
     """What to train on which images.
@@ -67,7 +71,19 @@ class TrainRecipe:
             raise ValueError("data must be 'default' or a folder, got ''")
         if self.max_side < 0:
             raise ValueError(f"max_side must be >= 0, got {self.max_side}")
+        self._check_hyperparameters()
         self.model_config()  # the architecture's own checks of scale and widths, before any image is read
+
+    def _check_hyperparameters(self) -> None:
+        """Sizes within :data:`MAX_SIZE`; a hyperparameter the architecture lacks left at its default."""
+        for name, most in MAX_SIZE.items():
+            if not 0 <= getattr(self, name) <= most:
+                raise ValueError(f"{name} must be in 0..{most}, got {getattr(self, name)}")
+        has = {f.name for f in dataclasses.fields(architecture(self.arch).config_type)}
+        for f in dataclasses.fields(self):
+            if f.name in HYPERPARAMETERS and f.name not in has and getattr(self, f.name) != f.default:
+                raise ValueError(f"{f.name} is no hyperparameter of {self.arch} (it has "
+                                 f"{sorted(has & set(HYPERPARAMETERS))}), got {getattr(self, f.name)!r}")
 
     def model_config(self) -> object:
         """The architecture's config from the recipe's hyperparameters (those it has)."""
@@ -122,8 +138,10 @@ def start_continuation(model: torch.nn.Module, source: str | Path, val, scale: i
     previous: dict[str, object] = {}
     if sidecar_path(source).is_file():
         previous = read_sidecar(source)
-    history = tuple(previous.get("history") or ([_summary(previous)] if previous else []))
-    return Continuation(source, psnr, history)
+    history = previous.get("history") or ([_summary(previous)] if previous else [])
+    if not (isinstance(history, list) and all(isinstance(run, dict) for run in history)):
+        raise InputError(f"{sidecar_path(source)}: history is not a list of training runs")
+    return Continuation(source, psnr, tuple(history))
 
 
 def _summary(record: dict[str, object]) -> dict[str, object]:

@@ -5,8 +5,10 @@ import os
 
 import pytest
 
-from compress.core.errors import WriteError
-from compress.core.files import atomic_path, fresh_folder, removed_on_failure, sidecar_path, write_sidecar, write_text_atomic
+from compress.core.errors import MAX_MESSAGE_CHARS, InputError, WriteError, error_line
+from compress.core.files import (
+    atomic_path, fresh_folder, is_number, read_json, removed_on_failure, sidecar_path, write_sidecar, write_text_atomic,
+)
 
 
 def test_write_errors_name_the_file_asked_for_never_the_temporary_one(tmp_path):
@@ -51,3 +53,25 @@ def test_an_artifact_whose_sidecar_fails_is_removed_with_every_sidecar_written(t
         ckpt.write_bytes(b"weights")
         write_sidecar(ckpt, {"stage": "prune"})
     assert sorted(p.name for p in tmp_path.iterdir()) == [ckpt.name, sidecar_path(ckpt).name]
+
+
+def test_json_past_a_floats_range_or_nested_too_deeply_is_refused_by_name(tmp_path):
+    path = tmp_path / "stage_seconds.json"
+    path.write_text('{"model": 1e400}')  # valid JSON syntax; no float holds it, and it could not be written back
+    with pytest.raises(InputError, match=r"stage_seconds\.json: not valid JSON \(1e400 is beyond a float's range\)"):
+        read_json(path)
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(InputError, match=r"stage_seconds\.json: not usable JSON \(nested too deeply\)"):
+        read_json(path)
+    (tmp_path / "ok.json").write_text('{"a": 1.5e3}')
+    assert read_json(tmp_path / "ok.json") == {"a": 1500.0}
+    assert [is_number(v) for v in (1, 2.5, 10**400, float("inf"), float("nan"), True, "1")] == [
+        True, True, True, False, False, False, False]
+
+
+def test_an_error_is_one_printable_line_of_bounded_length():
+    assert error_line("a.png\nTraceback (most recent call last):\x1b[31m") == (
+        "a.png\\nTraceback (most recent call last):\\x1b[31m")
+    long = error_line("x" * 5000)
+    assert long.startswith("x" * MAX_MESSAGE_CHARS) and long.endswith("... (5000 characters)")
+    assert error_line("café: ok") == "café: ok"  # only control characters are escaped

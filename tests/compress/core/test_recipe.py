@@ -64,11 +64,20 @@ def test_bad_toml_names_the_file(tmp_path):
     ("[train]\nwarmup_steps = -10\n", r"TrainConfig\.warmup_steps must be >= 0"),
     ("num_feat = 0\n", r"EDSRConfig: num_feat=0"),
     ("res_scale = 0.0\n", r"EDSRConfig\.res_scale must be finite and > 0"),
-    ("arch = \"srcnn\"\nnum_feat = -1\n", r"SRCNNConfig: num_feat=-1"),
+    ("arch = \"srcnn\"\nnum_feat = -1\n", r"num_feat must be in 0\.\.1024, got -1"),
     ("arch = \"rrdb\"\nscale = 4\nnum_grow_ch = 0\n", r"RRDBConfig: .*num_grow_ch=0 invalid"),
     ("scale = 5\n", r"EDSRConfig\.scale must be 2, 3 or 4"),
     ("max_side = -1\n", r"max_side must be >= 0"),
     ("data = \"\"\n", r"data must be 'default' or a folder"),
+    # floats past 2**53 are no integers: their range was checked before the conversion
+    ("[train]\nseed = 1e300\n", r"train\.seed: expected an integer, got 1e\+300"),
+    ("[train]\nsteps = 2e19\n", r"train\.steps: expected an integer, got 2e\+19"),
+    # hyperparameters the architecture lacks, and sizes past any SR network
+    ("arch = \"srcnn\"\nnum_block = 20\n", r"num_block is no hyperparameter of srcnn \(it has \['num_feat'\]\), got 20"),
+    ("num_grow_ch = -5\n", r"num_grow_ch must be in 0\.\.1024, got -5"),
+    ("arch = \"rrdb\"\nscale = 4\nres_scale = 0.5\n", r"res_scale is no hyperparameter of rrdb \(it has \['num_block', "),
+    ("num_feat = 9223372036854775807\n", r"num_feat must be in 0\.\.1024"),
+    ("arch = \"" + "x" * 100_000 + "\"\n", r"arch: .*\(100002 chars\)|arch must be one of"),
 ])
 def test_every_field_is_checked_with_file_field_and_value(tmp_path, body, match):
     path = tmp_path / "r.toml"
@@ -116,3 +125,22 @@ def test_quantize_and_prune_recipe_tables_are_checked(tmp_path):
         path.write_text(body)
         with pytest.raises(InputError, match=match):
             load_recipe(cls, path)
+
+
+def test_deep_nesting_and_long_values_are_one_short_error(tmp_path):
+    path = tmp_path / "deep.toml"
+    path.write_text("a = " + "{b = " * 3000 + "1" + "}" * 3000 + "\n")
+    with pytest.raises(InputError, match=r"deep\.toml: not a usable recipe \(tables or arrays nested too deeply\)"):
+        load_recipe(TrainRecipe, path)
+    path.write_text("[train]\nlr = \"" + "f" * 100_000 + "\"\n")
+    with pytest.raises(InputError, match=r"train\.lr: expected a number, got 'f+\.\.\. \(100002 chars\)$"):
+        load_recipe(TrainRecipe, path)
+
+
+def test_a_ptq_method_given_twice_is_refused(tmp_path):
+    from quantization.recipe import QuantRecipe
+
+    path = tmp_path / "q.toml"
+    path.write_text('ptq_methods = ["minmax", "minmax"]\n')
+    with pytest.raises(InputError, match=r"ptq_methods must be a non-empty subset of .*each once"):
+        load_recipe(QuantRecipe, path)

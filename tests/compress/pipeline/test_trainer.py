@@ -9,7 +9,7 @@ from compress.core.archs import EDSRConfig
 from compress.core.checkpoint import build_model, load_checkpoint, save_checkpoint
 from compress.core.data import PatchConfig
 from compress.core.errors import InputError
-from compress.core.files import sha256_file
+from compress.core.files import sha256_file, write_sidecar
 from compress.core.train_config import TrainConfig
 from compress.pipeline.trainer import TrainRecipe, claim_resume, train_model
 from tests.conftest import tiny_edsr
@@ -53,6 +53,15 @@ def test_continue_needs_a_matching_architecture(image_dir, tmp_path):
     wider = dataclasses.replace(_recipe(image_dir, 1e-3), num_feat=24)
     with pytest.raises(InputError, match="does not match"):
         train_model(wider, tmp_path / "x.safetensors", continue_from=other)
+
+
+@pytest.mark.parametrize("history", [5, "abc", [1, 2]])
+def test_a_sidecar_history_that_is_no_list_of_runs_is_named(image_dir, tmp_path, history):
+    start = save_checkpoint(tiny_edsr(2), EDSRConfig(scale=2, num_feat=16, num_block=2), tmp_path / "s.safetensors")
+    write_sidecar(start, {"stage": "train", "history": history})
+    with pytest.raises(InputError, match=r"s\.safetensors\.json: history is not a list of training runs"):
+        train_model(_recipe(image_dir, 1e-3), tmp_path / "x.safetensors", continue_from=start)
+    assert not (tmp_path / "x.safetensors").exists()
 
 
 def _interrupted(recipe: TrainRecipe, out, step: int):

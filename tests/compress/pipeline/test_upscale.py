@@ -4,6 +4,7 @@ and ``interpolate``."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -229,3 +230,25 @@ def test_a_row_on_a_runtime_this_host_lacks_is_no_candidate(tmp_path, monkeypatc
     from export.runtimes import runs_here
 
     assert runs_here("ort") and not runs_here("no-such-runtime")
+
+
+@pytest.mark.parametrize("rows, problem", [
+    (5, "rows is not a list"),
+    ([5], r"rows\[0\] is not an object"),
+    ([{"artifact": "/etc/passwd", "runtime": "ort"}], r"rows\[0\] artifact '/etc/passwd' is not a path inside the run"),
+    ([{"artifact": "../x.onnx", "runtime": "ort"}], "is not a path inside the run"),
+    ([{"artifact": "a.onnx"}], r"rows\[0\] has no runtime"),
+    ([{"artifact": "a.onnx", "runtime": "ort", "db_lost": [1]}], "db_lost is not an object of numbers"),
+    ([{"artifact": "a.onnx", "runtime": "ort", "latency": {"x": {}}}], r"latency\['x'\] needs a positive out_mp"),
+    ([{"artifact": "a.onnx", "runtime": "ort", "latency": {"x": {"out_mp": 0, "p50_ms": 1}}}], "positive out_mp"),
+    ([{"artifact": "a.onnx", "runtime": "ort", "latency": {"x": {"out_mp": "1", "p50_ms": 1}}}], "positive out_mp"),
+])
+def test_a_report_whose_rows_cannot_be_chosen_from_is_named_before_use(tmp_path, ckpt, capsys, rows, problem):
+    run = tmp_path / "run"
+    (run / "50-report").mkdir(parents=True)
+    (run / "50-report" / "report.json").write_text(json.dumps({"header": {"scale": 2}, "rows": rows}))
+    img = write_image(tmp_path / "x.png", (12, 10))
+    assert main(["upscale", str(img), "--out", str(tmp_path / "o"), "--run", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {run / '50-report' / 'report.json'}: ") and err.count("\n") == 1
+    assert re.search(problem, err) and not (tmp_path / "o").exists()
