@@ -23,6 +23,27 @@ def test_activation_range_contains_zero_and_uint8_params():
     assert scale == 2.0 / 255 and zero == 0
 
 
+def test_uint8_zero_point_and_ema_follow_ort_and_the_momentum():
+    rng = ActivationRange(observe_only=True)
+    rng.update(torch.tensor([-1.0, 3.0]))
+    scale, zero = rng.qparams()
+    assert scale == pytest.approx(4.0 / 255) and zero == 64  # round(1 / (4/255)) = round(63.75)
+    ema = ActivationRange(momentum=0.9)
+    ema.update(torch.tensor([-1.0, 1.0]))
+    ema.update(torch.tensor([-3.0, 3.0]))
+    assert (ema.lo, ema.hi) == pytest.approx((-1.2, 1.2))  # 0.9 * old + 0.1 * new, not the reverse
+
+
+@pytest.mark.parametrize("qmax", [127, 64])
+def test_weight_fake_quant_grid_is_full_or_reduced_range(qmax):
+    w = torch.randn(4, 3, 3, 3)
+    q = PerChannelWeightFakeQuant(qmax)(w)
+    step = w.abs().amax(dim=(1, 2, 3), keepdim=True) / qmax
+    levels = q / step
+    assert torch.allclose(levels, levels.round(), atol=1e-4)
+    assert levels.abs().amax(dim=(1, 2, 3)).round().tolist() == [qmax] * 4  # each channel's peak is the grid's end
+
+
 def test_prepare_train_strip(tmp_path):
     model = tiny_edsr(2)
     x = torch.rand(2, 3, 12, 12)
@@ -38,11 +59,18 @@ def test_prepare_train_strip(tmp_path):
     loss = (model(x) - ref).abs().mean()
     loss.backward()
     opt.step()
+    trained = {name: conv.parametrizations.weight.original.detach().clone() for name, conv in state.convs}
     strip_qat(state)
     assert not any(hasattr(m, "parametrizations") for m in model.modules())
-    with torch.no_grad():
-        assert (model(x) - ref).abs().max() > 0  # weights were trained
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    for name, conv in state.convs:  # the trained float weights, not their quantized copies
+        assert torch.equal(conv.weight, trained[name]), name
     assert set(model.state_dict()) == set(tiny_edsr(2).state_dict())
+    fresh = tiny_edsr(2)
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), fresh.eval()(x))  # no fake quantization left behind
+        assert (model(x) - ref).abs().max() > 0  # weights were trained
 
 
 def test_output_points_follow_ort_requantization():
