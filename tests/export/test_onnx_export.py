@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from export.runtimes import ort_upscaler
-from export.onnx_export import export_onnx, onnx_op_counts, parity
+from export.onnx_export import MIN_PARITY_DB, ParityError, export_checked, export_onnx, onnx_op_counts, parity
 from tests.conftest import tiny_edsr, tiny_rrdb, tiny_srcnn
 
 CASES = [
@@ -39,7 +39,7 @@ def test_no_partial_file_on_failure(tmp_path):
             raise RuntimeError("boom")
 
     target = tmp_path / "m.onnx"
-    with pytest.raises(Exception):
+    with pytest.raises(Exception, match="boom"):
         export_onnx(Broken(), target)
     assert list(tmp_path.iterdir()) == []
 
@@ -50,6 +50,28 @@ def test_parity_figures():
     p = parity(a, b)
     assert p.max_abs_diff == pytest.approx(0.01)
     assert p.psnr_db == pytest.approx(40.0)
+
+
+def test_non_finite_outputs_never_match():
+    a = np.zeros((1, 3, 4, 4), dtype=np.float32)
+    b = a.copy()
+    b[0, 0, 0, 0] = np.nan
+    assert parity(a, b).psnr_db == -np.inf and parity(a, b).max_abs_diff == np.inf
+    assert parity(a, a).psnr_db == np.inf
+
+
+def test_an_export_that_disagrees_with_pytorch_is_refused_and_removed(tmp_path, monkeypatch):
+    import export.runtimes
+
+    model = tiny_edsr(2)
+    out, par = export_checked(model, tmp_path / "ok.onnx", torch.rand(1, 3, 16, 16))
+    assert out.is_file() and par.psnr_db >= MIN_PARITY_DB
+    real = export.runtimes.ort_upscaler
+    off = 10 ** (-(MIN_PARITY_DB - 3) / 20)  # an error 3 dB under the parity bar
+    monkeypatch.setattr(export.runtimes, "ort_upscaler", lambda path: lambda x: real(path)(x) + off)
+    with pytest.raises(ParityError, match=r"bad\.onnx: ONNX output disagrees with PyTorch \(PSNR \d+\.\d dB"):
+        export_checked(model, tmp_path / "bad.onnx", torch.rand(1, 3, 16, 16))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.onnx"]
 
 
 def test_op_counts(tmp_path):

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from compress.core.data import (
-    MAX_JPEG_SCANS, ImageNotice, PatchConfig, count_jpeg_scans, list_images, load_pair, load_pairs, load_rgb,
+    MAX_JPEG_SCANS, ImageNotice, ImagePair, PatchConfig, count_jpeg_scans, list_images, load_pair, load_pairs, load_rgb,
     open_image, random_patches,
 )
 from compress.core.default_data import IMAGES, WALLPAPER_PACKAGES, WALLPAPERS, split_paths, validation_paths
@@ -62,6 +62,18 @@ def test_patches_are_aligned_and_deterministic(image_dir):
     np.testing.assert_array_equal(hr1, hr2)
     lr3, _ = next(random_patches(pairs, 2, PatchConfig(lr_patch=8, batch_size=4, seed=4)))
     assert not np.array_equal(lr1, lr3)
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_each_hr_patch_is_its_lr_patch_enlarged(augment):
+    # an HR image made of scale x scale blocks of its LR image: any misaligned or differently rotated /
+    # flipped crop breaks hr == kron(lr, ones)
+    rng = np.random.default_rng(0)
+    lr = rng.integers(0, 256, (30, 23, 3), dtype=np.uint8)
+    pair = ImagePair("blocks", np.kron(lr, np.ones((3, 3, 1), dtype=np.uint8)), lr)
+    lrs, hrs = next(random_patches([pair], 3, PatchConfig(lr_patch=8, batch_size=64, seed=1, augment=augment)))
+    np.testing.assert_array_equal(hrs, np.kron(lrs, np.ones((1, 1, 3, 3), dtype=np.float32)))
+    assert len({p.tobytes() for p in lrs}) > 32  # the crops differ
 
 
 def test_patch_config_validation():

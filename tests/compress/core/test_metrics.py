@@ -22,6 +22,12 @@ def test_psnr_y_golden_one_level_offset():
     assert psnr_rgb_db(sr, hr, scale=2) == pytest.approx(48.1308, abs=1e-4)
 
 
+def test_both_images_are_rounded_to_8_bits_before_the_psnr():
+    hr = np.full((20, 20, 3), 100 / 255)
+    assert psnr_y_db(hr + 0.4 / 255, hr, scale=2) == math.inf  # under half a level: the same 8-bit image
+    assert psnr_y_db(hr + 0.6 / 255, hr, scale=2) == pytest.approx(49.4527, abs=1e-4)  # one whole level
+
+
 def test_mean_error_y_golden_and_signed():
     hr = np.full((20, 20, 3), 100 / 255)
     # one level darker on R, G and B is 219/255 of a level darker in Y; the shaved border does not count

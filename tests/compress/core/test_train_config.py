@@ -12,6 +12,9 @@ def test_lr_schedules():
     assert [lr_at(step, s) for s in (0, 49, 50, 75)] == [1.0, 1.0, 0.5, 0.25]
     warm = TrainConfig(steps=100, lr=1.0, warmup_steps=10)
     assert lr_at(warm, 0) == pytest.approx(0.1)
+    # the cosine starts after the warm-up and ends at its floor, lr * min_lr_ratio
+    warm = TrainConfig(steps=110, lr=1.0, warmup_steps=10, min_lr_ratio=0.01)
+    assert [lr_at(warm, s) for s in (9, 10, 60, 110, 500)] == pytest.approx([1.0, 1.0, 0.505, 0.01, 0.01])
 
 
 def test_wall_time_fraction_drives_the_schedule():
