@@ -146,3 +146,20 @@ def test_taylor_keeps_the_channels_the_loss_depends_on():
     model(torch.rand(8, 4, 4, 4)).pow(2).sum().backward()
     assert imp_mag(group).argsort()[:2].tolist() == [3, 2]  # magnitude would drop the two that matter
     assert sorted(imp_tay(group).argsort()[:2].tolist()) == [0, 1]  # Taylor drops the two that do not
+
+
+def test_fpgm_drops_the_redundant_filters_and_lamp_ranks_a_layer_as_magnitude_does():
+    import torch_pruning as tp
+    from torch import nn
+
+    conv = nn.Conv2d(4, 4, 1, bias=False)
+    model = nn.Sequential(conv, nn.Conv2d(4, 1, 1, bias=False))
+    with torch.no_grad():  # filters 1 and 2 are near copies; filter 3 is small but unlike the others
+        conv.weight.copy_(torch.tensor([[10.0, 0, 0, 0], [1.0, 0, 0, 0], [1.1, 0, 0, 0], [0, 0.5, 0, 0]])[:, :, None, None])
+        model[1].weight.fill_(1.0)
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=torch.rand(1, 4, 4, 4))
+    group = dg.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=[0, 1, 2, 3])
+    magnitude = Criterion.MAGNITUDE.importance()(group)
+    assert sorted(magnitude.argsort()[:2].tolist()) == [1, 3]  # the two smallest
+    assert sorted(Criterion.FPGM.importance()(group).argsort()[:2].tolist()) == [1, 2]  # nearest the median
+    assert Criterion.LAMP.importance()(group).argsort().tolist() == magnitude.argsort().tolist()

@@ -68,6 +68,14 @@ def test_wrappers_and_module_prefix(tmp_path, wrapper):
     assert loaded.arch == "rrdb" and loaded.scale == 4
 
 
+def test_a_release_with_params_and_params_ema_loads_the_ema_weights(tmp_path):
+    ema, raw = tiny_rrdb(4, seed=1), tiny_rrdb(4, seed=2)  # BasicSR saves both; it tests with the EMA
+    path = _save(tmp_path, {"params": as_layout(raw, "rrdb-basicsr"), "params_ema": as_layout(ema, "rrdb-basicsr")})
+    x = torch.rand(1, 3, 6, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(load_checkpoint(path).model(x), ema.eval()(x))
+
+
 def test_safetensors_input(tmp_path):
     loaded = load_checkpoint(_save(tmp_path, as_layout(tiny_edsr(3), "edsr-official"), "m.safetensors"))
     assert (loaded.arch, loaded.scale, loaded.layout) == ("edsr", 3, "edsr-official")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -141,23 +140,36 @@ def test_a_file_named_png_is_judged_by_its_content(service):
 
 def test_saturation_answers_503_with_retry_after(service):
     url, _ = service
-    big = png((1100, 1000), smooth=True)  # 1.1 MP: takes the only worker for a while (queue 0)
-    results = []
-    first = threading.Thread(target=lambda: results.append(post(url, big)))
-    first.start()
-    time.sleep(0.4)
-    seen = [post(url, png((16, 16))) for _ in range(3)]
-    first.join()
-    assert results[0][0] == 200
-    busy = [s for s in seen if s[0] == 503]
-    assert busy and busy[0][1]["retry-after"] == "1" and "busy" in json.loads(busy[0][2])["error"]
+    conn = _raw_connection(service)
+    conn.putrequest("POST", "/v1/upscale")
+    conn.putheader("Content-Type", "application/octet-stream")
+    conn.putheader("Content-Length", "100")
+    conn.endheaders()  # a stalled upload holds the only worker slot (queue 0) until the 3 s upload timeout
+    deadline, busy = time.monotonic() + 2.5, None
+    while busy is None and time.monotonic() < deadline:  # no race on timing: wait until the slot is taken
+        answer = post(url, png((16, 16)))
+        busy = answer if answer[0] == 503 else None
+    conn.close()
+    assert busy is not None, "the service never answered 503 while its only slot was held"
+    assert busy[1]["retry-after"] == "1" and "busy" in json.loads(busy[2])["error"]
+    deadline = time.monotonic() + 30
+    while post(url, png((16, 16)))[0] != 200:  # the slot comes back
+        assert time.monotonic() < deadline, "the slot was not freed"
+        time.sleep(0.1)
 
 
-def test_alpha_blends_the_two_networks(service):
+def test_alpha_blends_the_two_networks(service, tiny_checkpoints):
+    from compress.core.checkpoint import interpolate, load_checkpoint
+    from compress.core.imaging import decode_bytes, upscale_decoded
+    from compress.core.infer import torch_upscaler
+
     url, _ = service
     img = png((24, 24), seed=5)
     outs = {a: np.asarray(Image.open(io.BytesIO(post(url, img, f"?alpha={a}")[2]))) for a in (0.0, 0.5, 1.0)}
-    assert not np.array_equal(outs[0.0], outs[1.0])
+    a, b = (load_checkpoint(p) for p in tiny_checkpoints)
+    for alpha, out in outs.items():  # each is the network (1 - alpha) * A + alpha * B, as ESRGAN interpolates
+        blended = np.asarray(upscale_decoded(torch_upscaler(interpolate(a, b, alpha).eval()), decode_bytes(img), 2))
+        assert np.abs(out.astype(int) - blended.astype(int)).max() <= 1, alpha
     assert not np.array_equal(outs[0.5], outs[0.0]) and not np.array_equal(outs[0.5], outs[1.0])
 
 
