@@ -163,3 +163,14 @@ def test_fpgm_drops_the_redundant_filters_and_lamp_ranks_a_layer_as_magnitude_do
     assert sorted(magnitude.argsort()[:2].tolist()) == [1, 3]  # the two smallest
     assert sorted(Criterion.FPGM.importance()(group).argsort()[:2].tolist()) == [1, 2]  # nearest the median
     assert Criterion.LAMP.importance()(group).argsort().tolist() == magnitude.argsort().tolist()
+
+
+def test_global_pruning_spreads_the_same_budget_unevenly_across_groups():
+    widths = {}
+    for global_pruning in (False, True):
+        model = tiny_edsr(2)
+        sched = PolynomialDecay(0.0, 0.25, begin_step=0, end_step=0, frequency=1)
+        prune_channels(model, sched, round_to=1, global_pruning=global_pruning).step()
+        widths[global_pruning] = [model.conv_first.out_channels] + [b.conv1.out_channels for b in model.body]
+    assert widths[False] == [12, 12, 12]  # each group loses its quarter
+    assert widths[True] != widths[False] and sum(widths[True]) == sum(widths[False])  # ranked across groups

@@ -93,4 +93,6 @@ def test_the_ab_benchmark_times_both_paths_in_their_own_processes(int8_models):
     r = compare(int8_models["edsr"], (16, 16), 2, threads=1, runs=1, rounds=1)
     assert r["max_abs_diff"] == 0.0 and not list(int8_models["edsr"].parent.glob("*qgemm*"))  # nothing left in the run
     assert set(r["p50_ms"]) == {"symmetric conv", "im2col + QGEMM"} and all(len(v) == 1 for v in r["p50_ms"].values())
-    assert r["qgemm_speedup"] > 0
+    p50 = {name: v[0] for name, v in r["p50_ms"].items()}  # one round: the median is that round's p50
+    assert r["qgemm_speedup"] == pytest.approx(p50["symmetric conv"] / p50["im2col + QGEMM"], abs=1e-3)
+    assert all(r["min_ms"][name] <= p50[name] for name in p50)

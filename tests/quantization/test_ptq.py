@@ -181,3 +181,21 @@ def test_excluded_middle_convolution_really_runs_in_float(tmp_path, calib_dir):
     assert f"Conv:{middle}" in report["float_nodes"]
     # its producer (a Conv+ReLU) now hands a float tensor to it and cannot fuse either; no other node changes
     assert report["float_convs"] == 2 and report["integer_convs"] == len(conv_nodes(pre)) - 2
+
+
+def test_mixed_precision_stops_at_the_psnr_budget(tmp_path, calib_dir):
+    from quantization.sensitivity import Sensitivity
+
+    pre = preprocess(export_onnx(tiny_edsr(2), tmp_path / "f.onnx"), tmp_path / "p.onnx")
+    cache = tmp_path / "c.json"
+    calibrate(pre, _reader(calib_dir), Calibration.MINMAX, cache)
+    score = lambda path: 30.0 + 0.5 * kernel_report(path)["float_convs"]  # noqa: E731 - each float conv buys 0.5 dB
+    nodes = conv_nodes(pre)
+    ranking = [Sensitivity(n, 0.5) for n in nodes]
+    chosen, trace = choose_float_nodes(pre, cache, Calibration.MINMAX, score, ranking, target_db=31.0, max_nodes=5)
+    assert chosen == nodes[:2] and trace == [(0, 30.0), (1, 30.5), (2, 31.0)]  # stops once the budget is met
+    chosen, _ = choose_float_nodes(pre, cache, Calibration.MINMAX, score, ranking, target_db=99.0, max_nodes=1)
+    assert chosen == nodes[:1]  # or at the node limit
+    ranking[1] = Sensitivity(nodes[1], 0.0)
+    chosen, _ = choose_float_nodes(pre, cache, Calibration.MINMAX, score, ranking, target_db=99.0, max_nodes=5)
+    assert chosen == nodes[:1]  # or at the first node that gains nothing

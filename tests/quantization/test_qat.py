@@ -272,3 +272,30 @@ def test_rrdb_qat_trains_through_leaky_relu_points_and_shares_upsampler_ranges()
     assert torch.isfinite(loss) and model.conv_first.parametrizations.weight.original.grad is not None
     strip_qat(state)
     assert set(model.state_dict()) == set(tiny_rrdb(4).state_dict())
+
+
+def test_reduce_range_trains_on_7_bit_weights():
+    model = tiny_edsr(2)
+    prepare_qat(model, [torch.rand(1, 3, 12, 12).numpy()], reduce_range=True)
+    w = model.body[0].conv1.weight  # the parametrized (fake-quantized) weight the forward pass uses
+    raw = model.body[0].conv1.parametrizations.weight.original
+    levels = w / (raw.abs().amax(dim=(1, 2, 3), keepdim=True) / 64)
+    assert torch.allclose(levels, levels.round(), atol=1e-4) and float(levels.abs().max().round()) == 64
+
+
+def test_every_range_of_a_channel_pruned_model_maps_to_its_onnx_tensor(tmp_path):
+    import onnx
+
+    from export.onnx_export import export_onnx
+    from quantization.ptq import preprocess
+    from quantization.qat import _tensor_keys
+    from tests.conftest import tiny_pruned_edsr
+
+    model = tiny_pruned_edsr(4)
+    state = prepare_qat(model, [torch.rand(1, 3, 12, 12).numpy()])
+    strip_qat(state)
+    pre = preprocess(export_onnx(model, tmp_path / "m.onnx"), tmp_path / "pre.onnx")
+    keys = _tensor_keys(state, pre)
+    assert set(keys) == set(state.ranges)  # no range of the narrowed widths is left unmapped
+    tensors = {t for n in onnx.load(str(pre)).graph.node for t in (*n.input, *n.output)}
+    assert set(keys.values()) <= tensors

@@ -46,9 +46,18 @@ def test_prune_stage_writes_checkpoint_onnx_and_sidecar(run_dir, image_dir, meth
         assert loaded.config.num_feat == 8
     else:
         assert side["overall_sparsity"] == pytest.approx(0.5, abs=0.01)
+        assert all(v == pytest.approx(0.5, abs=0.001) for v in side["layer_sparsity"].values())  # each layer at 0.5
         assert side["macs_256x256"] == side["macs_256x256_before"]
         assert side["storage"]["sparse_bitmap_bytes"] < side["storage_before"]["sparse_bitmap_bytes"]
     assert (run_dir / "00-model" / "model.safetensors").is_file()  # the input is never edited
+
+
+def test_a_global_scope_reaches_the_masks(run_dir, image_dir):
+    recipe = from_mapping(PruneRecipe, {**TINY, "method": "unstructured", "scope": "global", "data": str(image_dir)})
+    run_prune(run_dir, recipe, "global")
+    side = read_sidecar(run_dir / "10-prune" / "global" / "model.safetensors")
+    assert side["overall_sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert max(side["layer_sparsity"].values()) - min(side["layer_sparsity"].values()) > 0.01  # one threshold
 
 
 def test_prune_stage_measures_the_baseline_on_extra_eval_sets(run_dir, image_dir):
