@@ -135,12 +135,3 @@ def test_deep_nesting_and_long_values_are_one_short_error(tmp_path):
     path.write_text("[train]\nlr = \"" + "f" * 100_000 + "\"\n")
     with pytest.raises(InputError, match=r"train\.lr: expected a number, got 'f+\.\.\. \(100002 chars\)$"):
         load_recipe(TrainRecipe, path)
-
-
-def test_a_ptq_method_given_twice_is_refused(tmp_path):
-    from quantization.recipe import QuantRecipe
-
-    path = tmp_path / "q.toml"
-    path.write_text('ptq_methods = ["minmax", "minmax"]\n')
-    with pytest.raises(InputError, match=r"ptq_methods must be a non-empty subset of .*each once"):
-        load_recipe(QuantRecipe, path)
