@@ -30,7 +30,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     cfg = ServeConfig(artifacts=tuple(Path(a) for a in args.artifact), run=Path(args.run) if args.run else None,
                       blend=tuple(Path(b) for b in args.blend), workers=args.workers, queue=args.queue,
                       max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, threads=args.threads,
-                      upload_timeout_s=args.upload_timeout_s)
+                      upload_timeout_s=args.upload_timeout_s, header_timeout_s=args.header_timeout_s)
     serve(cfg, args.host, args.port)
     return 0
 
@@ -83,6 +83,8 @@ def add_deploy(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--threads", type=opt.threads, default=0, help="runtime threads")
     s.add_argument("--upload-timeout-s", type=opt.positive_float, default=30.0,
                    help="an upload not received within this time gets 408 and frees its slot")
+    s.add_argument("--header-timeout-s", type=opt.positive_float, default=10.0,
+                   help="a connection whose request headers are not complete within this time is closed")
     s.set_defaults(func=_cmd_serve)
 
     s = sub.add_parser("interpolate", help="ESRGAN network interpolation of two checkpoints")

@@ -152,13 +152,17 @@ def serve(cfg: object, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Bind the port, load the models once, then serve on the bound sockets until interrupted."""
     import uvicorn
 
+    from compress.pipeline.header_deadline import with_header_timeout
+
     sockets = _listen(host, port)
     try:
         app = build_app(Service(cfg))
         print(f"serving on http://{host}:{port}/", flush=True)
-        # connections beyond workers + queue and a margin get 503 from uvicorn; idle keep-alives close in 5 s
+        # connections beyond workers + queue and a margin get 503 from uvicorn; idle keep-alives close in
+        # 5 s, and a connection whose request headers are late in header_timeout_s
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_keep_alive=5,
-                                limit_concurrency=cfg.workers + cfg.queue + 32)
+                                limit_concurrency=cfg.workers + cfg.queue + 32,
+                                http=with_header_timeout(cfg.header_timeout_s))
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a service stops, as in uvicorn.run
             uvicorn.Server(config).run(sockets=sockets)
     finally:

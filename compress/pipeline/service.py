@@ -42,10 +42,11 @@ class ServeConfig:
     max_pixels: int = 8_000_000
     threads: int = 0
     upload_timeout_s: float = 30.0
+    header_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         if (self.workers < 1 or self.queue < 0 or not self.max_upload_mb > 0 or self.max_pixels < 1
-                or not self.upload_timeout_s > 0):
+                or not self.upload_timeout_s > 0 or not self.header_timeout_s > 0):
             raise ValueError(f"ServeConfig: workers >= 1, queue >= 0, limits and timeout > 0; got {self}")
 
 

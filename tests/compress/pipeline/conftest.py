@@ -61,7 +61,7 @@ def service(tiny_checkpoints, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve-log") / "serve.log"
     proc, url = start_service(["--artifact", str(a), "--blend", str(b), "--workers", "1", "--queue", "0",
                                "--max-upload-mb", "1", "--max-pixels", "1500000", "--threads", "1",
-                               "--upload-timeout-s", "3"], log)
+                               "--upload-timeout-s", "3", "--header-timeout-s", "2"], log)
     yield url, proc
     proc.terminate()
     try:

@@ -193,6 +193,27 @@ def test_a_stalled_upload_gets_408_and_frees_its_slot(service):
     assert post(service[0], png((16, 16)))[0] == 200
 
 
+def test_a_client_trickling_its_headers_is_disconnected(service):
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(service[0])
+    sock = socket.create_connection((host.hostname, host.port), timeout=0.5)
+    sock.sendall(b"POST /v1/upscale HTTP/1.1\r\nHost: x\r\n")
+    deadline, closed = time.monotonic() + 15, False  # the fixture's header deadline is 2 s
+    while not closed and time.monotonic() < deadline:
+        try:
+            sock.sendall(b"X")  # one header byte at a time: each used to cancel every timer
+            closed = sock.recv(1) == b""
+        except TimeoutError:
+            continue
+        except OSError:  # reset by the peer
+            closed = True
+    sock.close()
+    assert closed, "a connection still sending its headers was kept open"
+    assert post(service[0], png((16, 16)))[0] == 200
+
+
 def test_malformed_multipart_is_400_not_500(service):
     url, _ = service
     code, _, body = post(url, png((16, 16)), "", {"Content-Type": "multipart/form-data"})  # no boundary
