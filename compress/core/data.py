@@ -7,6 +7,7 @@ within 0.01 dB on Set5. HR images are mod-cropped to the scale first, as the lit
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -18,6 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from compress.core.distributed import Ranks, ranks, share_of_batch
 from compress.core.errors import ImageTooLarge, InputError, first_line
+from compress.core.jpeg_scans import count_file_scans, count_scans, scan_problem
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
@@ -44,11 +46,6 @@ def list_images(folder: str | Path) -> list[Path]:
 DEFAULT_MAX_PIXELS = 50_000_000
 MAX_BATCH = 4096  # patches per batch: beyond any CPU or single-GPU memory at SR patch sizes
 MAX_LR_PATCH = 1024  # LR patch side in pixels
-#: Start-of-scan markers a JPEG may hold. A progressive JPEG from libjpeg has 10 scans (6 in grayscale)
-#: and scan-optimising encoders stay within a few dozen; every extra scan re-walks the coefficients, so a
-#: small file of thousands of scans takes seconds a megapixel to decode (libjpeg-turbo's ``-maxscans``
-#: guards djpeg against the same file).
-MAX_JPEG_SCANS = 200
 Image.MAX_IMAGE_PIXELS = None  # our own limit, with a clean error, replaces PIL's bomb warning / error
 
 
@@ -75,33 +72,17 @@ def _to_8bit(img: Image.Image, path: Path) -> Image.Image:
     raise InputError(f"{path}: unsupported image mode {img.mode!r}")
 
 
-def count_jpeg_scans(stream: BinaryIO, chunk_bytes: int = 1 << 20) -> int:
-    """Start-of-scan markers (``FF DA``) in a JPEG stream, read in chunks from its start.
-
-    Entropy-coded data stuffs every ``FF`` byte as ``FF 00``, so ``FF DA`` is always a marker; one inside
-    a comment or an embedded thumbnail counts too, which only errs towards refusing.
-    """
-    count, tail = 0, b""
-    while chunk := stream.read(chunk_bytes):
-        data = tail + chunk
-        count += data.count(b"\xff\xda")
-        tail = data[-1:] if data.endswith(b"\xff") else b""
-    return count
-
-
-def _check_scans(src: str | Path | BinaryIO, path: Path) -> None:
-    """Refuse a JPEG of more than :data:`MAX_JPEG_SCANS` scans before decoding it."""
+def _check_scans(src: str | Path | BinaryIO, path: Path, megapixels: float) -> None:
+    """Refuse a JPEG of too many scans for its size before decoding it (:mod:`compress.core.jpeg_scans`)."""
     if isinstance(src, (str, Path)):
-        with open(src, "rb") as stream:
-            scans = count_jpeg_scans(stream)
+        scans = count_file_scans(src)
     else:
         where = src.tell()
         src.seek(0)
-        scans = count_jpeg_scans(src)
+        scans = count_scans(src.getvalue() if isinstance(src, io.BytesIO) else src.read())
         src.seek(where)
-    if scans > MAX_JPEG_SCANS:
-        raise InputError(f"{path}: JPEG with {scans} scans, over the limit of {MAX_JPEG_SCANS} (a normal progressive "
-                         "JPEG has about 10); re-encode it")
+    if problem := scan_problem(scans, megapixels):
+        raise InputError(f"{path}: {problem}; re-encode it")
 
 
 def open_image(src: str | Path | BinaryIO, limit: int | None = None, label: str = "upload") -> Image.Image:
@@ -119,7 +100,7 @@ def open_image(src: str | Path | BinaryIO, limit: int | None = None, label: str 
             if w < 1 or h < 1:
                 raise InputError(f"{path}: empty image ({w}x{h})")
             if im.format in ("JPEG", "MPO"):
-                _check_scans(src, path)
+                _check_scans(src, path, w * h / 1e6)
             im.load()
             img = ImageOps.exif_transpose(im) or im
     except InputError:

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -184,10 +185,10 @@ def read_sidecar(artifact: str | Path, verify: bool = True) -> dict[str, object]
 
 
 def is_number(value: object) -> bool:
-    """A finite int or float that is not a bool."""
+    """A finite int or float that is not a bool (an int too large for a float is not a usable number)."""
     if isinstance(value, float):
         return math.isfinite(value)
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) <= sys.float_info.max
 
 
 def quality_problem(quality: object) -> str:

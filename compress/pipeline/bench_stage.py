@@ -179,7 +179,7 @@ def run_bench(run: Path, scale: int, cfg: BenchConfig = BenchConfig(), extra_eva
     """
     pairs = discover(run)
     pairs += extra_runtimes(pairs, cfg.gpu)
-    sizes = [s if s is not None else full_hd_lr(scale) for s in cfg.sizes]
+    sizes = list(dict.fromkeys(s if s is not None else full_hd_lr(scale) for s in cfg.sizes))  # 1080p may be a given HxW
     sizes.sort(key=lambda s: s[0] * s[1])
     quality = own_quality(run, pairs, scale, cfg.threads, extra_eval)  # first: the front places bf16 by its own loss
     results: list[dict] = []

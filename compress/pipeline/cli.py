@@ -163,9 +163,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from compress.pipeline.contract import baseline
 
     _, loaded = baseline(Path(args.run))
-    sizes = tuple(tuple(int(v) for v in s.split("x")) if s != "1080p" else None for s in dict.fromkeys(args.sizes))
+    sizes = tuple(tuple(int(v) for v in s.split("x")) if s != "1080p" else None for s in args.sizes)
     cfg = BenchConfig(sizes=sizes, threads=args.threads, runs=args.runs, large_runs=min(args.runs, 3), large=args.large,
-                      ladder_targets_ms=tuple(dict.fromkeys(args.ladder)))  # a size or target given twice is timed once
+                      ladder_targets_ms=tuple(dict.fromkeys(args.ladder)))  # a target given twice is laddered once
     print(run_bench(Path(args.run), loaded.scale, cfg, args.eval))
     return 0
 
@@ -299,7 +299,7 @@ class _Parser(argparse.ArgumentParser):
     """Usage errors in one line (``error: <command>: <problem>``), exit status 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {self.prog}: {message}\n")
+        self.exit(2, error_line(f"error: {self.prog}: {message}") + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,11 +18,12 @@ TIMING_FIELDS = ("p50_ms", "p95_ms", "min_ms", "out_mp", "peak_rss_mb")
 
 
 def inside_run(value: Any) -> bool:
-    """A path inside the run folder: relative, without ``..``."""
+    """A path inside the run folder: relative, without ``..``, in normal form (``a/b.onnx``, never
+    ``./a//b.onnx``: the service looks rows up by the normal form)."""
     if not isinstance(value, str) or not value:
         return False
     path = PurePosixPath(value)
-    return not path.is_absolute() and ".." not in path.parts and "\\" not in value
+    return not path.is_absolute() and ".." not in path.parts and "\\" not in value and path.as_posix() == value
 
 
 def _result_problem(r: Any) -> str:

@@ -19,7 +19,7 @@ from compress.core.data import PatchConfig, list_images, load_pairs, random_patc
 from compress.core.default_data import training_images, training_pairs, validation_paths
 from compress.core.errors import InputError, first_line
 from compress.core.files import read_json_object, read_sidecar, sha256_file, sidecar_path, write_json_atomic, write_sidecar
-from compress.core.recipe import to_dict
+from compress.core.recipe import shown, to_dict
 from compress.core.train import fit
 from compress.core.train_config import TrainConfig
 
@@ -62,7 +62,7 @@ class TrainRecipe:
     def __post_init__(self) -> None:
         names = [a.name for a in ARCHITECTURES]
         if self.arch not in names:
-            raise ValueError(f"arch must be one of {names}, got {self.arch!r}")
+            raise ValueError(f"arch must be one of {names}, got {shown(self.arch)}")
         for name in ("distill_weight", "feature_distill_weight"):
             if getattr(self.train, name):
                 raise ValueError(f"train.{name} must be 0 in a training recipe (training has no teacher), "

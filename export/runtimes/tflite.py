@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.core.errors import InputError, first_line
+from compress.core.errors import InputError, error_line, first_line
 from compress.core.infer import Upscaler
 from export.keras_twins import keras
 from export.runtimes.base import Opened, Runtime
@@ -141,7 +141,7 @@ def _vet_child(path: str) -> int:
     try:
         TFLiteRunner(path, threads=1)(np.zeros((1, 3, 8, 8), dtype=np.float32))
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {error_line(str(exc))}", file=sys.stderr)
         return 2
     except MemoryError:
         print(f"error: {path}: loading it needs more than {VET_MEMORY_BYTES >> 30} GiB", file=sys.stderr)

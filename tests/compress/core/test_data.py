@@ -1,12 +1,8 @@
-import io
-
 import numpy as np
 import pytest
-from PIL import Image
 
 from compress.core.data import (
-    MAX_JPEG_SCANS, ImageNotice, ImagePair, PatchConfig, count_jpeg_scans, list_images, load_pair, load_pairs, load_rgb,
-    open_image, random_patches,
+    ImageNotice, ImagePair, PatchConfig, list_images, load_pair, load_pairs, load_rgb, random_patches,
 )
 from compress.core.default_data import IMAGES, WALLPAPER_PACKAGES, WALLPAPERS, split_paths, validation_paths
 from compress.core.errors import InputError
@@ -201,28 +197,3 @@ def test_an_unidentified_upload_is_named_without_python_internals(tmp_path):
 
     with pytest.raises(InputError, match=r"^upload: not a readable image \(unknown or damaged format\)$"):
         open_image(io.BytesIO(b"\x89PNG\r\n\x1a\n"))
-
-
-def _progressive_jpeg(extra_scans: int = 0) -> bytes:
-    rng = np.random.default_rng(0)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(buf, "JPEG", progressive=True)
-    data = buf.getvalue()
-    last_scan = data[data.rfind(b"\xff\xda"):-2]  # the final refinement scan, up to the end-of-image marker
-    return data[:-2] + last_scan * extra_scans + b"\xff\xd9"
-
-
-def test_jpeg_scans_are_counted_across_chunk_boundaries():
-    data = _progressive_jpeg()
-    assert [count_jpeg_scans(io.BytesIO(data), size) for size in (1, 2, 3, 1 << 20)] == [10] * 4  # libjpeg's progression
-
-
-def test_a_jpeg_of_too_many_scans_is_refused_before_decoding(tmp_path):
-    path = tmp_path / "scans.jpg"
-    path.write_bytes(_progressive_jpeg(extra_scans=MAX_JPEG_SCANS))
-    with pytest.raises(InputError, match=rf"scans\.jpg: JPEG with {MAX_JPEG_SCANS + 10} scans, over the limit"):
-        open_image(path)
-    with pytest.raises(InputError, match="upload.jpg: JPEG with"):
-        open_image(io.BytesIO(path.read_bytes()), label="upload.jpg")
-    path.write_bytes(_progressive_jpeg(extra_scans=MAX_JPEG_SCANS - 10))  # at the limit: decoded
-    assert open_image(path).size == (64, 48)

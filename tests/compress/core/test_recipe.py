@@ -77,7 +77,7 @@ def test_bad_toml_names_the_file(tmp_path):
     ("num_grow_ch = -5\n", r"num_grow_ch must be in 0\.\.1024, got -5"),
     ("arch = \"rrdb\"\nscale = 4\nres_scale = 0.5\n", r"res_scale is no hyperparameter of rrdb \(it has \['num_block', "),
     ("num_feat = 9223372036854775807\n", r"num_feat must be in 0\.\.1024"),
-    ("arch = \"" + "x" * 100_000 + "\"\n", r"arch: .*\(100002 chars\)|arch must be one of"),
+    ("arch = \"" + "x" * 100_000 + "\"\n", r"arch must be one of \['edsr', 'rrdb', 'srcnn'\], got 'x+\.\.\. \(100002 chars\)$"),
 ])
 def test_every_field_is_checked_with_file_field_and_value(tmp_path, body, match):
     path = tmp_path / "r.toml"

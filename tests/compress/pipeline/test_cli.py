@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from compress.core.checkpoint import save_checkpoint
@@ -146,3 +147,11 @@ def test_prune_under_torchrun_reruns_over_an_earlier_run(image_dir, tmp_path):
                               env=launch_env(OMP_NUM_THREADS="1"), cwd=REPO, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
     assert (run / "10-prune" / "quick" / "model.safetensors").is_file()
+
+
+def test_a_usage_error_is_one_line_even_with_control_characters_in_the_arguments(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["inspect", "m.pth", "--bogus\nTraceback (most recent call last):\x1b[2J"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("error: python -m compress: unrecognized arguments: --bogus\\nTraceback") and "\\x1b[2J" in err

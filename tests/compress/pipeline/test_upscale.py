@@ -237,6 +237,7 @@ def test_a_row_on_a_runtime_this_host_lacks_is_no_candidate(tmp_path, monkeypatc
     ([5], r"rows\[0\] is not an object"),
     ([{"artifact": "/etc/passwd", "runtime": "ort"}], r"rows\[0\] artifact '/etc/passwd' is not a path inside the run"),
     ([{"artifact": "../x.onnx", "runtime": "ort"}], "is not a path inside the run"),
+    ([{"artifact": "./20-quantize//a.onnx", "runtime": "ort"}], "is not a path inside the run"),  # not normal form
     ([{"artifact": "a.onnx"}], r"rows\[0\] has no runtime"),
     ([{"artifact": "a.onnx", "runtime": "ort", "db_lost": [1]}], "db_lost is not an object of numbers"),
     ([{"artifact": "a.onnx", "runtime": "ort", "latency": {"x": {}}}], r"latency\['x'\] needs a positive out_mp"),
