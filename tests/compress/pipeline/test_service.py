@@ -214,6 +214,24 @@ def test_a_client_trickling_its_headers_is_disconnected(service):
     assert post(service[0], png((16, 16)))[0] == 200
 
 
+def test_pipelined_and_keep_alive_requests_are_not_cut_by_the_header_deadline(service):
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(service[0])
+    with socket.create_connection((host.hostname, host.port), timeout=10) as sock:
+        request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        sock.sendall(request * 2)  # two requests in one write: the second starts as the first ends
+        received = b""
+        while received.count(b"HTTP/1.1 200") < 2:
+            chunk = sock.recv(65536)
+            assert chunk, f"closed after {received.count(b'HTTP/1.1 200')} answers"
+            received += chunk
+        time.sleep(0.5)  # idle, well within the fixture's 2 s header deadline
+        sock.sendall(request)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+
+
 def test_malformed_multipart_is_400_not_500(service):
     url, _ = service
     code, _, body = post(url, png((16, 16)), "", {"Content-Type": "multipart/form-data"})  # no boundary
