@@ -14,8 +14,8 @@ from pathlib import Path
 
 #: Start-of-scan markers a JPEG may hold (libjpeg's progressive JPEG has 10, 6 in grayscale).
 MAX_JPEG_SCANS = 200
-#: Scans times megapixels (the decoding work): 10 scans of a 100 MP image, or 200 of a 5 MP one.
-MAX_JPEG_SCAN_MP = 1000.0
+#: Scans times megapixels (the decoding work): 20 scans of a 100 MP image, or 200 of a 10 MP one.
+MAX_JPEG_SCAN_MP = 2000.0
 
 _STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM and RST0-7: no length; RSTn sit inside entropy-coded data
 

@@ -50,6 +50,6 @@ def test_a_jpeg_of_too_many_scans_is_refused_before_decoding(tmp_path):
 
 
 def test_the_scan_budget_grows_with_fewer_pixels():
-    assert scan_problem(10, 50.0) == "" and scan_problem(200, 5.0) == ""
-    assert "over the decoding budget of 1000 scan-megapixels" in scan_problem(30, 50.0)
+    assert scan_problem(20, 100.0) == "" and scan_problem(200, 10.0) == ""
+    assert "over the decoding budget of 2000 scan-megapixels" in scan_problem(50, 50.0)
     assert "over the limit of 200" in scan_problem(201, 0.01)
