@@ -87,8 +87,7 @@ class TrainRecipe:
 
     def model_config(self) -> object:
         """The architecture's config from the recipe's hyperparameters (those it has)."""
-        return architecture(self.arch).config(scale=self.scale, num_feat=self.num_feat, num_block=self.num_block,
-                                              num_grow_ch=self.num_grow_ch, res_scale=self.res_scale)
+        return architecture(self.arch).config(scale=self.scale, **{k: getattr(self, k) for k in HYPERPARAMETERS})
 
 
 def validation_images(data: str, val_data: str = "") -> list[Path]:
