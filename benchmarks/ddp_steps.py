@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -60,14 +61,16 @@ def _launch(nproc: int, threads: int, args: argparse.Namespace, out: Path) -> di
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from compress.core import options as opt
+
+    ap = opt.Parser(prog="python -m benchmarks.ddp_steps", description=__doc__.splitlines()[0])
     ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
-    ap.add_argument("--steps", type=int, default=12)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2, help="threads in all")
-    ap.add_argument("--nproc", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=16, help="global batch")
-    ap.add_argument("--patch", type=int, default=48)
+    ap.add_argument("--steps", type=opt.int_range("steps", 1, 10000), default=12, help="timed steps")
+    ap.add_argument("--warmup", type=opt.bench_warmup, default=3)
+    ap.add_argument("--threads", type=opt.bench_threads, default=2, help="threads in all")
+    ap.add_argument("--nproc", type=opt.int_range("nproc", 1, 256), default=2, help="torchrun processes")
+    ap.add_argument("--batch", type=opt.positive_int, default=16, help="global batch")
+    ap.add_argument("--patch", type=opt.positive_int, default=48)
     ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     args = ap.parse_args(argv)
     if args.worker:
@@ -77,9 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     from compress.core.cpu import host_cpu
     from compress.core.train_config import resolve_precision
 
-    tmp = Path(os.environ.get("TMPDIR", "/tmp"))
-    one = _launch(1, args.threads, args, tmp / "ddp_steps_1.json")
-    many = _launch(args.nproc, max(args.threads // args.nproc, 1), args, tmp / "ddp_steps_n.json")
+    if args.batch % args.nproc:
+        ap.error(f"argument --batch: the global batch {args.batch} does not split over {args.nproc} processes")
+    with tempfile.TemporaryDirectory(prefix="ddp-steps-") as tmp:  # two runs at once do not share result files
+        one = _launch(1, args.threads, args, Path(tmp) / "one.json")
+        many = _launch(args.nproc, max(args.threads // args.nproc, 1), args, Path(tmp) / "many.json")
     print(f"# EDSR-baseline x2, global batch {args.batch} x {args.patch}x{args.patch} LR, "
           f"{resolve_precision(args.precision, 'cpu')}, {args.steps} steps after {args.warmup}, {host_cpu().describe()}")
     print(f"1 process x {args.threads} threads: {one['steps_per_s']:.3f} steps/s")

@@ -10,7 +10,6 @@ x3 and x4 included), tiles of one shape beyond; the result records which (``mode
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from compress.core import options as opt
 from compress.core.infer import TileConfig, auto_tiles
 from export.runtimes import RUNTIMES
 
@@ -96,16 +96,16 @@ def _rss_now_mib() -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.latency")
-    p.add_argument("--artifact", required=True, type=Path)
+    p = opt.Parser(prog="python -m benchmarks.latency")
+    p.add_argument("--artifact", required=True, type=opt.existing_file)
     p.add_argument("--runtime", required=True, choices=[rt.name for rt in RUNTIMES])
-    p.add_argument("--height", type=int, required=True)
-    p.add_argument("--width", type=int, required=True)
-    p.add_argument("--scale", type=int, required=True)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--runs", type=int, default=10)
-    p.add_argument("--tile", type=int, default=0, help="LR tile side (0: the deployment policy, auto_tiles)")
+    p.add_argument("--height", type=opt.positive_int, required=True)
+    p.add_argument("--width", type=opt.positive_int, required=True)
+    p.add_argument("--scale", type=opt.scale, required=True)
+    p.add_argument("--threads", type=opt.bench_threads, default=2)
+    p.add_argument("--warmup", type=opt.bench_warmup, default=2)
+    p.add_argument("--runs", type=opt.bench_runs, default=10)
+    p.add_argument("--tile", type=opt.tile, default=0, help="LR tile side (0: the deployment policy, auto_tiles)")
     a = p.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
     print(json.dumps(measure(a.artifact, a.runtime, a.height, a.width, a.scale, a.threads, a.warmup, a.runs, a.tile)))

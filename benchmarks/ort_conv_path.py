@@ -10,7 +10,6 @@ and the twin's speed-up over the original, with the CPU's features.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -19,8 +18,11 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 
+from compress.core import options as opt
 from compress.core.cpu import host_cpu
+from compress.core.errors import error_line
 from quantization.ort_conv_path import shift_weight_zero_points
 
 
@@ -63,17 +65,26 @@ def compare(artifact: Path, size: tuple[int, int], scale: int, threads: int, run
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.ort_conv_path", description=__doc__.split("\n")[0])
-    p.add_argument("--artifact", required=True, type=Path, help="an INT8 QDQ ONNX model with symmetric S8 weights")
-    p.add_argument("--scale", type=int, required=True)
-    p.add_argument("--size", default="256x256", help="LR size HxW")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--runs", type=int, default=5)
-    p.add_argument("--rounds", type=int, default=2)
+    p = opt.Parser(prog="python -m benchmarks.ort_conv_path", description=__doc__.split("\n")[0])
+    p.add_argument("--artifact", required=True, type=opt.existing_file,
+                   help="an INT8 QDQ ONNX model with symmetric S8 weights")
+    p.add_argument("--scale", type=opt.scale, required=True)
+    p.add_argument("--size", type=opt.size_hw, default=(256, 256), help="LR size HxW")
+    p.add_argument("--threads", type=opt.bench_threads, default=2)
+    p.add_argument("--runs", type=opt.bench_runs, default=5)
+    p.add_argument("--rounds", type=opt.int_range("rounds", 1, 100), default=2)
     a = p.parse_args(argv)
-    size = tuple(int(v) for v in a.size.split("x"))
-    r = compare(a.artifact, (size[0], size[1]), a.scale, a.threads, a.runs, a.rounds)
-    print(f"{r['cpu']}; ORT, {a.threads} threads, LR {a.size}, x{a.scale}, p50 of {a.runs} per process, "
+    try:
+        onnx.load(str(a.artifact), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and kin: not a model file
+        print(error_line(f"error: {a.artifact}: not an ONNX model ({type(exc).__name__})"), file=sys.stderr)
+        return 2
+    try:
+        r = compare(a.artifact, a.size, a.scale, a.threads, a.runs, a.rounds)
+    except ValueError as exc:  # no symmetric S8 convolution weight to shift; the message names the file
+        print(error_line(f"error: {exc}"), file=sys.stderr)
+        return 2
+    print(f"{r['cpu']}; ORT, {a.threads} threads, LR {a.size[0]}x{a.size[1]}, x{a.scale}, p50 of {a.runs} per process, "
           f"{a.rounds} rounds; outputs differ by {r['max_abs_diff']:g}")
     for name in r["p50_ms"]:
         print(f"  {name:16s} p50 {' / '.join(f'{v:.1f}' for v in r['p50_ms'][name])} ms, min {r['min_ms'][name]:.1f} ms")

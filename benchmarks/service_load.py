@@ -12,9 +12,9 @@ served, errors and the service's resident memory (VmRSS) before and after::
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -61,6 +61,12 @@ def _image(h: int, w: int) -> bytes:
     return buf.getvalue()
 
 
+def scale_in_name(path: Path) -> int | None:
+    """The scale an artifact's name carries (``edsr_baseline_x4.safetensors``: 4), or None."""
+    m = re.search(r"_x([234])(?![0-9])", path.stem)
+    return int(m.group(1)) if m else None
+
+
 def _post(url: str, body: bytes, scale: int) -> tuple[int, float, float]:
     t0 = time.perf_counter()
     req = urllib.request.Request(f"{url}/v1/upscale?scale={scale}", data=body, method="POST",
@@ -92,32 +98,35 @@ def _round(url: str, body: bytes, scale: int, conc: int, n: int, warmup: int) ->
 
 
 def main(argv: list[str] | None = None) -> int:
+    from compress.core import options as opt
     from compress.core.cpu import host_cpu
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--artifact", required=True)
-    ap.add_argument("--scale", type=int, default=None, help="default: read from the artifact name (_xS)")
-    ap.add_argument("--outputs", nargs="+", default=["512x512", "1920x1080"], help="output WxH")
-    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
-    ap.add_argument("--requests", type=int, default=6)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=1, help="runtime threads per worker")
-    ap.add_argument("--load", type=int, default=0, help="small requests for the load test (0: none)")
+    ap = opt.Parser(prog="python -m benchmarks.service_load", description=__doc__.splitlines()[0])
+    ap.add_argument("--artifact", required=True, type=opt.existing_file)
+    ap.add_argument("--scale", type=opt.scale, default=None, help="default: read from the artifact name (_xS)")
+    ap.add_argument("--outputs", type=opt.output_wh, nargs="+", default=[(512, 512), (1920, 1080)],
+                    help="output WxH")
+    ap.add_argument("--concurrency", type=opt.concurrency, nargs="+", default=[1, 4])
+    ap.add_argument("--requests", type=opt.int_range("requests", 1, 10000), default=6)
+    ap.add_argument("--warmup", type=opt.bench_warmup, default=2)
+    ap.add_argument("--workers", type=opt.workers, default=2)
+    ap.add_argument("--threads", type=opt.bench_threads, default=1, help="runtime threads per worker")
+    ap.add_argument("--load", type=opt.int_range("load", 0, 100000), default=0, help="small requests for the load test (0: none)")
     a = ap.parse_args(argv)
-    scale = a.scale or int(Path(a.artifact).stem.rsplit("x", 1)[-1])
-    proc, url = _start(["--artifact", a.artifact, "--workers", str(a.workers), "--queue", "64",
+    scale = a.scale or scale_in_name(a.artifact)
+    if scale is None:
+        ap.error(f"argument --scale: {a.artifact} does not name its scale (_x2, _x3, _x4); give --scale")
+    proc, url = _start(["--artifact", str(a.artifact), "--workers", str(a.workers), "--queue", "64",
                         "--threads", str(a.threads), "--max-pixels", "20000000", "--max-upload-mb", "50"])
     try:
         print(f"# {a.artifact}, x{scale}, service workers {a.workers} x {a.threads} threads, {os.cpu_count()} cores, "
               f"{host_cpu().describe()}; latency = client-side decode+inference+encode+HTTP")
         print("| output | concurrency | ok / errors | p50 ms | p95 ms | service inference p50 ms |\n|---|---|---|---|---|---|")
-        for out in a.outputs:
-            w, h = (int(v) for v in out.split("x"))
+        for w, h in a.outputs:
             body = _image(-(-h // scale), -(-w // scale))
             for conc in a.concurrency:
                 r = _round(url, body, scale, conc, a.requests, a.warmup)
-                print(f"| {out} | {conc} | {r['ok']} / {r['errors']} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | "
+                print(f"| {w}x{h} | {conc} | {r['ok']} / {r['errors']} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | "
                       f"{r['inference_ms']:.0f} |", flush=True)
         if a.load:
             small = _image(32, 32)

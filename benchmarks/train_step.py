@@ -10,7 +10,6 @@ batch and patch size) are printed with the figures::
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -50,16 +49,17 @@ def _one(variant: str, steps: int, warmup: int, batch: int, patch: int, scale: i
 
 
 def main(argv: list[str] | None = None) -> int:
+    from compress.core import options as opt
     from compress.core.cpu import host_cpu
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = opt.Parser(prog="python -m benchmarks.train_step", description=__doc__.splitlines()[0])
     ap.add_argument("--variant", choices=list(VARIANTS), help="run one variant in this process")
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--patch", type=int, default=48, help="LR patch side")
-    ap.add_argument("--scale", type=int, default=2)
+    ap.add_argument("--steps", type=opt.int_range("steps", 1, 10000), default=10, help="timed steps")
+    ap.add_argument("--warmup", type=opt.bench_warmup, default=3)
+    ap.add_argument("--threads", type=opt.bench_threads, default=2)
+    ap.add_argument("--batch", type=opt.positive_int, default=16)
+    ap.add_argument("--patch", type=opt.positive_int, default=48, help="LR patch side")
+    ap.add_argument("--scale", type=opt.scale, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.variant:

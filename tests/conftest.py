@@ -22,6 +22,8 @@ def launch_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     return {**env, "PYTHONPATH": str(REPO), **extra}
+
+
 EVALDATA = REPO.parent / "shared" / "evaldata"
 
 
@@ -129,3 +131,23 @@ def image_dir(tmp_path: Path) -> Path:
     for i in range(3):
         write_image(folder / f"img{i}.png", (96 + 8 * i, 80), seed=i)
     return folder
+
+
+@pytest.fixture
+def int8_models(tmp_path: Path) -> dict[str, Path]:
+    """A tiny EDSR x2 and RRDB x4, each exported, MinMax-calibrated and quantized by ORT (INT8 QDQ)."""
+    from compress.core.data import list_images
+    from export.onnx_export import export_onnx
+    from quantization.calibration import CalibrationConfig, PatchCalibrationReader
+    from quantization.ptq import Calibration, calibrate, preprocess, quantize
+
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    write_image(folder / "c.png", (96, 80), seed=3)
+    out = {}
+    for name, model in (("edsr", tiny_edsr(2)), ("rrdb", tiny_rrdb(4))):
+        pre = preprocess(export_onnx(model, tmp_path / f"{name}.onnx"), tmp_path / f"{name}_pre.onnx")
+        reader = PatchCalibrationReader(list_images(folder), model.scale, CalibrationConfig(lr_patch=16, patches_per_image=2))
+        calibrate(pre, reader, Calibration.MINMAX, tmp_path / f"{name}.json")
+        out[name] = quantize(pre, tmp_path / f"{name}_int8.onnx", tmp_path / f"{name}.json", Calibration.MINMAX)
+    return out

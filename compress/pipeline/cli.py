@@ -13,12 +13,11 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import NoReturn
 
 from compress.core.distributed import is_writer, rank0_value, ranks, release_process_group
 from compress.core.errors import InputError, error_line
 from compress.core.files import read_stage_seconds, record_stage_seconds
-from compress.pipeline import options as opt
+from compress.core import options as opt
 from compress.pipeline.deploy_cli import add_deploy
 from compress.pipeline.contract import STAGES, inputs
 from compress.pipeline.defaults import SHIPPED_ARCHS
@@ -295,15 +294,8 @@ def _add_stages(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=_cmd_report)
 
 
-class _Parser(argparse.ArgumentParser):
-    """Usage errors in one line (``error: <command>: <problem>``), exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, error_line(f"error: {self.prog}: {message}") + "\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m compress", description=__doc__)
+    p = opt.Parser(prog="python -m compress", description=__doc__)
     p.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
     sub = p.add_subparsers(dest="command", required=True)
     _add_tools(sub)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from compress.core.errors import InputError
-from compress.pipeline import options as opt
+from compress.core import options as opt
 from compress.pipeline.choose import TARGETS_MS
 
 

@@ -5,25 +5,9 @@ from onnx import numpy_helper
 
 from export.onnx_export import export_onnx
 from export.runtimes import ort_upscaler
-from quantization.calibration import CalibrationConfig, PatchCalibrationReader
 from quantization.ort_conv_path import _shift_one, shift_weight_zero_points
-from quantization.ptq import Calibration, calibrate, kernel_report, preprocess, quantize
-from compress.core.data import list_images
-from tests.conftest import tiny_edsr, tiny_rrdb, write_image
-
-
-@pytest.fixture
-def int8_models(tmp_path):
-    folder = tmp_path / "calib"
-    folder.mkdir()
-    write_image(folder / "c.png", (96, 80), seed=3)
-    out = {}
-    for name, model in (("edsr", tiny_edsr(2)), ("rrdb", tiny_rrdb(4))):
-        pre = preprocess(export_onnx(model, tmp_path / f"{name}.onnx"), tmp_path / f"{name}_pre.onnx")
-        reader = PatchCalibrationReader(list_images(folder), model.scale, CalibrationConfig(lr_patch=16, patches_per_image=2))
-        calibrate(pre, reader, Calibration.MINMAX, tmp_path / f"{name}.json")
-        out[name] = quantize(pre, tmp_path / f"{name}_int8.onnx", tmp_path / f"{name}.json", Calibration.MINMAX)
-    return out
+from quantization.ptq import kernel_report
+from tests.conftest import tiny_edsr
 
 
 def _weights(path):
@@ -85,14 +69,3 @@ def test_refuses_weights_it_cannot_shift(int8_models, tmp_path):
     fp32 = export_onnx(tiny_edsr(2), tmp_path / "fp32.onnx")
     with pytest.raises(ValueError, match="no S8 convolution weight"):
         shift_weight_zero_points(fp32, tmp_path / "out.onnx")
-
-
-def test_the_ab_benchmark_times_both_paths_in_their_own_processes(int8_models):
-    from benchmarks.ort_conv_path import compare
-
-    r = compare(int8_models["edsr"], (16, 16), 2, threads=1, runs=1, rounds=1)
-    assert r["max_abs_diff"] == 0.0 and not list(int8_models["edsr"].parent.glob("*qgemm*"))  # nothing left in the run
-    assert set(r["p50_ms"]) == {"symmetric conv", "im2col + QGEMM"} and all(len(v) == 1 for v in r["p50_ms"].values())
-    p50 = {name: v[0] for name, v in r["p50_ms"].items()}  # one round: the median is that round's p50
-    assert r["qgemm_speedup"] == pytest.approx(p50["symmetric conv"] / p50["im2col + QGEMM"], abs=1e-3)
-    assert all(r["min_ms"][name] <= p50[name] for name in p50)

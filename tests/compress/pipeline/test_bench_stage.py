@@ -3,18 +3,10 @@ import json
 import pytest
 
 from compress.pipeline.bench_stage import BenchConfig, discover, run_bench
-from benchmarks.latency import Timing, time_calls
 from compress.pipeline.export_stage import stage_export
 from compress.pipeline.model_stage import stage_model
 from export.runtimes import available, runtime
 from tests.conftest import as_layout, tiny_edsr
-
-
-def test_timing_statistics():
-    t = Timing.of([0.001, 0.002, 0.003, 0.010])
-    assert (t.min_ms, t.p50_ms, t.runs) == (1.0, 2.5, 4)
-    with pytest.raises(ValueError, match="warmup must be >= 2"):
-        time_calls(lambda: None, warmup=1, runs=3)
 
 
 def test_harness_on_tiny_model(tmp_path):

@@ -8,10 +8,22 @@ from __future__ import annotations
 import argparse
 import math
 import re
+from pathlib import Path
+from typing import Callable, NoReturn
+
+from compress.core.errors import error_line
 
 SCALES = (2, 3, 4)
 MAX_THREADS = 1024  # OpenMP aborts or crashes past some thousands; no CPU needs more than this
 MIN_TILE, MAX_TILE = 32, 8192  # below 32 LR pixels a tile is mostly overlap: hours of work for a photo
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors in one line (``error: <prog>: <problem>``, escaped and cut by
+    :func:`~compress.core.errors.error_line`), exit status 2; subcommands inherit it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, error_line(f"error: {self.prog}: {message}") + "\n")
 
 
 def _int(text: str) -> int:
@@ -27,6 +39,16 @@ def _int_in(text: str, name: str, low: int, high: int, note: str = "") -> int:
     if not low <= value <= high:
         raise argparse.ArgumentTypeError(f"{name} must be {low}..{high}{note}, got {value}")
     return value
+
+
+def int_range(name: str, low: int, high: int) -> Callable[[str], int]:
+    """An argparse type for an integer option ``name`` in ``[low, high]`` (for one-off options)."""
+
+    def parse(text: str) -> int:
+        return _int_in(text, name, low, high)
+
+    parse.__name__ = name
+    return parse
 
 
 def positive_int(text: str) -> int:
@@ -53,6 +75,11 @@ def bench_threads(text: str) -> int:
     return _int_in(text, "threads", 1, MAX_THREADS, " for a benchmark")
 
 
+def bench_warmup(text: str) -> int:
+    """Untimed calls before timing, 2..1000 (a benchmark warms up at least twice)."""
+    return _int_in(text, "warmup", 2, 1000)
+
+
 def bench_runs(text: str) -> int:
     """Timed runs per configuration, 1..1000 (the p50 of 10 is the default)."""
     return _int_in(text, "runs", 1, 1000)
@@ -61,6 +88,11 @@ def bench_runs(text: str) -> int:
 def workers(text: str) -> int:
     """Concurrent inference threads of the service, 1..64 (each holds a model's activations)."""
     return _int_in(text, "workers", 1, 64)
+
+
+def concurrency(text: str) -> int:
+    """Requests a load test keeps in flight, 1..64."""
+    return _int_in(text, "concurrency", 1, 64)
 
 
 def queue(text: str) -> int:
@@ -120,26 +152,49 @@ def folder(text: str) -> str:
     return text
 
 
-def lr_size(text: str) -> str:
-    """``HxW`` (positive integers, at most 8192 each) or ``1080p`` (the LR size of a 1920x1080 output)."""
-    if text == "1080p":
-        return text
+def _two_sides(text: str, form: str, example: str) -> tuple[int, int]:
     m = re.fullmatch(r"(\d+)x(\d+)", text)
     if not m:
-        raise argparse.ArgumentTypeError(f"size must be HxW (e.g. 256x256) or 1080p, got {text!r}")
-    h, w = int(m.group(1)), int(m.group(2))
-    if not (1 <= h <= 8192 and 1 <= w <= 8192):
+        raise argparse.ArgumentTypeError(f"size must be {form} (e.g. {example}), got {text!r}")
+    a, b = int(m.group(1)), int(m.group(2))
+    if not (1 <= a <= 8192 and 1 <= b <= 8192):
         raise argparse.ArgumentTypeError(f"size sides must be 1..8192, got {text}")
+    return a, b
+
+
+def size_hw(text: str) -> tuple[int, int]:
+    """An LR size ``HxW``, positive integers, at most 8192 each, as ``(height, width)``."""
+    return _two_sides(text, "HxW", "256x256")
+
+
+def output_wh(text: str) -> tuple[int, int]:
+    """An output size as displays name it, ``WxH`` (``1920x1080``), at most 8192 a side, as ``(width, height)``."""
+    return _two_sides(text, "WxH", "1920x1080")
+
+
+def lr_size(text: str) -> str:
+    """``HxW`` (as :func:`size_hw`) or ``1080p`` (the LR size of a 1920x1080 output)."""
+    if text == "1080p":
+        return text
+    if not re.fullmatch(r"\d+x\d+", text):
+        raise argparse.ArgumentTypeError(f"size must be HxW (e.g. 256x256) or 1080p, got {text!r}")
+    size_hw(text)
     return text
 
 
 def safetensors_out(text: str) -> str:
     """An output checkpoint path: ``.safetensors``, not an existing folder."""
-    from pathlib import Path
-
     path = Path(text)
     if path.suffix != ".safetensors":
         raise argparse.ArgumentTypeError(f"{text}: output checkpoints are written as .safetensors")
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text}: is a folder")
     return text
+
+
+def existing_file(text: str) -> Path:
+    """A path that names a file (a model artifact to time, say)."""
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text}: {'is a folder' if path.is_dir() else 'no such file'}")
+    return path
