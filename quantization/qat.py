@@ -30,8 +30,21 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from compress.core.archs import structure_of
+from compress.core.train_config import TrainConfig
 from export.onnx_tail import tied_tensors
 from quantization.ptq import tensor_range
+
+
+def qat_train_config(cfg: TrainConfig) -> TrainConfig:
+    """The training settings QAT runs with: FP32 where the recipe says ``precision = "auto"``.
+
+    QAT simulates integer arithmetic, which bf16 autocast blurs on a CPU with native bf16: the next
+    convolution casts each fake-quantized activation to bf16's 8 significant bits, so a value ``n * scale``
+    with ``|n|`` near 255 moves by up to half a quantization step, and a bf16 forward pass differs from
+    FP32 by a few tenths of a grey level RMS, the size of the error QAT is there to remove. A recipe may
+    still ask for ``precision = "bf16"`` (faster, approximate); ``fp32`` stays ``fp32``.
+    """
+    return dataclasses.replace(cfg, precision="fp32") if cfg.precision == "auto" else cfg
 
 
 class PerChannelWeightFakeQuant(nn.Module):

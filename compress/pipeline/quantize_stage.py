@@ -28,7 +28,7 @@ from quantization.nncf_ptq import nncf_quantize
 from quantization.nncf_qat import prepare_nncf_qat, qat_ir
 from quantization.ptq import (Calibration, Int8Options, calibrate, cpu_has_vnni, kernel_report, preprocess, quantize,
                               range_summary, reduce_weight_range)
-from quantization.qat import load_qat_ranges, prepare_qat, strip_qat, write_qat_ranges
+from quantization.qat import load_qat_ranges, prepare_qat, qat_train_config, strip_qat, write_qat_ranges
 from quantization.recipe import QuantRecipe
 from quantization.sensitivity import choose_float_nodes, rank_sensitivity
 
@@ -138,7 +138,8 @@ def _fine_tune(model: torch.nn.Module, loaded: LoadedModel, recipe: QuantRecipe,
     pairs = training_pairs(recipe.data, loaded.scale)
     teacher = loaded.model.eval() if recipe.train.uses_teacher else None
     val = _centre_crops(_calibration_paths(recipe), loaded.scale) if recipe.train.val_every else ()
-    return fit(model, random_patches(pairs, loaded.scale, recipe.patch), recipe.train, loaded.scale, val_pairs=val,
+    cfg = qat_train_config(recipe.train)  # FP32 unless the recipe asks for bf16: QAT simulates integer arithmetic
+    return fit(model, random_patches(pairs, loaded.scale, recipe.patch), cfg, loaded.scale, val_pairs=val,
                teacher=teacher, desc=desc, channels_last=channels_last)
 
 

@@ -3,7 +3,8 @@ import pytest
 import torch
 from onnxruntime.quantization.calibrate import load_tensors_data
 
-from quantization.qat import ActivationRange, PerChannelWeightFakeQuant, prepare_qat, strip_qat
+from compress.core.train_config import TrainConfig
+from quantization.qat import ActivationRange, PerChannelWeightFakeQuant, prepare_qat, qat_train_config, strip_qat
 from tests.conftest import tiny_edsr
 
 
@@ -299,3 +300,18 @@ def test_every_range_of_a_channel_pruned_model_maps_to_its_onnx_tensor(tmp_path)
     assert set(keys) == set(state.ranges)  # no range of the narrowed widths is left unmapped
     tensors = {t for n in onnx.load(str(pre)).graph.node for t in (*n.input, *n.output)}
     assert set(keys.values()) <= tensors
+
+
+def test_qat_trains_in_fp32_unless_the_recipe_asks_for_bf16():
+    assert qat_train_config(TrainConfig(steps=3)).precision == "fp32"  # the default, "auto"
+    assert qat_train_config(TrainConfig(steps=3, precision="bf16")).precision == "bf16"
+    assert qat_train_config(TrainConfig(steps=3, precision="fp32")).precision == "fp32"
+    assert qat_train_config(TrainConfig(steps=3, lr=3e-5)).lr == 3e-5  # nothing else changes
+
+
+def test_bf16_moves_a_fake_quantized_activation_off_the_int8_grid():
+    """Why QAT does not use autocast: a grid value n * scale with n near 255 loses its last bits in bf16."""
+    scale = 0.0123
+    grid = torch.arange(256, dtype=torch.float32) * scale
+    off = (grid.to(torch.bfloat16).float() - grid).abs() / scale
+    assert off.max() > 0.25 and off[:128].max() < off.max()  # up to half a step, worst on the large values
