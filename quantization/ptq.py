@@ -129,12 +129,29 @@ def calibrate(model: Path, reader: PatchCalibrationReader, method: Calibration, 
             calibrator.collect_data(reader)
             ranges = calibrator.compute_data()
         del calibrator
-    for ref, *tied in tied_tensors(onnx.load(str(model)).graph):
+    graph = onnx.load(str(model), load_external_data=False).graph
+    for ref, *tied in tied_tensors(graph):
         for name in tied:
             if ref in ranges and name in ranges:
                 ranges[name] = ranges[ref]
+    pin_image_inputs(ranges, graph)
     save_tensors_data(ranges, cache)
     return {name: tensor_range(td) for name, td in ranges.data.items()}
+
+
+def pin_image_inputs(ranges: object, graph: onnx.GraphProto) -> None:
+    """Give each graph input of a calibration result (ORT ``TensorsData``) the range ``[0, 1]``, in place.
+
+    The input is an image in [0, 1] (every artifact's contract), so its range is known rather than
+    estimated: scale 1/255 with zero point 0 holds every 8-bit pixel value exactly, where a range read
+    off the calibration patches (a Percentile's 0.999, a MinMax of images without pure white) would
+    round or clip the input before the first convolution.
+    """
+    from onnxruntime.quantization.calibrate import TensorData
+
+    for tensor in graph.input:
+        if tensor.name in ranges:
+            ranges[tensor.name] = TensorData(lowest=np.float32(0.0), highest=np.float32(1.0))
 
 
 def tensor_range(td: object) -> tuple[float, float]:

@@ -32,7 +32,7 @@ from torch.nn.utils import parametrize
 from compress.core.archs import structure_of
 from compress.core.train_config import TrainConfig
 from export.onnx_tail import tied_tensors
-from quantization.ptq import tensor_range
+from quantization.ptq import pin_image_inputs, tensor_range
 
 
 def qat_train_config(cfg: TrainConfig) -> TrainConfig:
@@ -380,5 +380,6 @@ def write_qat_ranges(state: QATState, model: Path, cache: Path) -> int:
             if name in data:
                 data[name] = data[source]
                 written.add(name)
+    pin_image_inputs(data, onnx.load(str(model), load_external_data=False).graph)  # known, as calibrate pins it
     save_tensors_data(data, cache)
     return len(written)
