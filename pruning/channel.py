@@ -91,6 +91,25 @@ def ramp_fractions(schedule: PolynomialDecay) -> list[float]:
     return [r / 0.5 for r in event_ratios(unit)]
 
 
+class RampPruner(tp.pruner.MagnitudePruner):
+    """torch-pruning's pruner with AGP-faithful rounding of the kept widths.
+
+    torch-pruning rounds each layer's kept channels *down* to a multiple of ``round_to`` at every
+    event, so with few multiples to choose from (64 channels in steps of 8) the first event of a cubic
+    ramp (Zhu & Gupta, arXiv:1710.01878: 70% of the final sparsity after one third of the events)
+    already lands on the final widths and the later events remove nothing: one-shot pruning under an
+    AGP name. Here the events before the last round *up* the width torch-pruning targets (the ramp's
+    width, floored), and the last event rounds down as torch-pruning does, so the final widths are
+    unchanged (64 channels to 48 over three events: 56, 48, 48 instead of 48, 48, 48).
+    """
+
+    def _round_to(self, n_pruned: int, current_channels: int, round_to: int) -> int:
+        if self.current_step >= self.iterative_steps:
+            return super()._round_to(n_pruned, current_channels, round_to)
+        kept = -(-(current_channels - n_pruned) // round_to) * round_to
+        return max(current_channels - kept, 0)
+
+
 @dataclasses.dataclass
 class ChannelPruning:
     """A torch-pruning pruner driven one AGP event at a time.
@@ -162,7 +181,7 @@ def prune_channels(
     model.eval()
     device = next(model.parameters()).device
     example = torch.rand(1, 3, example_size, example_size, device=device)
-    pruner = tp.pruner.MagnitudePruner(
+    pruner = RampPruner(
         model,
         example,
         importance=criterion.importance(),

@@ -174,3 +174,20 @@ def test_global_pruning_spreads_the_same_budget_unevenly_across_groups():
         widths[global_pruning] = [model.conv_first.out_channels] + [b.conv1.out_channels for b in model.body]
     assert widths[False] == [12, 12, 12]  # each group loses its quarter
     assert widths[True] != widths[False] and sum(widths[True]) == sum(widths[False])  # ranked across groups
+
+
+def test_agp_events_prune_gradually_on_the_rounding_grid():
+    """64 channels in steps of 8, three cubic-ramp events to 25% (interiors 37.5%): each event moves
+    toward the final widths without reaching them at the first, and the final widths are torch-pruning's."""
+    from compress.core.archs import EDSR, EDSRConfig
+
+    torch.manual_seed(0)
+    model = EDSR(EDSRConfig(scale=2, num_feat=64, num_block=2)).eval()
+    sched = PolynomialDecay(0.0, 0.25, begin_step=0, end_step=150, frequency=50)
+    pruning = prune_channels(model, sched, round_to=8, inner_ratio=0.375)
+    trunk, inner = [], []
+    for _ in sched.pruning_steps():
+        pruning.step()
+        trunk.append(pruning.widths()["conv_first"])
+        inner.append(pruning.widths()["body.0.conv1"])
+    assert trunk == [64, 56, 48, 48] and inner == [64, 48, 40, 40]
