@@ -12,6 +12,7 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from compress.core.cpu import host_cpu
@@ -20,7 +21,7 @@ from compress.core.files import sidecar_path, sidecar_quality, write_json_atomic
 from compress.pipeline.contract import BENCH_ORDER, artifact_kind, find, path_of
 from compress.pipeline.ladder import climb, first_guess_mp
 from compress.core.evaluate import eval_sets, quality
-from export.runtimes import available, open_artifact, runtime
+from export.runtimes import available, is_float_graph, open_artifact, runtime
 
 TARGETS_MS = (300.0, 1000.0)
 
@@ -178,10 +179,11 @@ def run_bench(run: Path, scale: int, cfg: BenchConfig = BenchConfig(), extra_eva
     (the folders the other stages were given), so its rows carry the sets every other row carries.
     """
     pairs = discover(run)
-    pairs += extra_runtimes(pairs, cfg.gpu)
+    extras = extra_runtimes(pairs, cfg.gpu)
+    pairs += extras
     sizes = list(dict.fromkeys(s if s is not None else full_hd_lr(scale) for s in cfg.sizes))  # 1080p may be a given HxW
     sizes.sort(key=lambda s: s[0] * s[1])
-    quality = own_quality(run, pairs, scale, cfg.threads, extra_eval)  # first: the front places bf16 by its own loss
+    quality = own_quality(run, pairs, scale, cfg.threads, extra_eval, extras)  # first: the front places bf16 by its own loss
     results: list[dict] = []
     for size in sizes:
         chosen = pairs if cfg.large == "all" or not is_large(size) else large_subset(run, pairs, results, quality)
@@ -224,14 +226,16 @@ def ladder(run: Path, artifact: Path, rt_name: str, results: list[dict], scale: 
 
 
 def own_quality(run: Path, pairs: list[tuple[Path, str]], scale: int, threads: int,
-                extra_eval: list[str] | None = None) -> dict[str, dict]:
-    """PSNR-Y on the embedded evaluation split and ``extra_eval`` of every (artifact, runtime) whose
-    runtime computes in a precision of its own (bf16, FP16 inference), keyed ``artifact|runtime``: the
-    artifact's sidecar does not hold for it."""
+                extra_eval: list[str] | None = None, extras: Sequence[tuple[Path, str]] = ()) -> dict[str, dict]:
+    """PSNR-Y on the embedded evaluation split and ``extra_eval`` of every (artifact, runtime) the
+    artifact's sidecar does not hold for, keyed ``artifact|runtime``: a runtime that computes in a
+    precision of its own (bf16, FP16 inference), and a quantized graph on any runtime of ``extras``
+    (OpenVINO running ORT's INT8 QDQ graph uses its own integer kernels, whose rounding differs from
+    ORT's, which scored the sidecar)."""
     sets = None
     out = {}
     for artifact, name in pairs:
-        if runtime(name).own_numerics:
+        if runtime(name).own_numerics or ((artifact, name) in extras and not is_float_graph(artifact)):
             sets = sets or eval_sets(scale, extra_eval)
             fn = open_artifact(artifact, name, threads, scale).run
             out[f"{artifact.relative_to(run)}|{name}"] = quality(fn, sets, scale)

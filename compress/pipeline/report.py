@@ -90,7 +90,7 @@ def build_rows(run: Path) -> tuple[list[dict], dict]:
     for (rel, runtime), results in groups.items():
         artifact = run / rel
         side, qside = _sidecar(artifact), quality_record(run, artifact)
-        own = bench.get("quality", {}).get(f"{rel}|{runtime}")  # a runtime with numerics of its own (bf16)
+        own = bench.get("quality", {}).get(f"{rel}|{runtime}")  # bf16 / FP16, or a quantized graph on another runtime
         psnr = {k: v["psnr_y_db"] for k, v in (own or sidecar_quality(qside, f"{artifact} (its quality record)")).items()}
         ok = [r for r in results if "error" not in r]
         row = {

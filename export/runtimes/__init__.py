@@ -15,7 +15,7 @@ from compress.core.errors import BadModelOutput, InputError
 from compress.core.infer import Upscaler
 from compress.core.registry import by_name
 from export.runtimes import openvino, ort, pytorch, tflite
-from export.runtimes.base import Opened, Runtime
+from export.runtimes.base import Opened, Runtime, is_float_graph
 from export.runtimes.ort import ort_session, ort_upscaler
 from export.runtimes.tflite import TFLiteRunner, tflite_upscaler
 
@@ -31,7 +31,7 @@ RUNTIMES: tuple[Runtime, ...] = (
     openvino.OPENVINO_BF16,
 )
 
-__all__ = ["RUNTIMES", "Opened", "Runtime", "TFLiteRunner", "available", "for_file", "open_artifact", "open_upscaler",
+__all__ = ["RUNTIMES", "Opened", "Runtime", "TFLiteRunner", "available", "for_file", "is_float_graph", "open_artifact", "open_upscaler",
            "ort_session", "ort_upscaler", "probe_scale", "runs_here", "runtime", "tflite_upscaler"]
 
 

@@ -73,3 +73,15 @@ class Runtime:
         if self.available is not None and not self.available():
             return f"this host lacks what it needs: {self.note or self.device}"
         return ""
+
+
+def is_float_graph(path: Path) -> bool:
+    """Whether a graph has no quantizer (QuantizeLinear in ONNX, FakeQuantize in IR): a float graph
+    computes the same on every float runtime, to rounding; a quantized one runs on each runtime's own
+    integer kernels (bf16 inference is for float graphs)."""
+    import onnx
+
+    if path.suffix.lower() == ".xml":
+        return b"FakeQuantize" not in path.read_bytes()
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return not any(n.op_type == "QuantizeLinear" for n in graph.node)

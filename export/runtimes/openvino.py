@@ -17,7 +17,7 @@ import numpy as np
 
 from compress.core.cpu import host_cpu
 from compress.core.errors import InputError, first_line
-from export.runtimes.base import Opened, Runtime
+from export.runtimes.base import Opened, Runtime, is_float_graph
 
 
 MAX_SHAPES = 8  # compiled models kept (least recently used dropped)
@@ -102,18 +102,6 @@ def _check_io(model, path: Path) -> None:  # noqa: ANN001
                          "not floating point")
 
 
-def _float_graph(path: Path) -> bool:
-    """Whether a graph has no quantizer (QuantizeLinear in ONNX, FakeQuantize in IR): bf16 inference is
-    for float graphs."""
-    import onnx
-
-    if path.suffix.lower() == ".xml":
-        return b"FakeQuantize" not in path.read_bytes()
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    return not any(n.op_type == "QuantizeLinear" for n in graph.node)
-
-
 def _open_f32(path: Path, threads: int, scale: int | None) -> Opened:
     return Opened(OVRunner(path, threads, "f32"))
 
@@ -125,5 +113,5 @@ def _open_bf16(path: Path, threads: int, scale: int | None) -> Opened:
 OPENVINO = Runtime("openvino", (".onnx", ".xml"), "openvino", "cpu", _open_f32, bench_extra=True,
                    note="OpenVINO CPU plugin, f32 inference precision (INT8 graphs run in INT8)")
 OPENVINO_BF16 = Runtime("openvino-bf16", (".onnx", ".xml"), "openvino", "cpu", _open_bf16, bench_extra=True,
-                        available=lambda: host_cpu().native_bf16, applies=_float_graph, own_numerics=True,
+                        available=lambda: host_cpu().native_bf16, applies=is_float_graph, own_numerics=True,
                         note="OpenVINO CPU plugin, bfloat16 inference precision (AMX-BF16 / AVX512-BF16 hosts)")

@@ -75,3 +75,16 @@ def test_rows_of_own_numerics_are_scored_on_the_extra_sets_too(tmp_path, image_d
     got = own_quality(tmp_path, [(ckpt, "pytorch"), (ckpt, "pytorch-bf16")], 2, 1, [str(image_dir)])
     assert list(got) == ["model.safetensors|pytorch-bf16"]  # FP32 PyTorch holds its sidecar's figures
     assert set(got["model.safetensors|pytorch-bf16"]) == {"embedded", "imgs"}
+
+
+def test_a_quantized_graph_on_another_runtime_gets_a_score_of_its_own(int8_models, tmp_path):
+    from compress.pipeline.bench_stage import own_quality
+
+    if not runtime("openvino").present():
+        pytest.skip("OpenVINO is not installed")
+    q = int8_models["edsr"]
+    fp32 = tmp_path / "edsr.onnx"  # the float graph the INT8 one was made from
+    pairs = [(q, "ort"), (fp32, "ort"), (q, "openvino"), (fp32, "openvino")]
+    got = own_quality(tmp_path, pairs, 2, 1, extras=pairs[2:])
+    assert list(got) == ["edsr_int8.onnx|openvino"]  # ORT scored the sidecar; a float graph computes alike anywhere
+    assert 0 < got["edsr_int8.onnx|openvino"]["embedded"]["psnr_y_db"] < 100
