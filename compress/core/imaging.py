@@ -8,6 +8,9 @@ Rules (stated once, used by ``upscale`` and ``serve``):
   and put back; grayscale (L / LA) is run as RGB and returned as grayscale (BT.601 luma);
 - 16-bit RGB files are reduced by PIL to their high byte (at most 1 level from value / 257);
 - animated images: the first frame;
+- an embedded ICC colour profile (Display P3, Adobe RGB, a gray profile) is carried to the output:
+  the model enlarges the encoded values, so the same profile still says what colours they mean; a
+  CMYK image is converted to RGB without its profile, which the output then does not carry;
 - the output is 8-bit PNG, JPEG (alpha dropped onto white) or WebP, within each format's size limit.
 """
 
@@ -39,12 +42,14 @@ class Decoded:
         alpha: the alpha channel as an 8-bit ``L`` image, or None.
         gray: whether the input was grayscale (the output is then grayscale too).
         mode: the decoded mode, for messages.
+        icc_profile: the embedded ICC profile's bytes, for the output, or None.
     """
 
     rgb: np.ndarray
     alpha: Image.Image | None
     gray: bool
     mode: str
+    icc_profile: bytes | None = None
 
 
 def sniff(data: bytes) -> str | None:
@@ -70,7 +75,8 @@ def split(img: Image.Image, label: str) -> Decoded:
         raise InputError(f"{label}: unsupported image mode {mode!r}")
     alpha = img.getchannel("A") if img.mode in ("LA", "RGBA") else None
     gray = img.mode in ("L", "LA")
-    return Decoded(to_array(img.convert("RGB")), alpha, gray, mode)
+    icc = img.info.get("icc_profile") if mode not in ("CMYK", "YCbCr", "LAB", "HSV") else None
+    return Decoded(to_array(img.convert("RGB")), alpha, gray, mode, icc or None)
 
 
 class UnsupportedFormat(InputError):
@@ -100,6 +106,8 @@ def upscale_decoded(fn: Upscaler, img: Decoded, scale: int, tiles: TileConfig = 
         a = img.alpha.resize((out.width, out.height), Image.BICUBIC)
         out = out.convert("LA" if img.gray else "RGBA")
         out.putalpha(a)
+    if img.icc_profile:
+        out.info["icc_profile"] = img.icc_profile
     return out
 
 
@@ -131,15 +139,26 @@ def check_encodable(width: int, height: int, fmt: str) -> None:
                          "choose the png format")
 
 
+def profile_fits(icc: bytes, mode: str) -> bool:
+    """Whether an ICC profile describes images of ``mode``: its header's colour space (bytes 16-19) is
+    ``GRAY`` for L / LA and ``RGB`` for RGB / RGBA (a gray image's profile does not fit the RGB JPEG
+    its alpha is composited into)."""
+    space = icc[16:20]
+    return space == (b"GRAY" if mode in ("L", "LA") else b"RGB ")
+
+
 def encode(img: Image.Image, fmt: str = "png", quality: int = 95) -> bytes:
-    """8-bit PNG / JPEG / WebP bytes (JPEG has no alpha: it is composited on white)."""
+    """8-bit PNG / JPEG / WebP bytes (JPEG has no alpha: it is composited on white), with the image's
+    ICC profile (``img.info["icc_profile"]``) embedded when it has one."""
     check_encodable(img.width, img.height, fmt)
     kind = FORMATS[fmt]
+    icc = img.info.get("icc_profile")
     if kind == "JPEG" and img.mode in ("RGBA", "LA"):
         base = Image.new("RGB", img.size, (255, 255, 255))
         base.paste(img.convert("RGBA"), mask=img.getchannel("A"))
         img = base
+    icc = icc if icc and profile_fits(icc, img.mode) else None
     buf = io.BytesIO()
     options = {"quality": quality} if kind in ("JPEG", "WEBP") else {}
-    img.save(buf, format=kind, **options)
+    img.save(buf, format=kind, **options, **({"icc_profile": icc} if icc else {}))
     return buf.getvalue()
