@@ -334,6 +334,12 @@ def _run(args: argparse.Namespace) -> int:
     return code
 
 
+def warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 line: str | None = None) -> str:
+    """A warning as the CLI prints it: ``warning: <message>``, one line (no source location)."""
+    return error_line(f"warning: {message}") + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command: bad input ends in ``error: <file>: <problem>`` and exit 2; anything unexpected
     in one ``error:`` line and exit 3, with the traceback only under ``--debug``."""
@@ -342,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     warnings.filterwarnings("default", category=UserWarning, module="compress")
+    warnings.formatwarning = warning_line
     if not is_writer():  # under torchrun, rank 0 alone reports; every rank still says its errors
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115
     code = INTERNAL_ERROR

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 
+from compress.core.cpu import CpuInfo, host_cpu
 from compress.core.errors import InputError, first_line
 from compress.core.infer import Upscaler
 from export.runtimes.base import Opened, Runtime
@@ -51,8 +53,46 @@ def ort_upscaler(path: str | Path, threads: int = 0) -> Upscaler:
     return run
 
 
+class SaturationRisk(UserWarning):
+    """An INT8 graph whose weights can overflow this CPU's integer kernels."""
+
+
+REDUCED_WEIGHT_MAX = 64  # ORT's reduce_range weights: 7 bits, [-64, 64]
+
+
+def full_range_int8_weights(path: str | Path) -> bool:
+    """Whether an ONNX graph dequantizes signed 8-bit weights past the 7-bit range ([-64, 64])."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    dequantized = {n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    return any(t.data_type == onnx.TensorProto.INT8 and t.name in dequantized
+               and int(np.abs(numpy_helper.to_array(t).astype(np.int16)).max(initial=0)) > REDUCED_WEIGHT_MAX
+               for t in model.graph.initializer)
+
+
+def warn_if_saturating(path: str | Path, cpu: CpuInfo | None = None) -> bool:
+    """Warn (:class:`SaturationRisk`) when full-range INT8 weights meet an x86 CPU without VNNI.
+
+    Without VNNI, ONNX Runtime's U8S8 kernels multiply with AVX2's VPMADDUBSW, whose 16-bit pair sums
+    saturate once 8-bit weights use their full range (255 x 127 x 2 > 32767): a graph quantized on a
+    VNNI host (``weight_range = "auto"`` chose full range there) loses accuracy silently on such a
+    CPU. Returns whether it warned.
+    """
+    cpu = cpu or host_cpu()
+    if cpu.vnni or not full_range_int8_weights(path):
+        return False
+    warnings.warn(f"{path}: its INT8 weights use the full 8-bit range and this CPU ({cpu.model_name}) has no "
+                  "VNNI: ONNX Runtime's AVX2 kernels can saturate on them; quantize for this host with "
+                  "weight_range = \"reduced\"", SaturationRisk, stacklevel=2)
+    return True
+
+
 def _open_cpu(path: Path, threads: int, scale: int | None) -> Opened:
-    return Opened(ort_upscaler(path, threads))
+    opened = Opened(ort_upscaler(path, threads))
+    warn_if_saturating(path)
+    return opened
 
 
 def _open_cuda(path: Path, threads: int, scale: int | None) -> Opened:

@@ -236,3 +236,23 @@ def test_a_damaged_tflite_file_that_crashes_the_interpreter_is_refused_from_a_ch
     (tmp_path / "export.py").write_text("")  # a user's file must not shadow the project's package in the child
     with pytest.raises(InputError, match=r"crashed on it \(SIG"):
         open_artifact(damaged, untrusted=True)
+
+
+def test_full_range_int8_weights_on_a_cpu_without_vnni_are_warned_about(int8_models, tmp_path):
+    import warnings
+
+    from compress.core.cpu import CpuInfo
+    from export.runtimes.ort import SaturationRisk, warn_if_saturating
+    from quantization.ptq import Calibration, Int8Options, quantize
+
+    avx2, vnni = CpuInfo("AVX2 CPU", frozenset({"avx2"})), CpuInfo("VNNI CPU", frozenset({"avx2", "avx512_vnni"}))
+    q = int8_models["edsr"]  # full-range weights: what weight_range "auto" picks on a VNNI host
+    with pytest.warns(SaturationRisk, match=r"full 8-bit range and this CPU \(AVX2 CPU\) has no VNNI"):
+        assert warn_if_saturating(q, avx2)
+    reduced = quantize(tmp_path / "edsr_pre.onnx", tmp_path / "reduced.onnx", tmp_path / "edsr.json", Calibration.MINMAX,
+                       options=Int8Options(reduce_range=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # none of these may warn
+        assert not warn_if_saturating(q, vnni)
+        assert not warn_if_saturating(reduced, avx2)
+        assert not warn_if_saturating(tmp_path / "edsr.onnx", avx2)  # the float graph

@@ -155,3 +155,10 @@ def test_a_usage_error_is_one_line_even_with_control_characters_in_the_arguments
     err = capsys.readouterr().err
     assert info.value.code == 2 and err.count("\n") == 1
     assert err.startswith("error: python -m compress: unrecognized arguments: --bogus\\nTraceback") and "\\x1b[2J" in err
+
+
+def test_warnings_print_as_one_line_without_a_source_location():
+    from compress.pipeline.cli import warning_line
+
+    assert warning_line(UserWarning("a.png: L image\nconverted"), UserWarning, "/x/data.py", 126) == (
+        "warning: a.png: L image\\nconverted\n")
