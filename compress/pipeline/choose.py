@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from compress.core.cpu import CpuInfo, host_cpu
 from compress.core.errors import InputError
 from compress.core.files import is_number, read_json_object
 from compress.pipeline.contract import path_of
@@ -92,6 +93,21 @@ def predict_ms(row: dict, out_mp: float) -> tuple[float, str] | None:
     return scaled, f"{ms:.0f} ms measured at {label} LR scaled by pixels to {scaled:.0f} ms"
 
 
+def measured_elsewhere(report: dict, cpu: CpuInfo | None = None) -> str:
+    """A note when the report's latencies come from another CPU than this host's ("" if the same or unknown).
+
+    The choice still follows them (they are the only measurements there are), but a deployer should
+    know they may not hold here: ``make bench`` on this host measures them again.
+    """
+    header = report.get("header")
+    measured = header.get("machine") if isinstance(header, dict) else None
+    there = measured.get("cpu_description") if isinstance(measured, dict) else None
+    here = (cpu or host_cpu()).describe()
+    if not isinstance(there, str) or there == here:
+        return ""
+    return f"; latencies measured on {there[:200]}, not on this host ({here}): rerun make bench here to trust them"
+
+
 def choose(run: Path, out_mp: float, target: str, max_loss_db: float, report: dict | None = None) -> Choice:
     """The artifact of ``run`` meeting ``target`` at ``out_mp`` with the least loss (then the fastest).
 
@@ -115,5 +131,6 @@ def choose(run: Path, out_mp: float, target: str, max_loss_db: float, report: di
     late, loss, ms, row, how = min(candidates, key=lambda c: (c[0], c[1] if not c[0] else c[2], c[2]))
     verdict = f"meets {target}" if not late else f"none meets {target}; the fastest within {max_loss_db} dB"
     why = (f"{row['artifact']} on {row['runtime']}: {verdict} at {out_mp:.2f} MP out ({how}), "
-           f"loses {loss:.3f} dB (worst evaluation set); {len(candidates)} candidates within {max_loss_db} dB")
+           f"loses {loss:.3f} dB (worst evaluation set); {len(candidates)} candidates within {max_loss_db} dB"
+           f"{measured_elsewhere(report)}")
     return Choice(Path(run) / row["artifact"], row["runtime"], ms, loss, why)

@@ -90,6 +90,18 @@ def test_choice_follows_the_report(tmp_path):
         choose(tmp_path, 1.0, "1000ms", -0.5)
 
 
+def test_a_choice_from_latencies_of_another_cpu_says_so():
+    from compress.core.cpu import CpuInfo
+    from compress.pipeline.choose import measured_elsewhere
+
+    here = CpuInfo("Host CPU", frozenset({"avx2"}))
+    report = {"header": {"machine": {"cpu_description": "Bench CPU (avx2 amx_int8)"}}}
+    assert measured_elsewhere(report, here) == ("; latencies measured on Bench CPU (avx2 amx_int8), not on this host "
+                                                "(Host CPU (avx2)): rerun make bench here to trust them")
+    assert measured_elsewhere({"header": {"machine": {"cpu_description": here.describe()}}}, here) == ""
+    assert measured_elsewhere({"header": {"scale": 2}}, here) == ""  # nothing recorded: nothing to compare
+
+
 def test_interpolation_reproduces_a_and_b_at_0_and_1(tmp_path):
     a = save_checkpoint(tiny_edsr(2, seed=0), CFG, tmp_path / "a.safetensors")
     b = save_checkpoint(tiny_edsr(2, seed=1), CFG, tmp_path / "b.safetensors")
