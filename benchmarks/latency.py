@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runtime", required=True, choices=[rt.name for rt in RUNTIMES])
     p.add_argument("--height", type=opt.positive_int, required=True)
     p.add_argument("--width", type=opt.positive_int, required=True)
-    p.add_argument("--scale", type=opt.scale, required=True)
+    p.add_argument("--scale", type=opt.artifact_scale, required=True)
     p.add_argument("--threads", type=opt.bench_threads, default=2)
     p.add_argument("--warmup", type=opt.bench_warmup, default=2)
     p.add_argument("--runs", type=opt.bench_runs, default=10)

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     p = opt.Parser(prog="python -m benchmarks.ort_conv_path", description=__doc__.split("\n")[0])
     p.add_argument("--artifact", required=True, type=opt.existing_file,
                    help="an INT8 QDQ ONNX model with symmetric S8 weights")
-    p.add_argument("--scale", type=opt.scale, required=True)
+    p.add_argument("--scale", type=opt.artifact_scale, required=True)
     p.add_argument("--size", type=opt.size_hw, default=(256, 256), help="LR size HxW")
     p.add_argument("--threads", type=opt.bench_threads, default=2)
     p.add_argument("--runs", type=opt.bench_runs, default=5)

@@ -63,7 +63,7 @@ def _image(h: int, w: int) -> bytes:
 
 def scale_in_name(path: Path) -> int | None:
     """The scale an artifact's name carries (``edsr_baseline_x4.safetensors``: 4), or None."""
-    m = re.search(r"_x([234])(?![0-9])", path.stem)
+    m = re.search(r"_x([1-4])(?![0-9])", path.stem)
     return int(m.group(1)) if m else None
 
 
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = opt.Parser(prog="python -m benchmarks.service_load", description=__doc__.splitlines()[0])
     ap.add_argument("--artifact", required=True, type=opt.existing_file)
-    ap.add_argument("--scale", type=opt.scale, default=None, help="default: read from the artifact name (_xS)")
+    ap.add_argument("--scale", type=opt.artifact_scale, default=None, help="default: read from the artifact name (_xS)")
     ap.add_argument("--outputs", type=opt.output_wh, nargs="+", default=[(512, 512), (1920, 1080)],
                     help="output WxH")
     ap.add_argument("--concurrency", type=opt.concurrency, nargs="+", default=[1, 4])
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     scale = a.scale or scale_in_name(a.artifact)
     if scale is None:
-        ap.error(f"argument --scale: {a.artifact} does not name its scale (_x2, _x3, _x4); give --scale")
+        ap.error(f"argument --scale: {a.artifact} does not name its scale (_x1 to _x4); give --scale")
     proc, url = _start(["--artifact", str(a.artifact), "--workers", str(a.workers), "--queue", "64",
                         "--threads", str(a.threads), "--max-pixels", "20000000", "--max-upload-mb", "50"])
     try:

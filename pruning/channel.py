@@ -100,11 +100,13 @@ class RampPruner(tp.pruner.MagnitudePruner):
     already lands on the final widths and the later events remove nothing: one-shot pruning under an
     AGP name. Here the events before the last round *up* the width torch-pruning targets (the ramp's
     width, floored), and the last event rounds down as torch-pruning does, so the final widths are
-    unchanged (64 channels to 48 over three events: 56, 48, 48 instead of 48, 48, 48).
+    unchanged (64 channels to 48 over three events: 56, 48, 48 instead of 48, 48, 48). Under global
+    pruning each event's widths depend on what the earlier events left, so rounding up there would
+    change the final widths: global pruning keeps torch-pruning's rounding.
     """
 
     def _round_to(self, n_pruned: int, current_channels: int, round_to: int) -> int:
-        if self.current_step >= self.iterative_steps:
+        if self.current_step >= self.iterative_steps or self.global_pruning:
             return super()._round_to(n_pruned, current_channels, round_to)
         kept = -(-(current_channels - n_pruned) // round_to) * round_to
         return max(current_channels - kept, 0)

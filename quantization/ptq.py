@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -139,19 +140,77 @@ def calibrate(model: Path, reader: PatchCalibrationReader, method: Calibration, 
     return {name: tensor_range(td) for name, td in ranges.data.items()}
 
 
-def pin_image_inputs(ranges: object, graph: onnx.GraphProto) -> None:
-    """Give each graph input of a calibration result (ORT ``TensorsData``) the range ``[0, 1]``, in place.
+VALUE_MOVING_OPS = ("Pad", "Reshape", "Transpose", "SpaceToDepth", "DepthToSpace", "Identity", "Squeeze",
+                    "Unsqueeze", "Flatten")
+AFFINE_OPS = ("Sub", "Add", "Mul", "Div")
 
-    The input is an image in [0, 1] (every artifact's contract), so its range is known rather than
-    estimated: scale 1/255 with zero point 0 holds every 8-bit pixel value exactly, where a range read
+
+def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return values
+
+
+def _affine(op: str, lo: float, hi: float, c: np.ndarray, image_first: bool) -> tuple[float, float] | None:
+    """The interval of ``image op c`` (or ``c op image``) over every channel of the constant ``c``."""
+    cs = np.asarray(c, dtype=np.float64).ravel()
+    if cs.size == 0 or not np.all(np.isfinite(cs)):
+        return None
+    if op == "Div" and (not image_first or np.any(cs == 0)):
+        return None
+    ends = np.array([lo, hi])[:, None]
+    if op == "Add":
+        v = ends + cs
+    elif op == "Sub":
+        v = ends - cs if image_first else cs - ends
+    elif op == "Mul":
+        v = ends * cs
+    else:
+        v = ends / cs
+    return float(v.min()), float(v.max())
+
+
+def image_ranges(graph: onnx.GraphProto) -> dict[str, tuple[float, float]]:
+    """The exact range of every tensor that holds the image's own pixels: the graph's inputs (an
+    image in [0, 1]) and what operators that only move values (RRDB x2's pixel unshuffle, padding with
+    zeros) or apply a constant (EDSR's mean shift ``(x - mean) * 255``) make of them, as intervals."""
+    consts = _constants(graph)
+    found = {t.name: (0.0, 1.0) for t in graph.input}
+    for node in graph.node:  # ONNX graphs list nodes in topological order
+        ins = list(node.input)
+        if node.op_type in VALUE_MOVING_OPS and ins and ins[0] in found:
+            lo, hi = found[ins[0]]
+            if node.op_type == "Pad":
+                lo, hi = min(lo, 0.0), max(hi, 0.0)
+            found.update({out: (lo, hi) for out in node.output})
+        elif node.op_type in AFFINE_OPS and len(ins) == 2:
+            first = ins[0] in found and ins[1] in consts
+            if first or (ins[1] in found and ins[0] in consts):
+                image, const = (ins[0], ins[1]) if first else (ins[1], ins[0])
+                interval = _affine(node.op_type, *found[image], consts[const], first)
+                if interval is not None:
+                    found[node.output[0]] = interval
+    return found
+
+
+def pin_image_inputs(ranges: object, graph: onnx.GraphProto) -> set[str]:
+    """Give the image's tensors (:func:`image_ranges`) in a calibration result (ORT ``TensorsData``)
+    their exact ranges, in place; returns their names.
+
+    The input is an image in [0, 1] (every artifact's contract), so its range, and that of what the
+    graph makes of it before the first convolution, is known rather than estimated: the input itself
+    gets scale 1/255 with zero point 0, which holds every 8-bit pixel value exactly, where a range read
     off the calibration patches (a Percentile's 0.999, a MinMax of images without pure white) would
-    round or clip the input before the first convolution.
+    clip the brightest values before the first convolution.
     """
     from onnxruntime.quantization.calibrate import TensorData
 
-    for tensor in graph.input:
-        if tensor.name in ranges:
-            ranges[tensor.name] = TensorData(lowest=np.float32(0.0), highest=np.float32(1.0))
+    pinned = {name: r for name, r in image_ranges(graph).items() if name in ranges}
+    for name, (lo, hi) in pinned.items():
+        ranges[name] = TensorData(lowest=np.float32(lo), highest=np.float32(hi))
+    return set(pinned)
 
 
 def tensor_range(td: object) -> tuple[float, float]:

@@ -32,7 +32,7 @@ from torch.nn.utils import parametrize
 from compress.core.archs import structure_of
 from compress.core.train_config import TrainConfig
 from export.onnx_tail import tied_tensors
-from quantization.ptq import pin_image_inputs, tensor_range
+from quantization.ptq import image_ranges, pin_image_inputs, tensor_range
 
 
 def qat_train_config(cfg: TrainConfig) -> TrainConfig:
@@ -380,6 +380,26 @@ def write_qat_ranges(state: QATState, model: Path, cache: Path) -> int:
             if name in data:
                 data[name] = data[source]
                 written.add(name)
-    pin_image_inputs(data, onnx.load(str(model), load_external_data=False).graph)  # known, as calibrate pins it
+    pinned = pin_image_inputs(data, onnx.load(str(model), load_external_data=False).graph)  # as calibrate pins it
     save_tensors_data(data, cache)
-    return len(written)
+    return len(written - pinned)
+
+
+def pin_image_ranges(state: QATState, model: Path) -> list[str]:
+    """Give the convolution inputs that hold the image's own pixels the exact ranges the INT8 graph will
+    use (:func:`quantization.ptq.image_ranges`), so QAT trains on the grid that runs: [0, 1] at
+    scale 1/255 (every 8-bit pixel exact) for RRDB's first convolution, EDSR's mean-shifted
+    ``(x - mean) * 255`` interval for its head. Call after :func:`prepare_qat` (and any
+    :func:`load_qat_ranges`), before training.
+
+    Returns:
+        The range keys pinned.
+    """
+    exact = image_ranges(onnx.load(str(model), load_external_data=False).graph)
+    factors: dict[str, float] = {}
+    pinned = []
+    for key, tensor in _tensor_keys(state, model, factors).items():
+        if tensor in exact and key not in factors:
+            state.ranges[key].lo, state.ranges[key].hi = min(exact[tensor][0], 0.0), max(exact[tensor][1], 0.0)
+            pinned.append(key)
+    return pinned

@@ -64,7 +64,10 @@ def _to_8bit(img: Image.Image, path: Path) -> Image.Image:
         arr = np.asarray(img, dtype=np.float64)
         if arr.min() < 0 or arr.max() > 65535:
             raise InputError(f"{path}: 32-bit integer image with values outside 0..65535; convert it to 8 or 16 bits")
-        return Image.fromarray(np.round(arr / 257.0).astype(np.uint8), mode="L")
+        out = Image.fromarray(np.round(arr / 257.0).astype(np.uint8), mode="L")
+        if img.info.get("icc_profile"):  # a gray profile still says what the values mean
+            out.info["icc_profile"] = img.info["icc_profile"]
+        return out
     if img.mode == "F":
         raise InputError(f"{path}: floating-point image (mode F); convert it to 8- or 16-bit first")
     if img.mode in ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"):

@@ -157,7 +157,8 @@ def encode(img: Image.Image, fmt: str = "png", quality: int = 95) -> bytes:
         base = Image.new("RGB", img.size, (255, 255, 255))
         base.paste(img.convert("RGBA"), mask=img.getchannel("A"))
         img = base
-    icc = icc if icc and profile_fits(icc, img.mode) else None
+    written = "RGB" if kind == "WEBP" else img.mode  # PIL's WebP writer makes L / LA into RGB / RGBA
+    icc = icc if icc and profile_fits(icc, written) else None
     buf = io.BytesIO()
     options = {"quality": quality} if kind in ("JPEG", "WEBP") else {}
     img.save(buf, format=kind, **options, **({"icc_profile": icc} if icc else {}))

@@ -124,6 +124,11 @@ def scale(text: str) -> int:
     return value
 
 
+def artifact_scale(text: str) -> int:
+    """An artifact's scale, 1..4: the pipeline's 2, 3, 4 and RRDB's x1 (pixel-unshuffle) checkpoints."""
+    return _int_in(text, "scale", 1, 4)
+
+
 def positive_float(text: str) -> float:
     try:
         value = float(text)

@@ -94,7 +94,8 @@ def predict_ms(row: dict, out_mp: float) -> tuple[float, str] | None:
 
 
 def measured_elsewhere(report: dict, cpu: CpuInfo | None = None) -> str:
-    """A note when the report's latencies come from another CPU than this host's ("" if the same or unknown).
+    """A note, to lead a choice's explanation (a header cut short keeps it), when the report's latencies
+    come from another CPU than this host's ("" if the same or unknown).
 
     The choice still follows them (they are the only measurements there are), but a deployer should
     know they may not hold here: ``make bench`` on this host measures them again.
@@ -105,7 +106,7 @@ def measured_elsewhere(report: dict, cpu: CpuInfo | None = None) -> str:
     here = (cpu or host_cpu()).describe()
     if not isinstance(there, str) or there == here:
         return ""
-    return f"; latencies measured on {there[:200]}, not on this host ({here}): rerun make bench here to trust them"
+    return f"latencies measured on {there[:200]}, not on this host ({here}): rerun make bench here to trust them; "
 
 
 def choose(run: Path, out_mp: float, target: str, max_loss_db: float, report: dict | None = None) -> Choice:
@@ -130,7 +131,6 @@ def choose(run: Path, out_mp: float, target: str, max_loss_db: float, report: di
         raise InputError(f"{path_of(run, 'report')}: no timed artifact loses at most {max_loss_db} dB")
     late, loss, ms, row, how = min(candidates, key=lambda c: (c[0], c[1] if not c[0] else c[2], c[2]))
     verdict = f"meets {target}" if not late else f"none meets {target}; the fastest within {max_loss_db} dB"
-    why = (f"{row['artifact']} on {row['runtime']}: {verdict} at {out_mp:.2f} MP out ({how}), "
-           f"loses {loss:.3f} dB (worst evaluation set); {len(candidates)} candidates within {max_loss_db} dB"
-           f"{measured_elsewhere(report)}")
+    why = (f"{measured_elsewhere(report)}{row['artifact']} on {row['runtime']}: {verdict} at {out_mp:.2f} MP out ({how}), "
+           f"loses {loss:.3f} dB (worst evaluation set); {len(candidates)} candidates within {max_loss_db} dB")
     return Choice(Path(run) / row["artifact"], row["runtime"], ms, loss, why)

@@ -286,7 +286,8 @@ def _add_stages(sub: argparse._SubParsersAction) -> None:
                    help="latency targets (ms) whose largest admitted output is measured by a ladder of sizes "
                         "(default 300 1000; add 10000 for the print tier; none: no ladder)")
     s.add_argument("--eval", action="append", default=[],
-                   help="extra evaluation folder(s) for the rows of bf16 / FP16 runtimes, scored here")
+                   help="extra evaluation folder(s) for the rows scored here: bf16 / FP16 runtimes, and "
+                        "quantized graphs on a runtime other than the one that scored them")
     s.set_defaults(func=_cmd_bench)
 
     s = sub.add_parser("report", help="stage 6: compression report (md, json, csv, html)")
@@ -348,7 +349,6 @@ def main(argv: list[str] | None = None) -> int:
             stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     warnings.filterwarnings("default", category=UserWarning, module="compress")
-    warnings.formatwarning = warning_line
     if not is_writer():  # under torchrun, rank 0 alone reports; every rank still says its errors
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115
     code = INTERNAL_ERROR

@@ -28,7 +28,8 @@ from quantization.nncf_ptq import nncf_quantize
 from quantization.nncf_qat import prepare_nncf_qat, qat_ir
 from quantization.ptq import (Calibration, Int8Options, calibrate, cpu_has_vnni, kernel_report, preprocess, quantize,
                               range_summary, reduce_weight_range)
-from quantization.qat import load_qat_ranges, prepare_qat, qat_train_config, strip_qat, write_qat_ranges
+from quantization.qat import (load_qat_ranges, pin_image_ranges, prepare_qat, qat_train_config, strip_qat,
+                              write_qat_ranges)
 from quantization.recipe import QuantRecipe
 from quantization.sensitivity import choose_float_nodes, rank_sensitivity
 
@@ -106,6 +107,7 @@ def _run_qat(loaded: LoadedModel, recipe: QuantRecipe, reader: PatchCalibrationR
     qat_method = Calibration(recipe.qat_calibration)
     if qat_method is not Calibration.MINMAX:  # train under the ranges of the chosen calibration
         load_qat_ranges(state, pre, out_dir / f"calibration_{recipe.qat_calibration}.json")
+    pin_image_ranges(state, pre)  # the image's tensors train on the exact ranges the INT8 graph gets
     log = _fine_tune(model, loaded, recipe, "qat")
     strip_qat(state)
     qat_fp32 = export_onnx(model, out_dir / "model_qat_fp32.onnx")

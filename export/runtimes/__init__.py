@@ -113,7 +113,8 @@ def open_artifact(path: str | Path, runtime_name: str | None = None, threads: in
 
     Every call of the returned upscaler checks its output against ``scale`` (without ``scale``: the
     scale one probe on an 8x8 input finds, in ``Opened.scale``). ``untrusted`` (a file the user names):
-    runtimes that cannot load a damaged file safely in-process test it in a child process first.
+    runtimes that cannot load a damaged file safely in-process test it in a child process first, and
+    a runtime's ``host_check`` warns when the file may not run well on this host.
     """
     path = Path(path)
     rt = runtime(runtime_name) if runtime_name else for_file(path)
@@ -126,6 +127,8 @@ def open_artifact(path: str | Path, runtime_name: str | None = None, threads: in
     if untrusted and rt.vet is not None:
         rt.vet(path)
     opened = rt.open(path, threads, scale)
+    if untrusted and rt.host_check is not None:
+        rt.host_check(path)
     scale = scale if scale is not None else probe_scale(opened.run, str(path))
     return Opened(checked_scale(opened.run, scale, str(path)), opened.sync, scale)
 

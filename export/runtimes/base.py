@@ -44,6 +44,8 @@ class Runtime:
         applies: which files of its suffixes it is meant for (e.g. bf16 inference: float graphs), or None.
         own_numerics: it computes in another precision than the artifact's (bf16 inference of an FP32
             graph), so the artifact's measured PSNR does not hold for it: the bench measures its own.
+        host_check: ``host_check(path)`` warns when a file the user deploys may not run well on this
+            host (full-range INT8 weights without VNNI), or None.
         vet: ``vet(path)`` tests a file the user named in a child process before this process opens it,
             for a library that a damaged file can crash or hang (raises ``InputError``); None: not needed.
         note: what it is, for help texts and the report.
@@ -60,6 +62,7 @@ class Runtime:
     applies: Callable[[Path], bool] | None = None
     own_numerics: bool = False
     vet: Callable[[Path], None] | None = None
+    host_check: Callable[[Path], object] | None = None
     note: str = ""
 
     def present(self) -> bool:

@@ -65,7 +65,10 @@ def full_range_int8_weights(path: str | Path) -> bool:
     import onnx
     from onnx import numpy_helper
 
-    model = onnx.load(str(path))
+    try:
+        model = onnx.load(str(path))
+    except Exception:  # protobuf's DecodeError and kin: ORT opened it, so leave the verdict to ORT
+        return False
     dequantized = {n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
     return any(t.data_type == onnx.TensorProto.INT8 and t.name in dequantized
                and int(np.abs(numpy_helper.to_array(t).astype(np.int16)).max(initial=0)) > REDUCED_WEIGHT_MAX
@@ -80,7 +83,7 @@ def warn_if_saturating(path: str | Path, cpu: CpuInfo | None = None) -> bool:
     VNNI host (``weight_range = "auto"`` chose full range there) loses accuracy silently on such a
     CPU. Returns whether it warned.
     """
-    cpu = cpu or host_cpu()
+    cpu = cpu or host_cpu()  # checked where a user deploys a file (upscale, serve, eval), not in timing runs
     if cpu.vnni or not full_range_int8_weights(path):
         return False
     warnings.warn(f"{path}: its INT8 weights use the full 8-bit range and this CPU ({cpu.model_name}) has no "
@@ -90,9 +93,7 @@ def warn_if_saturating(path: str | Path, cpu: CpuInfo | None = None) -> bool:
 
 
 def _open_cpu(path: Path, threads: int, scale: int | None) -> Opened:
-    opened = Opened(ort_upscaler(path, threads))
-    warn_if_saturating(path)
-    return opened
+    return Opened(ort_upscaler(path, threads))
 
 
 def _open_cuda(path: Path, threads: int, scale: int | None) -> Opened:
@@ -109,7 +110,7 @@ def _cuda() -> bool:
     return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
-ORT = Runtime("ort", (".onnx",), "onnxruntime", "cpu", _open_cpu, primary=True,
+ORT = Runtime("ort", (".onnx",), "onnxruntime", "cpu", _open_cpu, primary=True, host_check=warn_if_saturating,
               note="ONNX Runtime, CPU execution provider (MLAS)")
 ORT_CUDA = Runtime("ort-cuda", (".onnx",), "onnxruntime", "cuda", _open_cuda, bench_extra=True, available=_cuda,
                    note="ONNX Runtime, CUDA execution provider")

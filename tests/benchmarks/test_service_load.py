@@ -10,7 +10,7 @@ from tests.conftest import REPO, launch_env, tiny_edsr
 
 
 @pytest.mark.parametrize("name, scale", [("edsr_baseline_x4.safetensors", 4), ("model_x3_int8.onnx", 3),
-                                         ("rrdb_x16.onnx", None), ("model.onnx", None), ("max2.onnx", None)])
+                                         ("rrdb_x1.safetensors", 1), ("rrdb_x16.onnx", None), ("model.onnx", None), ("max2.onnx", None)])
 def test_the_scale_is_read_from_the_artifact_name(name, scale):
     assert scale_in_name(Path(name)) == scale
 
@@ -36,4 +36,4 @@ def test_an_artifact_without_a_scale_in_its_name_needs_scale(tmp_path, capsys):
         main(["--artifact", str(artifact)])
     assert exc.value.code == 2
     assert capsys.readouterr().err == (f"error: python -m benchmarks.service_load: argument --scale: {artifact} does not "
-                                       "name its scale (_x2, _x3, _x4); give --scale\n")
+                                       "name its scale (_x1 to _x4); give --scale\n")

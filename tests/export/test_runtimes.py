@@ -93,7 +93,8 @@ def test_pytorch_bf16_runs_the_checkpoint_in_bf16_and_is_scored_on_its_own(tmp_p
 
 def test_openvino_runs_float_and_int8_graphs_and_compiles_once_per_shape(tmp_path):
     pytest.importorskip("openvino")
-    from export.runtimes.openvino import OVRunner, _float_graph
+    from export.runtimes.base import is_float_graph
+    from export.runtimes.openvino import OVRunner
     from quantization.calibration import CalibrationConfig, PatchCalibrationReader
     from quantization.ptq import Calibration, Int8Options, calibrate, preprocess, quantize
     from tests.conftest import write_image
@@ -113,7 +114,7 @@ def test_openvino_runs_float_and_int8_graphs_and_compiles_once_per_shape(tmp_pat
     cache = tmp_path / "cal.json"
     calibrate(pre, reader, Calibration.MINMAX, cache)
     int8 = quantize(pre, tmp_path / "q.onnx", cache, Calibration.MINMAX, options=Int8Options())
-    assert _float_graph(fp32) and not _float_graph(int8)
+    assert is_float_graph(fp32) and not is_float_graph(int8)
     got, ref = open_artifact(int8, "openvino", threads=1).run(x), ort_upscaler(int8)(x)
     assert np.abs(got - ref).mean() < 0.01  # both integer pipelines, rounding may differ slightly
 

@@ -191,3 +191,25 @@ def test_agp_events_prune_gradually_on_the_rounding_grid():
         trunk.append(pruning.widths()["conv_first"])
         inner.append(pruning.widths()["body.0.conv1"])
     assert trunk == [64, 56, 48, 48] and inner == [64, 48, 40, 40]
+
+
+def test_global_pruning_keeps_torch_prunings_widths():
+    import torch_pruning as tp
+
+    from compress.core.archs import EDSR, EDSRConfig
+    from pruning import channel
+
+    def final_widths(pruner_class):
+        torch.manual_seed(1)
+        model = EDSR(EDSRConfig(scale=2, num_feat=64, num_block=2)).eval()
+        sched = PolynomialDecay(0.0, 0.6, begin_step=0, end_step=150, frequency=50)
+        original, channel.RampPruner = channel.RampPruner, pruner_class
+        try:
+            pruning = prune_channels(model, sched, round_to=8, global_pruning=True)
+        finally:
+            channel.RampPruner = original
+        for _ in sched.pruning_steps():
+            pruning.step()
+        return pruning.widths()
+
+    assert final_widths(channel.RampPruner) == final_widths(tp.pruner.MagnitudePruner)

@@ -100,21 +100,25 @@ def test_int8_graph_scales_are_ort_symmetric_weights_and_asymmetric_uint8_activa
         assert scale == pytest.approx((hi - lo) / 255, rel=1e-6) and zero == round(-lo / scale), node.input[0]
 
 
-@pytest.mark.parametrize("method", [Calibration.PERCENTILE, Calibration.MINMAX])
-def test_the_image_input_is_quantized_on_its_known_range_whatever_the_calibration(tmp_path, calib_dir, method):
+@pytest.mark.parametrize("method, scale", [(Calibration.PERCENTILE, 4), (Calibration.MINMAX, 4), (Calibration.PERCENTILE, 2)])
+def test_the_image_input_is_quantized_on_its_known_range_whatever_the_calibration(tmp_path, calib_dir, method, scale):
+    """x4 RRDB's first convolution reads the graph input; x2's reads it pixel-unshuffled (Reshape / Transpose)."""
     from onnx import numpy_helper
     from onnxruntime.quantization.calibrate import load_tensors_data
 
-    pre = preprocess(export_onnx(tiny_rrdb(4), tmp_path / "f.onnx"), tmp_path / "p.onnx")
-    ranges = calibrate(pre, _reader(calib_dir, scale=4), method, tmp_path / "c.json", percentile=99.0)
-    assert ranges["lr"] == (0.0, 1.0) and tuple(map(float, load_tensors_data(tmp_path / "c.json")["lr"].range_value)) == (0.0, 1.0)
+    pre = preprocess(export_onnx(tiny_rrdb(scale), tmp_path / "f.onnx"), tmp_path / "p.onnx")
+    first = next(n for n in onnx.load(str(pre)).graph.node if n.op_type == "Conv").input[0]
+    assert (first == "lr") == (scale == 4)
+    ranges = calibrate(pre, _reader(calib_dir, scale=scale), method, tmp_path / "c.json", percentile=99.0)
+    cached = load_tensors_data(tmp_path / "c.json")[first].range_value
+    assert ranges[first] == (0.0, 1.0) and tuple(map(float, cached)) == (0.0, 1.0)
     graph = onnx.load(str(quantize(pre, tmp_path / "q.onnx", tmp_path / "c.json", method))).graph
     init = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    q = next(n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "lr")
-    scale, zero = float(init[q.input[1]]), int(init[q.input[2]])
-    assert (scale, zero) == (pytest.approx(1 / 255, rel=1e-7), 0)
+    q = next(n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == first)
+    scale_, zero = float(init[q.input[1]]), int(init[q.input[2]])
+    assert (scale_, zero) == (pytest.approx(1 / 255, rel=1e-7), 0)
     pixels = np.arange(256, dtype=np.float32) / 255  # every 8-bit value survives the round trip
-    np.testing.assert_array_equal(np.clip(np.round(pixels / np.float32(scale)), 0, 255), np.arange(256))
+    np.testing.assert_array_equal(np.clip(np.round(pixels / np.float32(scale_)), 0, 255), np.arange(256))
 
 
 def test_methods_give_different_ranges(tmp_path, calib_dir):

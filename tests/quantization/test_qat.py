@@ -5,7 +5,7 @@ from onnxruntime.quantization.calibrate import load_tensors_data
 
 from compress.core.train_config import TrainConfig
 from quantization.qat import ActivationRange, PerChannelWeightFakeQuant, prepare_qat, qat_train_config, strip_qat
-from tests.conftest import tiny_edsr
+from tests.conftest import tiny_edsr, tiny_rrdb
 
 
 def test_weight_fake_quant_matches_ort_symmetric_per_channel():
@@ -315,3 +315,25 @@ def test_bf16_moves_a_fake_quantized_activation_off_the_int8_grid():
     grid = torch.arange(256, dtype=torch.float32) * scale
     off = (grid.to(torch.bfloat16).float() - grid).abs() / scale
     assert off.max() > 0.25 and off[:128].max() < off.max()  # up to half a step, worst on the large values
+
+
+@pytest.mark.parametrize("arch", ["edsr", "rrdb"])
+def test_qat_trains_the_image_tensors_on_the_exact_ranges_the_int8_graph_gets(tmp_path, arch):
+    """EDSR's head reads the mean-shifted image, (x - mean) * 255; RRDB x2's first convolution reads it
+    pixel-unshuffled, in [0, 1], where an 8-bit pixel passes the fake quantizer unchanged."""
+    from export.onnx_export import export_onnx
+    from quantization.ptq import preprocess
+    from quantization.qat import fake_quant_activation, pin_image_ranges
+
+    model = tiny_edsr(2) if arch == "edsr" else tiny_rrdb(2)
+    pre = preprocess(export_onnx(model, tmp_path / "f.onnx"), tmp_path / "p.onnx")
+    pixels = torch.randint(0, 256, (1, 3, 16, 16)) / 255.0
+    state = prepare_qat(model, [(pixels * 0.9).numpy()])  # MinMax alone would cut the range at 0.9
+    assert pin_image_ranges(state, pre) == ["conv_first:in"]
+    rng = state.ranges["conv_first:in"]
+    if arch == "edsr":
+        mean = model.mean.flatten()
+        assert (rng.lo, rng.hi) == pytest.approx((-255 * float(mean.max()), 255 * (1 - float(mean.min()))), rel=1e-5)
+    else:
+        assert (rng.lo, rng.hi) == (0.0, 1.0)
+        assert (fake_quant_activation(pixels, rng) - pixels).abs().max() < 1e-6  # the same pixel, to float rounding

@@ -41,6 +41,9 @@ def test_a_gray_profile_stays_with_gray_output_and_is_dropped_where_alpha_is_com
     out = upscale_decoded(nearest_x2, decoded, 2)
     assert out.mode == "LA" and _out_profile(encode(out, "png")) == GRAY_ICC
     assert _out_profile(encode(out, "jpeg")) is None  # JPEG: composited on white as RGB
+    assert _out_profile(encode(out, "webp")) is None  # PIL writes gray WebP as RGB(A)
+    gray = upscale_decoded(nearest_x2, decode_bytes(_file("L", GRAY_ICC)), 2)
+    assert gray.mode == "L" and _out_profile(encode(gray, "jpeg")) == GRAY_ICC
     assert profile_fits(GRAY_ICC, "L") and not profile_fits(GRAY_ICC, "RGB") and profile_fits(RGB_ICC, "RGBA")
 
 
@@ -48,3 +51,12 @@ def test_a_cmyk_profile_is_not_carried_to_the_rgb_output():
     decoded = decode_bytes(_file("CMYK", RGB_ICC[:16] + b"CMYK" + RGB_ICC[20:], "JPEG"))
     assert decoded.mode == "CMYK" and decoded.icc_profile is None
     assert _out_profile(encode(upscale_decoded(nearest_x2, decoded, 2), "png")) is None
+
+
+def test_a_16_bit_gray_image_keeps_its_profile():
+    img = Image.fromarray(np.arange(120, dtype=np.uint16).reshape(12, 10) * 500)
+    assert img.mode.startswith("I;16")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", icc_profile=GRAY_ICC)
+    out = upscale_decoded(nearest_x2, decode_bytes(buf.getvalue()), 2)
+    assert out.mode == "L" and _out_profile(encode(out, "png")) == GRAY_ICC

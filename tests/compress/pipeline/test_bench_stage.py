@@ -88,3 +88,13 @@ def test_a_quantized_graph_on_another_runtime_gets_a_score_of_its_own(int8_model
     got = own_quality(tmp_path, pairs, 2, 1, extras=pairs[2:])
     assert list(got) == ["edsr_int8.onnx|openvino"]  # ORT scored the sidecar; a float graph computes alike anywhere
     assert 0 < got["edsr_int8.onnx|openvino"]["embedded"]["psnr_y_db"] < 100
+
+
+def test_run_one_times_every_scale_an_artifact_can_have_x1_included(tmp_path):
+    from compress.pipeline.bench_stage import run_one
+    from export.onnx_export import export_onnx
+    from tests.conftest import tiny_rrdb
+
+    onnx_path = export_onnx(tiny_rrdb(1), tmp_path / "rrdb_x1.onnx")  # RRDB x1: pixel unshuffle by 4
+    row = run_one(onnx_path, "ort", (16, 16), 1, BenchConfig(runs=1, threads=1))
+    assert "error" not in row and row["out_size"] == [16, 16] and row["p50_ms"] > 0

@@ -157,8 +157,16 @@ def test_a_usage_error_is_one_line_even_with_control_characters_in_the_arguments
     assert err.startswith("error: python -m compress: unrecognized arguments: --bogus\\nTraceback") and "\\x1b[2J" in err
 
 
-def test_warnings_print_as_one_line_without_a_source_location():
+def test_warnings_print_as_one_line_without_a_source_location(tmp_path):
+    import subprocess
+    import sys
+
     from compress.pipeline.cli import warning_line
+    from tests.conftest import REPO, launch_env, write_image
 
     assert warning_line(UserWarning("a.png: L image\nconverted"), UserWarning, "/x/data.py", 126) == (
         "warning: a.png: L image\\nconverted\n")
+    gray = write_image(tmp_path / "gray.png", (40, 32), mode="L")
+    done = subprocess.run([sys.executable, "-m", "compress", "eval", "--model", "bicubic", "--data", str(tmp_path),
+                           "--scale", "2", "--json"], cwd=REPO, env=launch_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stderr == f"warning: {gray}: L image converted to RGB\n"

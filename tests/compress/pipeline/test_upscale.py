@@ -96,8 +96,8 @@ def test_a_choice_from_latencies_of_another_cpu_says_so():
 
     here = CpuInfo("Host CPU", frozenset({"avx2"}))
     report = {"header": {"machine": {"cpu_description": "Bench CPU (avx2 amx_int8)"}}}
-    assert measured_elsewhere(report, here) == ("; latencies measured on Bench CPU (avx2 amx_int8), not on this host "
-                                                "(Host CPU (avx2)): rerun make bench here to trust them")
+    assert measured_elsewhere(report, here) == ("latencies measured on Bench CPU (avx2 amx_int8), not on this host "
+                                                "(Host CPU (avx2)): rerun make bench here to trust them; ")
     assert measured_elsewhere({"header": {"machine": {"cpu_description": here.describe()}}}, here) == ""
     assert measured_elsewhere({"header": {"scale": 2}}, here) == ""  # nothing recorded: nothing to compare
 
