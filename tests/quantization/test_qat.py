@@ -127,7 +127,7 @@ def test_write_qat_ranges_puts_trained_ranges_in_ort_cache(tmp_path):
     model = tiny_edsr(2)
     x = torch.rand(1, 3, 12, 12)
     state = prepare_qat(model, [x.numpy()])
-    state.ranges["conv_first:in"].hi = 7.5  # a range no calibration of this model would give
+    state.ranges["body.0.conv1:in"].hi = 7.5  # a range no calibration of this model would give
     strip_qat(state)
     pre = preprocess(export_onnx(model, tmp_path / "m.onnx"), tmp_path / "pre.onnx")
     cache = tmp_path / "cache.json"
@@ -137,12 +137,14 @@ def test_write_qat_ranges_puts_trained_ranges_in_ort_cache(tmp_path):
     convs = {n.input[1]: n for n in onnx.load(str(pre)).graph.node if n.op_type == "Conv"}
     data = load_tensors_data(cache)
     hi = lambda tensor: float(np.asarray(data[tensor].range_value[1]))  # noqa: E731
-    assert hi(convs["conv_first.weight"].input[0]) == 7.5
+    assert hi(convs["body.0.conv1.weight"].input[0]) == 7.5
+    head_in = convs["conv_first.weight"].input[0]  # the mean-shifted image: its exact interval, not QAT's
+    assert hi(head_in) == pytest.approx(255 * (1 - float(model.mean.min())), rel=1e-5)
     last = state.ranges["conv_last:out"]
     assert hi(convs["conv_last.weight"].output[0]) == np.float32(last.hi)
     (tied,) = tied_tensors(onnx.load(str(pre)).graph)  # padded output, its Slice, the tail PixelShuffle
     assert len(tied) == 3 and {hi(t) for t in tied} == {np.float32(last.hi)}
-    assert written == len(set(_tensor_keys(state, pre).values()) | set(tied))
+    assert written == len((set(_tensor_keys(state, pre).values()) | set(tied)) - {head_in})
 
 
 def test_block_outputs_alias_the_next_convolution_input():
