@@ -145,12 +145,14 @@ VALUE_MOVING_OPS = ("Pad", "Reshape", "Transpose", "SpaceToDepth", "DepthToSpace
 AFFINE_OPS = ("Sub", "Add", "Mul", "Div")
 
 
-def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+def _constants(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    """The graph's constant tensors by name (initializers and ``Constant`` nodes), still as protos:
+    only the few an image tensor meets are converted, not every weight."""
+    protos = {t.name: t for t in graph.initializer}
     for node in graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    return values
+            protos[node.output[0]] = node.attribute[0].t
+    return protos
 
 
 def _affine(op: str, lo: float, hi: float, c: np.ndarray, image_first: bool) -> tuple[float, float] | None:
@@ -189,7 +191,7 @@ def image_ranges(graph: onnx.GraphProto) -> dict[str, tuple[float, float]]:
             first = ins[0] in found and ins[1] in consts
             if first or (ins[1] in found and ins[0] in consts):
                 image, const = (ins[0], ins[1]) if first else (ins[1], ins[0])
-                interval = _affine(node.op_type, *found[image], consts[const], first)
+                interval = _affine(node.op_type, *found[image], numpy_helper.to_array(consts[const]), first)
                 if interval is not None:
                     found[node.output[0]] = interval
     return found

@@ -374,13 +374,14 @@ def write_qat_ranges(state: QATState, model: Path, cache: Path) -> int:
             lo, hi = sorted((rng.lo * f, rng.hi * f))
             data[tensor] = TensorData(lowest=np.float32(lo), highest=np.float32(hi))
             written.add(tensor)
-    for group in tied_tensors(onnx.load(str(model), load_external_data=False).graph):
+    graph = onnx.load(str(model), load_external_data=False).graph
+    for group in tied_tensors(graph):
         source = next((t for t in group if t in written), None)
         for name in group if source is not None else ():
             if name in data:
                 data[name] = data[source]
                 written.add(name)
-    pinned = pin_image_inputs(data, onnx.load(str(model), load_external_data=False).graph)  # as calibrate pins it
+    pinned = pin_image_inputs(data, graph)  # as calibrate pins it
     save_tensors_data(data, cache)
     return len(written - pinned)
 

@@ -29,6 +29,7 @@ from compress.core.infer import NonFiniteOutput, TileConfig, Upscaler, auto_tile
 
 FORMATS = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG", "webp": "WEBP"}
 MAX_SIDE = {"PNG": 2**31 - 1, "JPEG": 65_500, "WEBP": 16_383}
+OTHER_COLOUR_SPACES = ("CMYK", "YCbCr", "LAB", "HSV")  # converted to RGB; their ICC profiles do not fit it
 SNIFFED = {b"\x89PNG\r\n\x1a\n": "png", b"\xff\xd8\xff": "jpeg", b"GIF87a": "gif", b"GIF89a": "gif",
            b"BM": "bmp", b"II*\x00": "tiff", b"MM\x00*": "tiff"}
 
@@ -69,13 +70,13 @@ def split(img: Image.Image, label: str) -> Decoded:
         img = img.convert("RGBA" if "transparency" in img.info or mode == "PA" else "RGB")
     elif mode == "1":
         img = img.convert("L")
-    elif mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
+    elif mode in (*OTHER_COLOUR_SPACES, "RGBX"):
         img = img.convert("RGB")
     if img.mode not in ("L", "LA", "RGB", "RGBA"):
         raise InputError(f"{label}: unsupported image mode {mode!r}")
     alpha = img.getchannel("A") if img.mode in ("LA", "RGBA") else None
     gray = img.mode in ("L", "LA")
-    icc = img.info.get("icc_profile") if mode not in ("CMYK", "YCbCr", "LAB", "HSV") else None
+    icc = img.info.get("icc_profile") if mode not in OTHER_COLOUR_SPACES else None
     return Decoded(to_array(img.convert("RGB")), alpha, gray, mode, icc or None)
 
 
