@@ -158,6 +158,8 @@ def _parallel(model: nn.Module, ranks: Ranks, device: str) -> nn.Module:
 def _place(model: nn.Module, teacher: nn.Module | None, device: str, channels_last: bool) -> torch.memory_format:
     """Move the student (training mode) and the teacher (eval) to ``device`` in the training layout."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
+    if device.startswith("cuda"):  # training batches keep one shape: let cuDNN time its convolution kernels once
+        torch.backends.cudnn.benchmark = True
     model.to(device, memory_format=fmt).train()
     if teacher is not None:
         teacher.to(device, memory_format=fmt).eval()

@@ -145,7 +145,8 @@ def start_continuation(model: torch.nn.Module, source: str | Path, val, scale: i
 
 def _summary(record: dict[str, object]) -> dict[str, object]:
     """What one training run adds to a checkpoint's history."""
-    keys = ("recipe_file", "precision", "cpu", "steps_done", "train_seconds", "val_psnr_y_db", "continued_from")
+    keys = ("recipe_file", "device", "gpu", "precision", "cpu", "steps_done", "train_seconds", "val_psnr_y_db",
+            "continued_from")
     out = {k: record[k] for k in keys if k in record}
     if "steps_done" not in out and isinstance(record.get("recipe"), dict):
         out["steps_done"] = record["recipe"].get("train", {}).get("steps")
@@ -210,6 +211,7 @@ def train_model(recipe: TrainRecipe, out: Path, device: str = "cpu", recipe_file
         "training_images": [{"file": str(p), "sha256": sha256_file(p)} for p in files],
         "initialised_tensors": len(copied),
         "device": device,
+        **({"gpu": torch.cuda.get_device_name(device)} if device.startswith("cuda") else {}),
         "precision": log.precision,
         "cpu": host_cpu().describe(),
         "steps_done": log.steps_done,
