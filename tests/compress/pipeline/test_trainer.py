@@ -45,6 +45,8 @@ def test_continue_writes_when_better_and_keeps_history(image_dir, tmp_path):
     assert record["written"] is True and out.is_file()
     assert record["val_psnr_y_db"][-1][1] > record["continued_from"]["val_psnr_y_db"]
     assert [h["steps_done"] for h in record["history"]] == [1, 60]
+    assert [h["device"] for h in record["history"]] == ["cpu", "cpu"]  # each run says where it trained
+    assert "gpu" not in record  # a GPU's name is recorded for CUDA runs only
 
 
 def test_continue_needs_a_matching_architecture(image_dir, tmp_path):
