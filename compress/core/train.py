@@ -111,9 +111,13 @@ def _loss(model: nn.Module, teacher: nn.Module | None, cfg: TrainConfig, lr_t: t
 
 
 def _validate(model: nn.Module, val_pairs: Sequence[ImagePair], scale: int, device: str) -> float:
-    """PSNR-Y of the FP32 model on ``val_pairs`` (validation never runs in bf16)."""
+    """PSNR-Y of the FP32 model on ``val_pairs`` (validation never runs in bf16, nor on CUDA in TF32, so a
+    continuation's final score compares with its start's CPU score)."""
     model.eval()
-    psnr = evaluate(torch_upscaler(model, device), val_pairs, scale).psnr_y_db
+    cudnn = torch.backends.cudnn
+    with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
+                     allow_tf32=False):
+        psnr = evaluate(torch_upscaler(model, device), val_pairs, scale).psnr_y_db
     model.train()
     return psnr
 
@@ -155,11 +159,21 @@ def _parallel(model: nn.Module, ranks: Ranks, device: str) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
 
 
+@contextlib.contextmanager
+def _cudnn_autotune(device: str) -> Iterator[None]:
+    """On CUDA, let cuDNN time its convolution kernels once per shape (training batches keep one shape);
+    the process's own setting comes back afterwards, also after an error."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = before or device.startswith("cuda")
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
 def _place(model: nn.Module, teacher: nn.Module | None, device: str, channels_last: bool) -> torch.memory_format:
     """Move the student (training mode) and the teacher (eval) to ``device`` in the training layout."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    if device.startswith("cuda"):  # training batches keep one shape: let cuDNN time its convolution kernels once
-        torch.backends.cudnn.benchmark = True
     model.to(device, memory_format=fmt).train()
     if teacher is not None:
         teacher.to(device, memory_format=fmt).eval()
@@ -296,8 +310,7 @@ def fit(
             the seconds already spent against ``cfg.max_minutes``.
         params: parameters to optimise (default: all that require grad).
         desc: progress-bar label.
-        channels_last: train in ``torch.channels_last`` (oneDNN's fast layout, in bf16 and FP32); ``False``
-            keeps NCHW, for models with operators slow on that layout.
+        channels_last: train in ``torch.channels_last`` (``False``: NCHW, for operators slow in that layout).
 
     Under torchrun the model trains in DDP (gradients averaged over the ranks; every rank holds the same
     weights after each step, so pruning masks agree); only rank 0 validates and writes the resume file.
@@ -323,22 +336,23 @@ def fit(
     bar = tqdm(range(start, end), desc=desc, initial=start, total=cfg.steps, mininterval=5, disable=None)
     plain = PlainProgress(desc, cfg.steps, start)
     running, done = 0.0, start
-    for step in bar:
-        lr_t, hr_t = _on_device(next(batches), device, fmt)
-        lr_now = lr_at(cfg, step, (time.perf_counter() - t0) / budget_s if budget_s else 0.0)
-        loss = _optimizer_step(net, opt, trainable, teacher, cfg, lr_t, hr_t, bf16, lr_now, features)
-        for hook in step_hooks:
-            hook(step + 1)
-        running = 0.98 * running + 0.02 * loss if step > start else loss
-        last = step + 1 == cfg.steps or _out_of_time(budget_s, t0, ranks)
-        _log_loss(log, bar, plain, step + 1, running, lr_now, last)
-        if val_pairs and ranks.rank == 0 and ((cfg.val_every and (step + 1) % cfg.val_every == 0) or last):
-            _score(log, model, val_pairs, scale, device, step + 1, desc, ema)
-        if resume is not None and ranks.rank == 0 and cfg.ckpt_every and ((step + 1) % cfg.ckpt_every == 0 or last):
-            _save_resume(resume, model, opt, step + 1, time.perf_counter() - t0, ema)
-        done = step + 1
-        if last:
-            break
+    with _cudnn_autotune(device):
+        for step in bar:
+            lr_t, hr_t = _on_device(next(batches), device, fmt)
+            lr_now = lr_at(cfg, step, (time.perf_counter() - t0) / budget_s if budget_s else 0.0)
+            loss = _optimizer_step(net, opt, trainable, teacher, cfg, lr_t, hr_t, bf16, lr_now, features)
+            for hook in step_hooks:
+                hook(step + 1)
+            running = 0.98 * running + 0.02 * loss if step > start else loss
+            last = step + 1 == cfg.steps or _out_of_time(budget_s, t0, ranks)
+            _log_loss(log, bar, plain, step + 1, running, lr_now, last)
+            if val_pairs and ranks.rank == 0 and ((cfg.val_every and (step + 1) % cfg.val_every == 0) or last):
+                _score(log, model, val_pairs, scale, device, step + 1, desc, ema)
+            if resume is not None and ranks.rank == 0 and cfg.ckpt_every and ((step + 1) % cfg.ckpt_every == 0 or last):
+                _save_resume(resume, model, opt, step + 1, time.perf_counter() - t0, ema)
+            done = step + 1
+            if last:
+                break
     if done == start and val_pairs and ranks.rank == 0:  # nothing left to run: score what the resume file holds
         _score(log, model, val_pairs, scale, device, start, desc, ema)
     bar.close()

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from compress.core.data import PatchConfig, list_images, load_pairs, random_patches
-from compress.core.train import LOSSES, PlainProgress, fit
+from compress.core.train import LOSSES, PlainProgress, _cudnn_autotune, fit
 from compress.core.train_config import LOSS_NAMES, TrainConfig
 from tests.conftest import tiny_edsr
 
@@ -206,3 +206,18 @@ def test_plain_progress_prints_at_most_once_per_interval():
         "[prune] step 200/1000: loss 0.0432, lr 2.50e-04, 0.60 s/step, 1.0 min")
     assert progress.line(250, 0.04, 1e-4, now_s=t0 + 100.0) is None
     assert progress.line(300, 0.04, 1e-4, now_s=t0 + 120.0) is not None
+
+
+@pytest.mark.parametrize(("device", "inside"), [("cpu", False), ("cuda", True), ("cuda:1", True)])
+def test_cudnn_autotunes_only_while_training_on_cuda_and_the_setting_comes_back(device, inside):
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        with _cudnn_autotune(device):
+            assert torch.backends.cudnn.benchmark is inside
+        assert torch.backends.cudnn.benchmark is False
+        with pytest.raises(RuntimeError), _cudnn_autotune(device):
+            raise RuntimeError("a failed step")
+        assert torch.backends.cudnn.benchmark is False
+    finally:
+        torch.backends.cudnn.benchmark = before
