@@ -33,6 +33,7 @@ from compress.core.errors import InputError, first_line
 from compress.core.evaluate import evaluate
 from compress.core.files import atomic_path
 from compress.core.infer import torch_upscaler
+from compress.core.prefetch import Prefetcher
 from compress.core.train_config import TrainConfig, lr_at, resolve_precision
 
 StepHook = Callable[[int], None]
@@ -157,6 +158,17 @@ def _parallel(model: nn.Module, ranks: Ranks, device: str) -> nn.Module:
     ids = [torch.device(device).index] if device.startswith("cuda") else None
     # constant buffers only (mean shifts; no batch norm in these SR models): nothing to broadcast per step
     return nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+
+
+@contextlib.contextmanager
+def _prefetched(batches: Iterator[tuple[np.ndarray, np.ndarray]], device: str) -> Iterator[Iterator]:
+    """On CUDA, ``batches`` drawn one step ahead on a thread while the GPU runs (same stream, same order);
+    on the CPU, where sampling and the step would share the same cores, ``batches`` as it is."""
+    if not device.startswith("cuda"):
+        yield batches
+        return
+    with Prefetcher(batches, depth=2) as ahead:
+        yield ahead
 
 
 @contextlib.contextmanager
@@ -317,6 +329,16 @@ def fit(
     """
     ranks = ensure_process_group(device)
     device = rank_device(device)
+    with _prefetched(batches, device) as stream:
+        return _fit(model, stream, cfg, scale, val_pairs, hooks, teacher, device, ranks, resume, params, desc,
+                    channels_last)
+
+
+def _fit(model: nn.Module, batches: Iterator[tuple[np.ndarray, np.ndarray]], cfg: TrainConfig, scale: int,
+         val_pairs: Sequence[ImagePair], hooks: Sequence[StepHook], teacher: nn.Module | None, device: str,
+         ranks: Ranks, resume: Path | None, params: Sequence[torch.nn.Parameter] | None, desc: str,
+         channels_last: bool) -> TrainLog:
+    """:func:`fit` on a device already resolved for this rank."""
     torch.manual_seed(cfg.seed)
     log = TrainLog(precision=resolve_precision(cfg.precision, device))
     bf16 = log.precision == "bf16"

@@ -96,16 +96,24 @@ def _eval_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_overrides(recipe, args: argparse.Namespace):
+    """``recipe`` with the command line's ``--precision``, ``--max-minutes``, ``--lr`` and ``--seed`` (the
+    patch stream's and the optimizer's) in place of its own."""
+    train = {k: v for k, v in (("precision", args.precision), ("max_minutes", args.max_minutes), ("lr", args.lr),
+                               ("seed", args.seed)) if v is not None}
+    if train:
+        recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, **train))
+    if args.seed is not None:
+        recipe = dataclasses.replace(recipe, patch=dataclasses.replace(recipe.patch, seed=args.seed))
+    return recipe
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from compress.core.recipe import load_recipe
     from compress.pipeline.trainer import TrainRecipe, dumps, train_model
 
     overrides = {"scale": args.scale, "data": args.data, "init_from": args.init_from}
-    recipe = load_recipe(TrainRecipe, args.recipe, overrides)
-    if args.precision or args.max_minutes is not None:
-        train = dataclasses.replace(recipe.train, **{k: v for k, v in (("precision", args.precision),
-                                                                       ("max_minutes", args.max_minutes)) if v is not None})
-        recipe = dataclasses.replace(recipe, train=train)
+    recipe = _train_overrides(load_recipe(TrainRecipe, args.recipe, overrides), args)
     record = train_model(recipe, Path(args.out), device=args.device, recipe_file=str(args.recipe),
                          continue_from=args.continue_from)
     print(dumps({k: record[k] for k in ("stage", "precision", "steps_done", "train_seconds", "val_psnr_y_db",
@@ -229,6 +237,9 @@ def _add_tools(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--precision", choices=["auto", "bf16", "fp32"], default=None,
                    help="override the recipe's train.precision (auto: bf16 autocast where the CPU has AMX/AVX512-BF16)")
     s.add_argument("--max-minutes", type=opt.positive_float, default=None, help="override the recipe's wall-time budget")
+    s.add_argument("--lr", type=opt.positive_float, default=None, help="override the recipe's peak learning rate")
+    s.add_argument("--seed", type=opt.int_range("--seed", 0, 2**63 - 1), default=None,
+                   help="override the recipe's seeds (patch sampling and training)")
     s.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     s.set_defaults(func=_cmd_train)
 

@@ -170,3 +170,23 @@ def test_warnings_print_as_one_line_without_a_source_location(tmp_path):
     done = subprocess.run([sys.executable, "-m", "compress", "eval", "--model", "bicubic", "--data", str(tmp_path),
                            "--scale", "2", "--json"], cwd=REPO, env=launch_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stderr == f"warning: {gray}: L image converted to RGB\n"
+
+
+def test_train_overrides_replace_the_recipes_lr_seeds_and_budget(tmp_path, capsys):
+    from compress.core.recipe import load_recipe
+    from compress.pipeline.cli import _train_overrides, build_parser
+    from compress.pipeline.trainer import TrainRecipe
+
+    recipe = load_recipe(TrainRecipe, REPO / "compress/recipes/gpu_continue_edsr_x4.toml", {})
+    args = build_parser().parse_args(["train", "--recipe", "r.toml", "--out", "o.safetensors", "--lr", "5e-5",
+                                      "--seed", "31", "--max-minutes", "2.5"])
+    changed = _train_overrides(recipe, args)
+    assert (changed.train.lr, changed.train.seed, changed.patch.seed, changed.train.max_minutes) == (5e-5, 31, 31, 2.5)
+    assert changed.train.lr_schedule == recipe.train.lr_schedule and changed.patch.lr_patch == recipe.patch.lr_patch
+    same = build_parser().parse_args(["train", "--recipe", "r.toml", "--out", "o.safetensors"])
+    assert _train_overrides(recipe, same) == recipe
+    for bad, message in ((["--lr", "0"], "--lr"), (["--seed", "-1"], "--seed must be 0..")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["train", "--recipe", "r.toml", "--out", str(tmp_path / "o.safetensors"), *bad])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and message in err and err.count("\n") == 1
