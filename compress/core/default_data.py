@@ -139,9 +139,10 @@ def training_images(data: str) -> list[Path]:
     return list_images(data)
 
 
-def training_pairs(data: str, scale: int, max_side: int = 0) -> list:
+def training_pairs(data: str, scale: int, max_side: int = 0, wallpaper_max_side: int = WALLPAPER_MAX_SIDE) -> list:
     """(HR, LR) pairs of :func:`training_images` in 8 bits (uint8), each image shrunk to ``max_side``
-    first (0: never); the wallpapers of the default data are shrunk to ``WALLPAPER_MAX_SIDE`` in any case.
+    first (0: never); the wallpapers of the default data are shrunk to ``wallpaper_max_side`` (default
+    ``WALLPAPER_MAX_SIDE``) in any case.
 
     The one loader of training data, used by ``train``, pruning fine-tuning, QAT and tfmot. A folder
     of the user's (``DATA=``) is taken as it is unless ``max_side`` says otherwise.
@@ -150,6 +151,6 @@ def training_pairs(data: str, scale: int, max_side: int = 0) -> list:
 
     if data != "default":
         return load_pairs(training_images(data), scale, max_side or None, u8=True)
-    walls = min(max_side or WALLPAPER_MAX_SIDE, WALLPAPER_MAX_SIDE)
+    walls = min(max_side or wallpaper_max_side, wallpaper_max_side)
     return (load_pairs(split_paths("train"), scale, max_side or None, u8=True)
             + load_pairs(wallpaper_paths(), scale, walls, u8=True))

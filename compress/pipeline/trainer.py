@@ -16,7 +16,7 @@ from compress.core.evaluate import evaluate
 from compress.core.infer import torch_upscaler
 from compress.core.archs import ARCHITECTURES, architecture
 from compress.core.data import PatchConfig, list_images, load_pairs, random_patches
-from compress.core.default_data import training_images, training_pairs, validation_paths
+from compress.core.default_data import WALLPAPER_MAX_SIDE, training_images, training_pairs, validation_paths
 from compress.core.errors import InputError, first_line
 from compress.core.files import read_json_object, read_sidecar, sha256_file, sidecar_path, write_json_atomic, write_sidecar
 from compress.core.recipe import shown, to_dict
@@ -38,7 +38,9 @@ class TrainRecipe:
         num_feat / num_block / num_grow_ch / res_scale: architecture size (canonical BasicSR names).
         data: ``default`` (packaged photographs plus Debian's wallpapers when installed) or a folder.
         max_side: shrink training images so their longer side is at most this (0: never; the default
-            data's wallpapers are shrunk to ``WALLPAPER_MAX_SIDE`` in any case).
+            data's wallpapers are shrunk to ``wallpaper_max_side`` in any case).
+        wallpaper_max_side: the longest side the default data's Debian wallpapers are shrunk to (their
+            JPEG noise must shrink below a pixel; 1200 by default, ``WALLPAPER_MAX_SIDE``).
         val_data: folder of validation images, which choose checkpoints (default: the packaged images in
             no benchmark and never trained on, when ``data`` is ``default``, else none).
         init_from: checkpoint whose matching tensors initialise the model (e.g. x2 body for x3/x4).
@@ -54,6 +56,7 @@ class TrainRecipe:
     res_scale: float = 1.0
     data: str = "default"
     max_side: int = 0
+    wallpaper_max_side: int = WALLPAPER_MAX_SIDE
     val_data: str = ""
     init_from: str = ""
     patch: PatchConfig = PatchConfig()
@@ -71,6 +74,8 @@ class TrainRecipe:
             raise ValueError("data must be 'default' or a folder, got ''")
         if self.max_side < 0:
             raise ValueError(f"max_side must be >= 0, got {self.max_side}")
+        if not 64 <= self.wallpaper_max_side <= 8192:
+            raise ValueError(f"wallpaper_max_side must be 64..8192, got {self.wallpaper_max_side}")
         self._check_hyperparameters()
         self.model_config()  # the architecture's own checks of scale and widths, before any image is read
 
@@ -184,7 +189,7 @@ def train_model(recipe: TrainRecipe, out: Path, device: str = "cpu", recipe_file
     is false in the returned record), so repeated runs can only improve a shipped model.
     """
     files = training_images(recipe.data)
-    pairs = training_pairs(recipe.data, recipe.scale, recipe.max_side)
+    pairs = training_pairs(recipe.data, recipe.scale, recipe.max_side, recipe.wallpaper_max_side)
     val_files = validation_images(recipe.data, recipe.val_data)
     val = load_pairs(val_files, recipe.scale)
     model = build_model(recipe.model_config())

@@ -197,3 +197,15 @@ def test_an_unidentified_upload_is_named_without_python_internals(tmp_path):
 
     with pytest.raises(InputError, match=r"^upload: not a readable image \(unknown or damaged format\)$"):
         open_image(io.BytesIO(b"\x89PNG\r\n\x1a\n"))
+
+
+def test_default_training_pairs_shrink_the_wallpapers_to_the_recipes_side(tmp_path, monkeypatch):
+    from compress.core import default_data
+
+    wall = write_image(tmp_path / "wall.jpg", (2000, 100))
+    monkeypatch.setattr(default_data, "wallpaper_paths", lambda: [wall])
+    monkeypatch.setattr(default_data, "split_paths", lambda split: [])
+    assert default_data.training_pairs("default", 2)[0].hr.shape == (60, 1200, 3)  # WALLPAPER_MAX_SIDE
+    assert default_data.training_pairs("default", 2, wallpaper_max_side=1800)[0].hr.shape == (90, 1800, 3)
+    # a smaller max_side still wins for every image
+    assert default_data.training_pairs("default", 2, 500, wallpaper_max_side=1800)[0].hr.shape == (24, 500, 3)

@@ -68,6 +68,7 @@ def test_bad_toml_names_the_file(tmp_path):
     ("arch = \"rrdb\"\nscale = 4\nnum_grow_ch = 0\n", r"RRDBConfig: .*num_grow_ch=0 invalid"),
     ("scale = 5\n", r"EDSRConfig\.scale must be 2, 3 or 4"),
     ("max_side = -1\n", r"max_side must be >= 0"),
+    ("wallpaper_max_side = 0\n", r"wallpaper_max_side must be 64\.\.8192, got 0"),
     ("data = \"\"\n", r"data must be 'default' or a folder"),
     # floats past 2**53 are no integers: their range was checked before the conversion
     ("[train]\nseed = 1e300\n", r"train\.seed: expected an integer, got 1e\+300"),
