@@ -10,8 +10,9 @@ Training adds the photographs among Debian's wallpaper packages (:data:`WALLPAPE
 ``lomiri-wallpapers-16.04`` and 2 of ``lomiri-wallpapers-20.04`` (CC0 / CC-BY / CC-BY-SA), 12 of
 ``mate-backgrounds`` and 10 of ``plasma-workspace-wallpapers`` (GPL-2+); the renders and drawings
 in those packages and all of ``ukui-wallpapers`` are left out), shrunk to at most
-``WALLPAPER_MAX_SIDE`` pixels first since they are JPEGs whose finest detail is compression noise
-(the user's own training folders are not shrunk unless a recipe's ``max_side`` asks).
+``WALLPAPER_MAX_SIDE`` pixels first (a recipe's ``wallpaper_max_side`` may allow more) since they are
+JPEGs whose finest detail is compression noise (the user's own training folders are not shrunk unless a
+recipe's ``max_side`` asks).
 ``make train`` installs the packages; missing ones are skipped.
 """
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import warnings
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
@@ -28,7 +29,8 @@ class Prefetcher(Generic[T]):
 
     An error raised by ``source`` is raised again by ``next`` at the position where it happened.
     Call :meth:`close` (or use as a context manager) to stop the thread; ``source`` must not be
-    used directly while the prefetcher is open.
+    used directly while the prefetcher is open, and after it closes ``source`` has moved past what
+    was consumed: up to ``depth + 1`` items were drawn ahead and are dropped.
 
     Args:
         source: any iterator (an endless batch stream, typically).
@@ -84,6 +86,9 @@ class Prefetcher(Generic[T]):
         self._stop.set()
         self._finished = True
         self._thread.join(timeout=5.0)
+        if self._thread.is_alive():  # still inside ``next(source)``: it stops at its next put
+            warnings.warn("Prefetcher.close: the source is still drawing an item; do not reuse it yet",
+                          RuntimeWarning, stacklevel=2)
 
     def __enter__(self) -> Prefetcher[T]:
         return self

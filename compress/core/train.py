@@ -162,8 +162,10 @@ def _parallel(model: nn.Module, ranks: Ranks, device: str) -> nn.Module:
 
 @contextlib.contextmanager
 def _prefetched(batches: Iterator[tuple[np.ndarray, np.ndarray]], device: str) -> Iterator[Iterator]:
-    """On CUDA, ``batches`` drawn one step ahead on a thread while the GPU runs (same stream, same order);
-    on the CPU, where sampling and the step would share the same cores, ``batches`` as it is."""
+    """On CUDA, ``batches`` drawn up to three batches ahead on a thread while the GPU runs (same stream,
+    same order; the batches drawn ahead when training ends are dropped, so a caller that trains again
+    on the same iterator continues past them); on the CPU, where sampling and the step would share the
+    same cores, ``batches`` as it is."""
     if not device.startswith("cuda"):
         yield batches
         return

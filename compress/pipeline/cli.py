@@ -13,6 +13,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from compress.core.distributed import is_writer, rank0_value, ranks, release_process_group
 from compress.core.errors import InputError, error_line
@@ -21,6 +22,9 @@ from compress.core import options as opt
 from compress.pipeline.deploy_cli import add_deploy
 from compress.pipeline.contract import STAGES, inputs
 from compress.pipeline.defaults import SHIPPED_ARCHS
+
+if TYPE_CHECKING:
+    from compress.pipeline.trainer import TrainRecipe
 
 TIMED_STAGES = ("model", "prune", "quantize", "export", "bench")  # wall times go to <run>/stage_seconds.json
 STAGE_NAMES = tuple(st.name for st in STAGES)
@@ -96,7 +100,7 @@ def _eval_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_overrides(recipe, args: argparse.Namespace):
+def _train_overrides(recipe: TrainRecipe, args: argparse.Namespace) -> TrainRecipe:
     """``recipe`` with the command line's ``--precision``, ``--max-minutes``, ``--lr`` and ``--seed`` (the
     patch stream's and the optimizer's) in place of its own."""
     train = {k: v for k, v in (("precision", args.precision), ("max_minutes", args.max_minutes), ("lr", args.lr),

@@ -221,3 +221,31 @@ def test_cudnn_autotunes_only_while_training_on_cuda_and_the_setting_comes_back(
         assert torch.backends.cudnn.benchmark is False
     finally:
         torch.backends.cudnn.benchmark = before
+
+
+def test_prefetched_batches_train_exactly_as_the_plain_stream(image_dir, monkeypatch):
+    """The CUDA path's prefetching thread, forced on the CPU: same batches, same order, same weights,
+    also through a resume's skipped batches."""
+    from contextlib import contextmanager
+
+    from compress.core import train
+    from compress.core.prefetch import Prefetcher
+
+    pairs = load_pairs(list_images(image_dir), 2)
+    cfg = TrainConfig(steps=4, lr=1e-3)
+    plain = tiny_edsr(2)
+    fit(plain, random_patches(pairs, 2, PatchConfig(lr_patch=8, batch_size=2, seed=4)), cfg, 2)
+    used = []
+
+    @contextmanager
+    def always(batches, device):
+        with Prefetcher(batches, depth=2) as ahead:
+            used.append(ahead)
+            yield ahead
+
+    monkeypatch.setattr(train, "_prefetched", always)
+    fetched = tiny_edsr(2)
+    fit(fetched, random_patches(pairs, 2, PatchConfig(lr_patch=8, batch_size=2, seed=4)), cfg, 2)
+    assert len(used) == 1
+    for a, b in zip(plain.state_dict().values(), fetched.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
