@@ -50,7 +50,7 @@ model: venv
 # Trains the default models per compress/recipes/ (EDSR x3 and x4 start from the x2 weights, as EDSR
 # does; the compact RRDB x4 trains from scratch). ARCH=rrdb SCALE=4 runs the pipeline on the RRDB default.
 # Debian's wallpaper photographs (compress/core/default_data.py WALLPAPERS) join the training data.
-WALLPAPER_PKGS := lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 mate-backgrounds plasma-workspace-wallpapers
+WALLPAPER_PKGS := lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 mate-backgrounds plasma-workspace-wallpapers lxqt-themes
 train-data:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  dpkg -s $(WALLPAPER_PKGS) >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(WALLPAPER_PKGS); } \

@@ -8,11 +8,11 @@ per image; DEFAULT_DATA.md in ``artifacts/default`` repeats them.
 
 Training adds the photographs among Debian's wallpaper packages (:data:`WALLPAPERS`: 15 of
 ``lomiri-wallpapers-16.04`` and 2 of ``lomiri-wallpapers-20.04`` (CC0 / CC-BY / CC-BY-SA), 12 of
-``mate-backgrounds`` and 10 of ``plasma-workspace-wallpapers`` (GPL-2+); the renders and drawings
-in those packages and all of ``ukui-wallpapers`` are left out), shrunk to at most
-``WALLPAPER_MAX_SIDE`` pixels first (a recipe's ``wallpaper_max_side`` may allow more) since they are
-JPEGs whose finest detail is compression noise (the user's own training folders are not shrunk unless a
-recipe's ``max_side`` asks).
+``mate-backgrounds`` and 10 of ``plasma-workspace-wallpapers`` (GPL-2+), 10 of ``lxqt-themes``
+(CC-BY-SA-3.0); the renders and drawings in those packages and all of ``ukui-wallpapers`` are left
+out), shrunk to at most ``WALLPAPER_MAX_SIDE`` pixels first (a recipe's ``wallpaper_max_side`` may
+allow more) since most are JPEGs whose finest detail is compression noise (the user's own training
+folders are not shrunk unless a recipe's ``max_side`` asks).
 ``make train`` installs the packages; missing ones are skipped.
 """
 
@@ -26,6 +26,7 @@ from compress.core.errors import InputError
 
 BACKGROUNDS_DIR = "/usr/share/backgrounds"
 PLASMA_DIR = "/usr/share/wallpapers"
+LXQT_DIR = "/usr/share/lxqt/wallpapers"
 WALLPAPER_MAX_SIDE = 1200
 SPLITS = ("train", "calibration", "evaluation")
 
@@ -108,7 +109,12 @@ def _plasma(*names: str) -> tuple[Wallpaper, ...]:
                  for n in names)
 
 
-#: Photographs only (checked by eye); licences from each package's ``copyright`` file.
+def _lxqt(*names: str) -> tuple[Wallpaper, ...]:
+    return tuple(Wallpaper("lxqt-themes", f"{LXQT_DIR}/{n}", "CC-BY-SA-3.0") for n in names)
+
+
+#: Photographs only (checked by eye); licences from each package's ``copyright`` file (LXQt's from the
+#: ``License`` file beside its wallpapers).
 WALLPAPERS: tuple[Wallpaper, ...] = (
     *_lomiri("16.04", "CC-BY-4.0", "aitzgorri_by_Aitzol_Berasategi", "friends_by_Aitzol_Berasategi",
              "life_by_Aitzol_Berasategi", "picosdeeuropa_by_Aitzol_Berasategi", "sunset_by_Aitzol_Berasategi",
@@ -121,6 +127,8 @@ WALLPAPERS: tuple[Wallpaper, ...] = (
            "TwoWings", "Wood", "YellowFlower"),
     *_plasma("BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow", "FallenLeaf", "Grey",
              "OneStandsOut", "Path", "summer_1am"),
+    *_lxqt("after-the-rain.jpg", "appleflower.png", "beam.png", "butterfly.png", "cloud.png", "drop.png",
+           "flowers.png", "fog.jpg", "this-is-not-windows.jpg", "Valendas.png"),
 )
 WALLPAPER_PACKAGES = tuple(sorted({w.package for w in WALLPAPERS}))
 
