@@ -84,6 +84,19 @@ def validation_paths() -> list[Path]:
             if img.split == "calibration" or (img.split == "evaluation" and not img.benchmark)]
 
 
+#: Names ``eval --data`` takes instead of a folder: the embedded evaluation split (chelsea, barbara,
+#: monarch, kodim23) and the images that choose checkpoints (:func:`validation_paths`).
+NAMED_SETS = ("embedded", "validation")
+
+
+def named_set(name: str) -> list[Path] | None:
+    """The files of the named image set ``name`` (one of :data:`NAMED_SETS`), or None for any other
+    string, which callers then read as a folder (``./embedded`` for a folder of that name)."""
+    if name == "embedded":
+        return split_paths("evaluation")
+    return validation_paths() if name == "validation" else None
+
+
 @dataclasses.dataclass(frozen=True)
 class Wallpaper:
     """A photograph shipped by a Debian wallpaper package, by its installed path."""

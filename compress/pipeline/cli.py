@@ -49,7 +49,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from compress.core.data import list_images, load_pairs
+    from compress.core.data import load_pairs
     from compress.core.evaluate import bicubic_upscaler, evaluate
     from compress.core.infer import TileConfig
     from export.runtimes import open_artifact
@@ -58,7 +58,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         return _eval_run(args)
     if not args.model or not args.scale:
         raise InputError("eval needs --model and --scale (or --run)")
-    pairs = load_pairs(list_images(args.data), args.scale)
+    pairs = load_pairs(_eval_images(args.data), args.scale)
     if args.model == "bicubic":
         fn, label = bicubic_upscaler(args.scale), "bicubic"
     else:
@@ -76,17 +76,24 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_images(data: str) -> list[Path]:
+    from compress.core.data import list_images
+    from compress.core.default_data import named_set
+
+    return named_set(data) or list_images(data)
+
+
 def _eval_run(args: argparse.Namespace) -> int:
     """PSNR-Y of every artifact of a run on ``--data``, and dB lost against the run's FP32 model."""
     from compress.pipeline.bench_stage import discover
-    from compress.core.data import list_images, load_pairs
+    from compress.core.data import load_pairs
     from compress.core.evaluate import evaluate
     from compress.pipeline.contract import baseline
     from export.runtimes import open_artifact
 
     run = Path(args.run)
     _, loaded = baseline(run)
-    pairs = load_pairs(list_images(args.data), loaded.scale)
+    pairs = load_pairs(_eval_images(args.data), loaded.scale)
     rows, ref = [], None
     for artifact, rt in discover(run):  # the baseline checkpoint comes first: it is the reference
         psnr = evaluate(open_artifact(artifact, rt, args.threads, loaded.scale).run, pairs, loaded.scale).psnr_y_db
@@ -222,7 +229,8 @@ def _add_tools(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("eval", help="PSNR-Y / SSIM-Y of a checkpoint, ONNX/TFLite artifact or bicubic")
     s.add_argument("--model", help="checkpoint, .onnx, .tflite, or 'bicubic'")
     s.add_argument("--run", type=opt.folder, help="instead of --model: every artifact of this run folder, with dB lost against its FP32 model")
-    s.add_argument("--data", required=True, help="folder of HR images")
+    s.add_argument("--data", required=True, help="folder of HR images, or 'embedded' (the embedded evaluation "
+                   "split) or 'validation' (the images that choose checkpoints)")
     s.add_argument("--scale", type=opt.scale, help="required with --model")
     s.add_argument("--tile", type=opt.tile, default=0,
                    help="LR tile size for tiled inference (0: whole image, tiled automatically when large)")

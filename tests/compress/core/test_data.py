@@ -4,7 +4,8 @@ import pytest
 from compress.core.data import (
     ImageNotice, ImagePair, PatchConfig, list_images, load_pair, load_pairs, load_rgb, random_patches,
 )
-from compress.core.default_data import IMAGES, WALLPAPER_PACKAGES, WALLPAPERS, split_paths, validation_paths
+from compress.core.default_data import (IMAGES, WALLPAPER_PACKAGES, WALLPAPERS, named_set, split_paths,
+                                        validation_paths)
 from compress.core.errors import InputError
 from tests.conftest import write_image
 
@@ -91,6 +92,12 @@ def test_checkpoints_are_chosen_on_images_outside_set5_set14_and_training():
     assert names == {"astronaut.png", "grace_hopper.jpg", "chelsea.png", "kodim23.png"}
     assert {img.benchmark for img in IMAGES if img.relpath.endswith(("barbara.png", "monarch.png"))} == {"Set14"}
     assert not names & {p.name for p in split_paths("train")}
+
+
+def test_named_sets_are_the_evaluation_split_and_the_validation_images():
+    assert [p.name for p in named_set("embedded")] == ["chelsea.png", "barbara.png", "monarch.png", "kodim23.png"]
+    assert named_set("validation") == validation_paths()
+    assert named_set("./embedded") is None and named_set("Set5") is None  # anything else is a folder
 
 
 def test_make_installs_every_wallpaper_package_and_names_are_unique():

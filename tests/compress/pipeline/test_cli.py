@@ -51,6 +51,17 @@ def test_eval_bicubic_and_model_json(image_dir, tmp_path, capsys):
     assert {"psnr_y_db", "ssim_y", "name"} <= set(result["images"][0])
 
 
+def test_eval_named_set_golden_bicubic_and_a_folder_of_that_name(tmp_path, capsys, monkeypatch):
+    code, out, _ = _run(capsys, "eval", "--model", "bicubic", "--data", "embedded", "--scale", "4", "--json")
+    result = json.loads(out)
+    assert code == 0 and [i["name"] for i in result["images"]] == ["chelsea", "barbara", "monarch", "kodim23"]
+    assert abs(result["psnr_y_db"] - 28.748) < 0.001  # the bicubic row of artifacts/default/MODELS.md (28.75)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "embedded").mkdir()
+    code, _, err = _run(capsys, "eval", "--model", "bicubic", "--data", "./embedded", "--scale", "4")
+    assert code == 2 and "no images" in err  # ./embedded is the folder, not the named set
+
+
 def test_eval_empty_folder(tmp_path, capsys):
     code, _, err = _run(capsys, "eval", "--model", "bicubic", "--data", str(tmp_path), "--scale", "2")
     assert code == 2 and "no images" in err
