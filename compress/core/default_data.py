@@ -92,9 +92,9 @@ NAMED_SETS = ("embedded", "validation")
 def named_set(name: str) -> list[Path] | None:
     """The files of the named image set ``name`` (one of :data:`NAMED_SETS`), or None for any other
     string, which callers then read as a folder (``./embedded`` for a folder of that name)."""
-    if name == "embedded":
-        return split_paths("evaluation")
-    return validation_paths() if name == "validation" else None
+    if name not in NAMED_SETS:
+        return None
+    return split_paths("evaluation") if name == "embedded" else validation_paths()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -162,10 +162,10 @@ def _parallel(model: nn.Module, ranks: Ranks, device: str) -> nn.Module:
 
 @contextlib.contextmanager
 def _prefetched(batches: Iterator[tuple[np.ndarray, np.ndarray]], device: str) -> Iterator[Iterator]:
-    """On CUDA, ``batches`` drawn up to three batches ahead on a thread while the GPU runs (same stream,
-    same order; the batches drawn ahead when training ends are dropped, so a caller that trains again
-    on the same iterator continues past them); on the CPU, where sampling and the step would share the
-    same cores, ``batches`` as it is."""
+    """On CUDA, ``batches`` drawn ahead on a thread while the GPU runs (same stream, same order; when
+    training ends exactly three batches drawn ahead are dropped, so a caller that trains again on the
+    same iterator continues three batches further on, in every run alike); on the CPU, where sampling
+    and the step would share the same cores, ``batches`` as it is."""
     if not device.startswith("cuda"):
         yield batches
         return
@@ -311,7 +311,7 @@ def fit(
 
     Args:
         model: canonical model (RGB in [0, 1] to RGB in [0, 1]).
-        batches: endless iterator of patch batches.
+        batches: endless iterator of patch batches (on CUDA three more are drawn than trained on).
         cfg: optimisation settings (``cfg.precision``: bf16 autocast or FP32, :func:`resolve_precision`).
         scale: SR factor, for validation.
         val_pairs: validation images; PSNR-Y is logged every ``cfg.val_every`` steps and at the end.

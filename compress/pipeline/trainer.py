@@ -208,7 +208,8 @@ def train_model(recipe: TrainRecipe, out: Path, device: str = "cpu", recipe_file
     if not is_writer():  # under torchrun rank 0 alone validates, decides and writes
         return {"stage": "train", "written": False, "rank": ranks().rank, "steps_done": log.steps_done}
     if not all(torch.isfinite(p).all() for p in model.parameters()):
-        raise InputError(f"training diverged: NaN weights; lower train.lr in {recipe_file or 'the recipe'}")
+        raise InputError(f"training diverged: NaN weights; lower train.lr in {recipe_file or 'the recipe'} "
+                         "(or give a lower --lr)")
     record: dict[str, object] = {
         "stage": "train",
         "recipe_file": recipe_file,

@@ -49,9 +49,41 @@ def test_close_stops_the_thread_of_an_endless_source():
     assert next(ahead) == 0
     ahead.close()
     assert not any(t.name == "batch-prefetch" and t.is_alive() for t in threading.enumerate())
-    assert next(drawn) <= 6  # at most the queue's depth plus one in hand were drawn ahead
+    assert next(drawn) == 5  # exactly the queue's depth plus one in hand were drawn ahead
     with pytest.raises(StopIteration):
         next(ahead)
+
+
+@pytest.mark.parametrize("consumed", [0, 1, 4])
+def test_the_source_stands_depth_plus_one_past_the_consumer_whatever_the_timing(consumed):
+    for _ in range(5):  # the thread may have drawn nothing, a few or all ahead when close comes
+        drawn = itertools.count()
+        with Prefetcher(drawn, depth=2) as ahead:
+            assert list(itertools.islice(ahead, consumed)) == list(range(consumed))
+        assert next(drawn) == consumed + 3
+    ended = iter(range(2))
+    with Prefetcher(ended, depth=2) as ahead:
+        assert next(ahead) == 0
+    assert next(ended, "end") == "end"  # a finite source is drawn no further than its end
+
+
+def test_close_from_another_thread_ends_a_waiting_next():
+    gate = threading.Event()
+
+    def slow():
+        yield 1
+        gate.wait(30)  # item 2 comes only once the test opens the gate
+        yield 2
+
+    ahead = Prefetcher(slow())
+    assert next(ahead) == 1
+    closer = threading.Timer(0.2, ahead.close)
+    closer.start()
+    with pytest.raises(StopIteration):
+        next(ahead)  # waits for item 2 until the close ends the wait
+    gate.set()
+    closer.join(10)
+    assert not closer.is_alive()
 
 
 def test_depth_is_checked():

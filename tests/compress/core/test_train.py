@@ -223,7 +223,7 @@ def test_cudnn_autotunes_only_while_training_on_cuda_and_the_setting_comes_back(
         torch.backends.cudnn.benchmark = before
 
 
-def test_prefetched_batches_train_exactly_as_the_plain_stream(image_dir, monkeypatch):
+def test_prefetched_batches_train_exactly_as_the_plain_stream(image_dir, monkeypatch, tmp_path):
     """The CUDA path's prefetching thread, forced on the CPU: same batches, same order, same weights,
     also through a resume's skipped batches."""
     from contextlib import contextmanager
@@ -247,5 +247,19 @@ def test_prefetched_batches_train_exactly_as_the_plain_stream(image_dir, monkeyp
     fetched = tiny_edsr(2)
     fit(fetched, random_patches(pairs, 2, PatchConfig(lr_patch=8, batch_size=2, seed=4)), cfg, 2)
     assert len(used) == 1
-    for a, b in zip(plain.state_dict().values(), fetched.state_dict().values(), strict=True):
+
+    def crash(step):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    resume, cut = tmp_path / "r.pt", dataclasses.replace(cfg, ckpt_every=2)
+    with pytest.raises(KeyboardInterrupt):  # stopped after step 2's resume file, then resumed
+        fit(tiny_edsr(2), random_patches(pairs, 2, PatchConfig(lr_patch=8, batch_size=2, seed=4)), cut, 2,
+            resume=resume, hooks=[crash])
+    resumed = tiny_edsr(2)
+    fit(resumed, random_patches(pairs, 2, PatchConfig(lr_patch=8, batch_size=2, seed=4)), cut, 2, resume=resume)
+    assert len(used) == 3
+    for a, b, c in zip(plain.state_dict().values(), fetched.state_dict().values(), resumed.state_dict().values(),
+                       strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.testing.assert_close(a, c, rtol=0, atol=0)
