@@ -145,7 +145,18 @@ def start_continuation(model: torch.nn.Module, source: str | Path, val, scale: i
     history = previous.get("history") or ([_summary(previous)] if previous else [])
     if not (isinstance(history, list) and all(isinstance(run, dict) for run in history)):
         raise InputError(f"{sidecar_path(source)}: history is not a list of training runs")
-    return Continuation(source, psnr, tuple(history))
+    return Continuation(source, psnr, tuple(_keep_carried(history, previous.get("training_images"))))
+
+
+def _keep_carried(history: list[dict], images: object) -> list[dict]:
+    """``history`` with the ``carried_as`` notes of the last run's training images (added to a sidecar by
+    hand where an image reached the training machine in another form) kept in that run's entry, since the
+    next run's sidecar lists only its own images."""
+    carried = {img["file"]: img["carried_as"] for img in images if isinstance(img, dict) and "carried_as" in img
+               and "file" in img} if isinstance(images, list) else {}
+    if not carried or not history:
+        return history
+    return [*history[:-1], {**history[-1], "carried_as": {**history[-1].get("carried_as", {}), **carried}}]
 
 
 def _summary(record: dict[str, object]) -> dict[str, object]:

@@ -9,7 +9,7 @@ from compress.core.archs import EDSRConfig
 from compress.core.checkpoint import build_model, load_checkpoint, save_checkpoint
 from compress.core.data import PatchConfig
 from compress.core.errors import InputError
-from compress.core.files import sha256_file, write_sidecar
+from compress.core.files import read_sidecar, sha256_file, write_sidecar
 from compress.core.train_config import TrainConfig
 from compress.pipeline.trainer import TrainRecipe, claim_resume, train_model
 from tests.conftest import tiny_edsr
@@ -39,12 +39,18 @@ def test_continue_refuses_to_overwrite_better_weights(image_dir, tmp_path):
 
 def test_continue_writes_when_better_and_keeps_history(image_dir, tmp_path):
     start = _trained_start(image_dir, tmp_path, steps=1)
+    sidecar = read_sidecar(start)  # one image reached the training machine in another form, noted by hand
+    sidecar["training_images"][0]["carried_as"] = "a PNG of it, shrunk"
+    write_sidecar(start, sidecar)
     out = tmp_path / "more.safetensors"
     longer = dataclasses.replace(_recipe(image_dir, 1e-3), train=TrainConfig(steps=60, lr=1e-3, precision="fp32"))
     record = train_model(longer, out, continue_from=start)
     assert record["written"] is True and out.is_file()
     assert record["val_psnr_y_db"][-1][1] > record["continued_from"]["val_psnr_y_db"]
     assert [h["steps_done"] for h in record["history"]] == [1, 60]
+    first_image = sidecar["training_images"][0]["file"]
+    assert record["history"][0]["carried_as"] == {first_image: "a PNG of it, shrunk"}  # kept with its run
+    assert "carried_as" not in record["history"][1] and "carried_as" not in str(record["training_images"])
     assert [h["device"] for h in record["history"]] == ["cpu", "cpu"]  # each run says where it trained
     assert "gpu" not in record  # a GPU's name is recorded for CUDA runs only
 
