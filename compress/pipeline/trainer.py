@@ -152,11 +152,12 @@ def _keep_carried(history: list[dict], images: object) -> list[dict]:
     """``history`` with the ``carried_as`` notes of the last run's training images (added to a sidecar by
     hand where an image reached the training machine in another form) kept in that run's entry, since the
     next run's sidecar lists only its own images."""
-    carried = {img["file"]: img["carried_as"] for img in images if isinstance(img, dict) and "carried_as" in img
-               and "file" in img} if isinstance(images, list) else {}
+    carried = {str(img["file"]): img["carried_as"] for img in images if isinstance(img, dict)
+               and "carried_as" in img and "file" in img} if isinstance(images, list) else {}
     if not carried or not history:
         return history
-    return [*history[:-1], {**history[-1], "carried_as": {**history[-1].get("carried_as", {}), **carried}}]
+    before = history[-1].get("carried_as")
+    return [*history[:-1], {**history[-1], "carried_as": {**(before if isinstance(before, dict) else {}), **carried}}]
 
 
 def _summary(record: dict[str, object]) -> dict[str, object]:
