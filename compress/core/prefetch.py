@@ -81,8 +81,8 @@ class Prefetcher(Generic[T]):
             try:
                 item = self._queue.get(timeout=0.1)
                 break
-            except queue.Empty:
-                self._finished = self._stop.is_set()
+            except queue.Empty:  # close sets _finished
+                continue
         if self._finished:
             raise StopIteration
         if item is _DONE:

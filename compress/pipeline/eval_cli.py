@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from compress.core import options as opt
-from compress.core.default_data import NAMED_SETS
+from compress.core.default_data import NAMED_SETS, named_set
 from compress.core.errors import InputError
 
 
@@ -61,7 +61,6 @@ def _eval_images(data: str) -> list[Path]:
     """The images of the named set ``data`` (:data:`~compress.core.default_data.NAMED_SETS`), else of
     the folder ``data``."""
     from compress.core.data import list_images
-    from compress.core.default_data import named_set
 
     named = named_set(data)
     return named if named is not None else list_images(data)
