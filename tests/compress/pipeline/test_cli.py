@@ -104,6 +104,22 @@ def test_model_then_export_stage(tmp_path, capsys, image_dir):
     assert len(rows) == 7 + ir  # PyTorch, ONNX (output conv rewritten, and plain), [OpenVINO IR], four TFLite
 
 
+def test_eval_run_reads_a_named_set(tmp_path, capsys, image_dir):
+    """``eval --run --data validation`` scores the run's artifacts on the named set, as ``--model`` does."""
+    model = tiny_edsr(4)
+    ckpt = save_checkpoint(model, model.cfg, tmp_path / "m.safetensors")
+    run = tmp_path / "run"
+    code, _, err = _run(capsys, "model", "--model", str(ckpt), "--run", str(run), "--eval", str(image_dir))
+    assert code == 0, err
+    code, out, err = _run(capsys, "eval", "--run", str(run), "--data", "validation", "--json")
+    assert code == 0, err
+    rows = json.loads(out)["rows"]
+    code, out, err = _run(capsys, "eval", "--model", str(ckpt), "--data", "validation", "--scale", "4", "--json")
+    assert code == 0, err
+    assert [r["artifact"] for r in rows] == ["00-model/model.safetensors"]
+    assert rows[0]["psnr_y_db"] == round(json.loads(out)["psnr_y_db"], 4)
+
+
 def test_eval_needs_model_or_run(tmp_path, capsys):
     code, _, err = _run(capsys, "eval", "--data", str(tmp_path))
     assert code == 2 and "needs --model and --scale" in err
