@@ -6,14 +6,16 @@ PY_BOOT ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 MODEL ?=
-SCALE ?= 2
 ARCH ?= edsr
+SCALE ?= $(if $(filter rrdb,$(ARCH)),4,2)
 DATA ?=
 EVAL ?=
 RUN ?= artifacts/run-$(if $(filter rrdb,$(ARCH)),rrdb-,)x$(SCALE)
 TRAIN_OUT ?= artifacts/train
 DEVICE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo cuda || echo cpu)
 TORCH_INDEX ?=
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_WHEELS ?= /opt/wheels
 PRUNE_RECIPES ?= $(if $(filter 1,$(QUICK)),pruning/recipes/quick.toml,pruning/recipes/channel$(if $(filter rrdb,$(ARCH)),_rrdb,).toml pruning/recipes/unstructured.toml)
 QUANT_RECIPE ?= $(if $(filter 1,$(QUICK)),quantization/recipes/quick.toml,quantization/recipes/default.toml)
 QUANT_PRUNED_RECIPE ?= $(if $(filter 1,$(QUICK)),$(QUANT_RECIPE),quantization/recipes/pruned.toml)
@@ -38,8 +40,9 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PY_BOOT) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# torch first, pinned: a CPU host gets the CPU build (from /opt/wheels here, or TORCH_INDEX=...)
-	$(PY) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),$(if $(wildcard /opt/wheels),--find-links /opt/wheels,))
+	# torch first, pinned: a CPU host gets the CPU build (from /opt/wheels here, TORCH_INDEX=..., or
+	# PyTorch's CPU index: PyPI's torch wheel for Linux x86-64 is the multi-GB CUDA build)
+	$(PY) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),$(if $(wildcard $(TORCH_WHEELS)),--find-links $(TORCH_WHEELS),$(if $(filter cpu,$(DEVICE)),--index-url $(TORCH_CPU_INDEX),)))
 	$(PY) -m pip install -q -e '.[tflite,test]'
 	if [ "$(DEVICE)" = "cuda" ]; then $(PY) -m pip uninstall -q -y onnxruntime && $(PY) -m pip install -q onnxruntime-gpu==1.32.0; fi
 	touch $(STAMP)
@@ -48,7 +51,7 @@ model: venv
 	$(PY) -m compress model $(MODEL_ARG) --arch $(ARCH) --scale $(SCALE) --run $(RUN) $(EVAL_ARGS)
 
 # Trains the default models per compress/recipes/ (EDSR x3 and x4 start from the x2 weights, as EDSR
-# does; the compact RRDB x4 trains from scratch). ARCH=rrdb SCALE=4 runs the pipeline on the RRDB default.
+# does; the compact RRDB x4 trains from scratch). ARCH=rrdb runs the pipeline on the RRDB default (SCALE 4).
 # Debian's wallpaper photographs (compress/core/default_data.py WALLPAPERS) join the training data.
 WALLPAPER_PKGS := lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 mate-backgrounds plasma-workspace-wallpapers lxqt-themes
 train-data:
