@@ -33,6 +33,14 @@ def protected_convs(model: nn.Module) -> list[nn.Module]:
     return structure_of(model).protected_convs()
 
 
+def widest_prunable(model: nn.Module) -> int:
+    """Output channels of the widest convolution channel pruning may narrow (0 if none): a ``round_to``
+    at or above it keeps every layer whole."""
+    protected = {id(m) for m in protected_convs(model)}
+    return max((m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d) and id(m) not in protected),
+               default=0)
+
+
 def _per_layer_ratios(model: nn.Module, inner_ratio: float | None,
                       upsample_ratio: float) -> dict[nn.Module, float] | None:
     """Final ratios for the groups that do not follow the trunk: block interiors and the convolutions

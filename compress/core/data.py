@@ -46,6 +46,7 @@ def list_images(folder: str | Path) -> list[Path]:
 DEFAULT_MAX_PIXELS = 50_000_000
 MAX_BATCH = 4096  # patches per batch: beyond any CPU or single-GPU memory at SR patch sizes
 MAX_LR_PATCH = 1024  # LR patch side in pixels
+MAX_BATCH_LR_PIXELS = 1 << 22  # LR pixels in a batch (4096 of 32x32, 64 of 256x256): its activations fit in memory
 Image.MAX_IMAGE_PIXELS = None  # our own limit, with a clean error, replaces PIL's bomb warning / error
 
 
@@ -237,6 +238,9 @@ class PatchConfig:
             raise ValueError(f"PatchConfig.batch_size must be in [1, {MAX_BATCH}], got {self.batch_size}")
         if self.lr_patch > MAX_LR_PATCH:
             raise ValueError(f"PatchConfig.lr_patch must be <= {MAX_LR_PATCH}, got {self.lr_patch}")
+        if self.batch_size * self.lr_patch**2 > MAX_BATCH_LR_PIXELS:
+            raise ValueError(f"PatchConfig: batch_size {self.batch_size} x lr_patch {self.lr_patch}^2 is over "
+                             f"{MAX_BATCH_LR_PIXELS} LR pixels a batch")
         if self.seed < 0:
             raise ValueError(f"PatchConfig.seed must be >= 0, got {self.seed}")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import stat
 import tomllib
 import types
 import typing
@@ -20,6 +21,7 @@ T = TypeVar("T")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # TOML's integer range, which tomllib does not enforce
 EXACT_FLOAT_INT = 2**53  # integers a float holds exactly: ``steps = 1e4`` is an integer, ``1e300`` is not
 SHOWN_CHARS = 80  # a value is shown in an error up to this many characters
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a few hundred bytes of settings
 
 
 def shown(value: Any) -> str:
@@ -52,7 +54,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         inner = args[0] if args else Any
         return tuple(_coerce(inner, v, f"{where}[{i}]") for i, v in enumerate(value))
     if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
-        raise InputError(f"{where}: integer {value} is outside TOML's 64-bit range")
+        raise InputError(f"{where}: integer {shown(value)} is outside TOML's 64-bit range")
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InputError(f"{where}: expected a number, got {shown(value)}")
@@ -97,19 +99,35 @@ def _at(where: str) -> str:
     return f"{where}: " if where else ""
 
 
-def load_recipe(cls: type[T], path: str | Path, overrides: dict[str, Any] | None = None) -> T:
-    """Read a TOML recipe into ``cls``; ``overrides`` replace top-level keys (e.g. from the CLI)."""
-    path = Path(path)
+def _read_text(path: Path) -> str:
+    """The recipe's text (a UTF-8 BOM accepted): a regular file of at most :data:`MAX_RECIPE_BYTES`, so
+    ``/dev/zero`` or a FIFO is refused instead of read without end."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a UTF-8 BOM is accepted
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise InputError(f"{path}: the recipe is not a regular file")
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_RECIPE_BYTES + 1)
+        if len(raw) > MAX_RECIPE_BYTES:
+            raise InputError(f"{path}: recipe is over {MAX_RECIPE_BYTES // 1024} KiB")
+        return raw.decode("utf-8-sig")
     except FileNotFoundError as exc:
         raise InputError(f"{path}: recipe not found") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot read the recipe ({exc})") from exc
+
+
+def load_recipe(cls: type[T], path: str | Path, overrides: dict[str, Any] | None = None) -> T:
+    """Read a TOML recipe into ``cls``; ``overrides`` replace top-level keys (e.g. from the CLI)."""
+    path = Path(path)
+    text = _read_text(path)
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{path}: not valid TOML ({exc})") from exc
     except RecursionError:
         raise InputError(f"{path}: not a usable recipe (tables or arrays nested too deeply)") from None
+    except ValueError as exc:  # e.g. an integer literal past Python's int-conversion limit (4300 digits)
+        raise InputError(f"{path}: not a usable recipe: {str(exc).splitlines()[0][:SHOWN_CHARS]}") from None
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         return from_mapping(cls, data, where="")

@@ -16,6 +16,8 @@ from compress.core.cpu import host_cpu
 PRECISIONS = ("auto", "bf16", "fp32")
 OPTIMIZERS = ("adam", "sgd")
 LOSS_NAMES = ("l1", "mse")
+MAX_STEPS = 10**9  # beyond any budget (a GPU recipe asks for 10**6 and stops on its wall time)
+MAX_LR = 1.0  # an SR network trains at 1e-5..1e-3; far above, the optimizer overflows (1e300)
 
 
 def resolve_precision(setting: str, device: str, cpu_bf16: bool | None = None) -> str:
@@ -87,10 +89,10 @@ class TrainConfig:
     ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.steps < 0:
-            raise ValueError(f"TrainConfig.steps must be >= 0, got {self.steps}")
-        if not self.lr > 0:
-            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
+        if not 0 <= self.steps <= MAX_STEPS:
+            raise ValueError(f"TrainConfig.steps must be in 0..{MAX_STEPS}, got {self.steps}")
+        if not 0 < self.lr <= MAX_LR:
+            raise ValueError(f"TrainConfig.lr must be in (0, {MAX_LR}], got {self.lr}")
         if self.lr_schedule not in ("cosine", "step", "constant"):
             raise ValueError(f"TrainConfig.lr_schedule must be cosine, step or constant, got {self.lr_schedule!r}")
         if self.optimizer not in OPTIMIZERS:

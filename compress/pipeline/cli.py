@@ -69,15 +69,21 @@ def _cmd_model(args: argparse.Namespace) -> int:
 
 def _cmd_prune(args: argparse.Namespace) -> int:
     from compress.core.recipe import load_recipe
-    from pruning.recipe import PruneRecipe
+    from compress.pipeline.contract import baseline
     from compress.pipeline.prune_stage import run_prune
+    from pruning.channel import widest_prunable
+    from pruning.recipe import PruneRecipe
 
     recipes = {}  # every recipe is read before the first one runs; each writes 10-prune/<its stem>/
+    widest = widest_prunable(baseline(Path(args.run))[1].model)
     for path in args.recipe:
         if Path(path).stem in recipes:
             raise InputError(f"{path}: another --recipe is also named {Path(path).stem!r}; "
                              "both would write 10-prune/" + Path(path).stem)
-        recipes[Path(path).stem] = load_recipe(PruneRecipe, path, {"data": args.data})
+        recipes[Path(path).stem] = recipe = load_recipe(PruneRecipe, path, {"data": args.data})
+        if recipe.method == "channel" and recipe.round_to >= widest:
+            raise InputError(f"{path}: round_to {recipe.round_to} is not below the model's widest prunable "
+                             f"layer ({widest} channels), so nothing would be pruned")
     for name, recipe in recipes.items():
         print(json.dumps(run_prune(Path(args.run), recipe, name, args.eval or None), indent=2, default=str))
     return 0
@@ -86,14 +92,15 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from compress.core.recipe import load_recipe
     from quantization.recipe import QuantRecipe
+    from compress.core.checkpoint import load_checkpoint
     from compress.pipeline.quantize_stage import auto_sources, checked_images, run_quantize, source_checkpoint
 
     recipe = load_recipe(QuantRecipe, args.recipe, {"data": args.data})
     pruned = load_recipe(QuantRecipe, args.pruned_recipe, {"data": args.data}) if args.pruned_recipe else recipe
     sources = [s for name in (args.source or ["model"]) for s in (auto_sources(Path(args.run)) if name == "auto" else [name])]
     for source in sources:  # every source and image folder is checked before the first source runs
-        source_checkpoint(Path(args.run), source)
-        checked_images(pruned if source.startswith("prune/") else recipe)
+        scale = load_checkpoint(source_checkpoint(Path(args.run), source)).scale
+        checked_images(pruned if source.startswith("prune/") else recipe, scale)
     for source in sources:
         chosen = pruned if source.startswith("prune/") else recipe
         print(json.dumps(run_quantize(Path(args.run), chosen, source, args.eval or None), indent=2, default=str))

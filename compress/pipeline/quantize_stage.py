@@ -9,6 +9,7 @@ from pathlib import Path
 
 import onnx
 import torch
+from PIL import Image
 
 from compress.core.checkpoint import LoadedModel, load_checkpoint
 from compress.core.data import ImagePair, list_images, load_pair, random_patches
@@ -61,12 +62,27 @@ def _calibration_paths(recipe: QuantRecipe) -> list[Path]:
     return split_paths("calibration") if recipe.calibration_data == "default" else list_images(recipe.calibration_data)
 
 
-def checked_images(recipe: QuantRecipe) -> list[Path]:
+def checked_images(recipe: QuantRecipe, scale: int) -> list[Path]:
     """The calibration images, once the QAT training folder (when a QAT will run) is known to hold images
-    too: a missing or empty folder is refused before the stage writes anything."""
+    too and one calibration image is large enough for a patch (read from the file headers): a missing
+    or empty folder, or a patch no image fits, is refused before the stage writes anything."""
     if recipe.qat or recipe.nncf.qat or recipe.tflite_qat.enabled:
         training_images(recipe.data)
-    return _calibration_paths(recipe)
+    paths = _calibration_paths(recipe)
+    side = recipe.calibration.lr_patch * scale
+    if not any(min(_header_size(p)) >= side for p in paths[: recipe.calibration.max_images or None]):
+        raise InputError(f"calibration: no image fits an LR patch of {recipe.calibration.lr_patch} px at x{scale} "
+                         f"(needs {side}x{side} px); got: {', '.join(p.name for p in paths[:5])}")
+    return paths
+
+
+def _header_size(path: Path) -> tuple[int, int]:
+    """An image's size from its header; (0, 0) if unreadable (decoding it later gives the error)."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return 0, 0
 
 
 def _centre_crops(paths: list[Path], scale: int) -> list[ImagePair]:
@@ -242,7 +258,7 @@ def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_ev
     src = source_checkpoint(run, source)
     loaded = load_checkpoint(src)
     scale = loaded.scale
-    reader = PatchCalibrationReader(checked_images(recipe), scale, recipe.calibration)
+    reader = PatchCalibrationReader(checked_images(recipe, scale), scale, recipe.calibration)
     sets = eval_sets(scale, extra_eval)
     out_dir = fresh_folder(quantize_dir(run, source))  # every input read: now the earlier run's files go
     fp32 = export_onnx(loaded.model, out_dir / "model_fp32.onnx")

@@ -72,6 +72,8 @@ class TrainRecipe:
                                  f"got {getattr(self.train, name)}")
         if not self.data:
             raise ValueError("data must be 'default' or a folder, got ''")
+        if self.train.steps < 1:
+            raise ValueError(f"train.steps must be >= 1 in a training recipe, got {self.train.steps}")
         if self.max_side < 0:
             raise ValueError(f"max_side must be >= 0, got {self.max_side}")
         if not 64 <= self.wallpaper_max_side <= 8192:
@@ -103,9 +105,17 @@ def validation_images(data: str, val_data: str = "") -> list[Path]:
     return validation_paths() if data == "default" else []
 
 
-def init_matching(model: torch.nn.Module, path: str) -> list[str]:
-    """Copy every tensor of ``path`` whose name and shape match; returns the names copied."""
-    src = load_checkpoint(path).model.state_dict()
+def init_matching(model: torch.nn.Module, path: str, arch: str) -> list[str]:
+    """Copy every tensor of ``path`` whose name and shape match; returns the names copied.
+
+    Raises:
+        InputError: ``path`` holds another architecture than ``arch`` (a few names, such as the head,
+            could match by chance and the rest would train from scratch unnoticed).
+    """
+    loaded = load_checkpoint(path)
+    if loaded.arch != arch:
+        raise InputError(f"{path}: init_from holds a {loaded.arch} checkpoint, and the recipe trains {arch}")
+    src = loaded.model.state_dict()
     dst = model.state_dict()
     copied = [k for k, v in src.items() if k in dst and dst[k].shape == v.shape]
     model.load_state_dict({**dst, **{k: src[k] for k in copied}})
@@ -200,13 +210,13 @@ def train_model(recipe: TrainRecipe, out: Path, device: str = "cpu", recipe_file
     the final validation PSNR-Y beats the checkpoint's; otherwise nothing is written (``written``
     is false in the returned record), so repeated runs can only improve a shipped model.
     """
+    model = build_model(recipe.model_config())
+    copied = init_matching(model, recipe.init_from, recipe.arch) if recipe.init_from and not continue_from else []
     files = training_images(recipe.data)
     pairs = training_pairs(recipe.data, recipe.scale, recipe.max_side, recipe.wallpaper_max_side)
     val_files = validation_images(recipe.data, recipe.val_data)
     val = load_pairs(val_files, recipe.scale)
-    model = build_model(recipe.model_config())
     cont = start_continuation(model, continue_from, val, recipe.scale) if continue_from else None
-    copied = init_matching(model, recipe.init_from) if recipe.init_from and cont is None else []
     batches = random_patches(pairs, recipe.scale, recipe.patch)
     resume = out.with_name(out.name + ".resume.pt")
     meta = claim_resume(resume, recipe, continue_from)

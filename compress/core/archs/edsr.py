@@ -51,9 +51,10 @@ class EDSRConfig:
             raise ValueError(f"EDSRConfig.scale must be 2, 3 or 4, got {self.scale!r}")
         if self.num_feat < 1 or self.num_block < 0:
             raise ValueError(f"EDSRConfig: num_feat={self.num_feat}, num_block={self.num_block} invalid")
-        for name in ("res_scale", "img_range"):
-            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
-                raise ValueError(f"EDSRConfig.{name} must be finite and > 0, got {getattr(self, name)}")
+        if not 0 < self.res_scale <= 1:  # it damps the residual branch (Szegedy et al. 2017; EDSR)
+            raise ValueError(f"EDSRConfig.res_scale must be in (0, 1], got {self.res_scale}")
+        if not (math.isfinite(self.img_range) and self.img_range > 0):
+            raise ValueError(f"EDSRConfig.img_range must be finite and > 0, got {self.img_range}")
         if any(w < 1 for w in (*(self.block_mid or ()), self.up_width)):
             raise ValueError(f"EDSRConfig: every pruned width must be >= 1 (block_mid {self.block_mid}, "
                              f"up_feat {self.up_feat})")

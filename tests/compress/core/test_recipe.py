@@ -1,9 +1,10 @@
 import dataclasses
+import os
 
 import pytest
 
 from compress.core.errors import InputError
-from compress.core.recipe import from_mapping, load_recipe, to_dict
+from compress.core.recipe import MAX_RECIPE_BYTES, from_mapping, load_recipe, to_dict
 from compress.pipeline.trainer import TrainRecipe
 from tests.conftest import REPO
 
@@ -25,7 +26,7 @@ def test_round_trip():
     [
         ({"arhc": "edsr"}, r"unknown field\(s\) \['arhc'\]"),
         ({"arch": "unet"}, "arch must be one of"),
-        ({"train": {"lr": -1.0}}, r"recipe.train: TrainConfig.lr must be > 0, got -1.0"),
+        ({"train": {"lr": -1.0}}, r"recipe.train: TrainConfig.lr must be in \(0, 1.0\], got -1.0"),
         ({"train": {"steps": "ten"}}, r"recipe.train.steps: expected int, got 'ten'"),
         ({"patch": {"lr_patch": 1}}, "PatchConfig.lr_patch must be >= 4"),
     ],
@@ -50,7 +51,7 @@ def test_bad_toml_names_the_file(tmp_path):
     ("[train]\nsteps = true\n", r"train\.steps: expected int, got True"),
     ("[train]\nprecision = \"fp16\"\n", r"precision must be one of"),
     # values that used to load and then end in a traceback (or train the wrong way) at run time
-    ("[train]\nlr = 1" + "0" * 400 + "\n", r"train\.lr: integer 10+ is outside TOML's 64-bit range"),
+    ("[train]\nlr = 1" + "0" * 400 + "\n", r"train\.lr: integer 10+\.\.\. \(401 chars\) is outside TOML's 64-bit range"),
     ("[train]\nseed = 100000000000000000000000000000\n", r"train\.seed: integer .* outside TOML's 64-bit range"),
     ("[train]\nseed = -1\n", r"TrainConfig\.seed must be >= 0"),
     ("[patch]\nseed = -1\n", r"PatchConfig\.seed must be >= 0"),
@@ -63,7 +64,12 @@ def test_bad_toml_names_the_file(tmp_path):
     ("[train]\nckpt_every = -1\n", r"TrainConfig\.ckpt_every must be >= 0"),
     ("[train]\nwarmup_steps = -10\n", r"TrainConfig\.warmup_steps must be >= 0"),
     ("num_feat = 0\n", r"EDSRConfig: num_feat=0"),
-    ("res_scale = 0.0\n", r"EDSRConfig\.res_scale must be finite and > 0"),
+    ("res_scale = 0.0\n", r"EDSRConfig\.res_scale must be in \(0, 1\], got 0.0"),
+    ("res_scale = 1e300\n", r"EDSRConfig\.res_scale must be in \(0, 1\], got 1e\+300"),
+    ("[train]\nlr = 1e300\n", r"TrainConfig\.lr must be in \(0, 1\.0\], got 1e\+300"),
+    ("[train]\nsteps = 10000000000\n", r"TrainConfig\.steps must be in 0\.\.1000000000, got 10000000000"),
+    ("[train]\nsteps = 0\n", r"train\.steps must be >= 1 in a training recipe, got 0"),
+    ("[patch]\nlr_patch = 200\nbatch_size = 4096\n", r"batch_size 4096 x lr_patch 200\^2 is over 4194304 LR pixels"),
     ("arch = \"srcnn\"\nnum_feat = -1\n", r"num_feat must be in 0\.\.1024, got -1"),
     ("arch = \"rrdb\"\nscale = 4\nnum_grow_ch = 0\n", r"RRDBConfig: .*num_grow_ch=0 invalid"),
     ("scale = 5\n", r"EDSRConfig\.scale must be 2, 3 or 4"),
@@ -136,3 +142,30 @@ def test_deep_nesting_and_long_values_are_one_short_error(tmp_path):
     path.write_text("[train]\nlr = \"" + "f" * 100_000 + "\"\n")
     with pytest.raises(InputError, match=r"train\.lr: expected a number, got 'f+\.\.\. \(100002 chars\)$"):
         load_recipe(TrainRecipe, path)
+
+
+def test_a_recipe_is_a_small_regular_file(tmp_path):
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)  # reading it would block until a writer comes
+    with pytest.raises(InputError, match=r"fifo\.toml: the recipe is not a regular file$"):
+        load_recipe(TrainRecipe, fifo)
+    with pytest.raises(InputError, match=r": the recipe is not a regular file$"):
+        load_recipe(TrainRecipe, tmp_path)
+    big = tmp_path / "big.toml"
+    big.write_text("#" * (MAX_RECIPE_BYTES + 1))
+    with pytest.raises(InputError, match=r"big\.toml: recipe is over 1024 KiB$"):
+        load_recipe(TrainRecipe, big)
+    with pytest.raises(InputError, match=r"none\.toml: recipe not found$"):
+        load_recipe(TrainRecipe, tmp_path / "none.toml")
+
+
+def test_huge_integer_literals_are_one_short_error(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text("[train]\nsteps = " + "9" * 5000 + "\n")  # past Python's int-conversion limit
+    with pytest.raises(InputError, match=r"r\.toml: not a usable recipe: Exceeds the limit \(4300 digits\)") as err:
+        load_recipe(TrainRecipe, path)
+    assert len(str(err.value)) - len(str(path)) < 200
+    path.write_text("[train]\nsteps = " + "9" * 4000 + "\n")
+    with pytest.raises(InputError, match=r"train\.steps: integer 9+\.\.\. \(4000 chars\) is outside") as err:
+        load_recipe(TrainRecipe, path)
+    assert len(str(err.value)) - len(str(path)) < 200

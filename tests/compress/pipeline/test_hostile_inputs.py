@@ -286,6 +286,31 @@ def test_prune_reads_every_recipe_before_the_first_runs(tmp_path, capsys):
     assert not (run / "10-prune").exists()
 
 
+def test_a_channel_round_to_that_prunes_nothing_is_refused(tmp_path, capsys):
+    from compress.pipeline.cli import main
+
+    run = _tiny_run(tmp_path)  # 16 trunk channels
+    recipe = tmp_path / "wide.toml"
+    recipe.write_text((REPO / "pruning/recipes/quick.toml").read_text().replace("round_to = 8", "round_to = 16"))
+    assert "round_to = 16" in recipe.read_text()
+    assert main(["prune", "--run", str(run), "--recipe", str(recipe)]) == 2
+    assert ("wide.toml: round_to 16 is not below the model's widest prunable layer (16 channels), so nothing "
+            "would be pruned") in capsys.readouterr().err
+    assert not (run / "10-prune").exists()
+
+
+def test_a_calibration_patch_no_image_fits_is_refused_before_writing(tmp_path, capsys):
+    from compress.pipeline.cli import main
+
+    run = _tiny_run(tmp_path)
+    recipe = tmp_path / "q.toml"
+    recipe.write_text("ptq_methods = [\"minmax\"]\nmixed_precision = false\nqat = false\n[nncf]\nenabled = false\n"
+                      "[tflite_qat]\nenabled = false\n[calibration]\nlr_patch = 1024\n")
+    assert main(["quantize", "--run", str(run), "--recipe", str(recipe)]) == 2
+    assert "calibration: no image fits an LR patch of 1024 px at x2 (needs 2048x2048 px)" in capsys.readouterr().err
+    assert not (run / "20-quantize").exists()
+
+
 @pytest.mark.parametrize("source", ["prune/../../elsewhere/00-model", "prune/", "bogus"])
 def test_quantize_sources_stay_inside_the_run(tmp_path, capsys, source):
     from compress.pipeline.cli import main

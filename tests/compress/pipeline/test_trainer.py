@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from compress.core.archs import EDSRConfig
+from compress.core.archs import EDSRConfig, RRDBConfig
 from compress.core.checkpoint import build_model, load_checkpoint, save_checkpoint
 from compress.core.data import PatchConfig
 from compress.core.errors import InputError
@@ -31,7 +31,7 @@ def _trained_start(image_dir, tmp_path, steps: int = 40):
 def test_continue_refuses_to_overwrite_better_weights(image_dir, tmp_path):
     start = _trained_start(image_dir, tmp_path)
     before = sha256_file(start)
-    record = train_model(_recipe(image_dir, lr=5.0), start, continue_from=start)  # a learning rate that ruins it
+    record = train_model(_recipe(image_dir, lr=1.0), start, continue_from=start)  # a learning rate that ruins it
     assert record["written"] is False
     assert record["val_psnr_y_db"][-1][1] < record["continued_from"]["val_psnr_y_db"]
     assert sha256_file(start) == before
@@ -61,6 +61,18 @@ def test_continue_needs_a_matching_architecture(image_dir, tmp_path):
     wider = dataclasses.replace(_recipe(image_dir, 1e-3), num_feat=24)
     with pytest.raises(InputError, match="does not match"):
         train_model(wider, tmp_path / "x.safetensors", continue_from=other)
+
+
+def test_init_from_another_architecture_is_refused_before_any_image_is_read(image_dir, tmp_path, monkeypatch):
+    rrdb = tmp_path / "rrdb.safetensors"
+    model = build_model(RRDBConfig(scale=2, num_feat=8, num_block=1, num_grow_ch=4))
+    save_checkpoint(model, model.cfg, rrdb)
+    monkeypatch.setattr("compress.pipeline.trainer.training_images", lambda _data: pytest.fail("images were read"))
+    recipe = dataclasses.replace(_recipe(image_dir, 1e-3), init_from=str(rrdb))
+    with pytest.raises(InputError, match=r"rrdb\.safetensors: init_from holds a rrdb checkpoint, and the recipe "
+                                         r"trains edsr"):
+        train_model(recipe, tmp_path / "x.safetensors")
+    assert not (tmp_path / "x.safetensors").exists()
 
 
 @pytest.mark.parametrize("history", [5, "abc", [1, 2]])
