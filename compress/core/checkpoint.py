@@ -99,6 +99,8 @@ def _read_file(path: Path) -> tuple[dict[str, object], dict[str, str]]:
             warnings.simplefilter("ignore")
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if not _starts_like_torch_save(path):  # bytes that are neither torch.save's zip nor a binary pickle
+            raise InputError(f"{path}: not a readable PyTorch checkpoint (neither a zip archive nor a pickle)") from exc
         raise InputError(f"{path}: refused: the file holds Python objects beyond tensors, which could run code "
                          "when unpickled; only plain tensor checkpoints (or .safetensors) are read") from exc
     except Exception as exc:  # noqa: BLE001 - a corrupt file raises anything from struct.error to AssertionError
@@ -106,6 +108,13 @@ def _read_file(path: Path) -> tuple[dict[str, object], dict[str, str]]:
     if not isinstance(obj, dict):
         raise InputError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
     return obj, {}
+
+
+def _starts_like_torch_save(path: Path) -> bool:
+    """Whether ``path`` starts as ``torch.save`` writes: a zip archive, or a pickle of protocol 2 or later."""
+    with path.open("rb") as fh:
+        head = fh.read(2)
+    return head == b"PK" or head[:1] == b"\x80"
 
 
 def _looks_like_safetensors(path: Path) -> bool:

@@ -137,17 +137,22 @@ class Continuation:
     history: tuple[dict[str, object], ...]
 
 
-def start_continuation(model: torch.nn.Module, source: str | Path, val, scale: int) -> Continuation:
-    """Load all of ``source`` into ``model`` and score it on ``val`` (a list of image pairs)."""
-    source = Path(source)
+def warm_start(model: torch.nn.Module, source: str | Path, scale: int, val_files: list[Path]) -> None:
+    """Load all of ``source`` into ``model`` (before any image is decoded, so a wrong checkpoint is
+    named at once); continuing needs ``val_files`` to decide whether to keep the result."""
     state = load_checkpoint(source, scale).model.state_dict()
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise InputError(f"{source}: does not match the recipe's architecture "
                          f"({first_line(exc, last=True)})") from exc
-    if not val:
+    if not val_files:
         raise InputError(f"{source}: continuing needs validation images to decide whether to keep the result")
+
+
+def start_continuation(model: torch.nn.Module, source: str | Path, val, scale: int) -> Continuation:
+    """Score ``model``, warm-started from ``source`` (:func:`warm_start`), on ``val`` (image pairs)."""
+    source = Path(source)
     psnr = evaluate(torch_upscaler(model.eval()), val, scale).psnr_y_db
     previous: dict[str, object] = {}
     if sidecar_path(source).is_file():
@@ -212,9 +217,11 @@ def train_model(recipe: TrainRecipe, out: Path, device: str = "cpu", recipe_file
     """
     model = build_model(recipe.model_config())
     copied = init_matching(model, recipe.init_from, recipe.arch) if recipe.init_from and not continue_from else []
+    val_files = validation_images(recipe.data, recipe.val_data)
+    if continue_from:
+        warm_start(model, continue_from, recipe.scale, val_files)
     files = training_images(recipe.data)
     pairs = training_pairs(recipe.data, recipe.scale, recipe.max_side, recipe.wallpaper_max_side)
-    val_files = validation_images(recipe.data, recipe.val_data)
     val = load_pairs(val_files, recipe.scale)
     cont = start_continuation(model, continue_from, val, recipe.scale) if continue_from else None
     batches = random_patches(pairs, recipe.scale, recipe.patch)

@@ -160,8 +160,16 @@ def test_pickled_code_is_refused(tmp_path):
         pickle.dump({"conv1.weight": _Payload()}, f)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with pytest.raises(InputError, match="evil.pth"):
+        with pytest.raises(InputError, match=r"evil\.pth: refused: the file holds Python objects"):
             load_checkpoint(path)
+
+
+def test_bytes_that_are_no_pickle_are_not_called_code(tmp_path):
+    path = tmp_path / "noise.pth"
+    path.write_bytes(b"\x46" + bytes(range(256)) * 4)  # opcode 0x46 ('F') is no pickle opcode torch reads
+    with pytest.raises(InputError, match=r"noise\.pth: not a readable PyTorch checkpoint \(neither a zip archive nor a "
+                                         r"pickle\)"):
+        load_checkpoint(path)
 
 
 def test_unknown_layout_error_is_one_line(tmp_path):

@@ -75,6 +75,19 @@ def test_init_from_another_architecture_is_refused_before_any_image_is_read(imag
     assert not (tmp_path / "x.safetensors").exists()
 
 
+def test_continue_from_a_wrong_file_is_named_before_any_image_is_read(image_dir, tmp_path, monkeypatch):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a checkpoint")
+    monkeypatch.setattr("compress.pipeline.trainer.training_images", lambda _data: pytest.fail("images were read"))
+    with pytest.raises(InputError, match=r"junk\.safetensors: not a readable safetensors file"):
+        train_model(_recipe(image_dir, 1e-3), tmp_path / "x.safetensors", continue_from=junk)
+    no_val = dataclasses.replace(_recipe(image_dir, 1e-3), data=str(image_dir), val_data="")
+    start = tmp_path / "s.safetensors"
+    save_checkpoint(tiny_edsr(2), EDSRConfig(scale=2, num_feat=16, num_block=2), start)
+    with pytest.raises(InputError, match="continuing needs validation images"):
+        train_model(no_val, tmp_path / "x.safetensors", continue_from=start)
+
+
 @pytest.mark.parametrize("history", [5, "abc", [1, 2]])
 def test_a_sidecar_history_that_is_no_list_of_runs_is_named(image_dir, tmp_path, history):
     start = save_checkpoint(tiny_edsr(2), EDSRConfig(scale=2, num_feat=16, num_block=2), tmp_path / "s.safetensors")
