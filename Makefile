@@ -40,9 +40,9 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PY_BOOT) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# torch first, pinned: a CPU host gets the CPU build (from /opt/wheels here, TORCH_INDEX=..., or
+	# torch first, pinned: a CPU host gets the CPU build (a torch wheel in TORCH_WHEELS, TORCH_INDEX=..., or
 	# PyTorch's CPU index: PyPI's torch wheel for Linux x86-64 is the multi-GB CUDA build)
-	$(PY) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),$(if $(wildcard $(TORCH_WHEELS)),--find-links $(TORCH_WHEELS),$(if $(filter cpu,$(DEVICE)),--index-url $(TORCH_CPU_INDEX),)))
+	$(PY) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),$(if $(wildcard $(TORCH_WHEELS)/torch-2.13.0*.whl),--find-links $(TORCH_WHEELS),$(if $(filter cpu,$(DEVICE)),--index-url $(TORCH_CPU_INDEX),)))
 	$(PY) -m pip install -q -e '.[tflite,test]'
 	if [ "$(DEVICE)" = "cuda" ]; then $(PY) -m pip uninstall -q -y onnxruntime && $(PY) -m pip install -q onnxruntime-gpu==1.32.0; fi
 	touch $(STAMP)

@@ -33,12 +33,15 @@ def protected_convs(model: nn.Module) -> list[nn.Module]:
     return structure_of(model).protected_convs()
 
 
-def widest_prunable(model: nn.Module) -> int:
-    """Output channels of the widest convolution channel pruning may narrow (0 if none): a ``round_to``
-    at or above it keeps every layer whole."""
+def widest_prunable(model: nn.Module, upsample_ratio: float = 0.0) -> int:
+    """The most channels (or, in a sub-pixel upsampler pruned at ``upsample_ratio`` > 0, shuffle groups)
+    of any group channel pruning may narrow (0 if none): a ``round_to`` at or above it keeps every
+    layer whole."""
     protected = {id(m) for m in protected_convs(model)}
-    return max((m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d) and id(m) not in protected),
-               default=0)
+    widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d) and id(m) not in protected]
+    if upsample_ratio > 0:
+        widths += [up.out_channels // (r * r) for up, r, _ in structure_of(model).shuffle_stages()]
+    return max(widths, default=0)
 
 
 def _per_layer_ratios(model: nn.Module, inner_ratio: float | None,

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import pickle
+import pickletools
 import warnings
 from pathlib import Path
 
@@ -111,10 +112,10 @@ def _read_file(path: Path) -> tuple[dict[str, object], dict[str, str]]:
 
 
 def _starts_like_torch_save(path: Path) -> bool:
-    """Whether ``path`` starts as ``torch.save`` writes: a zip archive, or a pickle of protocol 2 or later."""
+    """Whether ``path`` starts as ``torch.save`` writes, a zip archive, or as any pickle does (an opcode)."""
     with path.open("rb") as fh:
         head = fh.read(2)
-    return head == b"PK" or head[:1] == b"\x80"
+    return head == b"PK" or head[:1].decode("latin-1") in pickletools.code2op
 
 
 def _looks_like_safetensors(path: Path) -> bool:
@@ -194,6 +195,8 @@ class Unshaped:
                 value = float("nan")
             if not (value > 0 and math.isfinite(value)):
                 raise InputError(f"{path}: metadata {field.name}={text!r} is not a positive number")
+            if field.name == "res_scale" and value > 1:
+                raise InputError(f"{path}: metadata res_scale={text!r} is over 1 (it damps the residual branch)")
             values[field.name] = value
         return cls(**values)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, NoReturn
 
 from compress.core.errors import error_line
+from compress.core.train_config import MAX_LR
 
 SCALES = (2, 3, 4)
 MAX_THREADS = 1024  # OpenMP aborts or crashes past some thousands; no CPU needs more than this
@@ -136,6 +137,14 @@ def positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def learning_rate(text: str) -> float:
+    """A learning rate in (0, :data:`~compress.core.train_config.MAX_LR`]."""
+    value = positive_float(text)
+    if value > MAX_LR:
+        raise argparse.ArgumentTypeError(f"must be in (0, {MAX_LR}], got {text}")
     return value
 
 

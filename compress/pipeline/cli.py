@@ -75,12 +75,13 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     from pruning.recipe import PruneRecipe
 
     recipes = {}  # every recipe is read before the first one runs; each writes 10-prune/<its stem>/
-    widest = widest_prunable(baseline(Path(args.run))[1].model)
+    model = baseline(Path(args.run))[1].model
     for path in args.recipe:
         if Path(path).stem in recipes:
             raise InputError(f"{path}: another --recipe is also named {Path(path).stem!r}; "
                              "both would write 10-prune/" + Path(path).stem)
         recipes[Path(path).stem] = recipe = load_recipe(PruneRecipe, path, {"data": args.data})
+        widest = widest_prunable(model, recipe.upsample_final_sparsity)
         if recipe.method == "channel" and recipe.round_to >= widest:
             raise InputError(f"{path}: round_to {recipe.round_to} is not below the model's widest prunable "
                              f"layer ({widest} channels), so nothing would be pruned")
@@ -164,7 +165,7 @@ def _add_tools(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--precision", choices=["auto", "bf16", "fp32"], default=None,
                    help="override the recipe's train.precision (auto: bf16 autocast where the CPU has AMX/AVX512-BF16)")
     s.add_argument("--max-minutes", type=opt.positive_float, default=None, help="override the recipe's wall-time budget")
-    s.add_argument("--lr", type=opt.positive_float, default=None, help="override the recipe's peak learning rate")
+    s.add_argument("--lr", type=opt.learning_rate, default=None, help="override the recipe's peak learning rate")
     s.add_argument("--seed", type=opt.int_range("--seed", 0, 2**63 - 1), default=None,
                    help="override the recipe's seeds (patch sampling and training)")
     s.add_argument("--device", choices=["cpu", "cuda"], default="cpu")

@@ -15,7 +15,7 @@ from compress.core.checkpoint import LoadedModel, load_checkpoint
 from compress.core.data import ImagePair, list_images, load_pair, random_patches
 from compress.core.default_data import split_paths, training_images, training_pairs
 from compress.core.distributed import is_writer, rank0_value
-from compress.core.errors import InputError
+from compress.core.errors import InputError, first_line
 from compress.core.evaluate import eval_sets, evaluate, psnr_delta_db, quality
 from compress.core.files import fresh_folder, read_sidecar, sidecar_path, write_sidecar
 from compress.core.recipe import to_dict
@@ -77,12 +77,12 @@ def checked_images(recipe: QuantRecipe, scale: int) -> list[Path]:
 
 
 def _header_size(path: Path) -> tuple[int, int]:
-    """An image's size from its header; (0, 0) if unreadable (decoding it later gives the error)."""
+    """An image's size from its header."""
     try:
         with Image.open(path) as img:
             return img.size
-    except (OSError, ValueError, Image.DecompressionBombError):
-        return 0, 0
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputError(f"{path}: not a readable image ({first_line(exc)})") from None
 
 
 def _centre_crops(paths: list[Path], scale: int) -> list[ImagePair]:

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from pruning.channel import Criterion, prune_channels
+from compress.core.archs import EDSR, EDSRConfig
+from pruning.channel import Criterion, prune_channels, widest_prunable
 from pruning.schedule import PolynomialDecay
 from tests.conftest import tiny_edsr, tiny_rrdb, tiny_srcnn
 from tests.pruning.conftest import assert_pruned_model_round_trips
@@ -213,3 +214,13 @@ def test_global_pruning_keeps_torch_prunings_widths():
         return pruning.widths()
 
     assert final_widths(channel.RampPruner) == final_widths(tp.pruner.MagnitudePruner)
+
+
+def test_widest_prunable_counts_shuffle_groups_only_when_the_upsampler_is_pruned():
+    model = EDSR(EDSRConfig(scale=2, num_feat=8, num_block=1, up_feat=16))  # upsampler wider than the trunk
+    assert widest_prunable(model) == 8
+    assert widest_prunable(model, upsample_ratio=0.5) == 16
+    pruning = prune_channels(model, PolynomialDecay(0.0, 0.5, 0, 1, 1), round_to=8, upsample_ratio=0.5)
+    for _ in range(pruning.events):
+        pruning.step()
+    assert model.upsample[0].out_channels == 32  # 8 of 16 groups of 4 removed: round_to 8 < 16 did prune

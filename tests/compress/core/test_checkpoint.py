@@ -166,7 +166,7 @@ def test_pickled_code_is_refused(tmp_path):
 
 def test_bytes_that_are_no_pickle_are_not_called_code(tmp_path):
     path = tmp_path / "noise.pth"
-    path.write_bytes(b"\x46" + bytes(range(256)) * 4)  # opcode 0x46 ('F') is no pickle opcode torch reads
+    path.write_bytes(bytes(range(256)) * 4)  # byte 0 is no pickle opcode, nor the start of a zip
     with pytest.raises(InputError, match=r"noise\.pth: not a readable PyTorch checkpoint \(neither a zip archive nor a "
                                          r"pickle\)"):
         load_checkpoint(path)
@@ -255,6 +255,16 @@ def test_metadata_scale_is_validated_and_checked(tmp_path):
     good = save_checkpoint(model, model.cfg, tmp_path / "s.safetensors")
     with pytest.raises(InputError, match="records scale 3"):
         load_checkpoint(good, 2)
+
+
+def test_metadata_res_scale_over_one_is_an_input_error(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "m.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_edsr(2).state_dict().items()}, str(path),
+              metadata={"res_scale": "2.0"})
+    with pytest.raises(InputError, match=r"m\.safetensors: metadata res_scale='2\.0' is over 1"):
+        load_checkpoint(path)
 
 
 def test_partial_srcnn_and_colliding_keys_are_input_errors(tmp_path):

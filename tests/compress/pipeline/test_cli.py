@@ -212,7 +212,8 @@ def test_train_overrides_replace_the_recipes_lr_seeds_and_budget(tmp_path, capsy
     assert changed.train.lr_schedule == recipe.train.lr_schedule and changed.patch.lr_patch == recipe.patch.lr_patch
     same = build_parser().parse_args(["train", "--recipe", "r.toml", "--out", "o.safetensors"])
     assert _train_overrides(recipe, same) == recipe
-    for bad, message in ((["--lr", "0"], "--lr"), (["--seed", "-1"], "--seed must be 0..")):
+    for bad, message in ((["--lr", "0"], "--lr"), (["--lr", "2"], "--lr: must be in (0, 1.0], got 2"),
+                         (["--seed", "-1"], "--seed must be 0..")):
         with pytest.raises(SystemExit) as exit_:
             main(["train", "--recipe", "r.toml", "--out", str(tmp_path / "o.safetensors"), *bad])
         err = capsys.readouterr().err
