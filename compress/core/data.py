@@ -32,7 +32,7 @@ def list_images(folder: str | Path) -> list[Path]:
     """Image files directly in ``folder`` (or in its ``HR`` subfolder), sorted by name."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise InputError(f"{folder}: image folder not found")
+        raise InputError(f"{folder}: " + ("a file, not an image folder" if folder.exists() else "image folder not found"))
     if (folder / "HR").is_dir():
         folder = folder / "HR"
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

@@ -32,8 +32,10 @@ def test_non_image_and_empty_folder(tmp_path):
     empty.mkdir()
     with pytest.raises(InputError, match="no images"):
         list_images(empty)
-    with pytest.raises(InputError, match="not found"):
+    with pytest.raises(InputError, match="nope: image folder not found"):
         list_images(tmp_path / "nope")
+    with pytest.raises(InputError, match=r"fake\.png: a file, not an image folder"):
+        list_images(bad)
 
 
 def test_truncated_image_is_named(tmp_path):
