@@ -195,8 +195,6 @@ class Unshaped:
                 value = float("nan")
             if not (value > 0 and math.isfinite(value)):
                 raise InputError(f"{path}: metadata {field.name}={text!r} is not a positive number")
-            if field.name == "res_scale" and value > 1:
-                raise InputError(f"{path}: metadata res_scale={text!r} is over 1 (it damps the residual branch)")
             values[field.name] = value
         return cls(**values)
 
@@ -247,7 +245,10 @@ def from_state_dict(sd: dict[str, torch.Tensor], scale: int | None, path: Path,
         cfg, canon = layout.to_canonical(sd, scale)
     except (ValueError, KeyError, IndexError, TypeError, ZeroDivisionError, RuntimeError) as exc:
         raise InputError(f"{path}: layout {layout.name}: tensor shapes fit no {layout.arch} model ({_first_line(exc)})") from exc
-    cfg = unshaped.apply(cfg)
+    try:
+        cfg = unshaped.apply(cfg)
+    except ValueError as exc:  # the architecture's own bounds (EDSR's res_scale in (0, 1])
+        raise InputError(f"{path}: metadata outside the {layout.arch} model's bounds ({_first_line(exc)})") from exc
     if scale is not None and cfg.scale != scale:
         raise InputError(f"{path}: checkpoint is a x{cfg.scale} {layout.arch} model, but scale {scale} was requested")
     with torch.device("meta"):
