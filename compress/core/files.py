@@ -78,6 +78,19 @@ def fresh_folder(path: str | Path) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def fresh_stage_folder(path: str | Path) -> Iterator[Path]:
+    """:func:`fresh_folder`, removed again if the block raises (an error, Ctrl-C): a stage that fails
+    midway leaves no folder of some of its artifacts, which later stages would find and report as if
+    the stage had run. Call it once every input is checked, as :func:`fresh_folder`."""
+    folder = fresh_folder(path)
+    try:
+        yield folder
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -10,7 +10,7 @@ from compress.core.checkpoint import LoadedModel
 from compress.core.data import load_pairs
 from compress.core.default_data import split_paths
 from compress.core.evaluate import eval_sets
-from compress.core.files import fresh_folder, read_sidecar, write_sidecar
+from compress.core.files import fresh_stage_folder, read_sidecar, write_sidecar
 from compress.pipeline.contract import baseline, path_of, stage_dir
 from export.runtimes import open_artifact, runtime
 
@@ -33,20 +33,20 @@ def stage_export(run: Path, tflite: bool = True, extra_eval: list[str] | None = 
     probe = torch.from_numpy(pair.lr[:128, :128].transpose(2, 0, 1)[None].copy())
     base = read_sidecar(src)
     sets = eval_sets(loaded.scale, extra_eval) if tflite else {}
-    fresh_folder(stage_dir(run, "export"))  # every input read: a rerun without TFLite or OpenVINO keeps no old file
-    # the rewritten graph is exported last: it is the ``out`` / ``par`` reported below and TFLite's folder
-    for kind, rewrite in (("fp32_plain_onnx", False), ("fp32_onnx", True)):
-        out, par = export_checked(loaded.model, path_of(run, kind), probe, narrow_tail=rewrite)
-        write_sidecar(out, _onnx_record(loaded, base, par, onnx_op_counts(out), OPSET,
-                                        recorded_rewrites(onnx.load(str(out)))), source=src)
-    result: dict[str, object] = {"artifact": str(out), "parity_vs_pytorch": par.to_dict()}
-    if runtime("openvino").present():
-        result["openvino_ir"] = _export_ir(out, path_of(run, "openvino_ir"), probe.numpy(), loaded, base)
-    if tflite:
-        from compress.pipeline.tflite_stage import export_tflite
+    with fresh_stage_folder(stage_dir(run, "export")):  # every input read: a rerun keeps no old file
+        # the rewritten graph is exported last: it is the ``out`` / ``par`` reported below and TFLite's folder
+        for kind, rewrite in (("fp32_plain_onnx", False), ("fp32_onnx", True)):
+            out, par = export_checked(loaded.model, path_of(run, kind), probe, narrow_tail=rewrite)
+            write_sidecar(out, _onnx_record(loaded, base, par, onnx_op_counts(out), OPSET,
+                                            recorded_rewrites(onnx.load(str(out)))), source=src)
+        result: dict[str, object] = {"artifact": str(out), "parity_vs_pytorch": par.to_dict()}
+        if runtime("openvino").present():
+            result["openvino_ir"] = _export_ir(out, path_of(run, "openvino_ir"), probe.numpy(), loaded, base)
+        if tflite:
+            from compress.pipeline.tflite_stage import export_tflite
 
-        result["tflite"] = export_tflite(loaded, src, out.parent, sets)
-    return result
+            result["tflite"] = export_tflite(loaded, src, out.parent, sets)
+        return result
 
 
 def _export_ir(onnx_path: Path, xml: Path, probe, loaded: LoadedModel, base: dict) -> str:  # noqa: ANN001

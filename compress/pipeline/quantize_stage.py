@@ -17,7 +17,7 @@ from compress.core.default_data import split_paths, training_images, training_pa
 from compress.core.distributed import is_writer, rank0_value
 from compress.core.errors import InputError, first_line
 from compress.core.evaluate import eval_sets, evaluate, psnr_delta_db, quality
-from compress.core.files import fresh_folder, read_sidecar, sidecar_path, write_sidecar
+from compress.core.files import fresh_stage_folder, read_sidecar, sidecar_path, write_sidecar
 from compress.core.recipe import to_dict
 from compress.core.train import TrainLog, fit
 from compress.pipeline.contract import find, path_of, quantize_dir
@@ -260,72 +260,72 @@ def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_ev
     scale = loaded.scale
     reader = PatchCalibrationReader(checked_images(recipe, scale), scale, recipe.calibration)
     sets = eval_sets(scale, extra_eval)
-    out_dir = fresh_folder(quantize_dir(run, source))  # every input read: now the earlier run's files go
-    fp32 = export_onnx(loaded.model, out_dir / "model_fp32.onnx")
-    pre = preprocess(fp32, out_dir / "model_fp32_pre.onnx")
-    ref_quality = quality(ort_upscaler(fp32), sets, scale)
-    score_pairs = _centre_crops(reader.paths, scale)
-    score = lambda path: evaluate(open_upscaler(path), score_pairs, scale).psnr_y_db  # noqa: E731
-    rr = reduce_weight_range(recipe.weight_range)
-    opts = Int8Options(reduce_range=rr, float_op_types=recipe.float_op_types)
-    common = {"weights": {"bits": 7 if rr else 8, "range": "[-64, 64]" if rr else "[-127, 127]",
-                          "setting": recipe.weight_range, "cpu_has_vnni": cpu_has_vnni()},
-              "stage": "quantize", "arch": loaded.arch,
-              "scale": scale, "config": loaded.describe()["config"], "params": loaded.describe()["params"],
-              "recipe": to_dict(recipe), "fp32_quality": ref_quality,
-              "tail_rewrites": recorded_rewrites(onnx.load(str(fp32)))}
-    sample = next(iter_patches(reader.paths, scale, recipe.calibration))
-    fp32_out = ort_upscaler(fp32)(sample)
-    results: dict[str, dict] = {}
+    with fresh_stage_folder(quantize_dir(run, source)) as out_dir:  # every input read: the earlier run's files go
+        fp32 = export_onnx(loaded.model, out_dir / "model_fp32.onnx")
+        pre = preprocess(fp32, out_dir / "model_fp32_pre.onnx")
+        ref_quality = quality(ort_upscaler(fp32), sets, scale)
+        score_pairs = _centre_crops(reader.paths, scale)
+        score = lambda path: evaluate(open_upscaler(path), score_pairs, scale).psnr_y_db  # noqa: E731
+        rr = reduce_weight_range(recipe.weight_range)
+        opts = Int8Options(reduce_range=rr, float_op_types=recipe.float_op_types)
+        common = {"weights": {"bits": 7 if rr else 8, "range": "[-64, 64]" if rr else "[-127, 127]",
+                              "setting": recipe.weight_range, "cpu_has_vnni": cpu_has_vnni()},
+                  "stage": "quantize", "arch": loaded.arch,
+                  "scale": scale, "config": loaded.describe()["config"], "params": loaded.describe()["params"],
+                  "recipe": to_dict(recipe), "fp32_quality": ref_quality,
+                  "tail_rewrites": recorded_rewrites(onnx.load(str(fp32)))}
+        sample = next(iter_patches(reader.paths, scale, recipe.calibration))
+        fp32_out = ort_upscaler(fp32)(sample)
+        results: dict[str, dict] = {}
 
-    def finish(path: Path, extra: dict) -> None:
-        upscaler = open_upscaler(path)  # ONNX Runtime for QDQ ONNX, OpenVINO for IR
-        q = quality(upscaler, sets, scale)
-        onnx_file = path.suffix == ".onnx"
-        record = {**common, **extra, "format": "onnx-qdq-int8" if onnx_file else "openvino-ir-int8", "quality": q,
-                  "psnr_y_delta_db": psnr_delta_db(q, ref_quality),
-                  "parity_vs_fp32_onnx": parity(fp32_out, upscaler(sample)).to_dict(),
-                  "kernels": kernel_report(path) if onnx_file else {"runtime": "openvino"},
-                  "fp32_size_bytes": fp32.stat().st_size}
-        if not onnx_file:
-            record["weights_file"] = path.with_suffix(".bin").name
-        write_sidecar(path, record, source=src)
-        results[path.name] = record["psnr_y_delta_db"]
+        def finish(path: Path, extra: dict) -> None:
+            upscaler = open_upscaler(path)  # ONNX Runtime for QDQ ONNX, OpenVINO for IR
+            q = quality(upscaler, sets, scale)
+            onnx_file = path.suffix == ".onnx"
+            record = {**common, **extra, "format": "onnx-qdq-int8" if onnx_file else "openvino-ir-int8", "quality": q,
+                      "psnr_y_delta_db": psnr_delta_db(q, ref_quality),
+                      "parity_vs_fp32_onnx": parity(fp32_out, upscaler(sample)).to_dict(),
+                      "kernels": kernel_report(path) if onnx_file else {"runtime": "openvino"},
+                      "fp32_size_bytes": fp32.stat().st_size}
+            if not onnx_file:
+                record["weights_file"] = path.with_suffix(".bin").name
+            write_sidecar(path, record, source=src)
+            results[path.name] = record["psnr_y_delta_db"]
 
-    caches: dict[str, Path] = {}
-    for name in recipe.ptq_methods:
-        method = Calibration(name)
-        caches[name] = out_dir / f"calibration_{name}.json"
-        ranges = calibrate(pre, reader, method, caches[name], recipe.percentile)
-        path = quantize(pre, out_dir / f"model_int8_{name}.onnx", caches[name], method, options=opts)
-        finish(path, {"method": "ptq", "calibration": {"method": name, "samples": reader.count,
-                      "percentile": recipe.percentile if method is Calibration.PERCENTILE else None,
-                      "ranges": range_summary(ranges)}, "excluded_nodes": []})
+        caches: dict[str, Path] = {}
+        for name in recipe.ptq_methods:
+            method = Calibration(name)
+            caches[name] = out_dir / f"calibration_{name}.json"
+            ranges = calibrate(pre, reader, method, caches[name], recipe.percentile)
+            path = quantize(pre, out_dir / f"model_int8_{name}.onnx", caches[name], method, options=opts)
+            finish(path, {"method": "ptq", "calibration": {"method": name, "samples": reader.count,
+                          "percentile": recipe.percentile if method is Calibration.PERCENTILE else None,
+                          "ranges": range_summary(ranges)}, "excluded_nodes": []})
 
-    mixed = recipe.mixed_precision and recipe.max_float_nodes > 0
-    if mixed or (recipe.qat and recipe.qat_calibration == "auto"):  # scored once, used by both
-        best_ptq = max(recipe.ptq_methods, key=lambda m: score(out_dir / f"model_int8_{m}.onnx"))
-    if mixed:
-        _run_mixed(recipe, pre, caches[best_ptq], Calibration(best_ptq), score, score(fp32) - recipe.budget_db,
-                   out_dir, opts, finish, {"samples": reader.count, "score_images": [p.name for p in score_pairs]})
+        mixed = recipe.mixed_precision and recipe.max_float_nodes > 0
+        if mixed or (recipe.qat and recipe.qat_calibration == "auto"):  # scored once, used by both
+            best_ptq = max(recipe.ptq_methods, key=lambda m: score(out_dir / f"model_int8_{m}.onnx"))
+        if mixed:
+            _run_mixed(recipe, pre, caches[best_ptq], Calibration(best_ptq), score, score(fp32) - recipe.budget_db,
+                       out_dir, opts, finish, {"samples": reader.count, "score_images": [p.name for p in score_pairs]})
 
-    nncf_start, patches = None, []
-    if recipe.nncf.enabled and runtime("openvino").present():
-        nncf_start, patches = _run_nncf_ptq(loaded, recipe, reader, fp32, out_dir, finish)
-    if recipe.qat and recipe.qat_calibration == "auto":  # start from the best PTQ model
-        recipe = dataclasses.replace(recipe, qat_calibration=best_ptq)
-    ort_start = _qat_start(recipe, reader, pre, out_dir, caches, opts) if recipe.qat else None
-    plan = qat_plan(recipe, ort_start, nncf_start, score)
-    if plan["nncf"]:
-        results.update(_run_nncf_qat(loaded, recipe, patches, nncf_start, out_dir, finish, score, plan))
-    if plan["ort"]:
-        results.update(_run_qat(loaded, recipe, reader, pre, out_dir, ort_start, rr, opts, finish, score, plan))
-    for name, ran in (("model_int8_qat.onnx", plan["ort"]), ("model_int8_nncf_qat.xml", plan["nncf"])):
-        if "start_psnr_y_db" in plan and not ran:  # qat_from = best chose the other runtime's start
-            results[name] = {"not_run": plan}
-    if recipe.tflite_qat.enabled and is_writer():  # TensorFlow training: one process (rank 0 under torchrun)
-        from compress.pipeline.tflite_stage import tfmot_qat_tflite
+        nncf_start, patches = None, []
+        if recipe.nncf.enabled and runtime("openvino").present():
+            nncf_start, patches = _run_nncf_ptq(loaded, recipe, reader, fp32, out_dir, finish)
+        if recipe.qat and recipe.qat_calibration == "auto":  # start from the best PTQ model
+            recipe = dataclasses.replace(recipe, qat_calibration=best_ptq)
+        ort_start = _qat_start(recipe, reader, pre, out_dir, caches, opts) if recipe.qat else None
+        plan = qat_plan(recipe, ort_start, nncf_start, score)
+        if plan["nncf"]:
+            results.update(_run_nncf_qat(loaded, recipe, patches, nncf_start, out_dir, finish, score, plan))
+        if plan["ort"]:
+            results.update(_run_qat(loaded, recipe, reader, pre, out_dir, ort_start, rr, opts, finish, score, plan))
+        for name, ran in (("model_int8_qat.onnx", plan["ort"]), ("model_int8_nncf_qat.xml", plan["nncf"])):
+            if "start_psnr_y_db" in plan and not ran:  # qat_from = best chose the other runtime's start
+                results[name] = {"not_run": plan}
+        if recipe.tflite_qat.enabled and is_writer():  # TensorFlow training: one process (rank 0 under torchrun)
+            from compress.pipeline.tflite_stage import tfmot_qat_tflite
 
-        results.update(tfmot_qat_tflite(loaded, src, out_dir, recipe.tflite_qat, recipe.data, ref_quality,
-                                        sets, recipe.calibration, _calibration_paths(recipe)))
-    return {"source": source, "out": str(out_dir), "psnr_y_delta_db": results}
+            results.update(tfmot_qat_tflite(loaded, src, out_dir, recipe.tflite_qat, recipe.data, ref_quality,
+                                            sets, recipe.calibration, _calibration_paths(recipe)))
+        return {"source": source, "out": str(out_dir), "psnr_y_delta_db": results}

@@ -7,7 +7,8 @@ import pytest
 
 from compress.core.errors import MAX_MESSAGE_CHARS, InputError, WriteError, error_line
 from compress.core.files import (
-    atomic_path, fresh_folder, is_number, read_json, removed_on_failure, sidecar_path, write_sidecar, write_text_atomic,
+    atomic_path, fresh_folder, fresh_stage_folder, is_number, read_json, removed_on_failure, sidecar_path,
+    write_sidecar, write_text_atomic,
 )
 
 
@@ -75,3 +76,16 @@ def test_an_error_is_one_printable_line_of_bounded_length():
     long = error_line("x" * 5000)
     assert long.startswith("x" * MAX_MESSAGE_CHARS) and long.endswith("... (5000 characters)")
     assert error_line("café: ok") == "café: ok"  # only control characters are escaped
+
+
+def test_a_fresh_stage_folder_is_removed_if_its_stage_fails(tmp_path):
+    stage = tmp_path / "30-export"
+    with fresh_stage_folder(stage) as folder:
+        (folder / "model_fp32.onnx").write_bytes(b"graph")
+    assert (stage / "model_fp32.onnx").is_file()  # kept: the block succeeded
+    with pytest.raises(RuntimeError, match="parity"):
+        with fresh_stage_folder(stage) as folder:
+            assert list(folder.iterdir()) == []  # emptied first, as fresh_folder
+            (folder / "model_fp32.onnx").write_bytes(b"graph")
+            raise RuntimeError("parity")
+    assert not stage.exists() and tmp_path.is_dir()

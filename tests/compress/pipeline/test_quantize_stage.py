@@ -152,3 +152,25 @@ def test_qat_from_best_runs_one_qat_and_names_the_other(tmp_path, image_dir):
     starts = plan["start_psnr_y_db"]
     assert set(starts) == {"model_int8_minmax.onnx", "model_int8_nncf.xml"}
     assert not (out / skipped).exists()
+
+
+def test_a_quantize_stage_interrupted_midway_leaves_no_folder_of_some_artifacts(tmp_path, image_dir, monkeypatch):
+    import compress.pipeline.quantize_stage as stage
+
+    run = _staged_run(tmp_path)
+    recipe = from_mapping(QuantRecipe, {
+        "ptq_methods": ["minmax"], "calibration": {"lr_patch": 16, "patches_per_image": 1},
+        "calibration_data": str(image_dir), "data": str(image_dir), "mixed_precision": False,
+        "nncf": {"enabled": False}, "tflite_qat": {"enabled": False},
+    })
+    reached = []
+
+    def interrupted(*args, **kwargs):
+        reached.append(sorted(p.name for p in (run / "20-quantize" / "model").iterdir()))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stage, "_qat_start", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_quantize(run, recipe, "model")
+    assert "model_int8_minmax.onnx" in reached[0]  # the PTQ model was written when QAT was interrupted
+    assert not (run / "20-quantize" / "model").exists()  # and went with the rest of the stage's folder
