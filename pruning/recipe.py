@@ -77,6 +77,9 @@ class PruneRecipe:
             raise ValueError(f"train.ema_decay must be 0 for pruning (unstructured: the masks would not hold in the "
                              f"weight average; channel: every fine-tuning segment between pruning steps would "
                              f"restart it), got {self.train.ema_decay}")
+        if self.train.keep_best:
+            raise ValueError("train.keep_best must be false for pruning: an early check of the schedule is less "
+                             "sparse than its end, and channel pruning validates nothing to choose among")
         if self.round_to < 1:
             raise ValueError(f"round_to must be >= 1, got {self.round_to}")
         if self.train.steps < self.schedule.end_step:

@@ -87,6 +87,9 @@ class QuantRecipe:
             raise ValueError(f"qat_from must be one of {QAT_FROM}, got {self.qat_from!r}")
         if self.qat_keep not in ("better", "always"):
             raise ValueError(f"qat_keep must be better or always, got {self.qat_keep!r}")
+        if self.train.keep_best:
+            raise ValueError("train.keep_best must be false for QAT: qat_keep decides on the calibration crops "
+                             "whether the QAT model is kept")
         if self.qat_calibration not in (*METHODS, "auto"):
             raise ValueError(f"qat_calibration must be one of {(*METHODS, 'auto')}, got {self.qat_calibration!r}")
         Int8Options(float_op_types=self.float_op_types)  # validates the operator types

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from compress.core.best_weights import BestWeights
 from compress.core.data import ImagePair
 from compress.core.distill import FeatureDistiller
 from compress.core.distributed import Ranks, ensure_process_group, rank_device
@@ -34,6 +35,7 @@ from compress.core.evaluate import evaluate
 from compress.core.files import atomic_path
 from compress.core.infer import torch_upscaler
 from compress.core.prefetch import Prefetcher
+from compress.core.progress import PlainProgress
 from compress.core.train_config import TrainConfig, lr_at, resolve_precision
 
 StepHook = Callable[[int], None]
@@ -53,21 +55,30 @@ class TrainLog:
     seconds: float = 0.0
     precision: str = "fp32"
     steps_done: int = 0
+    kept_step: int = 0
+    kept_val_psnr_y_db: float | None = None
+
+    def final_val_psnr_y_db(self) -> float:
+        """Validation PSNR-Y of the weights the model ends with: the kept check's (``keep_best``), else the
+        last check's; -inf when nothing was validated."""
+        if self.kept_val_psnr_y_db is not None:
+            return self.kept_val_psnr_y_db
+        return self.val_psnr_y_db[-1][1] if self.val_psnr_y_db else float("-inf")
 
 
 def _load_resume(path: Path | None, model: nn.Module, opt: torch.optim.Optimizer, device: str,
-                 batches: Iterator[tuple[np.ndarray, np.ndarray]]) -> tuple[int, float, dict | None]:
+                 batches: Iterator[tuple[np.ndarray, np.ndarray]]) -> tuple[int, float, dict]:
     """Restore model and optimizer from a resume checkpoint if there is one, and skip the batches the
     interrupted run already used, so the resumed run sees the stream it would have seen.
 
     Returns:
         The step to start at, the training seconds already spent (0 for checkpoints written before
         the seconds were recorded), so that a wall-time budget and its learning-rate schedule go on
-        where the interrupted run left them instead of starting again, and the weight average's state
-        if the checkpoint holds one.
+        where the interrupted run left them instead of starting again, and the states the checkpoint
+        holds beside them (``ema``: the weight average, ``best``: :meth:`BestWeights.state_dict`).
     """
     if path is None or not path.is_file():
-        return 0, 0.0, None
+        return 0, 0.0, {}
     try:
         state = torch.load(path, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
@@ -78,14 +89,16 @@ def _load_resume(path: Path | None, model: nn.Module, opt: torch.optim.Optimizer
                          "delete it to start afresh") from None
     for _ in range(step):
         next(batches)
-    return step, float(state.get("seconds", 0.0)), state.get("ema")
+    return step, float(state.get("seconds", 0.0)), {k: state[k] for k in ("ema", "best") if k in state}
 
 
 def _save_resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, seconds: float,
-                 ema: WeightAverage | None) -> None:
+                 ema: WeightAverage | None, best: BestWeights | None) -> None:
     state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "seconds": seconds}
     if ema is not None:
         state["ema"] = ema.state_dict()
+    if best is not None:
+        state["best"] = best.state_dict()
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
@@ -228,39 +241,13 @@ def _release(model: nn.Module, teacher: nn.Module | None, features: FeatureDisti
 
 
 def _score(log: TrainLog, model: nn.Module, val_pairs: Sequence[ImagePair], scale: int, device: str, step: int,
-           desc: str, ema: WeightAverage | None = None) -> None:
-    """Validate ``model`` (holding its weight average, if kept) after ``step`` steps and log its PSNR-Y."""
+           desc: str, ema: WeightAverage | None = None, best: BestWeights | None = None) -> None:
+    """Validate ``model`` (holding its weight average, if kept) after ``step`` steps, log its PSNR-Y and
+    offer those weights to ``best``."""
     with ema.applied() if ema is not None else contextlib.nullcontext():
         log.val_psnr_y_db.append((step, _validate(model, val_pairs, scale, device)))
-    tqdm.write(f"[{desc}] step {step}: val PSNR-Y {log.val_psnr_y_db[-1][1]:.3f} dB")
-
-
-class PlainProgress:
-    """Progress as plain lines, at most one per ``interval_s``, for logs that are not a terminal (where
-    tqdm's bar is disabled): a long fine-tuning written to a file would otherwise say nothing until it ends.
-
-    Args:
-        desc: label at the start of each line.
-        total: the step count a full run reaches.
-        start_step: the first step of this run (after a resume, the steps already done).
-        interval_s: the least time between two lines.
-    """
-
-    def __init__(self, desc: str, total: int, start_step: int, interval_s: float = 60.0) -> None:
-        self.desc, self.total, self.interval_s = desc, total, interval_s
-        self._t0 = self._last_s = time.perf_counter()
-        self._start_step = start_step
-
-    def line(self, step: int, loss: float, lr_now: float, now_s: float | None = None) -> str | None:
-        """The line to print after ``step`` steps, or None while ``interval_s`` has not passed."""
-        now_s = time.perf_counter() if now_s is None else now_s
-        if now_s - self._last_s < self.interval_s:
-            return None
-        self._last_s = now_s
-        elapsed_s = now_s - self._t0
-        s_per_step = elapsed_s / max(step - self._start_step, 1)
-        return (f"[{self.desc}] step {step}/{self.total}: loss {loss:.4f}, lr {lr_now:.2e}, "
-                f"{s_per_step:.2f} s/step, {elapsed_s / 60:.1f} min")
+        kept = best is not None and best.offer(step, log.val_psnr_y_db[-1][1], model)
+    tqdm.write(f"[{desc}] step {step}: val PSNR-Y {log.val_psnr_y_db[-1][1]:.3f} dB" + (" (best)" if kept else ""))
 
 
 def _log_loss(log: TrainLog, bar: tqdm, plain: PlainProgress, step: int, running: float, lr_now: float,
@@ -345,15 +332,17 @@ def _fit(model: nn.Module, batches: Iterator[tuple[np.ndarray, np.ndarray]], cfg
     log = TrainLog(precision=resolve_precision(cfg.precision, device))
     bf16 = log.precision == "bf16"
     fmt = _place(model, teacher, device, channels_last)
-    if cfg.ema_decay and hooks:
-        raise ValueError("TrainConfig.ema_decay cannot be combined with step hooks (e.g. pruning masks)")
+    for name in ("ema_decay", "keep_best"):
+        if getattr(cfg, name) and hooks:
+            raise ValueError(f"TrainConfig.{name} cannot be combined with step hooks (e.g. pruning masks)")
     own = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
     features = _feature_distiller(model, teacher, cfg, batches, device, fmt)
     trainable = own + (features.parameters() if features is not None else [])
     opt = _optimizer(cfg, trainable)
-    start, spent_s, ema_state = _load_resume(resume, model, opt, device, batches)
+    start, spent_s, states = _load_resume(resume, model, opt, device, batches)
     net = _parallel(model, ranks, device)
-    ema = _weight_average(cfg, own, ema_state)
+    ema = _weight_average(cfg, own, states.get("ema"))
+    best = BestWeights.from_state(states.get("best")) if cfg.keep_best and val_pairs else None
     step_hooks = list(hooks) if ema is None else [lambda _step: ema.update()]  # ema_decay excludes hooks
     t0, budget_s = time.perf_counter() - spent_s, cfg.max_minutes * 60.0
     end = start if budget_s and spent_s >= budget_s else cfg.steps  # a resumed run whose budget is spent
@@ -371,15 +360,18 @@ def _fit(model: nn.Module, batches: Iterator[tuple[np.ndarray, np.ndarray]], cfg
             last = step + 1 == cfg.steps or _out_of_time(budget_s, t0, ranks)
             _log_loss(log, bar, plain, step + 1, running, lr_now, last)
             if val_pairs and ranks.rank == 0 and ((cfg.val_every and (step + 1) % cfg.val_every == 0) or last):
-                _score(log, model, val_pairs, scale, device, step + 1, desc, ema)
+                _score(log, model, val_pairs, scale, device, step + 1, desc, ema, best)
             if resume is not None and ranks.rank == 0 and cfg.ckpt_every and ((step + 1) % cfg.ckpt_every == 0 or last):
-                _save_resume(resume, model, opt, step + 1, time.perf_counter() - t0, ema)
+                _save_resume(resume, model, opt, step + 1, time.perf_counter() - t0, ema, best)
             done = step + 1
             if last:
                 break
     if done == start and val_pairs and ranks.rank == 0:  # nothing left to run: score what the resume file holds
-        _score(log, model, val_pairs, scale, device, start, desc, ema)
+        _score(log, model, val_pairs, scale, device, start, desc, ema, best)
     bar.close()
     _release(model, teacher, features, ema)
+    if best is not None and best.weights is not None and ranks.rank == 0:
+        best.restore(model)
+        log.kept_step, log.kept_val_psnr_y_db = best.step, best.psnr_y_db
     log.seconds, log.steps_done = time.perf_counter() - t0, done
     return log

@@ -69,6 +69,10 @@ class TrainConfig:
         ema_decay: keep an exponential moving average of the trained weights with this decay per step
             (:class:`compress.core.ema.WeightAverage`; 0: off); validation scores the average and the
             model ends holding it. Not with step hooks (pruning masks would not hold in the average).
+        keep_best: end with the weights of the validation check (every ``val_every`` steps and the
+            last step) that scored best, not the last step's (:class:`compress.core.best_weights.BestWeights`;
+            the log records its step). Needs ``val_every``; not with step hooks (an early check of a
+            pruning schedule is less sparse than its end).
     """
 
     steps: int = 1000
@@ -87,6 +91,7 @@ class TrainConfig:
     precision: str = "auto"
     max_minutes: float = 0.0
     ema_decay: float = 0.0
+    keep_best: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.steps <= MAX_STEPS:
@@ -117,6 +122,8 @@ class TrainConfig:
         for name in ("warmup_steps", "val_every", "ckpt_every", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.keep_best and not self.val_every:
+            raise ValueError("TrainConfig.keep_best needs val_every > 0 (the checks it chooses among), got val_every 0")
 
     @property
     def uses_teacher(self) -> bool:

@@ -32,12 +32,15 @@ STAGE_NAMES = tuple(st.name for st in STAGES)
 
 
 def _train_overrides(recipe: TrainRecipe, args: argparse.Namespace) -> TrainRecipe:
-    """``recipe`` with the command line's ``--precision``, ``--max-minutes``, ``--lr`` and ``--seed`` (the
-    patch stream's and the optimizer's) in place of its own."""
+    """``recipe`` with the command line's ``--precision``, ``--max-minutes``, ``--lr``, ``--keep-best`` and
+    ``--seed`` (the patch stream's and the optimizer's) in place of its own."""
     train = {k: v for k, v in (("precision", args.precision), ("max_minutes", args.max_minutes), ("lr", args.lr),
-                               ("seed", args.seed)) if v is not None}
+                               ("seed", args.seed), ("keep_best", args.keep_best)) if v is not None}
     if train:
-        recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, **train))
+        try:
+            recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, **train))
+        except ValueError as exc:  # e.g. --keep-best on a recipe that validates only at the end
+            raise InputError(f"{args.recipe}: {exc}") from None
     if args.seed is not None:
         recipe = dataclasses.replace(recipe, patch=dataclasses.replace(recipe.patch, seed=args.seed))
     return recipe
@@ -52,9 +55,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     record = train_model(recipe, Path(args.out), device=args.device, recipe_file=str(args.recipe),
                          continue_from=args.continue_from)
     print(dumps({k: record[k] for k in ("stage", "precision", "steps_done", "train_seconds", "val_psnr_y_db",
-                                        "continued_from", "written") if k in record}))
+                                        "kept_step", "continued_from", "written") if k in record}))
     if not record["written"] and record.get("val_psnr_y_db"):
-        print(f"kept {args.continue_from}: validation PSNR-Y {record['val_psnr_y_db'][-1][1]:.3f} dB is not better "
+        judged = record.get("kept_val_psnr_y_db") or record["val_psnr_y_db"][-1][1]
+        print(f"kept {args.continue_from}: validation PSNR-Y {judged:.3f} dB is not better "
               f"than its {record['continued_from']['val_psnr_y_db']:.3f} dB; {args.out} not written", file=sys.stderr)
     return 0
 
@@ -168,6 +172,8 @@ def _add_tools(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--lr", type=opt.learning_rate, default=None, help="override the recipe's peak learning rate")
     s.add_argument("--seed", type=opt.int_range("--seed", 0, 2**63 - 1), default=None,
                    help="override the recipe's seeds (patch sampling and training)")
+    s.add_argument("--keep-best", action="store_const", const=True, default=None,
+                   help="end with the weights of the best validation check, not the last step's (train.keep_best)")
     s.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     s.set_defaults(func=_cmd_train)
 

@@ -178,7 +178,7 @@ def _keep_carried(history: list[dict], images: object) -> list[dict]:
 def _summary(record: dict[str, object]) -> dict[str, object]:
     """What one training run adds to a checkpoint's history."""
     keys = ("recipe_file", "device", "gpu", "precision", "cpu", "steps_done", "train_seconds", "val_psnr_y_db",
-            "continued_from")
+            "kept_step", "continued_from")
     out = {k: record[k] for k in keys if k in record}
     if "steps_done" not in out and isinstance(record.get("recipe"), dict):
         out["steps_done"] = record["recipe"].get("train", {}).get("steps")
@@ -212,7 +212,7 @@ def train_model(recipe: TrainRecipe, out: Path, device: str = "cpu", recipe_file
     """Train per ``recipe`` and write ``out`` (safetensors) with its sidecar.
 
     With ``continue_from``, every tensor starts from that checkpoint and ``out`` is written only if
-    the final validation PSNR-Y beats the checkpoint's; otherwise nothing is written (``written``
+    the final validation PSNR-Y (with ``train.keep_best``: the best check's, whose weights it writes) beats the checkpoint's; otherwise nothing is written (``written``
     is false in the returned record), so repeated runs can only improve a shipped model.
     """
     model = build_model(recipe.model_config())
@@ -254,8 +254,9 @@ def train_model(recipe: TrainRecipe, out: Path, device: str = "cpu", recipe_file
         "loss": log.loss[-20:],
         "val_psnr_y_db": log.val_psnr_y_db,
         "validation_images": [p.name for p in val_files],
+        **({"kept_step": log.kept_step, "kept_val_psnr_y_db": log.kept_val_psnr_y_db} if recipe.train.keep_best else {}),
     }
-    final = log.val_psnr_y_db[-1][1] if log.val_psnr_y_db else float("-inf")
+    final = log.final_val_psnr_y_db()
     if cont is not None:
         record["continued_from"] = {"file": str(cont.source), "sha256": sha256_file(cont.source),
                                     "val_psnr_y_db": round(cont.val_psnr_y_db, 4)}

@@ -30,6 +30,8 @@ def test_shipped_prune_recipes_load():
         ({"schedule": {**TINY["schedule"], "freq": 3}}, r"unknown field\(s\) \['freq'\]"),
         ({"method": "unstructured", "train": {"steps": 6, "ema_decay": 0.99}}, "train.ema_decay must be 0"),
         ({"method": "channel", "train": {"steps": 6, "ema_decay": 0.99}}, "train.ema_decay must be 0"),
+        ({"train": {"steps": 6, "val_every": 2, "keep_best": True}}, "train.keep_best must be false for pruning"),
+        ({"train": {"steps": 6, "keep_best": True}}, "keep_best needs val_every > 0"),
     ],
 )
 def test_bad_recipe_values(mapping, message):

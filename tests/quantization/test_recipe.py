@@ -29,6 +29,8 @@ def test_recipe_validation_and_shipped_recipe():
         from_mapping(QuantRecipe, {"nncf": {"activation_ranges": "kl"}})
     with pytest.raises(InputError, match=r"train.feature_distill_weight must be 0 for QAT"):
         from_mapping(QuantRecipe, {"train": {"feature_distill_weight": 0.1}})
+    with pytest.raises(InputError, match=r"train.keep_best must be false for QAT"):
+        from_mapping(QuantRecipe, {"train": {"val_every": 50, "keep_best": True}})
 
 
 def test_a_ptq_method_given_twice_is_refused(tmp_path):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from compress.core.data import PatchConfig, list_images, load_pairs, random_patches
-from compress.core.train import LOSSES, PlainProgress, _cudnn_autotune, fit
+from compress.core.train import LOSSES, _cudnn_autotune, fit
 from compress.core.train_config import LOSS_NAMES, TrainConfig
 from tests.conftest import tiny_edsr
 
@@ -198,16 +198,6 @@ def test_every_loss_a_config_accepts_has_a_function():
     assert set(LOSSES) == set(LOSS_NAMES)
 
 
-def test_plain_progress_prints_at_most_once_per_interval():
-    progress = PlainProgress("prune", total=1000, start_step=100, interval_s=60.0)
-    t0 = progress._t0
-    assert progress.line(150, 0.05, 1e-4, now_s=t0 + 30.0) is None
-    assert progress.line(200, 0.04321, 2.5e-4, now_s=t0 + 60.0) == (
-        "[prune] step 200/1000: loss 0.0432, lr 2.50e-04, 0.60 s/step, 1.0 min")
-    assert progress.line(250, 0.04, 1e-4, now_s=t0 + 100.0) is None
-    assert progress.line(300, 0.04, 1e-4, now_s=t0 + 120.0) is not None
-
-
 @pytest.mark.parametrize(("device", "inside"), [("cpu", False), ("cuda", True), ("cuda:1", True)])
 def test_cudnn_autotunes_only_while_training_on_cuda_and_the_setting_comes_back(device, inside):
     before = torch.backends.cudnn.benchmark
@@ -263,3 +253,47 @@ def test_prefetched_batches_train_exactly_as_the_plain_stream(image_dir, monkeyp
                        strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
         torch.testing.assert_close(a, c, rtol=0, atol=0)
+
+
+def _validated(model, pairs) -> float:
+    from compress.core.evaluate import evaluate
+    from compress.core.infer import torch_upscaler
+
+    return evaluate(torch_upscaler(model), pairs, 2).psnr_y_db
+
+
+@pytest.mark.parametrize("ema_decay", [0.0, 0.5])
+def test_keep_best_ends_with_the_weights_of_the_best_check(image_dir, ema_decay):
+    pairs = load_pairs(list_images(image_dir), 2)
+    cfg = TrainConfig(steps=8, lr=0.05, lr_schedule="constant", val_every=1, keep_best=True, ema_decay=ema_decay)
+    model = tiny_edsr(2)  # a learning rate high enough that later steps undo earlier gains
+    log = fit(model, random_patches(pairs, 2, PatchConfig(lr_patch=8, batch_size=2, seed=3)), cfg, 2,
+              val_pairs=pairs[:1])
+    scores = dict(log.val_psnr_y_db)
+    assert log.kept_step == max(scores, key=scores.get) < 8  # the best check was not the last one
+    assert log.final_val_psnr_y_db() == scores[log.kept_step] > scores[8]
+    assert _validated(model, pairs[:1]) == pytest.approx(scores[log.kept_step], abs=1e-3)  # NCHW now, channels_last then
+
+
+def test_keep_best_chooses_across_an_interrupted_run_and_its_resumption(image_dir, tmp_path):
+    pairs = load_pairs(list_images(image_dir), 2)
+    cfg = TrainConfig(steps=8, lr=0.05, lr_schedule="constant", val_every=1, keep_best=True, ckpt_every=4)
+    stream = lambda: random_patches(pairs, 2, PatchConfig(lr_patch=8, batch_size=2, seed=3))  # noqa: E731
+    whole = tiny_edsr(2)
+    whole_log = fit(whole, stream(), cfg, 2, val_pairs=pairs[:1])
+    resume = tmp_path / "r.pt"
+    fit(tiny_edsr(2), stream(), dataclasses.replace(cfg, steps=4), 2, val_pairs=pairs[:1], resume=resume)
+    resumed = tiny_edsr(2)
+    log = fit(resumed, stream(), cfg, 2, val_pairs=pairs[:1], resume=resume)
+    assert (log.kept_step, log.final_val_psnr_y_db()) == (whole_log.kept_step, whole_log.final_val_psnr_y_db())
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b)
+
+
+def test_keep_best_refuses_step_hooks_and_a_run_without_checks(image_dir):
+    pairs = load_pairs(list_images(image_dir), 2)
+    with pytest.raises(ValueError, match="keep_best cannot be combined with step hooks"):
+        fit(tiny_edsr(2), random_patches(pairs, 2, PatchConfig(lr_patch=8, batch_size=2)),
+            TrainConfig(steps=1, val_every=1, keep_best=True), 2, hooks=[lambda step: None])
+    with pytest.raises(ValueError, match="keep_best needs val_every > 0"):
+        TrainConfig(keep_best=True)

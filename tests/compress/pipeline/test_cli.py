@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import subprocess
 import sys
@@ -6,6 +7,7 @@ import pytest
 import torch
 
 from compress.core.checkpoint import save_checkpoint
+from compress.core.errors import InputError
 from compress.pipeline.cli import main
 from compress.core.files import read_sidecar
 from export.runtimes import runtime
@@ -211,7 +213,12 @@ def test_train_overrides_replace_the_recipes_lr_seeds_and_budget(tmp_path, capsy
     assert (changed.train.lr, changed.train.seed, changed.patch.seed, changed.train.max_minutes) == (5e-5, 31, 31, 2.5)
     assert changed.train.lr_schedule == recipe.train.lr_schedule and changed.patch.lr_patch == recipe.patch.lr_patch
     same = build_parser().parse_args(["train", "--recipe", "r.toml", "--out", "o.safetensors"])
-    assert _train_overrides(recipe, same) == recipe
+    assert _train_overrides(recipe, same) == recipe and not recipe.train.keep_best
+    best = build_parser().parse_args(["train", "--recipe", "r.toml", "--out", "o.safetensors", "--keep-best"])
+    assert _train_overrides(recipe, best).train == dataclasses.replace(recipe.train, keep_best=True)
+    plain = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, val_every=0))
+    with pytest.raises(InputError, match=r"^r\.toml: TrainConfig\.keep_best needs val_every > 0"):
+        _train_overrides(plain, best)  # a recipe that validates only at its end has nothing to choose among
     for bad, message in ((["--lr", "0"], "--lr"), (["--lr", "2"], "--lr: must be in (0, 1.0], got 2"),
                          (["--seed", "-1"], "--seed must be 0..")):
         with pytest.raises(SystemExit) as exit_:

@@ -55,6 +55,25 @@ def test_continue_writes_when_better_and_keeps_history(image_dir, tmp_path):
     assert "gpu" not in record  # a GPU's name is recorded for CUDA runs only
 
 
+def test_continue_with_keep_best_writes_the_best_check_and_judges_it_against_the_start(image_dir, tmp_path):
+    from compress.core.data import list_images, load_pairs
+    from compress.core.evaluate import evaluate
+    from compress.core.infer import torch_upscaler
+
+    torch.manual_seed(0)  # the start model's initialisation
+    start = _trained_start(image_dir, tmp_path, steps=1)
+    out = tmp_path / "best.safetensors"  # a learning rate so high that later steps undo earlier gains
+    cfg = TrainConfig(steps=8, lr=0.01, lr_schedule="constant", val_every=1, keep_best=True, precision="fp32")
+    record = train_model(dataclasses.replace(_recipe(image_dir, 1e-3), train=cfg), out, continue_from=start)
+    scores, before = dict(record["val_psnr_y_db"]), record["continued_from"]["val_psnr_y_db"]
+    assert record["kept_step"] == max(scores, key=scores.get) < 8
+    assert record["history"][-1]["kept_step"] == record["kept_step"]
+    assert before < scores[record["kept_step"]] and record["written"] is True
+    pairs = load_pairs(list_images(image_dir), 2)  # the file holds the kept check's weights
+    psnr = evaluate(torch_upscaler(load_checkpoint(out).model), pairs, 2).psnr_y_db
+    assert psnr == pytest.approx(scores[record["kept_step"]], abs=1e-3)
+
+
 def test_continue_needs_a_matching_architecture(image_dir, tmp_path):
     other = tmp_path / "wide.safetensors"
     save_checkpoint(tiny_edsr(2), EDSRConfig(scale=2, num_feat=16, num_block=2), other)
