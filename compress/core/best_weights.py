@@ -55,4 +55,6 @@ class BestWeights:
         """The record :meth:`state_dict` wrote, or a fresh one for ``None`` (a resume file without one)."""
         if state is None:
             return cls()
-        return cls(int(state["step"]), float(state["psnr_y_db"]), state["weights"])
+        weights = state["weights"]  # a resume file loads onto the training device; the copy lives on the CPU
+        return cls(int(state["step"]), float(state["psnr_y_db"]),
+                   None if weights is None else {k: v.cpu() for k, v in weights.items()})

@@ -9,6 +9,7 @@ import torch
 from compress.core.checkpoint import LoadedModel
 from compress.core.data import load_pairs
 from compress.core.default_data import split_paths
+from compress.core.errors import InputError
 from compress.core.evaluate import eval_sets
 from compress.core.files import fresh_stage_folder, read_sidecar, write_sidecar
 from compress.pipeline.contract import baseline, path_of, stage_dir
@@ -33,6 +34,9 @@ def stage_export(run: Path, tflite: bool = True, extra_eval: list[str] | None = 
     probe = torch.from_numpy(pair.lr[:128, :128].transpose(2, 0, 1)[None].copy())
     base = read_sidecar(src)
     sets = eval_sets(loaded.scale, extra_eval) if tflite else {}
+    if tflite and (missing := runtime("tflite").absence()):  # found now, not after the ONNX and OpenVINO exports
+        raise InputError(f"{run}: the TFLite export needs TensorFlow ({missing}): pip install -e '.[tflite]', "
+                         "or pass --no-tflite")
     with fresh_stage_folder(stage_dir(run, "export")):  # every input read: a rerun keeps no old file
         # the rewritten graph is exported last: it is the ``out`` / ``par`` reported below and TFLite's folder
         for kind, rewrite in (("fp32_plain_onnx", False), ("fp32_onnx", True)):

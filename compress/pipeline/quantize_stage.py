@@ -260,6 +260,9 @@ def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_ev
     scale = loaded.scale
     reader = PatchCalibrationReader(checked_images(recipe, scale), scale, recipe.calibration)
     sets = eval_sets(scale, extra_eval)
+    if recipe.tflite_qat.enabled and (missing := runtime("tflite").absence()):  # found now, not after the ONNX work
+        raise InputError(f"{run}: the recipe's tflite_qat needs TensorFlow and tfmot ({missing}): "
+                         "pip install -e '.[tflite]', or set tflite_qat.enabled = false")
     with fresh_stage_folder(quantize_dir(run, source)) as out_dir:  # every input read: the earlier run's files go
         fp32 = export_onnx(loaded.model, out_dir / "model_fp32.onnx")
         pre = preprocess(fp32, out_dir / "model_fp32_pre.onnx")

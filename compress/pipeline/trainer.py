@@ -212,8 +212,9 @@ def train_model(recipe: TrainRecipe, out: Path, device: str = "cpu", recipe_file
     """Train per ``recipe`` and write ``out`` (safetensors) with its sidecar.
 
     With ``continue_from``, every tensor starts from that checkpoint and ``out`` is written only if
-    the final validation PSNR-Y (with ``train.keep_best``: the best check's, whose weights it writes) beats the checkpoint's; otherwise nothing is written (``written``
-    is false in the returned record), so repeated runs can only improve a shipped model.
+    the final validation PSNR-Y (with ``train.keep_best``: the best check's, whose weights it writes)
+    beats the checkpoint's; otherwise nothing is written (``written`` is false in the returned record),
+    so repeated runs can only improve a shipped model.
     """
     model = build_model(recipe.model_config())
     copied = init_matching(model, recipe.init_from, recipe.arch) if recipe.init_from and not continue_from else []

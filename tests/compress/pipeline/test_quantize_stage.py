@@ -174,3 +174,21 @@ def test_a_quantize_stage_interrupted_midway_leaves_no_folder_of_some_artifacts(
         run_quantize(run, recipe, "model")
     assert "model_int8_minmax.onnx" in reached[0]  # the PTQ model was written when QAT was interrupted
     assert not (run / "20-quantize" / "model").exists()  # and went with the rest of the stage's folder
+
+
+class _Absent:
+    def absence(self) -> str:
+        return "tensorflow is not installed"
+
+
+def test_a_tflite_qat_without_tensorflow_is_refused_before_the_earlier_output_goes(tmp_path, monkeypatch):
+    import compress.pipeline.quantize_stage as stage
+
+    run = _staged_run(tmp_path)
+    earlier = run / "20-quantize" / "model" / "model_int8_minmax.onnx"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(b"an earlier run's")
+    monkeypatch.setattr(stage, "runtime", lambda name: _Absent())
+    with pytest.raises(InputError, match=r"tflite_qat needs TensorFlow and tfmot \(tensorflow is not installed\)"):
+        run_quantize(run, from_mapping(QuantRecipe, {"tflite_qat": {"enabled": True}}), "model")
+    assert earlier.read_bytes() == b"an earlier run's"
