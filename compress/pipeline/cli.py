@@ -57,8 +57,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(dumps({k: record[k] for k in ("stage", "precision", "steps_done", "train_seconds", "val_psnr_y_db",
                                         "kept_step", "continued_from", "written") if k in record}))
     if not record["written"] and record.get("val_psnr_y_db"):
-        judged = record.get("kept_val_psnr_y_db") or record["val_psnr_y_db"][-1][1]
-        print(f"kept {args.continue_from}: validation PSNR-Y {judged:.3f} dB is not better "
+        print(f"kept {args.continue_from}: validation PSNR-Y {record['final_val_psnr_y_db']:.3f} dB is not better "
               f"than its {record['continued_from']['val_psnr_y_db']:.3f} dB; {args.out} not written", file=sys.stderr)
     return 0
 

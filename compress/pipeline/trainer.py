@@ -255,9 +255,11 @@ def train_model(recipe: TrainRecipe, out: Path, device: str = "cpu", recipe_file
         "loss": log.loss[-20:],
         "val_psnr_y_db": log.val_psnr_y_db,
         "validation_images": [p.name for p in val_files],
-        **({"kept_step": log.kept_step, "kept_val_psnr_y_db": log.kept_val_psnr_y_db} if recipe.train.keep_best else {}),
+        **({"kept_step": log.kept_step} if recipe.train.keep_best else {}),
     }
-    final = log.final_val_psnr_y_db()
+    final = log.final_val_psnr_y_db()  # what the continuation guard judges: the kept check's, else the last
+    if log.val_psnr_y_db:
+        record["final_val_psnr_y_db"] = final
     if cont is not None:
         record["continued_from"] = {"file": str(cont.source), "sha256": sha256_file(cont.source),
                                     "val_psnr_y_db": round(cont.val_psnr_y_db, 4)}

@@ -43,6 +43,8 @@ def test_config_validation():
         TrainConfig(max_minutes=float("inf"))
     with pytest.raises(ValueError, match="ema_decay"):
         TrainConfig(ema_decay=1.0)
+    with pytest.raises(ValueError, match="keep_best needs val_every > 0"):
+        TrainConfig(keep_best=True)
     with pytest.raises(ValueError, match="optimizer"):
         TrainConfig(optimizer="rmsprop")
     with pytest.raises(ValueError, match="loss"):

@@ -225,3 +225,21 @@ def test_train_overrides_replace_the_recipes_lr_seeds_and_budget(tmp_path, capsy
             main(["train", "--recipe", "r.toml", "--out", str(tmp_path / "o.safetensors"), *bad])
         err = capsys.readouterr().err
         assert exit_.value.code == 2 and message in err and err.count("\n") == 1
+
+
+def test_a_continuation_that_validates_worse_says_both_figures_and_writes_nothing(image_dir, tmp_path, capsys):
+    recipe = tmp_path / "tiny.toml"
+    body = (f'arch = "edsr"\nscale = 2\nnum_feat = 8\nnum_block = 1\ndata = "{image_dir}"\n'
+            f'val_data = "{image_dir}"\nmax_side = 0\n[patch]\nlr_patch = 8\nbatch_size = 2\n'
+            '[train]\nsteps = {steps}\nlr = {lr}\nprecision = "fp32"\nval_every = 1\n')
+    recipe.write_text(body.replace("{steps}", "20").replace("{lr}", "1e-3"))
+    start = tmp_path / "start.safetensors"
+    assert _run(capsys, "train", "--recipe", str(recipe), "--out", str(start))[0] == 0
+    before = start.read_bytes()
+    recipe.write_text(body.replace("{steps}", "4").replace("{lr}", "1.0"))  # a learning rate that ruins it
+    code, out, err = _run(capsys, "train", "--recipe", str(recipe), "--out", str(start), "--continue-from", str(start),
+                          "--keep-best")
+    record = json.loads(out[out.index("{\n"):])  # after the validation lines
+    best = max(psnr for _, psnr in record["val_psnr_y_db"])
+    assert code == 0 and record["written"] is False and start.read_bytes() == before
+    assert f"validation PSNR-Y {best:.3f} dB is not better than its " in err  # the kept check's figure was judged
