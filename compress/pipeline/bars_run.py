@@ -194,14 +194,33 @@ def _compress(argv: list[str], log: Path) -> str | None:
     with open(log, "a") as fh:
         fh.write(f"$ python -m compress {' '.join(argv)}\n")
         fh.flush()
-        code = subprocess.run([sys.executable, "-m", "compress", *argv], cwd=REPO, stdout=fh, stderr=subprocess.STDOUT,
-                              check=False).returncode
+        with subprocess.Popen([sys.executable, "-m", "compress", *argv], cwd=REPO, stdout=fh,
+                              stderr=subprocess.STDOUT) as proc:
+            try:
+                code = proc.wait()
+            except BaseException:  # the campaign interrupted: the command unwinds too, its stage folder with it
+                _stop(proc)
+                raise
     if code == 0:
         return None
     with open(log, errors="replace") as fh:
         fh.seek(start)
         tail = [line.strip() for line in fh.read().splitlines()[1:] if line.strip()]
     return f"exit {code}: {tail[-1] if tail else 'no message'}"
+
+
+def _stop(proc: subprocess.Popen, own_s: float = 10.0, grace_s: float = 60.0) -> None:
+    """End ``proc`` after the campaign was interrupted. Ctrl-C reaches the whole process group, so it may be
+    unwinding already: if it is still there ``own_s`` later, SIGTERM (the CLI unwinds on it as on Ctrl-C),
+    and SIGKILL ``grace_s`` after that."""
+    for stop, wait_s in ((None, own_s), (proc.terminate, grace_s), (proc.kill, None)):
+        if stop is not None:
+            stop()
+        try:
+            proc.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def recipe_digests(bar: Bar) -> dict[str, str]:

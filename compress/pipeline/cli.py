@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from compress.core.distributed import is_writer, rank0_value, ranks, release_process_group
 from compress.core.errors import InputError, error_line
@@ -285,6 +288,31 @@ def warning_line(message: Warning | str, category: type[Warning], filename: str,
     return error_line(f"warning: {message}") + "\n"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler's stop, torchrun ending its workers), raised in the main thread as an
+    interrupt so that it unwinds as Ctrl-C does: a stage removes its half-written folder and each ``with``
+    block its temporary files, instead of the process ending where it stood."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process, unwound or not
+    raise Terminated
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated`; the earlier handler is back after it. Only the
+    main thread may set a handler: elsewhere (a command run from a worker thread) the block changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    earlier = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, earlier)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command: bad input ends in ``error: <file>: <problem>`` and exit 2; anything unexpected
     in one ``error:`` line and exit 3, with the traceback only under ``--debug``."""
@@ -297,12 +325,16 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115
     code = INTERNAL_ERROR
     try:
-        code = _run(args)
+        with sigterm_as_interrupt():
+            code = _run(args)
         return code
     except InputError as exc:
         print(f"error: {error_line(str(exc))}", file=sys.stderr)
         code = 2
         return code
+    except Terminated:
+        print("error: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

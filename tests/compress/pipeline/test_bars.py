@@ -1,6 +1,9 @@
 import dataclasses
 import hashlib
 import json
+import signal
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -12,7 +15,8 @@ from compress.core.files import write_sidecar
 from compress.core.recipe import load_recipe
 from compress.core.checkpoint import save_checkpoint
 from compress.pipeline.bars import PLANS, Bar, Plan, Step, plan_named
-from compress.pipeline.bars_run import Campaign, Outcome, dry_run, format_bars, judge, read_outcome, run_bars
+from compress.pipeline.bars_run import (Campaign, Outcome, _stop, dry_run, format_bars, judge, read_outcome,
+                                       run_bars)
 from pruning.recipe import PruneRecipe
 from quantization.recipe import QuantRecipe
 from tests.compress.pipeline.test_report import cells, markdown_tables
@@ -188,3 +192,17 @@ def test_campaign_runs_each_bar_in_its_own_folder_records_failures_and_resumes(t
     assert pruned.stat().st_mtime_ns == stamps[0] and quantized.stat().st_mtime_ns != stamps[1]
     with pytest.raises(InputError, match="bars.json: written by another campaign .*model"):
         run_bars(Campaign(plan, out, str(tmp_path / "other.safetensors"), data=str(image_dir)))
+
+
+@pytest.mark.parametrize("child, code", [
+    ("pass", 0),  # ended on its own (Ctrl-C reached it too): left alone
+    ("time.sleep(60)", -signal.SIGTERM),  # still running: SIGTERM, which the CLI unwinds on
+    ("signal.signal(signal.SIGTERM, signal.SIG_IGN); print(flush=True); time.sleep(60)", -signal.SIGKILL),
+])
+def test_an_interrupted_campaign_stops_its_command_in_turn(child, code):
+    proc = subprocess.Popen([sys.executable, "-c", f"import signal, time\n{child}"], stdout=subprocess.PIPE)
+    if "SIG_IGN" in child:
+        proc.stdout.readline()  # its handler is in place
+    _stop(proc, own_s=0.5, grace_s=0.5)
+    assert proc.returncode == code
+    proc.stdout.close()

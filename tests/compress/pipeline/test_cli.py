@@ -243,3 +243,57 @@ def test_a_continuation_that_validates_worse_says_both_figures_and_writes_nothin
     best = max(psnr for _, psnr in record["val_psnr_y_db"])
     assert code == 0 and record["written"] is False and start.read_bytes() == before
     assert f"validation PSNR-Y {best:.3f} dB is not better than its " in err  # the kept check's figure was judged
+
+
+def test_sigterm_unwinds_a_command_as_ctrl_c_does(tmp_path, capsys, monkeypatch):
+    """A real SIGTERM to this process mid-command: the stage's half-written folder goes, one line, 143."""
+    import os
+    import signal
+
+    import compress.pipeline.cli as cli
+    from compress.core.files import fresh_stage_folder
+
+    stage = tmp_path / "20-quantize"
+
+    def killed_midway(args):
+        with fresh_stage_folder(stage) as folder:
+            (folder / "model_int8_minmax.onnx").write_bytes(b"written before the signal")
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise AssertionError("SIGTERM did not interrupt the command")
+
+    earlier = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(cli, "_run", killed_midway)
+    code, _, err = _run(capsys, "inspect", "x.pth")
+    assert (code, err) == (143, "error: terminated\n")
+    assert not stage.exists()
+    assert signal.getsignal(signal.SIGTERM) is earlier  # the handler lasts as long as the command
+
+
+def test_a_quantize_command_sent_sigterm_leaves_no_stage_folder(tmp_path, image_dir):
+    """The real entry point in its own process, stopped with SIGTERM during QAT, after its PTQ model was written."""
+    import signal
+    import time
+
+    src = tmp_path / "edsr.pth"
+    torch.save({"params": as_layout(tiny_edsr(2), "edsr-basicsr")}, src)
+    run = tmp_path / "run"
+    assert main(["model", "--model", str(src), "--run", str(run)]) == 0
+    recipe = tmp_path / "q.toml"
+    recipe.write_text(f'ptq_methods = ["minmax"]\ncalibration_data = "{image_dir}"\ndata = "{image_dir}"\n'
+                      'mixed_precision = false\n[calibration]\nlr_patch = 16\npatches_per_image = 1\n'
+                      '[nncf]\nenabled = false\n[tflite_qat]\nenabled = false\n'
+                      '[patch]\nlr_patch = 16\nbatch_size = 2\n[train]\nsteps = 1000000\nlr = 1e-5\n')
+    stage = run / "20-quantize" / "model"
+    proc = subprocess.Popen([sys.executable, "-m", "compress", "quantize", "--run", str(run), "--recipe", str(recipe),
+                             "--source", "model"], env=launch_env(OMP_NUM_THREADS="1"), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (stage / "model_int8_minmax.onnx.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stderr.read()[-2000:]  # still running: QAT has a million steps to go
+    time.sleep(1.0)  # into the QAT
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert err.strip().splitlines()[-1] == "error: terminated"
+    assert not stage.exists() and (run / "00-model" / "model.safetensors").is_file()

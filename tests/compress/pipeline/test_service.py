@@ -309,3 +309,16 @@ def test_a_host_that_resolves_to_one_address_twice_binds_it_once(monkeypatch):
     finally:
         for sock in held:
             sock.close()
+
+
+def test_sigterm_shuts_the_service_down_cleanly(tiny_checkpoints, tmp_path):
+    """A service manager's stop: uvicorn's graceful shutdown, then exit 0 with no error line."""
+    import signal
+
+    from tests.compress.pipeline.conftest import start_service
+
+    log = tmp_path / "serve.log"
+    proc, _ = start_service(["--artifact", str(tiny_checkpoints[0]), "--threads", "1"], log)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0, log.read_text()[-2000:]
+    assert "error" not in log.read_text()
