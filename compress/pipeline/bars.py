@@ -146,7 +146,9 @@ class ModelRecipes:
         unstructured50: prune recipe of the 50% unstructured bar.
         default_channel: ``make all``'s channel recipe for this architecture.
         best_ptq: the PTQ artifact that loses least on this model (NNCF's IR or ORT's Percentile graph).
-        qat_artifact: the QAT artifact the QAT bar and ``make all``'s quantize default write.
+        qat_artifact: the QAT artifact the QAT bar's recipe writes.
+        default_qat_artifact: the one ``make all``'s ``default.toml`` writes, from the PTQ start its
+            ``qat_from = "best"`` chooses on this model (NNCF's IR on every shipped model since session 31).
     """
 
     qat: str
@@ -156,6 +158,7 @@ class ModelRecipes:
     default_channel: str
     best_ptq: str
     qat_artifact: str
+    default_qat_artifact: str = NNCF_QAT
 
 
 def _plan(name: str, arch: str, scale: int, r: ModelRecipes) -> Plan:
@@ -170,7 +173,7 @@ def _plan(name: str, arch: str, scale: int, r: ModelRecipes) -> Plan:
         _prune("unstructured50", "unstructured 50%", 0.03, r.unstructured50),
         _prune("default_channel", "make all channel default, 2x of the 50% bar", 0.30, r.default_channel, CUT_50),
         _prune("default_unstructured", "make all unstructured default, 2x", 0.06, "unstructured.toml"),
-        _quant("default_quantize", "make all quantize default: its QAT, 2x", 0.06, "default.toml", r.qat_artifact,
+        _quant("default_quantize", "make all quantize default: its QAT, 2x", 0.06, "default.toml", r.default_qat_artifact,
                qat=True),
         Bar("default_quantize_ptq", "make all quantize default: its best PTQ, 2x", 0.16, (), _quantized(r.best_ptq),
             after="default_quantize"),

@@ -31,6 +31,9 @@ def test_every_plan_names_recipes_that_load_and_artifacts_they_write(plan):
             load_recipe(cls, REPO / step.recipe)
             if step.stage == "prune":
                 assert bar.artifact == f"10-prune/{Path(step.recipe).stem}/model.safetensors"
+            elif bar.qat:  # the QAT the judged artifact comes from is one the recipe runs
+                recipe = load_recipe(QuantRecipe, REPO / step.recipe)
+                assert recipe.nncf.qat if bar.artifact.endswith("_nncf_qat.xml") else recipe.qat, bar.key
         if bar.after and bar.steps:  # it quantizes what the earlier bar pruned, in that bar's folder
             earlier = plan_named(plan.name).bars[[b.key for b in plan.bars].index(bar.after)]
             assert bar.steps[0].source == f"prune/{Path(earlier.steps[0].recipe).stem}"
