@@ -15,6 +15,12 @@ class InputError(ValueError):
     """
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler's stop, torchrun ending its workers), raised in the main thread as an
+    interrupt by the CLI's handler, so that it unwinds as Ctrl-C does: a stage removes its half-written
+    folder and each ``with`` block its temporary files, instead of the process ending where it stood."""
+
+
 class BadModelOutput(InputError):
     """A model's output failed its checks (shape, type, NaN or Inf): the model's fault, not the image's."""
 

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -79,6 +80,17 @@ def fresh_folder(path: str | Path) -> Path:
 
 
 @contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back for the block (a cleanup), so that a second Ctrl-C or a SIGTERM cannot cut
+    it short; one that came meanwhile is delivered when the block ends."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+@contextlib.contextmanager
 def fresh_stage_folder(path: str | Path) -> Iterator[Path]:
     """:func:`fresh_folder`, removed again if the block raises (an error, Ctrl-C): a stage that fails
     midway leaves no folder of some of its artifacts, which later stages would find and report as if
@@ -87,7 +99,8 @@ def fresh_stage_folder(path: str | Path) -> Iterator[Path]:
     try:
         yield folder
     except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
+        with signals_held():
+            shutil.rmtree(folder, ignore_errors=True)
         raise
 
 
@@ -175,11 +188,12 @@ def removed_on_failure(*artifacts: str | Path) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        for artifact in artifacts:
-            for path in (Path(artifact), sidecar_path(artifact)):
-                if path.is_file():
-                    with contextlib.suppress(OSError):
-                        path.unlink()
+        with signals_held():
+            for artifact in artifacts:
+                for path in (Path(artifact), sidecar_path(artifact)):
+                    if path.is_file():
+                        with contextlib.suppress(OSError):
+                            path.unlink()
         raise
 
 

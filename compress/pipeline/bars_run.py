@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from compress.core.cpu import host_cpu
-from compress.core.errors import InputError
+from compress.core.errors import InputError, Terminated
 from compress.core.evaluate import psnr_delta_db, set_name
 from compress.core.files import (read_json_object, read_sidecar, sidecar_path, sidecar_quality, write_json_atomic,
                                  write_text_atomic)
@@ -194,13 +194,13 @@ def _compress(argv: list[str], log: Path) -> str | None:
     with open(log, "a") as fh:
         fh.write(f"$ python -m compress {' '.join(argv)}\n")
         fh.flush()
-        with subprocess.Popen([sys.executable, "-m", "compress", *argv], cwd=REPO, stdout=fh,
-                              stderr=subprocess.STDOUT) as proc:
-            try:
-                code = proc.wait()
-            except BaseException:  # the campaign interrupted: the command unwinds too, its stage folder with it
-                _stop(proc)
-                raise
+        proc = subprocess.Popen([sys.executable, "-m", "compress", *argv], cwd=REPO, stdout=fh,
+                                stderr=subprocess.STDOUT)
+        try:
+            code = proc.wait()
+        except BaseException as exc:  # the campaign interrupted: the command unwinds too, its stage folder with it
+            _stop(proc, own_s=0.0 if isinstance(exc, Terminated) else 10.0)  # SIGTERM reached this process alone
+            raise
     if code == 0:
         return None
     with open(log, errors="replace") as fh:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from compress.core.distributed import is_writer, rank0_value, ranks, release_process_group
-from compress.core.errors import InputError, error_line
+from compress.core.errors import InputError, Terminated, error_line
 from compress.core.files import read_stage_seconds, record_stage_seconds
 from compress.core import options as opt
 from compress.pipeline.deploy_cli import add_deploy
@@ -288,12 +288,6 @@ def warning_line(message: Warning | str, category: type[Warning], filename: str,
     return error_line(f"warning: {message}") + "\n"
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (``kill``, a scheduler's stop, torchrun ending its workers), raised in the main thread as an
-    interrupt so that it unwinds as Ctrl-C does: a stage removes its half-written folder and each ``with``
-    block its temporary files, instead of the process ending where it stood."""
-
-
 def _raise_terminated(signum: int, frame: object) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process, unwound or not
     raise Terminated
@@ -301,13 +295,15 @@ def _raise_terminated(signum: int, frame: object) -> None:
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM raises :class:`Terminated`; the earlier handler is back after it. Only the
-    main thread may set a handler: elsewhere (a command run from a worker thread) the block changes nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
+    """Within the block, SIGTERM raises :class:`~compress.core.errors.Terminated`; the earlier handler is back
+    after it. Only the main thread may set a handler: elsewhere (a command run from a worker thread), or
+    where SIGTERM is ignored, the block changes nothing."""
+    earlier = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or earlier == signal.SIG_IGN:
+        yield  # a process started with SIGTERM ignored (``trap '' TERM``) keeps it ignored, as Python does SIGINT
         return
-    earlier = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
+        signal.signal(signal.SIGTERM, _raise_terminated)
         yield
     finally:
         signal.signal(signal.SIGTERM, earlier)

@@ -89,3 +89,22 @@ def test_a_fresh_stage_folder_is_removed_if_its_stage_fails(tmp_path):
             (folder / "model_fp32.onnx").write_bytes(b"graph")
             raise RuntimeError("parity")
     assert not stage.exists() and tmp_path.is_dir()
+
+
+def test_signals_held_delivers_a_signal_only_after_the_cleanup():
+    import os
+    import signal
+
+    from compress.core.files import signals_held
+
+    seen = []
+    earlier = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        with signals_held():
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # bytecodes at which an unheld signal's handler would run
+                pass
+            assert seen == []
+        assert seen == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, earlier)

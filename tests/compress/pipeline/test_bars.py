@@ -197,15 +197,48 @@ def test_campaign_runs_each_bar_in_its_own_folder_records_failures_and_resumes(t
         run_bars(Campaign(plan, out, str(tmp_path / "other.safetensors"), data=str(image_dir)))
 
 
-@pytest.mark.parametrize("child, code", [
-    ("pass", 0),  # ended on its own (Ctrl-C reached it too): left alone
-    ("time.sleep(60)", -signal.SIGTERM),  # still running: SIGTERM, which the CLI unwinds on
-    ("signal.signal(signal.SIGTERM, signal.SIG_IGN); print(flush=True); time.sleep(60)", -signal.SIGKILL),
+@pytest.mark.parametrize("child, own_s, code", [
+    ("time.sleep(0.3)", 60.0, 0),  # ends on its own (Ctrl-C reached it too): waited for, not signalled
+    ("time.sleep(60)", 0.5, -signal.SIGTERM),  # still running: SIGTERM, which the CLI unwinds on
+    ("signal.signal(signal.SIGTERM, signal.SIG_IGN); print(flush=True); time.sleep(60)", 0.5, -signal.SIGKILL),
 ])
-def test_an_interrupted_campaign_stops_its_command_in_turn(child, code):
+def test_an_interrupted_campaign_stops_its_command_in_turn(child, own_s, code):
     proc = subprocess.Popen([sys.executable, "-c", f"import signal, time\n{child}"], stdout=subprocess.PIPE)
     if "SIG_IGN" in child:
         proc.stdout.readline()  # its handler is in place
-    _stop(proc, own_s=0.5, grace_s=0.5)
+    _stop(proc, own_s=own_s, grace_s=0.5)
     assert proc.returncode == code
     proc.stdout.close()
+
+
+def test_sigterm_to_a_campaign_reaches_its_running_command_at_once(tmp_path, monkeypatch):
+    """A campaign's own SIGTERM is passed on without the 10 s a shared Ctrl-C gets: here to a real ``serve``."""
+    import os
+    import threading
+    import time
+
+    import compress.pipeline.bars_run as bars_run
+    from compress.core.errors import Terminated
+    from compress.pipeline.cli import sigterm_as_interrupt
+    from tests.compress.pipeline.conftest import free_port
+
+    ckpt = save_checkpoint(tiny_edsr(2), EDSRConfig(scale=2, num_feat=16, num_block=2), tmp_path / "m.safetensors")
+    log, stops, real_stop = tmp_path / "serve.log", [], bars_run._stop
+
+    def recorded_stop(proc, own_s, **kwargs):
+        real_stop(proc, own_s, **kwargs)
+        stops.append((own_s, proc.returncode))
+
+    monkeypatch.setattr(bars_run, "_stop", recorded_stop)
+
+    def kill_once_serving():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and "serving on" not in (log.read_text() if log.exists() else ""):
+            time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=kill_once_serving, daemon=True).start()
+    with sigterm_as_interrupt(), pytest.raises(Terminated):
+        bars_run._compress(["serve", "--artifact", str(ckpt), "--port", str(free_port()), "--threads", "1"], log)
+    assert stops == [(0.0, 0)]  # SIGTERM at once, and the service shut down cleanly on it
+    assert "serving on" in log.read_text() and "Traceback" not in log.read_text()
