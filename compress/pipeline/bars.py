@@ -64,6 +64,8 @@ class Bar:
         min_macs_cut: channel pruning: the least fraction of MACs at 256x256 it must remove (0: none).
         qat: a QAT: it must also lose no more than its PTQ start on any set (the start its sidecar names).
         after: key of an earlier bar whose run folder this one continues in (its artifacts as inputs).
+        or_else: artifacts judged instead, the first present, when ``artifact`` is not: a recipe that chooses
+            as it runs which one it writes (``qat_from = "best"``).
     """
 
     key: str
@@ -74,6 +76,7 @@ class Bar:
     min_macs_cut: float = 0.0
     qat: bool = False
     after: str = ""
+    or_else: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.key.replace("_", "").isalnum() or self.key == BASE:
@@ -123,9 +126,10 @@ def _quantized(artifact: str, source: str = "model") -> str:
 
 
 def _quant(key: str, label: str, max_db: float, recipe: str, artifact: str, *, qat: bool = False, after: str = "",
-           source: str = "model") -> Bar:
+           source: str = "model", or_else: tuple[str, ...] = ()) -> Bar:
     return Bar(key, label, max_db, (Step("quantize", f"quantization/recipes/{recipe}", source),),
-               _quantized(artifact, source), qat=qat, after=after)
+               _quantized(artifact, source), qat=qat, after=after,
+               or_else=tuple(_quantized(other, source) for other in or_else))
 
 
 # Channel widths are multiples of 8, so a cut lands within a few points of its target; the README's
@@ -146,9 +150,8 @@ class ModelRecipes:
         unstructured50: prune recipe of the 50% unstructured bar.
         default_channel: ``make all``'s channel recipe for this architecture.
         best_ptq: the PTQ artifact that loses least on this model (NNCF's IR or ORT's Percentile graph).
-        qat_artifact: the QAT artifact the QAT bar's recipe writes.
-        default_qat_artifact: the one ``make all``'s ``default.toml`` writes, from the PTQ start its
-            ``qat_from = "best"`` chooses on this model (NNCF's IR on every shipped model since session 31).
+        qat_artifact: the QAT artifact the QAT bar's recipe writes (``make all``'s ``default.toml`` writes
+            NNCF's or ORT's, from whichever PTQ start its ``qat_from = "best"`` chooses: both are looked for).
     """
 
     qat: str
@@ -158,7 +161,6 @@ class ModelRecipes:
     default_channel: str
     best_ptq: str
     qat_artifact: str
-    default_qat_artifact: str = NNCF_QAT
 
 
 def _plan(name: str, arch: str, scale: int, r: ModelRecipes) -> Plan:
@@ -173,8 +175,8 @@ def _plan(name: str, arch: str, scale: int, r: ModelRecipes) -> Plan:
         _prune("unstructured50", "unstructured 50%", 0.03, r.unstructured50),
         _prune("default_channel", "make all channel default, 2x of the 50% bar", 0.30, r.default_channel, CUT_50),
         _prune("default_unstructured", "make all unstructured default, 2x", 0.06, "unstructured.toml"),
-        _quant("default_quantize", "make all quantize default: its QAT, 2x", 0.06, "default.toml", r.default_qat_artifact,
-               qat=True),
+        _quant("default_quantize", "make all quantize default: its QAT, 2x", 0.06, "default.toml", NNCF_QAT,
+               qat=True, or_else=(ORT_QAT,)),
         Bar("default_quantize_ptq", "make all quantize default: its best PTQ, 2x", 0.16, (), _quantized(r.best_ptq),
             after="default_quantize"),
     ))

@@ -44,12 +44,14 @@ class Outcome:
         macs_cut: fraction of the baseline's MACs at 256x256 removed (pruned artifacts; else ``None``).
         start_loss_db: a QAT's: what its PTQ start (named in its sidecar) lost, per set.
         failed: why the bar could not be measured (a failed step, an unreadable sidecar), if so.
+        artifact: the artifact judged, relative to the run (the bar's own or one of its ``or_else``).
     """
 
     loss_db: dict[str, float] | None
     macs_cut: float | None = None
     start_loss_db: dict[str, float] | None = None
     failed: str | None = None
+    artifact: str | None = None
 
 
 def _quality(artifact: Path) -> dict[str, dict[str, float]]:
@@ -63,8 +65,8 @@ def _loss_db(base: dict[str, dict[str, float]], artifact: Path) -> dict[str, flo
 
 def read_outcome(bar: Bar, run: Path) -> Outcome:
     """The outcome of ``bar`` from its artifact's sidecar in ``run``, against that run's dense baseline."""
-    artifact = run / bar.artifact
-    if not artifact.is_file():
+    artifact = next((run / a for a in (bar.artifact, *bar.or_else) if (run / a).is_file()), None)
+    if artifact is None:
         return Outcome(None)
     try:
         side, base = read_sidecar(artifact), _quality(path_of(run, "baseline"))
@@ -75,7 +77,7 @@ def read_outcome(bar: Bar, run: Path) -> Outcome:
         verdict = side.get("against_ptq_start")
         if bar.qat and isinstance(verdict, dict) and verdict.get("ptq_start"):
             start = _loss_db(base, artifact.parent / str(verdict["ptq_start"]))
-        return Outcome(_loss_db(base, artifact) or None, cut, start)
+        return Outcome(_loss_db(base, artifact) or None, cut, start, artifact=artifact.relative_to(run).as_posix())
     except (InputError, KeyError, TypeError, ValueError) as exc:
         return Outcome(None, failed=f"unreadable sidecar of {artifact}: {exc}")
 
@@ -113,7 +115,7 @@ def format_bars(plan: Plan, outcomes: dict[str, tuple[Outcome, float | None]], s
                   for s in sets]
         macs = "-" if outcome.macs_cut is None else f"-{outcome.macs_cut:.1%}"
         recipes = ", ".join(f"`{Path(step.recipe).name}`" for step in bar.steps) or f"(of {bar.after})"
-        cells = [bar.label, f"{bar.max_loss_db:g}", recipes, f"`{bar.artifact}`", *losses, macs,
+        cells = [bar.label, f"{bar.max_loss_db:g}", recipes, f"`{outcome.artifact or bar.artifact}`", *losses, macs,
                  "-" if minutes is None else f"{minutes:.1f}", judge(bar, outcome, sets)]
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(lines) + "\n"

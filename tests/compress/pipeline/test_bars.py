@@ -242,3 +242,19 @@ def test_sigterm_to_a_campaign_reaches_its_running_command_at_once(tmp_path, mon
         bars_run._compress(["serve", "--artifact", str(ckpt), "--port", str(free_port()), "--threads", "1"], log)
     assert stops == [(0.0, 0)]  # SIGTERM at once, and the service shut down cleanly on it
     assert "serving on" in log.read_text() and "Traceback" not in log.read_text()
+
+
+def test_a_bar_whose_recipe_chooses_its_artifact_judges_the_one_written(tmp_path):
+    """make all's QAT is NNCF's or ORT's, whichever start ``qat_from = "best"`` chose: the one present is judged."""
+    bar = next(b for b in plan_named("rrdb-x4").bars if b.key == "default_quantize")
+    assert bar.artifact.endswith("model_int8_nncf_qat.xml") and bar.or_else[0].endswith("model_int8_qat.onnx")
+    write_sidecar(save_checkpoint(tiny_edsr(2), EDSRConfig(scale=2, num_feat=16, num_block=2),
+                                  tmp_path / "00-model" / "model.safetensors"), {"quality": {"Set5": {"psnr_y_db": 32.0}}})
+    assert read_outcome(bar, tmp_path) == Outcome(None)  # neither written: the QAT was not kept
+    ort = tmp_path / bar.or_else[0]
+    ort.parent.mkdir(parents=True)
+    ort.write_bytes(b"int8")
+    write_sidecar(ort, {"quality": {"Set5": {"psnr_y_db": 31.98}}})
+    outcome = read_outcome(bar, tmp_path)
+    assert outcome.artifact == bar.or_else[0] and outcome.loss_db == {"Set5": 0.02}
+    assert f"`{bar.or_else[0]}`" in format_bars(plan_named("rrdb-x4"), {bar.key: (outcome, 1.0)}, ["Set5"])
