@@ -164,7 +164,8 @@ def serve(cfg: object, host: str = "127.0.0.1", port: int = 8000) -> None:
         # connections beyond workers + queue and a margin get 503 from uvicorn; idle keep-alives close in
         # 5 s, and a connection whose request headers are late in header_timeout_s
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_keep_alive=5,
-                                limit_concurrency=cfg.workers + cfg.queue + 32, http=with_header_timeout(cfg.header_timeout_s),
+                                limit_concurrency=cfg.workers + cfg.queue + 32,
+                                http=with_header_timeout(cfg.header_timeout_s),
                                 timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a service stops, as in uvicorn.run
             uvicorn.Server(config).run(sockets=sockets)

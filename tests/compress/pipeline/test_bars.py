@@ -211,7 +211,7 @@ def test_an_interrupted_campaign_stops_its_command_in_turn(child, own_s, code):
     proc.stdout.close()
 
 
-def test_sigterm_to_a_campaign_reaches_its_running_command_at_once(tmp_path, monkeypatch):
+def test_sigterm_to_a_campaign_reaches_its_running_command_at_once(tmp_path, monkeypatch, tiny_checkpoints):
     """A campaign's own SIGTERM is passed on without the 10 s a shared Ctrl-C gets: here to a real ``serve``."""
     import os
     import threading
@@ -222,7 +222,6 @@ def test_sigterm_to_a_campaign_reaches_its_running_command_at_once(tmp_path, mon
     from compress.pipeline.cli import sigterm_as_interrupt
     from tests.compress.pipeline.conftest import free_port
 
-    ckpt = save_checkpoint(tiny_edsr(2), EDSRConfig(scale=2, num_feat=16, num_block=2), tmp_path / "m.safetensors")
     log, stops, real_stop = tmp_path / "serve.log", [], bars_run._stop
 
     def recorded_stop(proc, own_s, **kwargs):
@@ -239,7 +238,7 @@ def test_sigterm_to_a_campaign_reaches_its_running_command_at_once(tmp_path, mon
 
     threading.Thread(target=kill_once_serving, daemon=True).start()
     with sigterm_as_interrupt(), pytest.raises(Terminated):
-        bars_run._compress(["serve", "--artifact", str(ckpt), "--port", str(free_port()), "--threads", "1"], log)
+        bars_run._compress(["serve", "--artifact", str(tiny_checkpoints[0]), "--port", str(free_port()), "--threads", "1"], log)
     assert stops == [(0.0, 0)]  # SIGTERM at once, and the service shut down cleanly on it
     assert "serving on" in log.read_text() and "Traceback" not in log.read_text()
 

@@ -274,10 +274,9 @@ def test_a_quantize_command_sent_sigterm_leaves_no_stage_folder(tmp_path, image_
     import signal
     import time
 
-    src = tmp_path / "edsr.pth"
-    torch.save({"params": as_layout(tiny_edsr(2), "edsr-basicsr")}, src)
-    run = tmp_path / "run"
-    assert main(["model", "--model", str(src), "--run", str(run)]) == 0
+    from tests.compress.pipeline.test_quantize_stage import _staged_run
+
+    run = _staged_run(tmp_path)
     recipe = tmp_path / "q.toml"
     recipe.write_text(f'ptq_methods = ["minmax"]\ncalibration_data = "{image_dir}"\ndata = "{image_dir}"\n'
                       'mixed_precision = false\n[calibration]\nlr_patch = 16\npatches_per_image = 1\n'
