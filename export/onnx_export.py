@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import logging
 import math
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +75,22 @@ def require_parity(par: Parity, what: str, files: tuple[Path, ...] = ()) -> Pari
                       f"at least {MIN_PARITY_DB:.0f} dB needed)")
 
 
+@contextlib.contextmanager
+def _exporter_quiet() -> Iterator[None]:
+    """The exporter's notes on stderr (torchvision's ops skipped, pytree's deprecations) would stand
+    between a command and its one-line result or error: held back while it runs."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def export_onnx(model: nn.Module, path: str | Path, sample: torch.Tensor | None = None,
                 narrow_tail: bool = True) -> Path:
     """Export a canonical model to ONNX with dynamic H and W, written atomically and checked.
@@ -86,7 +105,7 @@ def export_onnx(model: nn.Module, path: str | Path, sample: torch.Tensor | None 
     model = model.eval().cpu()
     sample = sample if sample is not None else torch.rand(1, 3, 64, 64)
     dims = {2: torch.export.Dim("height", min=8, max=8192), 3: torch.export.Dim("width", min=8, max=8192)}
-    with atomic_path(path) as tmp, contextlib.redirect_stdout(io.StringIO()):
+    with atomic_path(path) as tmp, contextlib.redirect_stdout(io.StringIO()), _exporter_quiet():
         program = torch.onnx.export(
             model,
             (sample,),

@@ -13,6 +13,7 @@ import math
 import pickle
 import pickletools
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -95,6 +96,7 @@ def _read_file(path: Path) -> tuple[dict[str, object], dict[str, str]]:
         raise InputError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     if sniffed:
         raise InputError(f"{path}: a safetensors file with another suffix; name it *.safetensors")
+    _refuse_zip_bomb(path)
     try:
         with warnings.catch_warnings():  # torch's pickle-protocol notes would precede the one-line error
             warnings.simplefilter("ignore")
@@ -109,6 +111,26 @@ def _read_file(path: Path) -> tuple[dict[str, object], dict[str, str]]:
     if not isinstance(obj, dict):
         raise InputError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
     return obj, {}
+
+
+ZIP_SLACK_BYTES = 1 << 20  # headers and a little compression beyond torch.save's stored entries
+
+
+def _refuse_zip_bomb(path: Path) -> None:
+    """An :class:`InputError` for a zip checkpoint whose entries expand past twice the file's size:
+    ``torch.save`` stores them uncompressed, so memory stays near the file's size; a deflated entry
+    could ask for a thousand times it."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return
+        with zipfile.ZipFile(path) as archive:
+            expanded = sum(info.file_size for info in archive.infolist())
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return  # torch.load names what is wrong with it
+    size = path.stat().st_size
+    if expanded > 2 * size + ZIP_SLACK_BYTES:
+        raise InputError(f"{path}: refused: its zip entries expand to {expanded / 2**20:.0f} MiB from a "
+                         f"{size / 2**20:.1f} MiB file (torch.save stores them uncompressed)")
 
 
 def _starts_like_torch_save(path: Path) -> bool:
@@ -220,7 +242,7 @@ def load_checkpoint(path: str | Path, scale: int | None = None) -> LoadedModel:
     if scale is not None and recorded is not None and recorded != scale:
         raise InputError(f"{path}: the checkpoint records scale {recorded}, but scale {scale} was requested")
     return from_state_dict(unwrap_state_dict(raw, path), scale if scale is not None else recorded, path,
-                           Unshaped.from_metadata(meta, path))
+                           Unshaped.from_metadata(meta, path), scale_from="requested" if scale is not None else "recorded")
 
 
 def _recorded_scale(meta: dict[str, str], path: Path) -> int | None:
@@ -233,8 +255,9 @@ def _recorded_scale(meta: dict[str, str], path: Path) -> int | None:
 
 
 def from_state_dict(sd: dict[str, torch.Tensor], scale: int | None, path: Path,
-                    unshaped: Unshaped = Unshaped()) -> LoadedModel:
-    """Detect, validate and convert a bare state dict (``path`` names it in errors).
+                    unshaped: Unshaped = Unshaped(), scale_from: str = "requested") -> LoadedModel:
+    """Detect, validate and convert a bare state dict (``path`` names it in errors; ``scale_from`` says
+    where ``scale`` came from: ``requested``, or ``recorded`` in the file's metadata).
 
     Every shape is checked against a skeleton built on the meta device before any weight is allocated,
     so a small file cannot make the loader reserve gigabytes for the widths it declares.
@@ -250,7 +273,7 @@ def from_state_dict(sd: dict[str, torch.Tensor], scale: int | None, path: Path,
     except ValueError as exc:  # the architecture's own bounds (EDSR's res_scale in (0, 1])
         raise InputError(f"{path}: metadata outside the {layout.arch} model's bounds ({_first_line(exc)})") from exc
     if scale is not None and cfg.scale != scale:
-        raise InputError(f"{path}: checkpoint is a x{cfg.scale} {layout.arch} model, but scale {scale} was requested")
+        raise InputError(f"{path}: checkpoint is a x{cfg.scale} {layout.arch} model, but scale {scale} was {scale_from}")
     with torch.device("meta"):
         skeleton = build_model(cfg)
     _check_shapes(skeleton, canon, path, layout.name)

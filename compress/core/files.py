@@ -15,6 +15,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,15 +80,33 @@ def fresh_folder(path: str | Path) -> Path:
     return path
 
 
+HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
     """Hold SIGINT and SIGTERM back for the block (a cleanup), so that a second Ctrl-C or a SIGTERM cannot cut
-    it short; one that came meanwhile is delivered when the block ends."""
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    it short; one that came meanwhile is raised again when the block ends.
+
+    The Python handlers are swapped for one that notes the signal: a thread mask would not do, since the
+    kernel hands a process's signal to any thread that does not block it (torch's, ONNX Runtime's) and
+    Python then runs the handler on the main thread all the same. Off the main thread nothing is held.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[int] = []
+    earlier = {s: signal.getsignal(s) for s in HELD_SIGNALS}
+    swapped = {s: h for s, h in earlier.items() if h is not None and h is not signal.SIG_IGN}
+    for s in swapped:
+        signal.signal(s, lambda signum, frame: came.append(signum))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        for s, handler in swapped.items():
+            signal.signal(s, handler)
+        for s in dict.fromkeys(came):
+            signal.raise_signal(s)
 
 
 @contextlib.contextmanager
@@ -218,11 +237,15 @@ def is_number(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and abs(value) <= sys.float_info.max
 
 
+MAX_PSNR_DB = 1000  # 8-bit images give 0 dB at the largest error; a figure past this is no measurement
+
+
 def quality_problem(quality: object) -> str:
-    """What is wrong with a ``quality`` entry (evaluation set -> metrics with a numeric ``psnr_y_db``), or ''."""
+    """What is wrong with a ``quality`` entry (evaluation set -> metrics with a ``psnr_y_db`` from 0 to
+    ``MAX_PSNR_DB``), or ''."""
     ok = isinstance(quality, dict) and all(isinstance(m, dict) and is_number(m.get("psnr_y_db"))
-                                           for m in quality.values())
-    return "" if ok else "must map each evaluation set to its metrics with a psnr_y_db"
+                                           and 0 <= m["psnr_y_db"] <= MAX_PSNR_DB for m in quality.values())
+    return "" if ok else f"must map each evaluation set to its metrics with a psnr_y_db from 0 to {MAX_PSNR_DB}"
 
 
 def sidecar_quality(record: dict[str, object], where: str | Path, field: str = "quality") -> dict[str, dict[str, float]]:
@@ -243,6 +266,8 @@ STAGE_SECONDS = "stage_seconds.json"  # each stage's wall time, in the run folde
 def read_stage_seconds(run: str | Path) -> dict[str, float]:
     """``<run>/stage_seconds.json``: each stage's wall time (``{}`` before any stage ran)."""
     path = Path(run) / STAGE_SECONDS
+    if (path.exists() or path.is_symlink()) and not path.is_file():
+        raise InputError(f"{path}: not a file (it holds each stage's wall time); remove it")
     times = read_json_object(path) if path.is_file() else {}
     if not all(is_number(v) for v in times.values()):
         raise InputError(f"{path}: every stage's seconds must be a number")

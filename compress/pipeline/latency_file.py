@@ -15,6 +15,10 @@ from compress.core.files import is_number, quality_problem, read_json_object
 
 REPORT_TARGETS_MS = (300, 1000)  # the report's pass / fail columns
 TIMING_FIELDS = ("p50_ms", "p95_ms", "min_ms", "out_mp", "peak_rss_mb")
+CONFIG_COUNTS = {"threads": 1, "warmup": 0, "runs": 1}  # bench config counts the report prints -> least value
+MACHINE_TEXT = ("cpu", "cpu_description", "gpu")  # machine fields the report prints as text
+MAX_COUNT = 1 << 20
+MAX_SCALE = 8
 
 
 def inside_run(value: Any) -> bool:
@@ -61,14 +65,39 @@ def _quality_problem(quality: Any) -> str:
     return ""
 
 
+def _count(value: Any, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and least <= value <= MAX_COUNT
+
+
+def _config_problem(config: dict[str, Any]) -> str:
+    bad = [k for k, least in CONFIG_COUNTS.items() if not _count(config.get(k), least)]
+    if bad:
+        return f"config {', '.join(bad)} not whole numbers in range"
+    ladder = config.get("ladder_targets_ms", [])
+    if not (isinstance(ladder, list) and all(is_number(t) and t > 0 for t in ladder)):
+        return f"config ladder_targets_ms {ladder!r} is not a list of positive numbers"
+    return ""
+
+
+def _machine_problem(machine: dict[str, Any]) -> str:
+    bad = [k for k in MACHINE_TEXT if machine.get(k) is not None and not isinstance(machine[k], str)]
+    if machine.get("cores") is not None and not _count(machine["cores"], 1):
+        bad.append("cores")
+    return f"machine {', '.join(bad)} of the wrong type" if bad else ""
+
+
 def check_latency(bench: dict[str, Any], where: str) -> dict[str, Any]:
     """``bench`` if it is a latency file of ``make bench``, else an :class:`InputError` naming the entry."""
     targets = bench.get("targets_ms")
-    if not (isinstance(bench.get("results"), list) and isinstance(targets, list) and isinstance(bench.get("scale"), int)
+    if not (isinstance(bench.get("results"), list) and isinstance(targets, list)
             and isinstance(bench.get("machine"), dict) and isinstance(bench.get("config"), dict)):
         raise InputError(f"{where}: not a latency file of make bench (needs results, targets_ms, scale, machine, config)")
+    if not _count(bench.get("scale"), 1) or bench["scale"] > MAX_SCALE:
+        raise InputError(f"{where}: scale {bench.get('scale')!r} is not a whole number from 1 to {MAX_SCALE}")
     if not (all(is_number(t) and t > 0 for t in targets) and set(REPORT_TARGETS_MS) <= set(targets)):
         raise InputError(f"{where}: targets_ms {targets!r} must be positive and include {list(REPORT_TARGETS_MS)}")
+    if problem := _config_problem(bench["config"]) or _machine_problem(bench["machine"]):
+        raise InputError(f"{where}: {problem}")
     for i, r in enumerate(bench["results"]):
         if problem := _result_problem(r):
             raise InputError(f"{where}: results[{i}] {problem}")

@@ -7,7 +7,8 @@ from pathlib import Path
 from compress.core.checkpoint import LoadedModel, count_macs, count_params, load_checkpoint, save_checkpoint
 from compress.core.evaluate import bicubic_upscaler, eval_sets, quality
 from compress.core.errors import InputError
-from compress.core.files import read_sidecar, sha256_file, sidecar_path, source_block, write_sidecar
+from compress.core.files import (read_sidecar, removed_on_failure, sha256_file, sidecar_path, source_block,
+                                 write_sidecar)
 from compress.core.infer import torch_upscaler
 from compress.pipeline.contract import STAGES, path_of
 from compress.pipeline.defaults import default_checkpoint, default_scale
@@ -50,6 +51,7 @@ def stage_model(model: str | None, scale: int | None, run: Path, extra_eval: lis
         "quality": quality(torch_upscaler(loaded.model), sets, loaded.scale),
         "bicubic": quality(bicubic_upscaler(loaded.scale), sets, loaded.scale),
     }
-    save_checkpoint(loaded.model, loaded.config, out, metadata={"stage": "model", "source": str(src)})
-    write_sidecar(out, record, source_block(src, layout=loaded.layout))
+    with removed_on_failure(out):  # never a baseline without its sidecar, nor beside an old one
+        save_checkpoint(loaded.model, loaded.config, out, metadata={"stage": "model", "source": str(src)})
+        write_sidecar(out, record, source_block(src, layout=loaded.layout))
     return {"artifact": str(out), "psnr_y_db": {k: v["psnr_y_db"] for k, v in record["quality"].items()}}

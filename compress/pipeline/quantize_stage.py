@@ -71,7 +71,8 @@ def checked_images(recipe: QuantRecipe, scale: int) -> list[Path]:
     paths = _calibration_paths(recipe)
     side = recipe.calibration.lr_patch * scale
     if not any(min(_header_size(p)) >= side for p in paths[: recipe.calibration.max_images or None]):
-        raise InputError(f"calibration: no image fits an LR patch of {recipe.calibration.lr_patch} px at x{scale} "
+        where = "calibration" if recipe.calibration_data == "default" else recipe.calibration_data
+        raise InputError(f"{where}: no image fits an LR patch of {recipe.calibration.lr_patch} px at x{scale} "
                          f"(needs {side}x{side} px); got: {', '.join(p.name for p in paths[:5])}")
     return paths
 

@@ -16,8 +16,8 @@ from importlib import metadata
 from pathlib import Path
 
 from compress.core.errors import InputError
-from compress.core.files import (read_sidecar, read_stage_seconds, sidecar_path, sidecar_quality, write_json_atomic,
-                                 write_text_atomic)
+from compress.core.files import (fresh_stage_folder, is_number, read_sidecar, read_stage_seconds, sidecar_path,
+                                 sidecar_quality, write_json_atomic, write_text_atomic)
 from compress.pipeline.contract import QUANTIZED_KINDS, artifact_kind, from_pruned, kind_of, path_of, stage_dir
 from compress.pipeline.ladder import target_label
 from compress.pipeline.latency_file import read_latency
@@ -55,9 +55,23 @@ def pareto_front(points: dict[object, tuple[float, float]], loss_tol_db: float =
     return front
 
 
+REPORTED_NUMBERS = ("params", "macs_256x256", "overall_sparsity")  # sidecar fields the report prints
+REPORTED_TEXT = ("format", "method")
+
+
 def _sidecar(path: Path) -> dict:
-    """The artifact's sidecar, or ``{}`` for an artifact written without one."""
-    return read_sidecar(path) if sidecar_path(path).is_file() else {}
+    """The artifact's sidecar (its printed fields checked), or ``{}`` for an artifact written without one."""
+    if not sidecar_path(path).is_file():
+        return {}
+    side = read_sidecar(path)
+    bad = [k for k in REPORTED_NUMBERS if side.get(k) is not None and not is_number(side[k])]
+    bad += [k for k in REPORTED_TEXT if side.get(k) is not None and not isinstance(side[k], str)]
+    storage = side.get("storage", {})
+    if not isinstance(storage, dict) or not (storage.get("gzip_file_bytes") is None or is_number(storage["gzip_file_bytes"])):
+        bad.append("storage")
+    if bad:
+        raise InputError(f"{sidecar_path(path)}: {', '.join(bad)} of the wrong type; rerun the stage that wrote it")
+    return side
 
 
 def quality_record(run: Path, artifact: Path) -> dict:
@@ -81,6 +95,9 @@ def build_rows(run: Path) -> tuple[list[dict], dict]:
     bench = read_latency(bench_file)
     base_file = path_of(run, "baseline")
     base = _sidecar(base_file)
+    if base.get("scale", bench["scale"]) != bench["scale"]:
+        raise InputError(f"{bench_file}: scale {bench['scale']} but the baseline is x{base['scale']} "
+                         f"({sidecar_path(base_file)}); rerun make bench")
     ref = {k: v["psnr_y_db"] for k, v in sidecar_quality(base, sidecar_path(base_file)).items()}
     ladders = {(lad["artifact"], lad["runtime"], float(lad["target_ms"])): lad for lad in bench.get("ladders", [])}
     groups: dict[tuple[str, str], list[dict]] = {}
@@ -311,23 +328,28 @@ def write_report(run: Path) -> Path:
     if not any(r["latency"] for r in rows):
         raise InputError(f"{path_of(run, 'latency')}: no configuration was timed successfully; "
                          "nothing to report (rerun make bench and read its errors)")
-    out = stage_dir(run, "report")
     md = to_markdown(rows, header)
-    write_text_atomic(out / "report.md", md)
-    write_json_atomic(path_of(run, "report"), {"header": header, "targets": target_summary(rows), "rows": rows})
-    write_text_atomic(out / "report.csv", to_csv(rows))
-    png = base64.b64encode(pareto_png(rows)).decode()
+    texts = {"report.md": md, "report.csv": to_csv(rows), "report.html": _html(run, rows, header, md)}
+    summary = {"header": header, "targets": target_summary(rows), "rows": rows}
+    with fresh_stage_folder(stage_dir(run, "report")) as out:  # all built first; a failure leaves no folder
+        for name, text in texts.items():
+            write_text_atomic(out / name, text)
+        write_json_atomic(path_of(run, "report"), summary)
+    return out / "report.md"
+
+
+def _html(run: Path, rows: list[dict], header: dict, md: str) -> str:
     import html
 
+    png = base64.b64encode(pareto_png(rows)).decode()
     try:
         crops = base64.b64encode(front_crops(run, rows, header["scale"])).decode()
         visual = f"<img alt='Zoomed crops' src='data:image/png;base64,{crops}'>"
     except InputError as exc:  # an artifact this host cannot run: the tables still stand
         visual = f"<p>No crops: {html.escape(str(exc))}</p>"
-    write_text_atomic(out / "report.html", "<!doctype html><meta charset=utf-8><title>Compression report</title>"
-                      f"<img alt='Pareto plot' src='data:image/png;base64,{png}'>"
-                      f"<h2>The Pareto front up close</h2>{visual}<pre>{html.escape(md)}</pre>\n")
-    return out / "report.md"
+    return ("<!doctype html><meta charset=utf-8><title>Compression report</title>"
+            f"<img alt='Pareto plot' src='data:image/png;base64,{png}'>"
+            f"<h2>The Pareto front up close</h2>{visual}<pre>{html.escape(md)}</pre>\n")
 
 
 VISUAL_MAX = 6  # artifacts of the front shown as crops

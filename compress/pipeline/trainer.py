@@ -26,6 +26,7 @@ from compress.core.train_config import TrainConfig
 
 HYPERPARAMETERS = ("num_feat", "num_block", "num_grow_ch", "res_scale")
 MAX_SIZE = {"num_feat": 1024, "num_block": 256, "num_grow_ch": 1024}  # 4x EDSR's 256 features, 8x its 32 blocks
+MAX_PARAMS = 100_000_000  # together: EDSR (43 M) and ESRGAN's RRDBNet (16.7 M) fit; 1024 x 256 blocks (4.9 G) does not
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +80,11 @@ class TrainRecipe:
         if not 64 <= self.wallpaper_max_side <= 8192:
             raise ValueError(f"wallpaper_max_side must be 64..8192, got {self.wallpaper_max_side}")
         self._check_hyperparameters()
-        self.model_config()  # the architecture's own checks of scale and widths, before any image is read
+        with torch.device("meta"):  # the architecture's own checks of scale and widths, and its size, unallocated
+            params = sum(p.numel() for p in build_model(self.model_config()).parameters())
+        if params > MAX_PARAMS:
+            raise ValueError(f"num_feat {self.num_feat}, num_block {self.num_block}, num_grow_ch {self.num_grow_ch} "
+                             f"give {params / 1e6:.0f} M parameters, over {MAX_PARAMS // 10**6} M")
 
     def _check_hyperparameters(self) -> None:
         """Sizes within :data:`MAX_SIZE`; a hyperparameter the architecture lacks left at its default."""

@@ -78,3 +78,15 @@ def test_op_counts(tmp_path):
     path = export_onnx(tiny_edsr(2), tmp_path / "e.onnx")
     ops = onnx_op_counts(path)
     assert ops["Conv"] == 1 + 2 * 2 + 1 + 1 + 1 and ops["DepthToSpace"] == 1
+
+
+def test_export_keeps_the_exporters_notes_off_stderr(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = ("from tests.conftest import tiny_edsr; from export.onnx_export import export_onnx; "
+            f"export_onnx(tiny_edsr(2), {str(tmp_path / 'm.onnx')!r})")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr  # torchvision skips, pytree deprecations

@@ -314,3 +314,26 @@ def test_weights_saved_as_parameters_load_without_autograd_warnings(tmp_path):
         warnings.simplefilter("error")  # the mean read from a requires_grad tensor used to warn on stderr
         loaded = load_checkpoint(path)
     assert loaded.arch == "edsr" and not any(p.grad_fn for p in loaded.model.state_dict().values())
+
+
+def test_a_deflated_zip_checkpoint_that_expands_far_past_its_size_is_refused(tmp_path):
+    import zipfile
+
+    bomb = tmp_path / "bomb.pth"  # 32 MiB of zeros in a file of a few dozen KiB: torch.save never compresses
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", b"\0" * (32 << 20))
+    with pytest.raises(InputError, match=r"bomb.pth: refused: its zip entries expand to 32 MiB"):
+        load_checkpoint(bomb)
+    plain = tmp_path / "plain.pth"  # torch.save's own zip still loads
+    torch.save(as_layout(tiny_edsr(2), "edsr-official"), plain)
+    assert load_checkpoint(plain).scale == 2
+
+
+def test_a_scale_recorded_in_the_metadata_is_named_as_recorded_not_requested(tmp_path):
+    from safetensors.torch import save_file
+
+    model = tiny_edsr(2)
+    path = tmp_path / "m.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata={"scale": "4"})
+    with pytest.raises(InputError, match="x2 edsr model, but scale 4 was recorded"):
+        load_checkpoint(path)

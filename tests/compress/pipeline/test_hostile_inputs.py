@@ -28,6 +28,9 @@ from export.onnx_export import export_onnx
 from tests.conftest import REPO, as_layout, tiny_edsr, write_image
 
 
+BENCH_CONFIG = {"threads": 1, "runs": 1, "warmup": 2}  # the counts a latency file's config must hold
+
+
 def cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
     return subprocess.run([sys.executable, "-m", "compress", *argv], cwd=cwd, env=env, capture_output=True,
@@ -64,7 +67,7 @@ def work(tmp_path_factory) -> Path:
     ckpt = save_checkpoint(tiny_edsr(2), EDSRConfig(scale=2, num_feat=16, num_block=2), run / "00-model/model.safetensors")
     (run / "00-model/model.safetensors.json").write_text(json.dumps({"stage": "model", "quality": {}}))
     (run / "40-bench").mkdir()
-    (run / "40-bench/latency.json").write_text(json.dumps({"scale": 2, "machine": {}, "config": {}, "targets_ms": [300, 1000],
+    (run / "40-bench/latency.json").write_text(json.dumps({"scale": 2, "machine": {}, "config": BENCH_CONFIG, "targets_ms": [300, 1000],
                                                           "results": [{"artifact": "00-model/model.safetensors",
                                                                        "runtime": "pytorch", "lr_size": [8, 8],
                                                                        "error": "boom"}]}))
@@ -164,7 +167,8 @@ def test_corrupt_run_files_are_named_and_nothing_is_written(tmp_path):
 @pytest.mark.parametrize("body, expect", [("[train]\nlr = \"fast\"\n", "expected a number"),
                                           ("[train]\nlr = inf\n", "finite"),
                                           ("[train]\nfeature_distill_weight = 0.5\n", "no teacher"),
-                                          ("[train]\ndistill_weight = 0.5\n", "no teacher")])
+                                          ("[train]\ndistill_weight = 0.5\n", "no teacher"),
+                                          ("num_feat = 1024\nnum_block = 256\n", "4880 M parameters, over 100 M")])
 def test_bad_recipe_fails_before_training(tmp_path, body, expect):
     recipe = tmp_path / "r.toml"
     recipe.write_text(body)
@@ -206,7 +210,7 @@ def test_a_replaced_artifact_is_not_reported_with_its_old_sidecar(tmp_path):
 
     write_sidecar(ckpt, {"stage": "model", "quality": {"embedded": {"psnr_y_db": 30.0}}})
     (run / "40-bench").mkdir()
-    (run / "40-bench/latency.json").write_text(json.dumps({"scale": 2, "machine": {}, "config": {"threads": 1},
+    (run / "40-bench/latency.json").write_text(json.dumps({"scale": 2, "machine": {}, "config": BENCH_CONFIG,
                                                           "targets_ms": [300, 1000], "results": [
         {"artifact": "00-model/model.safetensors", "runtime": "pytorch", "lr_size": [8, 8], "out_mp": 0.1,
          "p50_ms": 1.0, "p95_ms": 1.0, "min_ms": 1.0, "peak_rss_mb": 1.0}]}))
@@ -220,7 +224,7 @@ def test_a_replaced_artifact_is_not_reported_with_its_old_sidecar(tmp_path):
 def _tiny_run(root: Path) -> Path:
     run = root / "run"
     save_checkpoint(tiny_edsr(2), EDSRConfig(scale=2, num_feat=16, num_block=2), run / "00-model/model.safetensors")
-    (run / "00-model/model.safetensors.json").write_text(json.dumps({"stage": "model", "quality": {}}))
+    (run / "00-model/model.safetensors.json").write_text(json.dumps({"stage": "model", "scale": 2, "quality": {}}))
     return run
 
 
@@ -238,17 +242,46 @@ GOOD_RESULT = {"artifact": "00-model/model.safetensors", "runtime": "pytorch", "
     ({"targets_ms": [300]}, "must be positive and include [300, 1000]"),
     ({"ladders": [{}]}, "ladders[0] needs artifact"),
     ({"quality": {"x|ort": {"Set5": {"psnr_y_db": "high"}}}}, "quality['x|ort'] must map each evaluation set"),
+    ({"quality": {"x|ort": {"Set5": {"psnr_y_db": -1.7e308}}}}, "psnr_y_db from 0 to 1000"),  # made dB lost inf
+    ({"config": {}}, "config threads, warmup, runs not whole numbers in range"),  # KeyError while writing
+    ({"config": {**BENCH_CONFIG, "ladder_targets_ms": "abc"}}, "ladder_targets_ms 'abc' is not a list"),
+    ({"machine": {"gpu": 5}}, "machine gpu of the wrong type"),
+    ({"machine": {"cores": "two"}}, "machine cores of the wrong type"),
+    ({"scale": True}, "scale True is not a whole number from 1 to 8"),
+    ({"scale": 4}, "scale 4 but the baseline is x2"),
 ])
 def test_a_malformed_latency_file_is_refused_naming_the_entry(tmp_path, capsys, change, expect):
     from compress.pipeline.cli import main
 
     run = _tiny_run(tmp_path)
     (run / "40-bench").mkdir()
-    bench = {"scale": 2, "machine": {}, "config": {}, "targets_ms": [300, 1000], "results": [GOOD_RESULT], **change}
+    bench = {"scale": 2, "machine": {}, "config": BENCH_CONFIG, "targets_ms": [300, 1000], "results": [GOOD_RESULT],
+             **change}
     (run / "40-bench/latency.json").write_text(json.dumps(bench))
     assert main(["report", "--run", str(run)]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: ") and "latency.json" in err and expect in err, err
+    assert not (run / "50-report").exists()
+
+
+@pytest.mark.parametrize("field, value", [("macs_256x256", "abc"), ("storage", [1]), ("params", None),
+                                          ("format", 3), ("storage", {"gzip_file_bytes": "big"})])
+def test_a_sidecar_field_the_report_prints_is_type_checked(tmp_path, capsys, field, value):
+    from compress.pipeline.cli import main
+
+    run = _tiny_run(tmp_path)
+    (run / "00-model/model.safetensors.json").write_text(json.dumps({"stage": "model", "quality": {}, "scale": 2,
+                                                                     field: value}))
+    (run / "40-bench").mkdir()
+    bench = {"scale": 2, "machine": {}, "config": BENCH_CONFIG, "targets_ms": [300, 1000], "results": [GOOD_RESULT]}
+    (run / "40-bench/latency.json").write_text(json.dumps(bench))
+    code = main(["report", "--run", str(run)])
+    err = capsys.readouterr().err.strip().splitlines()
+    if value is None:  # absent or null: the report prints a dash
+        assert code == 0, err
+        return
+    assert code == 2 and err[-1].endswith(f"model.safetensors.json: {field} of the wrong type; rerun the stage that "
+                                          "wrote it"), err
     assert not (run / "50-report").exists()
 
 
@@ -266,6 +299,11 @@ def test_malformed_quality_and_stage_seconds_are_refused_before_anything_is_writ
     (run / "stage_seconds.json").write_text(json.dumps({"model": "x"}))
     assert main(["export", "--run", str(run), "--no-tflite"]) == 2
     assert "every stage's seconds must be a number" in capsys.readouterr().err
+    assert not (run / "30-export").exists()
+    (run / "stage_seconds.json").unlink()
+    (run / "stage_seconds.json").mkdir()  # was found only once the stage had written everything
+    assert main(["export", "--run", str(run), "--no-tflite"]) == 2
+    assert "stage_seconds.json: not a file" in capsys.readouterr().err
     assert not (run / "30-export").exists()
 
 

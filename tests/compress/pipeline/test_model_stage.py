@@ -34,3 +34,12 @@ def test_a_run_without_later_stages_takes_another_baseline(tmp_path):
     stage_model(first, None, run)
     stage_model(second, None, run)
     assert read_sidecar(path_of(run, "baseline"))["source"]["path"] == second
+
+
+def test_a_sidecar_that_cannot_be_written_leaves_no_baseline(tmp_path):
+    run = tmp_path / "run"
+    baseline = path_of(run, "baseline")
+    baseline.with_name(baseline.name + ".json").mkdir(parents=True)  # the sidecar's place is taken
+    with pytest.raises(InputError, match="model.safetensors.json: cannot write"):
+        stage_model(_checkpoint(tmp_path / "a.pt", 0), None, run)
+    assert not baseline.exists()
