@@ -46,7 +46,7 @@ def list_images(folder: str | Path) -> list[Path]:
 DEFAULT_MAX_PIXELS = 50_000_000
 MAX_BATCH = 4096  # patches per batch: beyond any CPU or single-GPU memory at SR patch sizes
 MAX_LR_PATCH = 1024  # LR patch side in pixels
-MAX_BATCH_LR_PIXELS = 1 << 22  # LR pixels in a batch (4096 of 32x32, 64 of 256x256): its activations fit in memory
+MAX_BATCH_LR_PIXELS = 1 << 22  # LR pixels in a batch (4096 of 32x32, 64 of 256x256); past memory, train says so
 Image.MAX_IMAGE_PIXELS = None  # our own limit, with a clean error, replaces PIL's bomb warning / error
 
 

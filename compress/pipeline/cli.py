@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from compress.core.distributed import is_writer, rank0_value, ranks, release_process_group
-from compress.core.errors import InputError, Terminated, error_line
+from compress.core.errors import InputError, Terminated, error_line, first_line
 from compress.core.files import read_stage_seconds, record_stage_seconds
 from compress.core import options as opt
 from compress.pipeline.deploy_cli import add_deploy
@@ -255,6 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 INTERNAL_ERROR = 3  # exit status of an unexpected failure (bad input is 2)
+OOM_MESSAGES = ("can't allocate memory", "out of memory", "failed to allocate")  # torch's CPU / CUDA, ORT
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation that failed (Python's, or a library's RuntimeError)."""
+    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError)
+                                            and any(m in str(exc).lower() for m in OOM_MESSAGES))
 
 
 def private_run(run: Path) -> Path:
@@ -339,6 +346,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         if isinstance(exc, OSError) and exc.filename is not None:  # a path it was given cannot be read or written
             print(error_line(f"error: {exc.filename}: {exc.strerror or exc}"), file=sys.stderr)
+            code = 2
+            return code
+        if out_of_memory(exc):  # what was asked for is over this machine's memory: say which knobs lower it
+            print(error_line(f"error: {args.command}: out of memory ({first_line(exc)}); lower the batch size, "
+                             "patch or tile size, or the model's width"), file=sys.stderr)
             code = 2
             return code
         what = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

@@ -296,3 +296,27 @@ def test_a_quantize_command_sent_sigterm_leaves_no_stage_folder(tmp_path, image_
     assert proc.returncode == 143, err[-2000:]
     assert err.strip().splitlines()[-1] == "error: terminated"
     assert not stage.exists() and (run / "00-model" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("exc", [
+    RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried "
+                 "to allocate 437281914880 bytes. Error code 12 (Cannot allocate memory)"),  # torch on the CPU
+    MemoryError(),
+])
+def test_running_out_of_memory_is_one_line_naming_what_to_lower(tmp_path, capsys, monkeypatch, exc):
+    def allocate(args):
+        raise exc
+
+    monkeypatch.setattr("compress.pipeline.cli._run", allocate)
+    assert main(["eval", "--model", "bicubic", "--scale", "2", "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: eval: out of memory (") and "lower the batch size" in err[0], err
+
+
+def test_another_runtime_error_stays_an_internal_error(tmp_path, capsys, monkeypatch):
+    def fail(args):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr("compress.pipeline.cli._run", fail)
+    assert main(["eval", "--model", "bicubic", "--scale", "2", "--data", str(tmp_path)]) == 3
+    assert "internal error RuntimeError: shape mismatch" in capsys.readouterr().err

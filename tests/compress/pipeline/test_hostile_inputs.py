@@ -120,6 +120,8 @@ CASES = [
     ("bench-threads-zero", ["bench", "--run", "{root}/run", "--threads", "0"], "threads must be 1..1024 for a benchmark, got 0"),
     ("run-empty", ["model", "--model", "{root}/run/00-model/model.safetensors", "--run", ""],
      "argument --run: an empty path"),  # '' meant the current folder
+    ("eval-data-empty", ["eval", "--model", "bicubic", "--scale", "2", "--data", ""],
+     "argument --data: an empty path"),  # '' meant the current folder
     ("serve-workers-huge", ["serve", "--workers", "100000"], "workers must be 1..64"),
     ("run-unwritable", ["model", "--model", "{root}/run/00-model/model.safetensors", "--run", "/proc/srcompress-run"],
      "/proc/srcompress-run/00-model/model.safetensors: cannot write (No such file or directory)"),
@@ -346,6 +348,12 @@ def test_a_calibration_patch_no_image_fits_is_refused_before_writing(tmp_path, c
                       "[tflite_qat]\nenabled = false\n[calibration]\nlr_patch = 1024\n")
     assert main(["quantize", "--run", str(run), "--recipe", str(recipe)]) == 2
     assert "calibration: no image fits an LR patch of 1024 px at x2 (needs 2048x2048 px)" in capsys.readouterr().err
+    assert not (run / "20-quantize").exists()
+    (tmp_path / "mine").mkdir()
+    write_image(tmp_path / "mine" / "a.png", (64, 64))
+    recipe.write_text(recipe.read_text().replace("[nncf]", f"calibration_data = \"{tmp_path / 'mine'}\"\n[nncf]"))
+    assert main(["quantize", "--run", str(run), "--recipe", str(recipe)]) == 2
+    assert f"error: {tmp_path / 'mine'}: no image fits an LR patch" in capsys.readouterr().err  # the folder, named
     assert not (run / "20-quantize").exists()
 
 
