@@ -16,7 +16,7 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from compress.core.errors import InputError, WriteError
@@ -96,17 +96,27 @@ def signals_held() -> Iterator[None]:
         yield
         return
     came: list[int] = []
-    earlier = {s: signal.getsignal(s) for s in HELD_SIGNALS}
-    swapped = {s: h for s, h in earlier.items() if h is not None and h is not signal.SIG_IGN}
-    for s in swapped:
-        signal.signal(s, lambda signum, frame: came.append(signum))
+    swapped: list[tuple[int, object]] = []
     try:
+        for s in HELD_SIGNALS:
+            handler = signal.getsignal(s)
+            if handler is not None and handler is not signal.SIG_IGN:
+                swapped.append((s, handler))  # noted first: a signal between the two lines still finds it restored
+                signal.signal(s, lambda signum, frame: came.append(signum))
         yield
     finally:
-        for s, handler in swapped.items():
-            signal.signal(s, handler)
-        for s in dict.fromkeys(came):
-            signal.raise_signal(s)
+        _each_in_finally([lambda s=s, h=h: signal.signal(s, h) for s, h in swapped]
+                         + [lambda s=s: signal.raise_signal(s) for s in dict.fromkeys(came)])
+
+
+def _each_in_finally(steps: list[Callable[[], object]]) -> None:
+    """Run every step even if one raises (a restored handler may raise KeyboardInterrupt at once); the
+    last exception raised is the one that propagates."""
+    if steps:
+        try:
+            steps[0]()
+        finally:
+            _each_in_finally(steps[1:])
 
 
 @contextlib.contextmanager

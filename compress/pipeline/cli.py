@@ -6,6 +6,7 @@ import argparse
 import atexit
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import shutil
@@ -259,9 +260,11 @@ OOM_MESSAGES = ("can't allocate memory", "out of memory", "failed to allocate") 
 
 
 def out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` is an allocation that failed (Python's, or a library's RuntimeError)."""
-    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError)
-                                            and any(m in str(exc).lower() for m in OOM_MESSAGES))
+    """Whether ``exc`` is an allocation that failed: Python's, the system's (ENOMEM), or a library's said in
+    its message (torch raises RuntimeError, ONNX Runtime its own exception types)."""
+    if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno == errno.ENOMEM):
+        return True
+    return isinstance(exc, Exception) and any(m in str(exc).lower() for m in OOM_MESSAGES)
 
 
 def private_run(run: Path) -> Path:

@@ -115,3 +115,31 @@ def test_signals_held_delivers_a_signal_only_after_the_cleanup():
         idle.set()
         other.join()
         signal.signal(signal.SIGTERM, earlier)
+
+
+def test_signals_held_delivers_every_signal_and_restores_every_handler_even_when_one_raises():
+    import os
+    import signal
+
+    from compress.core.files import signals_held
+
+    seen = []
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    earlier = {signal.SIGINT: signal.signal(signal.SIGINT, interrupt),
+               signal.SIGTERM: signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))}
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with signals_held():
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGTERM)
+        assert seen == [signal.SIGTERM]  # not lost behind the KeyboardInterrupt of the first
+        assert signal.getsignal(signal.SIGINT) is interrupt  # no recorder left behind
+        assert signal.getsignal(signal.SIGTERM) is not interrupt and signal.getsignal(signal.SIGTERM) is not None
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert seen == [signal.SIGTERM, signal.SIGTERM]
+    finally:
+        for s, handler in earlier.items():
+            signal.signal(s, handler)

@@ -302,6 +302,9 @@ def test_a_quantize_command_sent_sigterm_leaves_no_stage_folder(tmp_path, image_
     RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried "
                  "to allocate 437281914880 bytes. Error code 12 (Cannot allocate memory)"),  # torch on the CPU
     MemoryError(),
+    OSError(12, "Cannot allocate memory"),  # ENOMEM: fork / spawn of a benchmark process
+    type("Fail", (Exception,), {})("[ONNXRuntimeError] : 1 : FAIL : Failed to allocate memory for requested buffer of "
+                                  "size 4294967296"),  # ONNX Runtime's own exception types are no RuntimeError
 ])
 def test_running_out_of_memory_is_one_line_naming_what_to_lower(tmp_path, capsys, monkeypatch, exc):
     def allocate(args):
