@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from compress.core.checkpoint import build_model, load_checkpoint, save_checkpoint
+from compress.core.checkpoint import build_model, count_params, load_checkpoint, save_checkpoint
 from compress.core.cpu import host_cpu
 from compress.core.distributed import is_writer, ranks
 from compress.core.evaluate import evaluate
@@ -81,7 +81,7 @@ class TrainRecipe:
             raise ValueError(f"wallpaper_max_side must be 64..8192, got {self.wallpaper_max_side}")
         self._check_hyperparameters()
         with torch.device("meta"):  # the architecture's own checks of scale and widths, and its size, unallocated
-            params = sum(p.numel() for p in build_model(self.model_config()).parameters())
+            params = count_params(build_model(self.model_config()))
         if params > MAX_PARAMS:
             raise ValueError(f"num_feat {self.num_feat}, num_block {self.num_block}, num_grow_ch {self.num_grow_ch} "
                              f"give {params / 1e6:.0f} M parameters, over {MAX_PARAMS // 10**6} M")
