@@ -1,8 +1,10 @@
-"""The read-only commands: ``inspect`` (what a checkpoint is) and ``eval`` (its PSNR-Y / SSIM-Y)."""
+"""The read-only commands: ``inspect`` (what a checkpoint is), ``history`` (how it was trained) and ``eval``
+(its PSNR-Y / SSIM-Y)."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -26,6 +28,17 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         for key in ("arch", "scale", "num_feat", "num_block", "num_grow_ch", "params", "layout"):
             if key in info:  # SRCNN has no blocks; only RRDB has a growth width
                 print(f"{key:10s} {info[key]}")
+    return 0
+
+
+def _cmd_history(args: argparse.Namespace) -> int:
+    from compress.pipeline.history import history_markdown, read_history
+
+    runs = read_history(args.model)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(run) for run in runs], indent=2))
+    else:
+        print(history_markdown(runs), end="")
     return 0
 
 
@@ -91,12 +104,17 @@ def _eval_run(args: argparse.Namespace) -> int:
 
 
 def add_eval(sub: argparse._SubParsersAction) -> None:
-    """Register ``inspect`` and ``eval``."""
+    """Register ``inspect``, ``history`` and ``eval``."""
     s = sub.add_parser("inspect", help="detect architecture, scale and hyperparameters of a checkpoint")
     s.add_argument("checkpoint")
     s.add_argument("--scale", type=opt.scale, default=None, help="required for SRCNN checkpoints")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_cmd_inspect)
+
+    s = sub.add_parser("history", help="the training runs a checkpoint's sidecar records (a model card's table)")
+    s.add_argument("--model", required=True, type=opt.existing_file, help="a checkpoint written by `compress train`")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_cmd_history)
 
     s = sub.add_parser("eval", help="PSNR-Y / SSIM-Y of a checkpoint, ONNX/TFLite artifact or bicubic")
     s.add_argument("--model", help="checkpoint, .onnx, .tflite, or 'bicubic'")

@@ -1,0 +1,125 @@
+"""A trained checkpoint's provenance, read from its sidecar's ``history``: one row per training run.
+
+``python -m compress history --model artifacts/default/edsr_baseline_x4.safetensors`` prints the table
+that ``artifacts/default/MODELS.md`` shows for each shipped model, so the model card is rendered from
+the record the trainer wrote rather than retyped (``tests/compress/pipeline/test_history.py`` checks
+that the two agree).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from compress.core.errors import InputError
+from compress.core.files import is_number, read_sidecar, sidecar_path
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingRun:
+    """One training run of a checkpoint's history.
+
+    Attributes:
+        recipe_file: the recipe it ran (as given on its command line; empty for a recipe built in code).
+        hardware: the GPU's name on CUDA, else the CPU's name and vector features ("CPU (not recorded)"
+            for runs older than that field).
+        precision: ``bf16`` (autocast) or ``fp32`` ("not recorded" for runs older than that field).
+        steps: optimizer steps taken.
+        train_minutes: wall time of the training loop.
+        start_val_psnr_y_db: validation PSNR-Y of the weights it continued from (None for a first run).
+        val_psnr_y_db: validation PSNR-Y of the weights it wrote: the kept check's, else the last one's.
+        kept_step: the step whose weights it wrote when it kept its best check (None: the last step's).
+    """
+
+    recipe_file: str
+    hardware: str
+    precision: str
+    steps: int
+    train_minutes: float
+    start_val_psnr_y_db: float | None
+    val_psnr_y_db: float | None
+    kept_step: int | None
+
+
+def _text(run: dict, key: str, where: str, empty_ok: bool = False) -> str:
+    value = run.get(key)
+    if not isinstance(value, str) or not (value or empty_ok):
+        raise InputError(f"{where}: {key} must be a{'' if empty_ok else ' non-empty'} string, got {value!r}")
+    return value
+
+
+def _count(run: dict, key: str, where: str, optional: bool = False) -> int | None:
+    value = run.get(key)
+    if value is None and optional:
+        return None
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        raise InputError(f"{where}: {key} must be a count (an int >= 0), got {value!r}")
+    return value
+
+
+def _checks(run: dict, where: str) -> dict[int, float]:
+    """The run's validation checks, step -> PSNR-Y dB (``val_psnr_y_db``: a list of [step, dB] pairs)."""
+    checks = run.get("val_psnr_y_db", [])
+    ok = isinstance(checks, list) and all(isinstance(c, list) and len(c) == 2 and isinstance(c[0], int)
+                                          and is_number(c[1]) for c in checks)
+    if not ok:
+        raise InputError(f"{where}: val_psnr_y_db must be a list of [step, dB] pairs")
+    return {step: float(db) for step, db in checks}
+
+
+def training_run(run: object, where: str) -> TrainingRun:
+    """Parse one ``history`` entry (what the trainer's ``_summary`` writes); ``where`` names it in errors."""
+    if not isinstance(run, dict):
+        raise InputError(f"{where}: a training run must be a JSON object, got {type(run).__name__}")
+    seconds = run.get("train_seconds")
+    if not (is_number(seconds) and seconds >= 0):
+        raise InputError(f"{where}: train_seconds must be a number >= 0, got {seconds!r}")
+    checks = _checks(run, where)
+    kept = _count(run, "kept_step", where, optional=True)
+    if kept is not None and kept not in checks:
+        raise InputError(f"{where}: kept_step {kept} is not one of its validation checks")
+    start = run.get("continued_from")
+    start_db = start.get("val_psnr_y_db") if isinstance(start, dict) else None
+    if run.get("device") == "cuda":
+        hardware = _text(run, "gpu", where)
+    else:  # the first runs (session 1) recorded neither CPU nor precision
+        hardware = _text(run, "cpu", where) if "cpu" in run else "CPU (not recorded)"
+    precision = _text(run, "precision", where) if "precision" in run else "not recorded"
+    return TrainingRun(recipe_file=_text(run, "recipe_file", where, empty_ok=True), hardware=hardware, precision=precision,
+                       steps=_count(run, "steps_done", where), train_minutes=seconds / 60,
+                       start_val_psnr_y_db=start_db if is_number(start_db) else None,
+                       val_psnr_y_db=checks[kept] if kept is not None else (checks[max(checks)] if checks else None),
+                       kept_step=kept)
+
+
+def read_history(model: str | Path) -> tuple[TrainingRun, ...]:
+    """The training runs recorded in ``model``'s sidecar, oldest first.
+
+    Raises:
+        InputError: the sidecar is missing, does not describe ``model`` (sha256), or holds no history.
+    """
+    record = read_sidecar(model)
+    history = record.get("history")
+    if not isinstance(history, list) or not history:
+        raise InputError(f"{sidecar_path(model)}: no training history (only `compress train` records one)")
+    return tuple(training_run(run, f"{sidecar_path(model)}: history[{i}]") for i, run in enumerate(history))
+
+
+def _db(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _minutes(value: float) -> str:
+    return f"{value:.1f}" if value < 10 else f"{value:.0f}"
+
+
+def history_markdown(runs: tuple[TrainingRun, ...]) -> str:
+    """``runs`` as a Markdown table, one row per run, oldest first."""
+    lines = ["| run | recipe | hardware | precision | steps | minutes | validation PSNR-Y dB, start -> written |",
+             "|---|---|---|---|---|---|---|"]
+    for i, run in enumerate(runs, 1):
+        kept = f" (step {run.kept_step})" if run.kept_step is not None else ""
+        recipe = f"`{Path(run.recipe_file).name}`" if run.recipe_file else "(in code)"
+        lines.append(f"| {i} | {recipe} | {run.hardware} | {run.precision} | {run.steps} | "
+                     f"{_minutes(run.train_minutes)} | {_db(run.start_val_psnr_y_db)} -> {_db(run.val_psnr_y_db)}{kept} |")
+    return "\n".join(lines) + "\n"
