@@ -12,7 +12,7 @@ import dataclasses
 from pathlib import Path
 
 from compress.core.errors import InputError
-from compress.core.files import is_number, read_sidecar, sidecar_path
+from compress.core.files import MAX_PSNR_DB, is_number, read_sidecar, sidecar_path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,54 +41,84 @@ class TrainingRun:
     kept_step: int | None
 
 
-def _text(run: dict, key: str, where: str, empty_ok: bool = False) -> str:
+MAX_TRAIN_SECONDS = 365 * 24 * 3600  # one run's wall time; a figure past a year is no measurement
+
+
+def _text(run: dict[str, object], key: str, where: str, empty_ok: bool = False) -> str:
     value = run.get(key)
     if not isinstance(value, str) or not (value or empty_ok):
         raise InputError(f"{where}: {key} must be a{'' if empty_ok else ' non-empty'} string, got {value!r}")
+    if any(ord(c) < 32 for c in value):
+        raise InputError(f"{where}: {key} holds control characters")
     return value
 
 
-def _count(run: dict, key: str, where: str, optional: bool = False) -> int | None:
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _count(run: dict[str, object], key: str, where: str) -> int:
     value = run.get(key)
-    if value is None and optional:
-        return None
-    if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+    if not _is_count(value):
         raise InputError(f"{where}: {key} must be a count (an int >= 0), got {value!r}")
     return value
 
 
-def _checks(run: dict, where: str) -> dict[int, float]:
-    """The run's validation checks, step -> PSNR-Y dB (``val_psnr_y_db``: a list of [step, dB] pairs)."""
+def _psnr(value: object) -> bool:
+    return is_number(value) and 0 <= value <= MAX_PSNR_DB
+
+
+def _checks(run: dict[str, object], where: str) -> list[tuple[int, float]]:
+    """The run's validation checks in order, as (step, PSNR-Y dB): ``val_psnr_y_db``, a list of
+    [step, dB] pairs with steps rising, as the trainer writes it."""
     checks = run.get("val_psnr_y_db", [])
-    ok = isinstance(checks, list) and all(isinstance(c, list) and len(c) == 2 and isinstance(c[0], int)
-                                          and is_number(c[1]) for c in checks)
-    if not ok:
-        raise InputError(f"{where}: val_psnr_y_db must be a list of [step, dB] pairs")
-    return {step: float(db) for step, db in checks}
+    ok = isinstance(checks, list) and all(isinstance(c, list) and len(c) == 2 and _is_count(c[0]) and _psnr(c[1])
+                                          for c in checks)
+    if not ok or any(a[0] >= b[0] for a, b in zip(checks, checks[1:])):
+        raise InputError(f"{where}: val_psnr_y_db must be a list of [step, dB] pairs, steps rising, "
+                         f"dB from 0 to {MAX_PSNR_DB}")
+    return [(step, float(db)) for step, db in checks]
+
+
+def _start_db(run: dict[str, object], where: str) -> float | None:
+    """Validation PSNR-Y of the weights the run continued from (``continued_from``), None for a first run."""
+    if "continued_from" not in run:
+        return None
+    start = run["continued_from"]
+    if not (isinstance(start, dict) and _psnr(start.get("val_psnr_y_db"))):
+        raise InputError(f"{where}: continued_from must be an object with a val_psnr_y_db from 0 to {MAX_PSNR_DB}")
+    return float(start["val_psnr_y_db"])
 
 
 def training_run(run: object, where: str) -> TrainingRun:
-    """Parse one ``history`` entry (what the trainer's ``_summary`` writes); ``where`` names it in errors."""
+    """Parse one ``history`` entry (what the trainer's ``_summary`` writes).
+
+    Args:
+        run: the entry.
+        where: names it in errors (the sidecar and the entry's index).
+
+    Raises:
+        InputError: a field is missing or malformed; the message names it.
+    """
     if not isinstance(run, dict):
         raise InputError(f"{where}: a training run must be a JSON object, got {type(run).__name__}")
     seconds = run.get("train_seconds")
-    if not (is_number(seconds) and seconds >= 0):
-        raise InputError(f"{where}: train_seconds must be a number >= 0, got {seconds!r}")
+    if not (is_number(seconds) and 0 <= seconds <= MAX_TRAIN_SECONDS):
+        raise InputError(f"{where}: train_seconds must be a number from 0 to {MAX_TRAIN_SECONDS}, got {seconds!r}")
     checks = _checks(run, where)
-    kept = _count(run, "kept_step", where, optional=True)
-    if kept is not None and kept not in checks:
-        raise InputError(f"{where}: kept_step {kept} is not one of its validation checks")
-    start = run.get("continued_from")
-    start_db = start.get("val_psnr_y_db") if isinstance(start, dict) else None
-    if run.get("device") == "cuda":
+    kept = run.get("kept_step")
+    if kept is not None and not (_is_count(kept) and (kept == 0 or kept in dict(checks))):
+        raise InputError(f"{where}: kept_step {kept!r} is not one of its validation checks")
+    kept = kept or None  # 0: no check kept
+    if str(run.get("device", "")).startswith("cuda"):
         hardware = _text(run, "gpu", where)
     else:  # the first runs (session 1) recorded neither CPU nor precision
         hardware = _text(run, "cpu", where) if "cpu" in run else "CPU (not recorded)"
     precision = _text(run, "precision", where) if "precision" in run else "not recorded"
-    return TrainingRun(recipe_file=_text(run, "recipe_file", where, empty_ok=True), hardware=hardware, precision=precision,
-                       steps=_count(run, "steps_done", where), train_minutes=seconds / 60,
-                       start_val_psnr_y_db=start_db if is_number(start_db) else None,
-                       val_psnr_y_db=checks[kept] if kept is not None else (checks[max(checks)] if checks else None),
+    return TrainingRun(recipe_file=_text(run, "recipe_file", where, empty_ok=True), hardware=hardware,
+                       precision=precision, steps=_count(run, "steps_done", where), train_minutes=seconds / 60,
+                       start_val_psnr_y_db=_start_db(run, where),
+                       val_psnr_y_db=dict(checks)[kept] if kept is not None else (checks[-1][1] if checks else None),
                        kept_step=kept)
 
 
@@ -96,12 +126,15 @@ def read_history(model: str | Path) -> tuple[TrainingRun, ...]:
     """The training runs recorded in ``model``'s sidecar, oldest first.
 
     Raises:
-        InputError: the sidecar is missing, does not describe ``model`` (sha256), or holds no history.
+        InputError: the sidecar is missing, does not describe ``model`` (sha256), or holds no history
+            (a first training's sidecar is its one run).
     """
     record = read_sidecar(model)
     history = record.get("history")
+    if history is None and record.get("stage") == "train":
+        history = [record]  # a first training: the trainer writes a history only when it continues one
     if not isinstance(history, list) or not history:
-        raise InputError(f"{sidecar_path(model)}: no training history (only `compress train` records one)")
+        raise InputError(f"{sidecar_path(model)}: no training history (not written by `compress train`)")
     return tuple(training_run(run, f"{sidecar_path(model)}: history[{i}]") for i, run in enumerate(history))
 
 
@@ -110,7 +143,11 @@ def _db(value: float | None) -> str:
 
 
 def _minutes(value: float) -> str:
-    return f"{value:.1f}" if value < 10 else f"{value:.0f}"
+    return f"{value:.1f}" if round(value, 1) < 10 else f"{value:.0f}"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
 
 
 def history_markdown(runs: tuple[TrainingRun, ...]) -> str:
@@ -119,7 +156,7 @@ def history_markdown(runs: tuple[TrainingRun, ...]) -> str:
              "|---|---|---|---|---|---|---|"]
     for i, run in enumerate(runs, 1):
         kept = f" (step {run.kept_step})" if run.kept_step is not None else ""
-        recipe = f"`{Path(run.recipe_file).name}`" if run.recipe_file else "(in code)"
-        lines.append(f"| {i} | {recipe} | {run.hardware} | {run.precision} | {run.steps} | "
+        recipe = f"`{_cell(Path(run.recipe_file).name)}`" if Path(run.recipe_file).name else "(in code)"
+        lines.append(f"| {i} | {recipe} | {_cell(run.hardware)} | {_cell(run.precision)} | {run.steps} | "
                      f"{_minutes(run.train_minutes)} | {_db(run.start_val_psnr_y_db)} -> {_db(run.val_psnr_y_db)}{kept} |")
     return "\n".join(lines) + "\n"

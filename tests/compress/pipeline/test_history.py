@@ -37,14 +37,30 @@ def test_a_history_renders_as_the_model_cards_table():
 
 @pytest.mark.parametrize("change, problem", [
     ({"kept_step": 3000}, "kept_step 3000 is not one of its validation checks"),
-    ({"train_seconds": -1}, "train_seconds must be a number >= 0"),
+    ({"train_seconds": -1}, "train_seconds must be a number from 0 to"),
     ({"steps_done": "many"}, "steps_done must be a count"),
     ({"val_psnr_y_db": [[1, "x"]]}, r"val_psnr_y_db must be a list of \[step, dB\] pairs"),
+    ({"kept_step": True}, "kept_step True is not one of its validation checks"),
     ({"gpu": None}, "gpu must be a non-empty string"),
+    ({"gpu": "H200\nrow"}, "gpu holds control characters"),
+    ({"val_psnr_y_db": [[True, 30.0]]}, "val_psnr_y_db must be a list of"),
+    ({"val_psnr_y_db": [[-1, 30.0]]}, "val_psnr_y_db must be a list of"),
+    ({"val_psnr_y_db": [[4000, 30.0], [2000, 30.1]]}, "val_psnr_y_db must be a list of .* steps rising"),
+    ({"val_psnr_y_db": [[4000, 30.0], [4000, 30.1]]}, "val_psnr_y_db must be a list of .* steps rising"),
+    ({"val_psnr_y_db": [[4000, 1e300]]}, "val_psnr_y_db must be a list of .* dB from 0 to 1000"),
+    ({"continued_from": True}, "continued_from must be an object with a val_psnr_y_db"),
+    ({"continued_from": {"val_psnr_y_db": True}}, "continued_from must be an object with a val_psnr_y_db"),
+    ({"train_seconds": 1e308}, "train_seconds must be a number from 0 to"),
 ])
 def test_a_malformed_run_is_named_with_its_field(change, problem):
     with pytest.raises(InputError, match=rf"^h\[1\]: {problem}"):
         training_run({**GPU_RUN, **change}, "h[1]")
+
+
+def test_the_written_check_is_the_last_in_order_and_table_cells_stay_cells():
+    run = training_run({**GPU_RUN, "kept_step": 0, "device": "cuda:1", "gpu": "H200 | 141 GB"}, "h")
+    assert run.kept_step is None and run.val_psnr_y_db == 30.8005 and run.hardware == "H200 | 141 GB"
+    assert "| H200 \\| 141 GB |" in history_markdown((run,))
 
 
 def _recipe(image_dir, steps: int) -> TrainRecipe:
@@ -71,20 +87,40 @@ def test_a_trained_and_continued_checkpoint_lists_both_runs(image_dir, tmp_path,
     assert [r["steps"] for r in json.loads(capsys.readouterr().out)] == [1, 60]
 
 
-def test_a_checkpoint_without_history_or_sidecar_gets_one_line(image_dir, tmp_path, capsys):
+def test_a_first_training_is_its_own_one_run_history(image_dir, tmp_path, capsys):
+    model = tmp_path / "m.safetensors"
+    record = train_model(_recipe(image_dir, 1), model)
+    assert "history" not in read_sidecar(model)  # the trainer writes a history only when it continues
+    (run,) = read_history(model)
+    assert (run.steps, run.start_val_psnr_y_db, run.val_psnr_y_db) == (1, None, record["val_psnr_y_db"][-1][1])
+
+
+def test_a_sidecar_without_history_or_no_sidecar_gets_one_line(image_dir, tmp_path, capsys):
     model = tmp_path / "m.safetensors"
     train_model(_recipe(image_dir, 1), model)
-    record = read_sidecar(model)
-    write_sidecar(model, {k: v for k, v in record.items() if k != "history"})
+    write_sidecar(model, {"stage": "prune"})  # another stage's sidecar: no training recorded
     assert main(["history", "--model", str(model)]) == 2
-    assert capsys.readouterr().err.strip() == f"error: {model}.json: no training history (only `compress train` records one)"
+    assert capsys.readouterr().err.strip() == f"error: {model}.json: no training history (not written by `compress train`)"
     Path(f"{model}.json").unlink()
     assert main(["history", "--model", str(model)]) == 2
     assert capsys.readouterr().err.strip() == f"error: {model}.json: file not found"
 
 
+def _card_tables() -> dict[str, str]:
+    """MODELS.md's training tables, by the file its section's heading names (``### ... (`<file>`)``)."""
+    tables: dict[str, str] = {}
+    name = None
+    for line in (REPO / "artifacts" / "default" / "MODELS.md").read_text(encoding="utf-8").splitlines():
+        if line.startswith("### "):
+            name = line.rsplit("`", 2)[-2] if line.endswith("`)") else None
+        elif name and line.startswith("|"):
+            tables[name] = tables.get(name, "") + line + "\n"
+        elif name and name in tables:
+            name = None  # the table ended
+    return tables
+
+
 @pytest.mark.parametrize("name", sorted(DEFAULT_MODELS.values()))
 def test_the_model_card_shows_each_shipped_models_recorded_history(name):
     """MODELS.md's training tables are the sidecars' histories: new weights without a new table fail here."""
-    card = (REPO / "artifacts" / "default" / "MODELS.md").read_text(encoding="utf-8")
-    assert history_markdown(read_history(DEFAULT_DIR / name)) in card
+    assert _card_tables()[name] == history_markdown(read_history(DEFAULT_DIR / name))
