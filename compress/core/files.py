@@ -250,11 +250,16 @@ def is_number(value: object) -> bool:
 MAX_PSNR_DB = 1000  # 8-bit images give 0 dB at the largest error; a figure past this is no measurement
 
 
+def is_psnr_db(value: object) -> bool:
+    """A PSNR figure a measurement can give: a number (:func:`is_number`) from 0 to ``MAX_PSNR_DB``."""
+    return is_number(value) and 0 <= value <= MAX_PSNR_DB
+
+
 def quality_problem(quality: object) -> str:
     """What is wrong with a ``quality`` entry (evaluation set -> metrics with a ``psnr_y_db`` from 0 to
     ``MAX_PSNR_DB``), or ''."""
-    ok = isinstance(quality, dict) and all(isinstance(m, dict) and is_number(m.get("psnr_y_db"))
-                                           and 0 <= m["psnr_y_db"] <= MAX_PSNR_DB for m in quality.values())
+    ok = isinstance(quality, dict) and all(isinstance(m, dict) and is_psnr_db(m.get("psnr_y_db"))
+                                           for m in quality.values())
     return "" if ok else f"must map each evaluation set to its metrics with a psnr_y_db from 0 to {MAX_PSNR_DB}"
 
 

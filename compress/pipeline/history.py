@@ -12,7 +12,7 @@ import dataclasses
 from pathlib import Path
 
 from compress.core.errors import InputError
-from compress.core.files import MAX_PSNR_DB, is_number, read_sidecar, sidecar_path
+from compress.core.files import MAX_PSNR_DB, is_number, is_psnr_db, read_sidecar, sidecar_path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,15 +64,11 @@ def _count(run: dict[str, object], key: str, where: str) -> int:
     return value
 
 
-def _psnr(value: object) -> bool:
-    return is_number(value) and 0 <= value <= MAX_PSNR_DB
-
-
 def _checks(run: dict[str, object], where: str) -> list[tuple[int, float]]:
     """The run's validation checks in order, as (step, PSNR-Y dB): ``val_psnr_y_db``, a list of
     [step, dB] pairs with steps rising, as the trainer writes it."""
     checks = run.get("val_psnr_y_db", [])
-    ok = isinstance(checks, list) and all(isinstance(c, list) and len(c) == 2 and _is_count(c[0]) and _psnr(c[1])
+    ok = isinstance(checks, list) and all(isinstance(c, list) and len(c) == 2 and _is_count(c[0]) and is_psnr_db(c[1])
                                           for c in checks)
     if not ok or any(a[0] >= b[0] for a, b in zip(checks, checks[1:])):
         raise InputError(f"{where}: val_psnr_y_db must be a list of [step, dB] pairs, steps rising, "
@@ -85,7 +81,7 @@ def _start_db(run: dict[str, object], where: str) -> float | None:
     if "continued_from" not in run:
         return None
     start = run["continued_from"]
-    if not (isinstance(start, dict) and _psnr(start.get("val_psnr_y_db"))):
+    if not (isinstance(start, dict) and is_psnr_db(start.get("val_psnr_y_db"))):
         raise InputError(f"{where}: continued_from must be an object with a val_psnr_y_db from 0 to {MAX_PSNR_DB}")
     return float(start["val_psnr_y_db"])
 
@@ -156,7 +152,8 @@ def history_markdown(runs: tuple[TrainingRun, ...]) -> str:
              "|---|---|---|---|---|---|---|"]
     for i, run in enumerate(runs, 1):
         kept = f" (step {run.kept_step})" if run.kept_step is not None else ""
-        recipe = f"`{_cell(Path(run.recipe_file).name)}`" if Path(run.recipe_file).name else "(in code)"
+        name = Path(run.recipe_file).name
+        recipe = f"`{_cell(name)}`" if name else "(in code)"
         lines.append(f"| {i} | {recipe} | {_cell(run.hardware)} | {_cell(run.precision)} | {run.steps} | "
                      f"{_minutes(run.train_minutes)} | {_db(run.start_val_psnr_y_db)} -> {_db(run.val_psnr_y_db)}{kept} |")
     return "\n".join(lines) + "\n"
