@@ -9,6 +9,7 @@ that the two agree).
 from __future__ import annotations
 
 import dataclasses
+import datetime
 from pathlib import Path
 
 from compress.core.errors import InputError
@@ -29,6 +30,8 @@ class TrainingRun:
         start_val_psnr_y_db: validation PSNR-Y of the weights it continued from (None for a first run).
         val_psnr_y_db: validation PSNR-Y of the weights it wrote: the kept check's, else the last one's.
         kept_step: the step whose weights it wrote when it kept its best check (None: the last step's).
+        finished_utc: when its training loop ended, UTC, as ``FINISHED_UTC_FORMAT`` (None for runs older than
+            that field, session 34).
     """
 
     recipe_file: str
@@ -39,8 +42,10 @@ class TrainingRun:
     start_val_psnr_y_db: float | None
     val_psnr_y_db: float | None
     kept_step: int | None
+    finished_utc: str | None = None
 
 
+FINISHED_UTC_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # the trainer's ``finished_utc``: ISO 8601, UTC, to the second
 MAX_TRAIN_SECONDS = 365 * 24 * 3600  # one run's wall time; a figure past a year is no measurement
 
 
@@ -74,6 +79,18 @@ def _checks(run: dict[str, object], where: str) -> list[tuple[int, float]]:
         raise InputError(f"{where}: val_psnr_y_db must be a list of [step, dB] pairs, steps rising, "
                          f"dB from 0 to {MAX_PSNR_DB}")
     return [(step, float(db)) for step, db in checks]
+
+
+def _finished(run: dict[str, object], where: str) -> str | None:
+    """When the run's training loop ended (``finished_utc``), None where the run predates the field."""
+    if "finished_utc" not in run:
+        return None
+    value = run["finished_utc"]
+    try:
+        datetime.datetime.strptime(value, FINISHED_UTC_FORMAT)
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: finished_utc must be a UTC time like 2026-12-05T16:10:00Z, got {value!r}") from None
+    return value
 
 
 def _start_db(run: dict[str, object], where: str) -> float | None:
@@ -115,7 +132,7 @@ def training_run(run: object, where: str) -> TrainingRun:
                        precision=precision, steps=_count(run, "steps_done", where), train_minutes=seconds / 60,
                        start_val_psnr_y_db=_start_db(run, where),
                        val_psnr_y_db=dict(checks)[kept] if kept is not None else (checks[-1][1] if checks else None),
-                       kept_step=kept)
+                       kept_step=kept, finished_utc=_finished(run, where))
 
 
 def read_history(model: str | Path) -> tuple[TrainingRun, ...]:
@@ -142,18 +159,23 @@ def _minutes(value: float) -> str:
     return f"{value:.1f}" if round(value, 1) < 10 else f"{value:.0f}"
 
 
+def _when(value: str | None) -> str:
+    return "-" if value is None else datetime.datetime.strptime(value, FINISHED_UTC_FORMAT).strftime("%Y-%m-%d %H:%M")
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
 def history_markdown(runs: tuple[TrainingRun, ...]) -> str:
     """``runs`` as a Markdown table, one row per run, oldest first."""
-    lines = ["| run | recipe | hardware | precision | steps | minutes | validation PSNR-Y dB, start -> written |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| run | recipe | hardware | precision | steps | minutes | finished (UTC) "
+             "| validation PSNR-Y dB, start -> written |",
+             "|---|---|---|---|---|---|---|---|"]
     for i, run in enumerate(runs, 1):
         kept = f" (step {run.kept_step})" if run.kept_step is not None else ""
         name = Path(run.recipe_file).name
         recipe = f"`{_cell(name)}`" if name else "(in code)"
         lines.append(f"| {i} | {recipe} | {_cell(run.hardware)} | {_cell(run.precision)} | {run.steps} | "
-                     f"{_minutes(run.train_minutes)} | {_db(run.start_val_psnr_y_db)} -> {_db(run.val_psnr_y_db)}{kept} |")
+                     f"{_minutes(run.train_minutes)} | {_when(run.finished_utc)} | {_db(run.start_val_psnr_y_db)} -> {_db(run.val_psnr_y_db)}{kept} |")
     return "\n".join(lines) + "\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ from compress.core.files import read_json_object, read_sidecar, sha256_file, sid
 from compress.core.recipe import shown, to_dict
 from compress.core.train import fit
 from compress.core.train_config import TrainConfig
+from compress.pipeline.history import FINISHED_UTC_FORMAT
 
 
 HYPERPARAMETERS = ("num_feat", "num_block", "num_grow_ch", "res_scale")
@@ -182,8 +184,8 @@ def _keep_carried(history: list[dict], images: object) -> list[dict]:
 
 def _summary(record: dict[str, object]) -> dict[str, object]:
     """What one training run adds to a checkpoint's history."""
-    keys = ("recipe_file", "device", "gpu", "precision", "cpu", "steps_done", "train_seconds", "val_psnr_y_db",
-            "kept_step", "continued_from")
+    keys = ("recipe_file", "device", "gpu", "precision", "cpu", "steps_done", "train_seconds", "finished_utc",
+            "val_psnr_y_db", "kept_step", "continued_from")
     out = {k: record[k] for k in keys if k in record}
     if "steps_done" not in out and isinstance(record.get("recipe"), dict):
         out["steps_done"] = record["recipe"].get("train", {}).get("steps")
@@ -257,6 +259,7 @@ def train_model(recipe: TrainRecipe, out: Path, device: str = "cpu", recipe_file
         "cpu": host_cpu().describe(),
         "steps_done": log.steps_done,
         "train_seconds": round(log.seconds, 1),
+        "finished_utc": time.strftime(FINISHED_UTC_FORMAT, time.gmtime()),  # when the training loop ended
         "loss": log.loss[-20:],
         "val_psnr_y_db": log.val_psnr_y_db,
         "validation_images": [p.name for p in val_files],

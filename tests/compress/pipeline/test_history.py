@@ -20,19 +20,22 @@ OLD_RUN = {"recipe_file": "compress/recipes/train_edsr_x2.toml", "train_seconds"
            "val_psnr_y_db": [[250, 34.1], [1200, 34.7323]]}
 GPU_RUN = {"recipe_file": "compress/recipes/gpu_continue_edsr_x4.toml", "device": "cuda", "gpu": "NVIDIA H200",
            "cpu": "Intel(R) Xeon(R) Processor (avx512_bf16 amx_bf16)", "precision": "bf16", "steps_done": 5220,
-           "train_seconds": 198.2, "val_psnr_y_db": [[2000, 30.792], [4000, 30.7941], [5220, 30.8005]],
+           "train_seconds": 198.2, "finished_utc": "2026-11-20T14:03:59Z", "val_psnr_y_db": [[2000, 30.792], [4000, 30.7941], [5220, 30.8005]],
            "kept_step": 4000, "continued_from": {"file": "x4.safetensors", "sha256": "ab", "val_psnr_y_db": 30.7743}}
 
 
 def test_a_history_renders_as_the_model_cards_table():
     runs = (training_run(OLD_RUN, "h[0]"), training_run(GPU_RUN, "h[1]"))
     assert runs[1] == TrainingRun("compress/recipes/gpu_continue_edsr_x4.toml", "NVIDIA H200", "bf16", 5220,
-                                  pytest.approx(3.3033, abs=1e-4), 30.7743, 30.7941, 4000)
+                                  pytest.approx(3.3033, abs=1e-4), 30.7743, 30.7941, 4000, "2026-11-20T14:03:59Z")
+    assert runs[0].finished_utc is None  # older than the field
     assert history_markdown(runs) == (
-        "| run | recipe | hardware | precision | steps | minutes | validation PSNR-Y dB, start -> written |\n"
-        "|---|---|---|---|---|---|---|\n"
-        "| 1 | `train_edsr_x2.toml` | CPU (not recorded) | not recorded | 1200 | 53 | - -> 34.732 |\n"
-        "| 2 | `gpu_continue_edsr_x4.toml` | NVIDIA H200 | bf16 | 5220 | 3.3 | 30.774 -> 30.794 (step 4000) |\n")
+        "| run | recipe | hardware | precision | steps | minutes | finished (UTC) "
+        "| validation PSNR-Y dB, start -> written |\n"
+        "|---|---|---|---|---|---|---|---|\n"
+        "| 1 | `train_edsr_x2.toml` | CPU (not recorded) | not recorded | 1200 | 53 | - | - -> 34.732 |\n"
+        "| 2 | `gpu_continue_edsr_x4.toml` | NVIDIA H200 | bf16 | 5220 | 3.3 | 2026-11-20 14:03 "
+        "| 30.774 -> 30.794 (step 4000) |\n")
 
 
 @pytest.mark.parametrize("change, problem", [
@@ -51,6 +54,10 @@ def test_a_history_renders_as_the_model_cards_table():
     ({"continued_from": True}, "continued_from must be an object with a val_psnr_y_db"),
     ({"continued_from": {"val_psnr_y_db": True}}, "continued_from must be an object with a val_psnr_y_db"),
     ({"train_seconds": 1e308}, "train_seconds must be a number from 0 to"),
+    ({"finished_utc": "2026-11-20 14:03"}, "finished_utc must be a UTC time like"),
+    ({"finished_utc": "2026-02-30T10:00:00Z"}, "finished_utc must be a UTC time like"),
+    ({"finished_utc": 1764000000}, "finished_utc must be a UTC time like"),
+    ({"finished_utc": None}, "finished_utc must be a UTC time like"),
 ])
 def test_a_malformed_run_is_named_with_its_field(change, problem):
     with pytest.raises(InputError, match=rf"^h\[1\]: {problem}"):
@@ -77,6 +84,8 @@ def test_a_trained_and_continued_checkpoint_lists_both_runs(image_dir, tmp_path,
     assert second["written"]
     runs = read_history(out)
     assert [(r.steps, r.precision, r.hardware == first["cpu"]) for r in runs] == [(1, "fp32", True), (60, "fp32", True)]
+    assert [r.finished_utc for r in runs] == [first["finished_utc"], second["finished_utc"]]
+    assert first["finished_utc"] <= second["finished_utc"]  # ISO 8601 UTC strings sort as times
     assert runs[0].start_val_psnr_y_db is None and runs[0].val_psnr_y_db == first["val_psnr_y_db"][-1][1]
     assert runs[1].start_val_psnr_y_db == second["continued_from"]["val_psnr_y_db"]
     assert runs[1].val_psnr_y_db == second["final_val_psnr_y_db"] > runs[1].start_val_psnr_y_db
@@ -84,7 +93,8 @@ def test_a_trained_and_continued_checkpoint_lists_both_runs(image_dir, tmp_path,
     assert main(["history", "--model", str(out)]) == 0
     assert capsys.readouterr().out == history_markdown(runs)
     assert main(["history", "--model", str(out), "--json"]) == 0
-    assert [r["steps"] for r in json.loads(capsys.readouterr().out)] == [1, 60]
+    shown = json.loads(capsys.readouterr().out)
+    assert [(r["steps"], r["finished_utc"]) for r in shown] == [(1, first["finished_utc"]), (60, second["finished_utc"])]
 
 
 def test_a_first_training_is_its_own_one_run_history(image_dir, tmp_path, capsys):
