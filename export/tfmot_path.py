@@ -6,7 +6,8 @@
 * :func:`qat_keras` annotates every layer (custom layers and ``Rescaling`` get an output-only
   QuantizeConfig), applies ``quantize_apply``, initialises every activation range from the float
   model's outputs on calibration patches (tfmot starts from [-6, 6], which a short run never fixes),
-  then fine-tunes. Full-integer conversion still needs a representative dataset afterwards.
+  then fine-tunes, keeping the zeros of a pruned twin's kernels at zero. Full-integer conversion still
+  needs a representative dataset afterwards.
 """
 
 from __future__ import annotations
@@ -151,8 +152,29 @@ def qat_keras(kmodel, calibration: list[np.ndarray], batches, steps: int, lr: fl
         qat = qk.quantize_apply(annotated)
     init_ranges(qat, kmodel, calibration)
     qat.compile(optimizer=tfk.optimizers.Adam(lr), loss="mae")
-    qat.fit(_dataset(batches), steps_per_epoch=steps, epochs=1, verbose=0)
+    qat.fit(_dataset(batches), steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[_zeros_kept(qat, kmodel)])
     return qat
+
+
+def _zeros_kept(qat, float_model):  # noqa: ANN001, ANN202
+    """A callback that sets the QAT model's convolution kernels back to zero wherever the float model's
+    are zero, after every batch: a pruned twin's sparsity survives the fine-tuning (Zhu & Gupta keep
+    pruned weights at zero the same way; a symmetric weight quantizer maps them to 0)."""
+    tfk = keras()
+    masks = []
+    for layer in qat.layers:
+        inner = getattr(layer, "layer", None)
+        if isinstance(inner, tfk.layers.Conv2D):
+            kernel = float_model.get_layer(inner.name).get_weights()[0]
+            if not kernel.all():
+                masks.append((qat_kernel(layer), (kernel != 0).astype(np.float32)))
+
+    class ZerosKept(tfk.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None) -> None:  # noqa: ANN001
+            for variable, keep in masks:
+                variable.assign(variable * keep)
+
+    return ZerosKept()
 
 
 def init_ranges(qat, float_model, calibration: list[np.ndarray]) -> int:  # noqa: ANN001
@@ -189,3 +211,10 @@ def init_ranges(qat, float_model, calibration: list[np.ndarray]) -> int:  # noqa
                 var.assign(np.full(var.shape, value, dtype=np.float32))
                 count += 1
     return count
+
+
+def qat_kernel(wrapper):  # noqa: ANN001, ANN201
+    """The kernel variable of a QAT-wrapped convolution (the wrapped layer's ``kernel`` attribute holds
+    the fake-quantized tensor of the last call instead)."""
+    (kernel,) = [w for w in wrapper.trainable_weights if w.name.split("/")[-1].split(":")[0] == "kernel"]
+    return kernel

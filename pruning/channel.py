@@ -45,13 +45,17 @@ def widest_prunable(model: nn.Module, upsample_ratio: float = 0.0) -> int:
 
 
 def _per_layer_ratios(model: nn.Module, inner_ratio: float | None,
-                      upsample_ratio: float) -> dict[nn.Module, float] | None:
+                      upsample_ratio: float) -> dict[tuple[nn.Module, ...], float] | None:
     """Final ratios for the groups that do not follow the trunk: block interiors and the convolutions
     of an interpolating upsampler (RRDB's; a sub-pixel upsampler is pruned by :mod:`pruning.shuffle`)."""
     structure = structure_of(model)
-    ratios = {m: inner_ratio for m in structure.inner_convs} if inner_ratio is not None else {}
-    if upsample_ratio > 0:
-        ratios.update({m: upsample_ratio for m in structure.upsample_feature_convs})
+    # one tuple key per kind: torch-pruning ranks a tuple's layers together under global pruning (one
+    # scope), and each layer on its own otherwise; a key per layer would be its own scope either way
+    ratios: dict = {}
+    if inner_ratio is not None and structure.inner_convs:
+        ratios[tuple(structure.inner_convs)] = inner_ratio
+    if upsample_ratio > 0 and structure.upsample_feature_convs:
+        ratios[tuple(structure.upsample_feature_convs)] = upsample_ratio
     return ratios or None
 
 

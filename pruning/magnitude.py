@@ -63,6 +63,7 @@ class MagnitudePruning:
     def update(self, step: int) -> None:
         """Training hook: new masks at pruning steps, masks re-applied after every step."""
         if self.schedule.should_prune(step):
+            self.apply()  # rank on the masked weights: the last optimizer step moved the pruned ones off zero
             target = self.schedule(step)
             self.masks = magnitude_masks([m.weight for _, m in self.layers], target, self.scope)
             self.history.append((step, round(target, 6)))
@@ -108,3 +109,42 @@ def strip_pruning(state: MagnitudePruning) -> dict[str, float]:
     state.masks = []
     state.layers = []
     return sparsity
+
+
+@dataclasses.dataclass
+class FrozenZeros:
+    """Gradient masks that hold a model's zero convolution weights at zero (see :func:`freeze_zeros`)."""
+
+    handles: list[torch.utils.hooks.RemovableHandle]
+    zeros: int
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+
+def freeze_zeros(model: nn.Module) -> FrozenZeros:
+    """Keep every convolution weight that is exactly zero at zero through further training.
+
+    The sparsity-preserving fine-tuning of a pruned model (tfmot's prune-preserving QAT, "PQAT"): each
+    convolution weight with zeros gets a gradient hook that masks their gradients, so an optimizer
+    without weight decay (Adam, SGD with momentum) never moves them, and a symmetric INT8 weight
+    quantizer maps them to 0. Kernels are the 4-D ``weight`` parameters (``weight.original`` under a
+    parametrization, such as a QAT weight fake-quantizer). A dense model has no
+    exact zeros and is left without hooks.
+
+    Returns:
+        The hooks (``.remove()`` them after training) and the number of weights held.
+    """
+    handles, zeros = [], 0
+    for name, weight in model.named_parameters():
+        # the kernels: ``conv.weight``, or its leaf under a parametrization (the QAT weight fake-quantizer)
+        if weight.ndim != 4 or not name.endswith(("weight", "weight.original")) or not weight.requires_grad:
+            continue
+        keep = weight.detach() != 0
+        if bool(keep.all()):
+            continue
+        zeros += int((~keep).sum())
+        handles.append(weight.register_hook(lambda grad, keep=keep: grad * keep.to(grad.dtype)))
+    return FrozenZeros(handles, zeros)

@@ -80,6 +80,15 @@ class PruneRecipe:
         if self.train.keep_best:
             raise ValueError("train.keep_best must be false for pruning: an early check of the schedule is less "
                              "sparse than its end, and channel pruning validates nothing to choose among")
+        if self.criterion == "lamp" and self.scope == "layer":
+            raise ValueError("criterion lamp ranks a layer's channels as magnitude does (LAMP rescales each layer "
+                             "monotonically); it differs only across layers: set scope = \"global\" or use magnitude")
+        if self.train.max_minutes:
+            raise ValueError(f"train.max_minutes must be 0 for pruning (the schedule is in steps: a wall-time budget "
+                             f"would end the run before the schedule does), got {self.train.max_minutes}")
+        if self.method == "channel" and self.train.warmup_steps:
+            raise ValueError(f"train.warmup_steps must be 0 for channel pruning (each fine-tuning segment between "
+                             f"pruning steps starts at the full rate), got {self.train.warmup_steps}")
         if self.round_to < 1:
             raise ValueError(f"round_to must be >= 1, got {self.round_to}")
         if self.train.steps < self.schedule.end_step:

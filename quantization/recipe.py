@@ -21,7 +21,8 @@ class QuantRecipe:
 
     Attributes:
         ptq_methods: calibration methods to run (``minmax``, ``percentile``, ``entropy``), one artifact each.
-        percentile: upper percentile for ``percentile`` calibration.
+        percentile: ``percentile`` calibration keeps this central share of each activation histogram and
+            clips the rest, half from each tail (ONNX Runtime, asymmetric ranges: 99.99 cuts 0.005% a side).
         weight_range: ``auto`` (7-bit weights exactly when the CPU lacks VNNI, whose absence makes ORT's
             U8S8 kernels saturate), ``full`` (8-bit) or ``reduced`` (7-bit).
         float_op_types: operator types ``quantize_static`` leaves unquantized (see

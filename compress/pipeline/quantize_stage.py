@@ -24,6 +24,7 @@ from compress.pipeline.contract import find, path_of, quantize_dir
 from export.runtimes import open_upscaler, ort_upscaler, runtime
 from export.onnx_export import export_onnx, parity
 from export.onnx_tail import recorded_rewrites
+from pruning.magnitude import freeze_zeros
 from quantization.calibration import PatchCalibrationReader, iter_patches
 from quantization.nncf_ptq import nncf_quantize
 from quantization.nncf_qat import prepare_nncf_qat, qat_ir
@@ -50,7 +51,8 @@ def source_checkpoint(run: Path, source: str) -> Path:
 
 
 def auto_sources(run: Path) -> list[str]:
-    """The baseline and every channel-pruned model of the run (unstructured zeros gain nothing in INT8)."""
+    """The baseline and every channel-pruned model of the run (unstructured zeros gain no speed in INT8;
+    quantizing one by name keeps its zeros: QAT holds them, symmetric weights quantize them to 0)."""
     found = ["model"]
     for ckpt in find(run, "pruned"):
         if sidecar_path(ckpt).is_file() and read_sidecar(ckpt).get("method") == "channel":
@@ -125,7 +127,9 @@ def _run_qat(loaded: LoadedModel, recipe: QuantRecipe, reader: PatchCalibrationR
     if qat_method is not Calibration.MINMAX:  # train under the ranges of the chosen calibration
         load_qat_ranges(state, pre, out_dir / f"calibration_{recipe.qat_calibration}.json")
     pin_image_ranges(state, pre)  # the image's tensors train on the exact ranges the INT8 graph gets
+    held = freeze_zeros(model)  # a pruned source's zeros stay zeros (sparsity-preserving QAT)
     log = _fine_tune(model, loaded, recipe, "qat")
+    held.remove()
     strip_qat(state)
     qat_fp32 = export_onnx(model, out_dir / "model_qat_fp32.onnx")
     qat_pre = preprocess(qat_fp32, out_dir / "model_qat_fp32_pre.onnx")
@@ -142,7 +146,7 @@ def _run_qat(loaded: LoadedModel, recipe: QuantRecipe, reader: PatchCalibrationR
                                       "samples": reader.count, "tensors_with_qat_ranges": trained},
                                       "against_ptq_start": verdict, "qat_plan": plan, "excluded_nodes": [],
                                       "qat_seconds": round(log.seconds, 1), "qat_precision": log.precision,
-                                      "qat_loss": log.loss[-5:]})
+                                      "qat_loss": log.loss[-5:], "zero_weights_held": held.zeros})
     return {}
 
 
@@ -223,7 +227,9 @@ def _run_nncf_qat(loaded: LoadedModel, recipe: QuantRecipe, patches: list, start
     """
     model, ran = prepare_nncf_qat(loaded.model, patches, recipe.nncf, cpu_has_vnni())
     # NCHW even under bf16: NNCF's CPU FakeQuantize kernels are several times slower on channels_last tensors
+    held = freeze_zeros(model)  # a pruned source's zeros stay zeros (sparsity-preserving QAT)
     log = _fine_tune(model, loaded, recipe, "nncf-qat", channels_last=False)
+    held.remove()
     candidate, final = out_dir / "nncf_qat_candidate.xml", out_dir / "model_int8_nncf_qat.xml"
     try:
         verdict = _judge_qat(qat_ir(model, candidate), start, final, recipe, score)
@@ -238,7 +244,8 @@ def _run_nncf_qat(loaded: LoadedModel, recipe: QuantRecipe, patches: list, start
     finish(final, {"method": "qat-nncf", "calibration": {"method": f"nncf {ran['activation_ranges']}",
                                       "samples": len(patches)}, "nncf": ran, "against_ptq_start": verdict, "qat_plan": plan,
                                       "excluded_nodes": ran["float_convs"], "qat_seconds": round(log.seconds, 1),
-                                      "qat_precision": log.precision, "qat_loss": log.loss[-5:]})
+                                      "qat_precision": log.precision, "qat_loss": log.loss[-5:],
+                                      "zero_weights_held": held.zeros})
     return {}
 
 

@@ -8,7 +8,7 @@ from export.keras_twins import to_keras  # noqa: E402
 from export.onnx_export import parity  # noqa: E402
 from export.tflite_export import TFLiteKind, convert, tflite_ops  # noqa: E402
 from export.runtimes.tflite import TFLiteRunner  # noqa: E402
-from export.tfmot_path import prune_keras, qat_keras, tfmot_schedule  # noqa: E402
+from export.tfmot_path import prune_keras, qat_kernel, qat_keras, tfmot_schedule  # noqa: E402
 from pruning.schedule import PolynomialDecay  # noqa: E402
 from tests.conftest import tiny_edsr, tiny_rrdb, tiny_srcnn  # noqa: E402
 
@@ -77,3 +77,22 @@ def test_qat_rrdb_converts(tmp_path):
     with torch.no_grad():
         ref = model(x).numpy()
     assert parity(ref, TFLiteRunner(_qat_int8(model, tmp_path))(x.numpy())).psnr_db > 40
+
+
+def test_qat_of_a_pruned_twin_keeps_its_zeros_and_trains_the_rest():
+    """Sparsity-preserving QAT: the kernels' zeros survive Adam steps at a large rate; the others move."""
+    torch.manual_seed(0)
+    model = tiny_edsr(2)
+    with torch.no_grad():
+        for conv in (model.body[0].conv1, model.body[1].conv2):
+            conv.weight.mul_((torch.rand_like(conv.weight) > 0.5).float())
+    twin = to_keras(model)
+    rng = np.random.default_rng(1)
+    calib = [rng.random((1, 16, 16, 3), dtype=np.float32) for _ in range(2)]
+    qat = qat_keras(twin, calib, _batches(2), steps=3, lr=1e-2)
+    kernels = {layer.layer.name: qat_kernel(layer).numpy() for layer in qat.layers
+               if layer.__class__.__name__ == "QuantizeWrapperV2" and layer.layer.__class__.__name__ == "Conv2D"}
+    for name in ("body_0_conv1", "body_1_conv2"):
+        before = twin.get_layer(name).get_weights()[0]
+        assert (kernels[name][before == 0] == 0).all() and (before == 0).mean() > 0.4
+        assert not np.array_equal(kernels[name][before != 0], before[before != 0])

@@ -224,3 +224,19 @@ def test_widest_prunable_counts_shuffle_groups_only_when_the_upsampler_is_pruned
     for _ in range(pruning.events):
         pruning.step()
     assert model.upsample[0].out_channels == 32  # 8 of 16 groups of 4 removed: round_to 8 < 16 did prune
+
+
+@pytest.mark.parametrize("global_pruning", [False, True])
+def test_global_pruning_ranks_the_block_interiors_together(global_pruning):
+    """Under global scope the interiors share one ranking (one tuple key, one torch-pruning scope), so the
+    same budget splits unevenly between the blocks; per layer, each block gives exactly its share (one
+    key per layer made a scope of each, and global scope pruned the interiors per layer too)."""
+    from compress.core.archs import EDSR, EDSRConfig
+
+    torch.manual_seed(0)
+    model = EDSR(EDSRConfig(scale=2, num_feat=32, num_block=2)).eval()
+    sched = PolynomialDecay(0.0, 0.25, begin_step=0, end_step=0, frequency=1)
+    prune_channels(model, sched, round_to=1, inner_ratio=0.5, global_pruning=global_pruning).step()
+    inner = [b.conv1.out_channels for b in model.body]
+    assert sum(inner) == 32
+    assert (inner != [16, 16]) if global_pruning else inner == [16, 16]

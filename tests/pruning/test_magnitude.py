@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from pruning.magnitude import magnitude_masks, prunable_convs, prune_low_magnitude, strip_pruning
+from torch.nn.utils import parametrize
+
+from pruning.magnitude import freeze_zeros, magnitude_masks, prunable_convs, prune_low_magnitude, strip_pruning
 from pruning.schedule import PolynomialDecay
 from tests.conftest import tiny_edsr
 
@@ -68,3 +70,54 @@ def test_ties_at_the_threshold_never_push_sparsity_over_the_target(scope):
     zeroed = [int((m == 0).sum()) for m in masks]
     assert zeroed == ([1, 2] if scope == "layer" else [3, 0])  # int(0.25 * 12) = 3, ties by position
     assert all(m.shape == w.shape for m, w in zip(masks, weights))
+
+
+def test_a_pruning_event_ranks_the_masked_weights_so_a_pruned_weight_does_not_revive():
+    """Zhu & Gupta: pruned weights stay pruned. An optimizer step between two events moves them off zero;
+    the next event must rank them as the zeros the masks made them, not as the step left them."""
+    torch.manual_seed(0)
+    model = tiny_edsr(2)
+    state = prune_low_magnitude(model, PolynomialDecay(0.3, 0.6, begin_step=0, end_step=4, frequency=2))
+    _, conv = state.layers[0]
+    pruned = (conv.weight == 0).nonzero()[0].tolist()
+    with torch.no_grad():
+        conv.weight[tuple(pruned)] = 100.0  # what a large optimizer step could leave
+    state.update(2)
+    assert conv.weight[tuple(pruned)] == 0
+
+
+class _Same(torch.nn.Module):
+    def forward(self, w):  # noqa: ANN001, ANN201
+        return w * 1.0
+
+
+@pytest.mark.parametrize("parametrized", [False, True])
+def test_frozen_zeros_hold_through_adam_steps_and_the_rest_trains(parametrized):
+    torch.manual_seed(0)
+    model = tiny_edsr(2)
+    with torch.no_grad():
+        for _, conv in prunable_convs(model):
+            conv.weight.mul_((torch.rand_like(conv.weight) > 0.5).float())
+    if parametrized:  # as QAT's weight fake-quantizer wraps each kernel
+        for _, conv in prunable_convs(model, skip_first_last=False):
+            parametrize.register_parametrization(conv, "weight", _Same())
+    zeros = [(c.weight == 0).clone() for _, c in prunable_convs(model)]
+    before = [c.weight.detach().clone() for _, c in prunable_convs(model)]
+    held = freeze_zeros(model)
+    assert held.zeros == sum(int(z.sum()) for z in zeros) > 0
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(3):
+        loss = (model(torch.rand(2, 3, 8, 8)) - torch.rand(2, 3, 16, 16)).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for (_, conv), z, w0 in zip(prunable_convs(model), zeros, before):
+        assert bool((conv.weight[z] == 0).all())
+        assert not torch.equal(conv.weight[~z], w0[~z])  # the kept weights did train
+    held.remove()
+    assert held.handles == []
+
+
+def test_a_dense_model_gets_no_zero_hooks():
+    held = freeze_zeros(tiny_edsr(2))
+    assert (held.zeros, held.handles) == (0, [])

@@ -32,6 +32,9 @@ def test_shipped_prune_recipes_load():
         ({"method": "channel", "train": {"steps": 6, "ema_decay": 0.99}}, "train.ema_decay must be 0"),
         ({"train": {"steps": 6, "val_every": 2, "keep_best": True}}, "train.keep_best must be false for pruning"),
         ({"train": {"steps": 6, "keep_best": True}}, "keep_best needs val_every > 0"),
+        ({"train": {"steps": 6, "max_minutes": 30}}, "train.max_minutes must be 0 for pruning"),
+        ({"method": "channel", "train": {"steps": 6, "warmup_steps": 2}}, "train.warmup_steps must be 0 for channel"),
+        ({"method": "channel", "criterion": "lamp"}, "criterion lamp ranks a layer's channels as magnitude does"),
     ],
 )
 def test_bad_recipe_values(mapping, message):

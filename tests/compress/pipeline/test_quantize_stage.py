@@ -192,3 +192,37 @@ def test_a_tflite_qat_without_tensorflow_is_refused_before_the_earlier_output_go
     with pytest.raises(InputError, match=r"tflite_qat needs TensorFlow and tfmot \(tensorflow is not installed\)"):
         run_quantize(run, from_mapping(QuantRecipe, {"tflite_qat": {"enabled": True}}), "model")
     assert earlier.read_bytes() == b"an earlier run's"
+
+
+def test_qat_of_an_unstructured_pruned_source_keeps_its_zeros(tmp_path, image_dir):
+    """Sparsity-preserving QAT: ORT's and NNCF's QAT hold the pruned model's zero weights, and the INT8
+    graph stores them as 0 (symmetric weights)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from compress.core.checkpoint import load_checkpoint
+    from compress.pipeline.contract import quantize_dir
+    from compress.pipeline.prune_stage import run_prune
+    from pruning.recipe import PruneRecipe
+
+    run = _staged_run(tmp_path)
+    run_prune(run, from_mapping(PruneRecipe, {
+        "method": "unstructured", "data": str(image_dir), "patch": {"lr_patch": 16, "batch_size": 2},
+        "schedule": {"initial_sparsity": 0.0, "final_sparsity": 0.5, "begin_step": 0, "end_step": 2, "frequency": 1},
+        "train": {"steps": 2, "lr": 1e-4}}), "sparse")
+    pruned = load_checkpoint(run / "10-prune" / "sparse" / "model.safetensors").model
+    zeros = sum(int((p == 0).sum()) for p in pruned.parameters() if p.ndim == 4)
+    recipe = from_mapping(QuantRecipe, {
+        "ptq_methods": ["minmax"], "calibration": {"lr_patch": 16, "patches_per_image": 1},
+        "calibration_data": str(image_dir), "data": str(image_dir), "mixed_precision": False,
+        "qat_calibration": "minmax", "qat_keep": "always", "patch": {"lr_patch": 16, "batch_size": 2},
+        "train": {"steps": 4, "lr": 1e-2, "warmup_steps": 0},  # a rate that would move every weight
+        "tflite_qat": {"enabled": False}, "nncf": {"qat": True},
+    })
+    run_quantize(run, recipe, "prune/sparse")
+    out = quantize_dir(run, "prune/sparse")
+    for name in ("model_int8_qat.onnx", "model_int8_nncf_qat.xml"):
+        assert read_sidecar(out / name)["zero_weights_held"] == zeros > 0
+    int8 = [numpy_helper.to_array(t) for t in onnx.load(str(out / "model_int8_qat.onnx")).graph.initializer
+            if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4]
+    assert sum(int((w == 0).sum()) for w in int8) >= zeros
