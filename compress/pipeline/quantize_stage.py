@@ -30,8 +30,8 @@ from quantization.nncf_ptq import nncf_quantize
 from quantization.nncf_qat import prepare_nncf_qat, qat_ir
 from quantization.ptq import (Calibration, Int8Options, calibrate, cpu_has_vnni, kernel_report, preprocess, quantize,
                               range_summary, reduce_weight_range)
-from quantization.qat import (load_qat_ranges, pin_image_ranges, prepare_qat, qat_train_config, strip_qat,
-                              write_qat_ranges)
+from quantization.qat import prepare_qat, qat_train_config, strip_qat
+from quantization.qat_ranges import load_qat_ranges, pin_image_ranges, write_qat_ranges
 from quantization.recipe import QuantRecipe
 from quantization.sensitivity import choose_float_nodes, rank_sensitivity
 
