@@ -71,7 +71,7 @@ def measure(artifact: Path, runtime: str, height: int, width: int, scale: int, t
     fn, sync = opened.run, opened.sync
     lr = np.random.default_rng(0).random((height, width, 3), dtype=np.float32)
     # as a deployer runs it (upscale, serve): the policy of compress.core.infer.auto_tiles
-    tiles = auto_tiles((height, width), TileConfig(tile=tile))
+    tiles = auto_tiles((height, width), TileConfig(tile=tile), scale)
     whole = tiles.tile == 0 or (height <= tiles.tile and width <= tiles.tile)
     mode = "whole image" if whole else f"tiles of {tiles.tile} + {tiles.overlap} overlap"
     timing = time_calls(lambda: upscale(fn, lr, scale, tiles), warmup, runs, sync)
@@ -86,7 +86,9 @@ def measure(artifact: Path, runtime: str, height: int, width: int, scale: int, t
 def _rss_now_mib() -> float | None:
     """This process's resident memory now, in MiB (Linux ``/proc``; None elsewhere).
 
-    ``peak_rss_mb`` less this is what inference added on top of the runtime library and the model.
+    ``peak_rss_mb`` less this is what running added on top of the runtime library and the model: the
+    inference, and the work a runtime does on its first call (OpenVINO compiles for the input shape
+    then, TFLite allocates its tensors; ONNX Runtime did its graph work when the session opened).
     """
     try:
         pages = int(Path("/proc/self/statm").read_text().split()[1])
@@ -107,7 +109,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=opt.bench_runs, default=10)
     p.add_argument("--tile", type=opt.tile, default=0, help="LR tile side (0: the deployment policy, auto_tiles)")
     a = p.parse_args(argv)
-    os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
     print(json.dumps(measure(a.artifact, a.runtime, a.height, a.width, a.scale, a.threads, a.warmup, a.runs, a.tile)))
     return 0
 

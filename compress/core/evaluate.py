@@ -76,7 +76,7 @@ def evaluate(fn: Upscaler, pairs: Sequence[ImagePair], scale: int, tiles: TileCo
     scores = []
     for pair in pairs:
         try:
-            sr = upscale(fn, pair.lr, scale, auto_tiles(pair.lr.shape, tiles))
+            sr = upscale(fn, pair.lr, scale, auto_tiles(pair.lr.shape, tiles, scale))
         except NonFiniteOutput:
             raise InputError(f"{pair.name}: the model's output holds NaN or Inf; no PSNR is reported") from None
         y_sr, y_hr = y_planes(sr, pair.hr, scale)  # once for the three Y metrics

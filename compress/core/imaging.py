@@ -98,7 +98,7 @@ def decode_file(path: str | Path) -> Decoded:
 def upscale_decoded(fn: Upscaler, img: Decoded, scale: int, tiles: TileConfig = TileConfig()) -> Image.Image:
     """Run the model on the colour, enlarge the alpha with bicubic, restore grayscale."""
     try:
-        out = Image.fromarray(upscale_u8(fn, img.rgb, scale, auto_tiles(img.rgb.shape, tiles)))
+        out = Image.fromarray(upscale_u8(fn, img.rgb, scale, auto_tiles(img.rgb.shape, tiles, scale)))
     except NonFiniteOutput as e:
         raise BadModelOutput(f"{e}; no image is written") from None
     if img.gray:

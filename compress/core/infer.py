@@ -141,15 +141,17 @@ def upscale_u8(fn: Upscaler, lr: np.ndarray, scale: int, tiles: TileConfig = Til
     return _tiled(fn, x, scale, tiles, np.zeros((h * scale, w * scale, 3), dtype=np.uint8), to_u8)
 
 
-#: One policy for evaluation, ``upscale``, ``serve`` and the bench: the whole image up to this many LR
-#: pixels (1 MP: about 256 MB per 64-channel FP32 activation of EDSR-baseline; the 1080p-output sizes at
-#: x2, x3 and x4 are under it), tiles of one shape beyond, so memory is bounded by the tile.
-AUTO_TILE_LR_PIXELS = 1_000_000
+#: One policy for evaluation, ``upscale``, ``serve`` and the bench: the whole image up to this many
+#: output pixels (4 MP: 1 MP of LR at x2, 0.44 MP at x3, 0.25 MP at x4; the upsampler's activations
+#: live on the output grid, about 1 GB per 64-channel FP32 activation there; the 1080p outputs are under
+#: it at every scale), tiles of one shape beyond, so memory is bounded by the tile.
+AUTO_TILE_OUT_PIXELS = 4_000_000
 AUTO_TILE = TileConfig(tile=512, overlap=24)
 
 
-def auto_tiles(lr_shape: tuple[int, ...], tiles: TileConfig) -> TileConfig:
-    """``tiles`` if tiling was asked for, else :data:`AUTO_TILE` for large inputs, else whole-image."""
-    if tiles.tile or lr_shape[0] * lr_shape[1] <= AUTO_TILE_LR_PIXELS:
+def auto_tiles(lr_shape: tuple[int, ...], tiles: TileConfig, scale: int) -> TileConfig:
+    """``tiles`` if tiling was asked for, else :data:`AUTO_TILE` where the output would exceed
+    :data:`AUTO_TILE_OUT_PIXELS`, else whole-image."""
+    if tiles.tile or lr_shape[0] * lr_shape[1] * scale * scale <= AUTO_TILE_OUT_PIXELS:
         return tiles
     return AUTO_TILE

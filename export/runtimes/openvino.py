@@ -62,11 +62,18 @@ class OVRunner:
             return self.compiled[shape]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        compiled = self._compiled(tuple(x.shape))
-        requests = self.local.__dict__.setdefault("requests", {})  # one infer request per thread and model
-        if requests.get(id(compiled), (None,))[0] is not compiled:
-            requests[id(compiled)] = (compiled, compiled.create_infer_request())
-        request = requests[id(compiled)][1]
+        shape = tuple(x.shape)
+        compiled = self._compiled(shape)
+        # one infer request per thread and shape, at most MAX_SHAPES a thread: a request holds its compiled
+        # model and buffers, so one kept for every size a thread ever saw would outlive the shared cache
+        requests = self.local.__dict__.setdefault("requests", OrderedDict())
+        held = requests.get(shape)
+        if held is None or held[0] is not compiled:
+            requests[shape] = held = (compiled, compiled.create_infer_request())
+        requests.move_to_end(shape)
+        while len(requests) > MAX_SHAPES:
+            requests.popitem(last=False)
+        request = held[1]
         request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
         return request.get_output_tensor(0).data.copy()
 

@@ -45,7 +45,7 @@ def ort_upscaler(path: str | Path, threads: int = 0) -> Upscaler:
 
     def run(x: np.ndarray) -> np.ndarray:
         try:
-            return sess.run(None, {name: x.astype(np.float32)})[0]
+            return sess.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0]  # no copy of float32 input
         except Exception as exc:  # onnxruntime's own exception types: the graph does not take this input
             raise InputError(f"{path}: ONNX Runtime cannot run it on a float32 image "
                              f"({first_line(exc)})") from exc

@@ -108,6 +108,11 @@ def test_openvino_runs_float_and_int8_graphs_and_compiles_once_per_shape(tmp_pat
         runner(x)
     runner(x[:, :, :8])
     assert len(runner.compiled) == 2  # one compiled model per input shape, reused
+    from export.runtimes.openvino import MAX_SHAPES
+
+    for side in range(4, 6 + MAX_SHAPES):  # a service sees many upload sizes: memory stays bounded
+        runner(x[:, :, :side, :side])
+    assert len(runner.compiled) == MAX_SHAPES and len(runner.local.requests) == MAX_SHAPES
     img = write_image(tmp_path / "cal.png", (64, 48))
     pre = preprocess(fp32, tmp_path / "pre.onnx")
     reader = PatchCalibrationReader([img], 2, CalibrationConfig(lr_patch=16, patches_per_image=2))

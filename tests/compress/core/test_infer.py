@@ -38,9 +38,12 @@ def test_every_tile_has_one_shape_and_tiled_equals_whole_within_001_db():
 
 
 def test_large_inputs_are_tiled_automatically():
-    assert auto_tiles((1200, 1000, 3), TileConfig()) == AUTO_TILE
-    assert auto_tiles((540, 960, 3), TileConfig()) == TileConfig()  # a 1080p output at x2: whole image
-    assert auto_tiles((600, 600, 3), TileConfig(tile=64)) == TileConfig(tile=64)
+    assert auto_tiles((1200, 1000, 3), TileConfig(), 2) == AUTO_TILE
+    assert auto_tiles((540, 960, 3), TileConfig(), 2) == TileConfig()  # a 1080p output at x2: whole image
+    assert auto_tiles((270, 480, 3), TileConfig(), 4) == TileConfig()  # and at x4
+    assert auto_tiles((1000, 1000, 3), TileConfig(), 2) == TileConfig()  # 4 MP out: the last whole image
+    assert auto_tiles((1000, 1000, 3), TileConfig(), 4) == AUTO_TILE  # the same LR at x4 is 16 MP out
+    assert auto_tiles((600, 600, 3), TileConfig(tile=64), 2) == TileConfig(tile=64)
 
 
 def test_to_u8_rounds_as_im2uint8_clips_and_refuses_nan():
