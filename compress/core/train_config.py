@@ -45,7 +45,8 @@ class TrainConfig:
     Attributes:
         steps: optimizer steps.
         lr: peak learning rate.
-        optimizer: ``adam`` (betas 0.9 / 0.99, as EDSR) or ``sgd`` (momentum 0.9). Adam moves every weight
+        optimizer: ``adam`` (betas 0.9 / 0.99, as BasicSR; EDSR's code uses 0.999) or ``sgd``
+            (momentum 0.9). Adam moves every weight
             by about ``lr`` per step whatever its gradient; SGD moves each weight in proportion to its
             gradient, so a loss that is already near its minimum (distillation of a fake-quantized model
             from its own FP32 start) moves the weights only as far as the remaining error asks.

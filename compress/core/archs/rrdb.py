@@ -84,6 +84,12 @@ class ResidualDenseBlock(nn.Module):
             cin += g
         self.conv5 = _conv(cin, num_feat)
         self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
+        for j in range(1, len(grow) + 2):  # ESRGAN's smaller initialisation (Wang et al. 2018, sec. 3.3):
+            conv = getattr(self, f"conv{j}")  # Kaiming normal scaled by 0.1, zero bias, as BasicSR's RRDBNet
+            nn.init.kaiming_normal_(conv.weight)
+            with torch.no_grad():
+                conv.weight.mul_(0.1)
+            nn.init.zeros_(conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = [x]
@@ -148,7 +154,11 @@ class RRDBNet(nn.Module):
             pad = (0, (u - w % u) % u, 0, (u - h % u) % u)  # reflection needs more pixels than it adds
             x = F.pad(x, pad, mode="reflect" if min(h, w) >= u else "replicate")
             x = F.pixel_unshuffle(x, u)
-        feat = self.conv_first(x)
+        # the first convolution reads the image in its own precision, never autocast's bf16: an 8-bit
+        # level k/255 over 0.5 rounds up to (k+1)/256 in bf16 (+0.17 grey levels on average), and a
+        # network trained on those brighter inputs comes out dark on the exact ones it is run on
+        with torch.autocast(x.device.type, enabled=False):
+            feat = self.conv_first(x.to(self.conv_first.weight.dtype))
         feat = feat + self.conv_body(self.body(feat))
         feat = self.lrelu(self.conv_up1(F.interpolate(feat, scale_factor=2, mode="nearest")))
         feat = self.lrelu(self.conv_up2(F.interpolate(feat, scale_factor=2, mode="nearest")))

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from compress.core.archs import ARCHITECTURES, EDSRConfig, architecture, of_config, of_model, structure_of
+from compress.core.archs import (ARCHITECTURES, EDSRConfig, RRDBConfig, RRDBNet, architecture, of_config, of_model,
+                                 structure_of)
 from tests.conftest import tiny_edsr, tiny_rrdb, tiny_srcnn
 
 
@@ -63,3 +64,27 @@ def test_unshuffled_rrdb_takes_inputs_smaller_than_its_factor():
     model = tiny_rrdb(2)
     with torch.no_grad():
         assert model(torch.rand(1, 3, 1, 5)).shape == (1, 3, 2, 10)
+
+
+def test_rrdb_dense_blocks_start_from_esrgans_small_initialisation():
+    """Kaiming normal x 0.1 and zero bias in every dense-block convolution (Wang et al. 2018, BasicSR)."""
+    torch.manual_seed(0)
+    model = RRDBNet(RRDBConfig(scale=4, num_feat=32, num_block=2, num_grow_ch=16))
+    conv = model.body[1].rdb3.conv5  # 32 + 4 x 16 = 96 input channels
+    fan_in = conv.weight[0].numel()
+    assert float(conv.weight.std()) == pytest.approx(0.1 * (2 / fan_in) ** 0.5, rel=0.1)
+    assert not conv.bias.any()
+    assert float(model.conv_first.weight.std()) > 2 * 0.1 * (2 / model.conv_first.weight[0].numel()) ** 0.5
+
+
+def test_rrdb_reads_the_image_in_fp32_under_bf16_autocast():
+    """8-bit levels over 0.5 round up in bf16: the first convolution must see the exact image."""
+    model = tiny_rrdb(4).eval()
+    x = torch.arange(256, dtype=torch.float32).div(255).reshape(1, 1, 16, 16).expand(1, 3, 16, 16).contiguous()
+    seen = {}
+    model.conv_first.register_forward_hook(lambda m, args, out: seen.update(x=args[0], out=out))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x)
+    assert torch.equal(seen["x"], x) and seen["out"].dtype == torch.float32
+    with torch.no_grad():
+        assert torch.equal(seen["out"], model.conv_first(x))
