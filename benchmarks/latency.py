@@ -4,8 +4,9 @@
 prints one JSON object: p50 / p95 / min / mean milliseconds over ``runs`` timed calls after
 ``warmup`` untimed ones, and the process's peak resident memory. Large inputs run through the same
 tiled inference the deployable runtime uses (``compress.core.infer.upscale`` with ``auto_tiles``, as
-``upscale`` and ``serve`` run it): the whole image up to 1 LR megapixel (the 1080p-output sizes at x2,
-x3 and x4 included), tiles of one shape beyond; the result records which (``mode``).
+``upscale`` and ``serve`` run it): the whole image up to 4 output megapixels (1 LR megapixel at x2,
+0.25 at x4; the 1080p-output sizes at x2, x3 and x4 included), tiles of one shape beyond; the result
+records which (``mode``).
 """
 
 from __future__ import annotations

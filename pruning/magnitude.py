@@ -146,5 +146,5 @@ def freeze_zeros(model: nn.Module) -> FrozenZeros:
         if bool(keep.all()):
             continue
         zeros += int((~keep).sum())
-        handles.append(weight.register_hook(lambda grad, keep=keep: grad * keep.to(grad.dtype)))
+        handles.append(weight.register_hook(lambda grad, keep=keep: grad * keep.to(grad.device, grad.dtype)))
     return FrozenZeros(handles, zeros)

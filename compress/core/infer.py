@@ -144,7 +144,8 @@ def upscale_u8(fn: Upscaler, lr: np.ndarray, scale: int, tiles: TileConfig = Til
 #: One policy for evaluation, ``upscale``, ``serve`` and the bench: the whole image up to this many
 #: output pixels (4 MP: 1 MP of LR at x2, 0.44 MP at x3, 0.25 MP at x4; the upsampler's activations
 #: live on the output grid, about 1 GB per 64-channel FP32 activation there; the 1080p outputs are under
-#: it at every scale), tiles of one shape beyond, so memory is bounded by the tile.
+#: it at every scale), tiles of one shape beyond, so memory is bounded by the tile (at x4 a 512 px tile
+#: gives 4.2 MP, about the whole-image cap).
 AUTO_TILE_OUT_PIXELS = 4_000_000
 AUTO_TILE = TileConfig(tile=512, overlap=24)
 

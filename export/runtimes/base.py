@@ -35,7 +35,8 @@ class Runtime:
         suffixes: file suffixes it opens.
         library: the Python module whose import decides whether it is present.
         device: ``cpu`` or ``cuda``.
-        open: ``open(path, threads, scale)`` -> :class:`Opened` (``threads`` 0: the library's default;
+        open: ``open(path, threads, scale)`` -> :class:`Opened` (``threads`` 0: the library's default,
+            TFLite's 2, since its own is one thread;
             ``scale`` is needed by checkpoints whose shapes do not reveal it).
         primary: the runtime ``eval``, ``upscale`` and ``serve`` use for its suffixes (one per suffix).
         bench_extra: the bench also times every artifact of the primary runtime for these suffixes on

@@ -36,8 +36,7 @@ warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is depre
 class TFLiteRunner:
     """Run a TFLite SR model on NCHW float32 batches (it converts to and from NHWC)."""
 
-    def __init__(self, path: str | Path, threads: int | None = 2, xnnpack: bool = True) -> None:
-        """``threads``: the interpreter's (and XNNPACK's) threads; None or 0: TFLite's own default."""
+    def __init__(self, path: str | Path, threads: int = 2, xnnpack: bool = True) -> None:
         keras()
         import tensorflow as tf
 
@@ -54,7 +53,7 @@ class TFLiteRunner:
         try:
             resolver = self._tf.lite.experimental.OpResolverType
             return self._tf.lite.Interpreter(
-                model_path=str(self.path), num_threads=self.threads or None,
+                model_path=str(self.path), num_threads=self.threads,
                 experimental_op_resolver_type=resolver.AUTO if self.xnnpack else resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
         except (ValueError, RuntimeError, MemoryError) as exc:
             raise InputError(f"{self.path}: not a loadable TFLite model ({first_line(exc)})") from exc
@@ -155,11 +154,12 @@ def tflite_upscaler(path: str | Path, threads: int = 2) -> Upscaler:
 
 
 def _open_xnnpack(path: Path, threads: int, scale: int | None) -> Opened:
-    return Opened(TFLiteRunner(path, threads))  # 0: TFLite's default, as every runtime's
+    # threads 0 ("the library's default"): 2, not TFLite's own default, which is one thread
+    return Opened(TFLiteRunner(path, threads or 2))
 
 
 def _open_builtin(path: Path, threads: int, scale: int | None) -> Opened:
-    return Opened(TFLiteRunner(path, threads, xnnpack=False))
+    return Opened(TFLiteRunner(path, threads or 2, xnnpack=False))
 
 
 TFLITE = Runtime("tflite", (".tflite",), "tensorflow", "cpu", _open_xnnpack, primary=True, vet=vet,

@@ -84,3 +84,30 @@ def test_qat_ir_runs_at_odd_sizes(tmp_path, make):
     for h, w in ((9, 13), (17, 6)):
         x = np.random.default_rng(h).random((1, 3, h, w), dtype=np.float32)
         assert open_artifact(xml, "openvino").run(x).shape == (1, 3, h * scale, w * scale)
+
+
+def test_nncf_qat_of_a_pruned_model_holds_its_zero_weights():
+    """Sparsity-preserving QAT on NNCF's model: its kernels keep their ``weight`` names, so
+    :func:`pruning.magnitude.freeze_zeros` holds the pruned zeros through Adam steps at a large rate."""
+    from pruning.magnitude import freeze_zeros
+
+    torch.manual_seed(0)
+    model = tiny_edsr(2)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 4:
+                p.mul_((torch.rand_like(p) > 0.5).float())
+    quantized, _ = prepare_nncf_qat(model, _patches(), NNCFConfig(), True)
+    kernels = {n: p for n, p in quantized.named_parameters() if n.endswith("weight") and p.ndim == 4}
+    zeros = {n: (p == 0).clone() for n, p in kernels.items()}
+    held = freeze_zeros(quantized)
+    assert held.zeros == sum(int(z.sum()) for z in zeros.values()) > 0
+    opt = torch.optim.Adam(quantized.parameters(), lr=1e-2)
+    for _ in range(3):
+        loss = (quantized(torch.rand(2, 3, 16, 16)) - torch.rand(2, 3, 32, 32)).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for name, p in kernels.items():
+        assert bool((p[zeros[name]] == 0).all()), name
+        assert not bool((p[~zeros[name]] == 0).all()), name
