@@ -27,6 +27,17 @@ def launch_env(**extra: str) -> dict[str, str]:
 EVALDATA = REPO.parent / "shared" / "evaldata"
 
 
+def adam_steps(model, lr_side: int, scale: int, steps: int = 3, lr: float = 1e-2) -> None:  # noqa: ANN001
+    """A few Adam steps of L1 to random targets at a large rate: moves every weight nothing holds."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
+        out = model(torch.rand(2, 3, lr_side, lr_side))
+        loss = (out - torch.rand(2, 3, lr_side * scale, lr_side * scale)).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
 def tiny_edsr(scale: int = 2, seed: int = 0) -> EDSR:
     torch.manual_seed(seed)
     return EDSR(EDSRConfig(scale=scale, num_feat=16, num_block=2)).eval()

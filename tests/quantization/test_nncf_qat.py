@@ -7,7 +7,7 @@ from compress.core.train_config import TrainConfig
 from export.runtimes import open_artifact
 from quantization.nncf_ptq import NNCFConfig
 from quantization.nncf_qat import float_node_names, prepare_nncf_qat, qat_ir
-from tests.conftest import tiny_edsr, tiny_rrdb
+from tests.conftest import adam_steps, tiny_edsr, tiny_rrdb
 
 
 def _patches(n: int = 4, side: int = 16) -> list[np.ndarray]:
@@ -102,12 +102,7 @@ def test_nncf_qat_of_a_pruned_model_holds_its_zero_weights():
     zeros = {n: (p == 0).clone() for n, p in kernels.items()}
     held = freeze_zeros(quantized)
     assert held.zeros == sum(int(z.sum()) for z in zeros.values()) > 0
-    opt = torch.optim.Adam(quantized.parameters(), lr=1e-2)
-    for _ in range(3):
-        loss = (quantized(torch.rand(2, 3, 16, 16)) - torch.rand(2, 3, 32, 32)).abs().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    adam_steps(quantized, 16, 2)
     for name, p in kernels.items():
         assert bool((p[zeros[name]] == 0).all()), name
         assert not bool((p[~zeros[name]] == 0).all()), name
