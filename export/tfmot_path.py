@@ -195,7 +195,7 @@ def init_ranges(qat, float_model, calibration: list[np.ndarray]) -> int:  # noqa
     for layer in qat.layers:
         inner = getattr(getattr(layer, "layer", None), "name", None)
         for var in layer.weights:
-            vname = var.name.split("/")[-1].split(":")[0]
+            vname = _short_name(var)
             if vname in ("kernel_min", "kernel_max"):  # per-output-channel symmetric, as the quantizer computes
                 kernel = float_model.get_layer(inner).get_weights()[0]
                 bound = np.abs(kernel).reshape(-1, kernel.shape[-1]).max(axis=0)
@@ -216,5 +216,10 @@ def init_ranges(qat, float_model, calibration: list[np.ndarray]) -> int:  # noqa
 def qat_kernel(wrapper):  # noqa: ANN001, ANN201
     """The kernel variable of a QAT-wrapped convolution (the wrapped layer's ``kernel`` attribute holds
     the fake-quantized tensor of the last call instead)."""
-    (kernel,) = [w for w in wrapper.trainable_weights if w.name.split("/")[-1].split(":")[0] == "kernel"]
+    (kernel,) = [w for w in wrapper.trainable_weights if _short_name(w) == "kernel"]
     return kernel
+
+
+def _short_name(var) -> str:  # noqa: ANN001
+    """A Keras variable's own name, without its layer's scope or the ``:0`` suffix."""
+    return var.name.split("/")[-1].split(":")[0]

@@ -177,5 +177,6 @@ def history_markdown(runs: tuple[TrainingRun, ...]) -> str:
         name = Path(run.recipe_file).name
         recipe = f"`{_cell(name)}`" if name else "(in code)"
         lines.append(f"| {i} | {recipe} | {_cell(run.hardware)} | {_cell(run.precision)} | {run.steps} | "
-                     f"{_minutes(run.train_minutes)} | {_when(run.finished_utc)} | {_db(run.start_val_psnr_y_db)} -> {_db(run.val_psnr_y_db)}{kept} |")
+                     f"{_minutes(run.train_minutes)} | {_when(run.finished_utc)} | "
+                     f"{_db(run.start_val_psnr_y_db)} -> {_db(run.val_psnr_y_db)}{kept} |")
     return "\n".join(lines) + "\n"

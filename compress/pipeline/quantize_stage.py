@@ -127,9 +127,7 @@ def _run_qat(loaded: LoadedModel, recipe: QuantRecipe, reader: PatchCalibrationR
     if qat_method is not Calibration.MINMAX:  # train under the ranges of the chosen calibration
         load_qat_ranges(state, pre, out_dir / f"calibration_{recipe.qat_calibration}.json")
     pin_image_ranges(state, pre)  # the image's tensors train on the exact ranges the INT8 graph gets
-    held = freeze_zeros(model)  # a pruned source's zeros stay zeros (sparsity-preserving QAT)
-    log = _fine_tune(model, loaded, recipe, "qat")
-    held.remove()
+    log, held_zeros = _fine_tune(model, loaded, recipe, "qat")
     strip_qat(state)
     qat_fp32 = export_onnx(model, out_dir / "model_qat_fp32.onnx")
     qat_pre = preprocess(qat_fp32, out_dir / "model_qat_fp32_pre.onnx")
@@ -146,13 +144,16 @@ def _run_qat(loaded: LoadedModel, recipe: QuantRecipe, reader: PatchCalibrationR
                                       "samples": reader.count, "tensors_with_qat_ranges": trained},
                                       "against_ptq_start": verdict, "qat_plan": plan, "excluded_nodes": [],
                                       "qat_seconds": round(log.seconds, 1), "qat_precision": log.precision,
-                                      "qat_loss": log.loss[-5:], "zero_weights_held": held.zeros})
+                                      "qat_loss": log.loss[-5:], "zero_weights_held": held_zeros})
     return {}
 
 
 def _fine_tune(model: torch.nn.Module, loaded: LoadedModel, recipe: QuantRecipe, desc: str,
-               channels_last: bool = True) -> TrainLog:
+               channels_last: bool = True) -> tuple[TrainLog, int]:
     """QAT fine-tuning of ``model`` with the recipe's ``patch`` / ``train``, distilled from the FP32 source.
+
+    Sparsity-preserving: the zero weights of a pruned source stay zero (:func:`freeze_zeros`); returns
+    the log and how many zeros were held.
 
     With ``train.val_every`` set, the fake-quantized model is scored on the calibration crops every that
     many steps (``TrainLog.val_psnr_y_db``, in the log and the sidecar): a trace of what the fine-tuning
@@ -162,8 +163,13 @@ def _fine_tune(model: torch.nn.Module, loaded: LoadedModel, recipe: QuantRecipe,
     teacher = loaded.model.eval() if recipe.train.uses_teacher else None
     val = _centre_crops(_calibration_paths(recipe), loaded.scale) if recipe.train.val_every else ()
     cfg = qat_train_config(recipe.train)  # FP32 unless the recipe asks for bf16: QAT simulates integer arithmetic
-    return fit(model, random_patches(pairs, loaded.scale, recipe.patch), cfg, loaded.scale, val_pairs=val,
-               teacher=teacher, desc=desc, channels_last=channels_last)
+    held = freeze_zeros(model)
+    try:
+        log = fit(model, random_patches(pairs, loaded.scale, recipe.patch), cfg, loaded.scale, val_pairs=val,
+                  teacher=teacher, desc=desc, channels_last=channels_last)
+    finally:
+        held.remove()
+    return log, held.zeros
 
 
 def _drop(path: Path) -> None:
@@ -227,9 +233,7 @@ def _run_nncf_qat(loaded: LoadedModel, recipe: QuantRecipe, patches: list, start
     """
     model, ran = prepare_nncf_qat(loaded.model, patches, recipe.nncf, cpu_has_vnni())
     # NCHW even under bf16: NNCF's CPU FakeQuantize kernels are several times slower on channels_last tensors
-    held = freeze_zeros(model)  # a pruned source's zeros stay zeros (sparsity-preserving QAT)
-    log = _fine_tune(model, loaded, recipe, "nncf-qat", channels_last=False)
-    held.remove()
+    log, held_zeros = _fine_tune(model, loaded, recipe, "nncf-qat", channels_last=False)
     candidate, final = out_dir / "nncf_qat_candidate.xml", out_dir / "model_int8_nncf_qat.xml"
     try:
         verdict = _judge_qat(qat_ir(model, candidate), start, final, recipe, score)
@@ -245,7 +249,7 @@ def _run_nncf_qat(loaded: LoadedModel, recipe: QuantRecipe, patches: list, start
                                       "samples": len(patches)}, "nncf": ran, "against_ptq_start": verdict, "qat_plan": plan,
                                       "excluded_nodes": ran["float_convs"], "qat_seconds": round(log.seconds, 1),
                                       "qat_precision": log.precision, "qat_loss": log.loss[-5:],
-                                      "zero_weights_held": held.zeros})
+                                      "zero_weights_held": held_zeros})
     return {}
 
 
