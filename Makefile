@@ -91,7 +91,7 @@ report: venv
 compare: venv
 	$(PY) -m compress.pipeline.compare $(A) $(B)
 
-# Re-measures every compression bar of a shipped model (README's "Results against the bars"), each bar
+# Re-measures every compression bar of a shipped model (README's "Compression bars"), each bar
 # in a run folder of its own under $(BARS_OUT); rerun to resume, BARS_ONLY="qat ptq" for some, BARS_DRY=1 to list.
 BARS_PLAN ?= $(ARCH)-x$(SCALE)
 BARS_OUT ?= artifacts/bars-$(BARS_PLAN)

@@ -5,7 +5,7 @@ integer GEMM (MLAS) computes output channels in panels of 16, and EDSR's last co
 the output of a PixelShuffle, which in an INT8 graph sits between two layout transposes. On a 2-core
 AVX-512 VNNI host this took EDSR-baseline's INT8 speed-up over FP32 at 256x256 input from 2.8x / 2.5x /
 2.0x to 3.8x / 3.7x / 3.4x at x2 / x3 / x4, against an FP32 graph that gained 6-23% from the same
-rewrite (README, "Measured here"; the export stage writes the plain graph beside the rewritten one so
+rewrite (benchmarks/MEASUREMENTS.md, sessions 1-5; the export stage writes the plain graph beside the rewritten one so
 ``make bench`` shows both). Both rewrites are exact (same function, to float rounding), so they are
 applied to the output convolution of every exported graph, FP32 included:
 

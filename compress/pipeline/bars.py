@@ -1,6 +1,6 @@
 """The compression bars and the recipe that meets each on each shipped model: one declaration per model.
 
-README's "Results against the bars" is what :mod:`compress.pipeline.bars_run` measures from these.
+README's "Compression bars" is what :mod:`compress.pipeline.bars_run` measures from these.
 :data:`PLANS` declares, per shipped model, every bar (the most dB it may lose against the dense FP32
 model on every evaluation set, and for channel pruning how many MACs it must remove) with the stage
 commands that meet it and the artifact judged.

@@ -216,9 +216,9 @@ def _add_stages(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--eval", action="append", default=[], help="extra evaluation folder(s)")
     s.set_defaults(func=_cmd_quantize)
 
-    s = sub.add_parser("export", help="stage 4: FP32 ONNX and TFLite (FP32/FP16/INT8) exports with parity checks")
+    s = sub.add_parser("export", help="stage 4: FP32 ONNX, OpenVINO IR and TFLite (FP32/FP16/INT8) exports with parity checks")
     s.add_argument("--run", type=opt.folder, required=True)
-    s.add_argument("--no-tflite", action="store_true", help="ONNX only")
+    s.add_argument("--no-tflite", action="store_true", help="ONNX and OpenVINO IR only")
     s.add_argument("--eval", action="append", default=[], help="extra evaluation folder(s)")
     s.set_defaults(func=_cmd_export)
 

@@ -58,7 +58,7 @@ def add_deploy(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("upscale", help="upscale images or folders with a pipeline artifact")
     s.add_argument("inputs", nargs="+", help="image files and/or folders")
     s.add_argument("--out", required=True, type=opt.folder, help="output folder")
-    s.add_argument("--artifact", help="checkpoint, .onnx, .tflite (any runtime the project benchmarks)")
+    s.add_argument("--artifact", help="checkpoint, .onnx, OpenVINO .xml, .tflite (any runtime the project benchmarks)")
     s.add_argument("--run", type=opt.folder, help="pick from this run's report the artifact meeting --target with the least loss")
     s.add_argument("--target", choices=list(TARGETS_MS), default="1000ms")
     s.add_argument("--max-loss-db", type=opt.positive_float, default=0.1)

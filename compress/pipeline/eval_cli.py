@@ -117,7 +117,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=_cmd_history)
 
     s = sub.add_parser("eval", help="PSNR-Y / SSIM-Y of a checkpoint, ONNX/TFLite artifact or bicubic")
-    s.add_argument("--model", help="checkpoint, .onnx, .tflite, or 'bicubic'")
+    s.add_argument("--model", help="checkpoint, .onnx, OpenVINO .xml, .tflite, or 'bicubic'")
     s.add_argument("--run", type=opt.folder, help="instead of --model: every artifact of this run folder, with dB lost against its FP32 model")
     s.add_argument("--data", required=True, type=opt.folder, help=f"folder of HR images, or a named set: {' or '.join(NAMED_SETS)} "
                    "(the embedded evaluation split; the default data's checkpoint-choosing images); "
