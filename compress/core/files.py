@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import threading
@@ -155,16 +156,41 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def read_json(path: str | Path) -> object:
-    """Parse a JSON file the pipeline reads; a missing, unreadable or invalid file is an
-    :class:`InputError` that names it (NaN and Infinity are refused: they are not JSON; so are numbers
-    beyond a float's range, and nesting deeper than Python's recursion limit)."""
+MAX_JSON_BYTES = 64 << 20  # the largest report, latency file or sidecar is a few hundred KiB
+
+
+def read_regular(path: str | Path, max_bytes: int, what: str) -> bytes:
+    """The bytes of ``path``, which must be a regular file of at most ``max_bytes``: a FIFO would block
+    and ``/dev/zero`` never end. ``what`` names the file in the error (``recipe``, ``JSON file``).
+
+    Raises:
+        InputError: missing, not a regular file, too large or unreadable.
+    """
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float)
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise InputError(f"{path}: the {what} is not a regular file")
+        with path.open("rb") as fh:
+            raw = fh.read(max_bytes + 1)
     except FileNotFoundError as exc:
-        raise InputError(f"{path}: file not found") from exc
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"{path}: {what} not found") from exc
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the {what} ({exc})") from exc
+    if len(raw) > max_bytes:
+        raise InputError(f"{path}: {what} is over {max_bytes // 1024} KiB")
+    return raw
+
+
+def read_json(path: str | Path) -> object:
+    """Parse a JSON file the pipeline reads (a regular file of at most :data:`MAX_JSON_BYTES`); a
+    missing, unreadable or invalid file is an :class:`InputError` that names it (NaN and Infinity are
+    refused: they are not JSON; so are numbers beyond a float's range, and nesting deeper than
+    Python's recursion limit)."""
+    path = Path(path)
+    raw = read_regular(path, MAX_JSON_BYTES, "file")
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float)
+    except (UnicodeDecodeError, ValueError) as exc:
         raise InputError(f"{path}: not valid JSON ({exc})") from exc
     except RecursionError:
         raise InputError(f"{path}: not usable JSON (nested too deeply)") from None

@@ -140,6 +140,19 @@ def positive_float(text: str) -> float:
     return value
 
 
+def float_range(name: str, high: float) -> Callable[[str], float]:
+    """An argparse type for a number option ``name`` in ``(0, high]`` (sizes and times a host can hold)."""
+
+    def parse(text: str) -> float:
+        value = positive_float(text)
+        if value > high:
+            raise argparse.ArgumentTypeError(f"{name} must be in (0, {high:g}], got {text}")
+        return value
+
+    parse.__name__ = name
+    return parse
+
+
 def learning_rate(text: str) -> float:
     """A learning rate in (0, :data:`~compress.core.train_config.MAX_LR`]."""
     value = positive_float(text)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import stat
 import tomllib
 import types
 import typing
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from compress.core.errors import InputError
+from compress.core.files import read_regular
 
 T = TypeVar("T")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # TOML's integer range, which tomllib does not enforce
@@ -102,17 +102,10 @@ def _at(where: str) -> str:
 def _read_text(path: Path) -> str:
     """The recipe's text (a UTF-8 BOM accepted): a regular file of at most :data:`MAX_RECIPE_BYTES`, so
     ``/dev/zero`` or a FIFO is refused instead of read without end."""
+    raw = read_regular(path, MAX_RECIPE_BYTES, "recipe")
     try:
-        if not stat.S_ISREG(path.stat().st_mode):
-            raise InputError(f"{path}: the recipe is not a regular file")
-        with path.open("rb") as fh:
-            raw = fh.read(MAX_RECIPE_BYTES + 1)
-        if len(raw) > MAX_RECIPE_BYTES:
-            raise InputError(f"{path}: recipe is over {MAX_RECIPE_BYTES // 1024} KiB")
         return raw.decode("utf-8-sig")
-    except FileNotFoundError as exc:
-        raise InputError(f"{path}: recipe not found") from exc
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
         raise InputError(f"{path}: cannot read the recipe ({exc})") from exc
 
 

@@ -9,6 +9,7 @@ ratio (inference time grows linearly with pixels once tiled), which the explanat
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 from compress.core.cpu import CpuInfo, host_cpu
@@ -48,22 +49,32 @@ def read_report(run: Path) -> tuple[dict, int]:
     if not isinstance(rows, list):
         raise InputError(f"{path}: rows is not a list")
     for i, row in enumerate(rows):
-        if problem := _row_problem(row):
+        if problem := row_problem(row):
             raise InputError(f"{path}: rows[{i}] {problem}")
     return report, scale
 
 
-def _row_problem(row: object) -> str:
-    """What makes ``row`` unusable for choosing ("" if nothing): the fields :func:`choose` reads."""
+def row_problem(row: object, artifact_ok: Callable[[object], bool] = inside_run) -> str:
+    """What makes a report row unusable ("" if nothing): the fields :func:`choose` and ``compare`` read.
+
+    Args:
+        row: one entry of ``report.json``'s ``rows``.
+        artifact_ok: the test its ``artifact`` must pass (choosing runs it, so by default a path inside
+            the run folder; a comparison only prints it).
+    """
     if not isinstance(row, dict):
         return "is not an object"
-    if not inside_run(row.get("artifact")):
+    if not artifact_ok(row.get("artifact")):
         return f"artifact {str(row.get('artifact'))[:200]!r} is not a path inside the run folder"
     if not isinstance(row.get("runtime"), str):
         return "has no runtime"
-    lost = row.get("db_lost", {})
-    if not (isinstance(lost, dict) and all(v is None or is_number(v) for v in lost.values())):
-        return "db_lost is not an object of numbers"
+    for field in ("psnr_y_db", "db_lost"):
+        values = row.get(field, {})
+        if not (isinstance(values, dict) and all(v is None or is_number(v) for v in values.values())):
+            return f"{field} is not an object of numbers"
+    for field in ("size_bytes", "params"):
+        if not (row.get(field) is None or is_number(row[field])):
+            return f"{field} is not a number"
     latency = row.get("latency", {})
     if not isinstance(latency, dict):
         return "latency is not an object"

@@ -8,16 +8,30 @@ from pathlib import Path
 
 from compress.core.errors import InputError, error_line
 from compress.core.files import read_json_object
+from compress.pipeline.choose import row_problem
 from compress.pipeline.contract import path_of
 
 
 def load_report(path: str | Path) -> dict:
+    """A report (``report.json``, or a run folder holding one) whose rows carry what :func:`compare` reads.
+
+    Raises:
+        InputError: no report, not JSON, or a row :func:`~compress.pipeline.choose.row_problem` refuses
+            (the message names the file and the row).
+    """
     path = Path(path)
     if path.is_dir():
         path = path_of(path, "report")
     if not path.is_file():
         raise InputError(f"{path}: no report.json (run make report first)")
-    return read_json_object(path)
+    report = read_json_object(path)
+    rows = report.get("rows")
+    if not isinstance(rows, list):
+        raise InputError(f"{path}: rows is not a list (not a report of this pipeline)")
+    for i, row in enumerate(rows):
+        if problem := row_problem(row, artifact_ok=lambda a: isinstance(a, str)):
+            raise InputError(f"{path}: rows[{i}] {problem}")
+    return report
 
 
 def _get(row: dict | None, key: str, sub: str | None = None) -> float | None:

@@ -49,6 +49,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from export.runtimes import open_artifact
 
     if args.run:
+        if args.model:
+            raise InputError("give --model or --run, not both")
         return _eval_run(args)
     if not args.model or not args.scale:
         raise InputError("eval needs --model and --scale (or --run)")
@@ -84,15 +86,19 @@ def _eval_run(args: argparse.Namespace) -> int:
     from compress.pipeline.bench_stage import discover
     from compress.core.data import load_pairs
     from compress.core.evaluate import evaluate
+    from compress.core.infer import TileConfig
     from compress.pipeline.contract import baseline
     from export.runtimes import open_artifact
 
     run = Path(args.run)
     _, loaded = baseline(run)
+    if args.scale is not None and args.scale != loaded.scale:
+        raise InputError(f"{run}: its model is x{loaded.scale}, and --scale asks for x{args.scale}")
     pairs = load_pairs(_eval_images(args.data), loaded.scale)
     rows, ref = [], None
     for artifact, rt in discover(run):  # the baseline checkpoint comes first: it is the reference
-        psnr = evaluate(open_artifact(artifact, rt, args.threads, loaded.scale).run, pairs, loaded.scale).psnr_y_db
+        psnr = evaluate(open_artifact(artifact, rt, args.threads, loaded.scale).run, pairs, loaded.scale,
+                        TileConfig(tile=args.tile)).psnr_y_db
         ref = psnr if ref is None else ref
         rows.append({"artifact": str(artifact.relative_to(run)), "psnr_y_db": round(psnr, 4),
                      "db_lost": round(ref - psnr, 4)})
@@ -122,7 +128,7 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--data", required=True, type=opt.folder, help=f"folder of HR images, or a named set: {' or '.join(NAMED_SETS)} "
                    "(the embedded evaluation split; the default data's checkpoint-choosing images); "
                    "./embedded for a folder of that name")
-    s.add_argument("--scale", type=opt.scale, help="required with --model")
+    s.add_argument("--scale", type=opt.scale, help="required with --model (with --run: must be the run's)")
     s.add_argument("--tile", type=opt.tile, default=0,
                    help="LR tile size for tiled inference (0: whole image, tiled automatically when large)")
     s.add_argument("--threads", type=opt.threads, default=0, help="runtime threads (0: library default)")

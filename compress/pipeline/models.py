@@ -43,7 +43,10 @@ class ModelSet:
             self._open_run(run)
         for path in artifacts or (() if run else tuple(default_checkpoint(s) for a, s in DEFAULT_MODELS if a == "edsr")):
             served = _open(Path(path), None, threads, {})
-            self.by_scale.setdefault(served.scale, served)
+            if (first := self.by_scale.get(served.scale)) is not None:
+                raise InputError(f"{path}: scale {served.scale} is already served by {first.artifact} "
+                                 "(give one --artifact per scale)")
+            self.by_scale[served.scale] = served
         self.blend = None
         if blend:
             self._prepare_blend(artifacts, blend)
@@ -92,6 +95,8 @@ class ModelSet:
         if alpha is not None:
             if self.blend is None:
                 raise InputError("alpha needs a service started with --artifact A --blend B")
+            if not 0.0 <= alpha <= 1.0:  # before rounding: 1.0004 is no alpha, though it rounds to one
+                raise InputError(f"alpha must be in [0, 1], got {alpha}")
             base = self.by_scale[scale]
             return dataclasses.replace(base, run=self._blended(round(alpha, 3))), f"blend alpha={alpha:.3f}"
         if self.run is not None and scale == self.run_scale:

@@ -29,6 +29,11 @@ PAGE = Path(__file__).with_name("static") / "index.html"
 MEDIA = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
+MAX_UPLOAD_MB = 4096  # a request body the service may buffer
+MAX_PIXELS = 1_000_000_000  # decoded input pixels
+MAX_TIMEOUT_S = 3600.0
+
+
 @dataclasses.dataclass(frozen=True)
 class ServeConfig:
     """Service settings (see ``python -m compress serve --help``)."""
@@ -45,9 +50,11 @@ class ServeConfig:
     header_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
-        if (self.workers < 1 or self.queue < 0 or not self.max_upload_mb > 0 or self.max_pixels < 1
-                or not self.upload_timeout_s > 0 or not self.header_timeout_s > 0):
-            raise ValueError(f"ServeConfig: workers >= 1, queue >= 0, limits and timeout > 0; got {self}")
+        if (self.workers < 1 or self.queue < 0 or not 0 < self.max_upload_mb <= MAX_UPLOAD_MB
+                or not 1 <= self.max_pixels <= MAX_PIXELS
+                or not 0 < self.upload_timeout_s <= MAX_TIMEOUT_S or not 0 < self.header_timeout_s <= MAX_TIMEOUT_S):
+            raise ValueError(f"ServeConfig: workers >= 1, queue >= 0, max_upload_mb in (0, {MAX_UPLOAD_MB}], "
+                             f"max_pixels in [1, {MAX_PIXELS}], timeouts in (0, {MAX_TIMEOUT_S}] s; got {self}")
 
 
 class Busy(Exception):

@@ -67,6 +67,8 @@ class _Models:
     def __init__(self, opts: UpscaleOptions) -> None:
         self.opts, self.cache = opts, {}
         self.report, self.run_scale = read_report(opts.run) if opts.run is not None else (None, None)
+        if opts.scale is not None and self.run_scale is not None and opts.scale != self.run_scale:
+            raise InputError(f"{opts.run}: its report is for x{self.run_scale}, and --scale asks for x{opts.scale}")
 
     def for_image(self, out_mp_per_scale: float) -> tuple[object, int, str]:
         o = self.opts
@@ -145,8 +147,9 @@ def _check(path: Path, models: _Models, opts: UpscaleOptions, inputs: set[Path])
         if written.resolve() in inputs:
             raise InputError(f"{written}: is one of the inputs, and {path}'s output would overwrite it; "
                              "choose another --out")
-    if target.is_dir():
-        raise InputError(f"{target}: a folder stands where {path}'s output goes")
+    for written in (target, _staged(target)):
+        if written.is_dir():
+            raise InputError(f"{written}: a folder stands where {path}'s output goes")
     return _Job(path, fn, scale, why, target)
 
 
@@ -173,7 +176,8 @@ def upscale_files(inputs: list[str], opts: UpscaleOptions) -> list[dict[str, obj
             done.append(_run(job, opts))
     except BaseException:  # a refused batch changes nothing: no output, no earlier file replaced, no folder made
         for job in jobs:
-            _staged(job.target).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # the cleanup must not hide the error that stopped the batch
+                _staged(job.target).unlink(missing_ok=True)
         _remove(created)
         raise
     for job in jobs:  # the whole batch succeeded: its outputs take their names

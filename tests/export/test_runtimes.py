@@ -210,7 +210,7 @@ def test_an_infinite_output_is_refused_not_clipped_into_a_psnr(tmp_path):
 
 
 @pytest.mark.skipif(not _importable("openvino"), reason="openvino not installed")
-def test_openvino_refuses_files_that_are_not_ir_and_weights_that_are_no_file(tmp_path):
+def test_openvino_refuses_files_that_are_not_ir_and_weights_that_are_no_file(tmp_path, capfd):
     import os
 
     fp32 = export_onnx(tiny_edsr(2), tmp_path / "m.onnx")
@@ -222,6 +222,11 @@ def test_openvino_refuses_files_that_are_not_ir_and_weights_that_are_no_file(tmp
     text.write_text("this is no model")
     with pytest.raises(InputError, match="not OpenVINO IR"):
         open_artifact(text)
+    (tmp_path / "broken.xml").write_text("<net garbage")  # passes the first look; only the IR frontend reads it
+    capfd.readouterr()
+    with pytest.raises(InputError, match=r"broken\.xml: OpenVINO cannot read it"):
+        open_artifact(tmp_path / "broken.xml")
+    assert capfd.readouterr().err == ""  # no other frontend tried it and logged its own parse error
     (tmp_path / "fifo.xml").write_bytes((tmp_path / "m.xml").read_bytes())
     os.mkfifo(tmp_path / "fifo.bin")  # reading it would block for ever
     with pytest.raises(InputError, match="weights are not a regular file"):

@@ -7,7 +7,7 @@ import pytest
 
 from compress.core.errors import MAX_MESSAGE_CHARS, InputError, WriteError, error_line
 from compress.core.files import (
-    atomic_path, fresh_folder, fresh_stage_folder, is_number, read_json, removed_on_failure, sidecar_path,
+    atomic_path, fresh_folder, fresh_stage_folder, is_number, read_json, read_regular, removed_on_failure, sidecar_path,
     write_sidecar, write_text_atomic,
 )
 
@@ -143,3 +143,23 @@ def test_signals_held_delivers_every_signal_and_restores_every_handler_even_when
     finally:
         for s, handler in earlier.items():
             signal.signal(s, handler)
+
+
+def test_json_that_is_no_regular_file_or_too_large_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    """A report named like ``report.json`` that is a FIFO would block ``upscale --run`` for ever, and a
+    link to ``/dev/zero`` would fill the memory (a hostile-input probe of session 35)."""
+    import compress.core.files as files
+
+    os.mkfifo(tmp_path / "report.json")
+    with pytest.raises(InputError, match=r"report\.json: the file is not a regular file"):
+        read_json(tmp_path / "report.json")
+    (tmp_path / "zero.json").symlink_to("/dev/zero")
+    with pytest.raises(InputError, match="not a regular file"):
+        read_json(tmp_path / "zero.json")
+    monkeypatch.setattr(files, "MAX_JSON_BYTES", 8)
+    (tmp_path / "big.json").write_text('{"a": 12345}')
+    with pytest.raises(InputError, match=r"big\.json: file is over 0 KiB"):
+        read_json(tmp_path / "big.json")
+    with pytest.raises(InputError, match=r"none\.json: file not found"):
+        read_json(tmp_path / "none.json")
+    assert read_regular(tmp_path / "big.json", 100, "file") == b'{"a": 12345}'

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -91,6 +92,26 @@ def test_compare_two_reports(tmp_path):
     assert slow["p50_ms@256x256"][2] == pytest.approx(400 * 0.262144, abs=1e-3)
     assert slow["psnr_y_db"] == (30.0, 30.0, 0.0)
     assert "model_int8_minmax.onnx" in format_table(rows)
+
+
+@pytest.mark.parametrize("report, problem", [
+    ({}, "rows is not a list"),
+    ({"rows": [5]}, r"rows\[0\] is not an object"),
+    ({"rows": [{"artifact": "a.onnx", "runtime": "ort", "psnr_y_db": {"embedded": "x"}}]},
+     "psnr_y_db is not an object of numbers"),
+    ({"rows": [{"artifact": "a.onnx", "runtime": "ort", "latency": {"256x256": 5}}]}, "needs a positive out_mp"),
+    ({"rows": [{"artifact": "a.onnx", "runtime": "ort", "size_bytes": "big"}]}, "size_bytes is not a number"),
+])
+def test_compare_names_a_malformed_report_in_one_line(tmp_path, capsys, report, problem):
+    from compress.pipeline.compare import main
+
+    good = synthetic_run(tmp_path / "a")
+    write_report(good)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(report))
+    assert main([str(good), str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bad}: ") and err.count("\n") == 1 and re.search(problem, err), err
 
 
 def test_missing_inputs(tmp_path):

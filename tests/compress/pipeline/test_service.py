@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
 import urllib.error
 import urllib.request
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from compress.core.errors import InputError
 from tests.conftest import REPO
 
 
@@ -82,12 +84,13 @@ def test_models_health_and_metrics(service):
     (lambda: png((40, 30)), "?tier=5ms", 422, "tier must be one of"),
     (lambda: png((40, 30)), "?scale=abc", 422, "scale"),
     (lambda: png((40, 30)), "?alpha=2", 422, "alpha must be in [0, 1]"),
+    (lambda: png((40, 30)), "?alpha=1.0004", 422, "alpha must be in [0, 1]"),  # rounds to 1.0, but is no alpha
     (lambda: b"", "", 422, "empty upload"),
     (lambda: (REPO / "tests/compress/core/data/strip_ascii.tiff").read_bytes(), "", 422, "not a readable image"),
     (lambda: b"\x89PNG\r\n\x1a\n", "", 422, "unknown or damaged format"),
     (lambda: b"\xff\xd8 a JPEG that would take long to decode", "?scale=3", 422, "scale 3 is not served"),
 ], ids=["decoded-pixels", "not-an-image", "corrupt", "scale-not-served", "bad-tier", "scale-not-int",
-        "alpha-out-of-range", "empty", "tiff-bad-tag-was-500", "png-signature-only", "scale-before-decoding"])
+        "alpha-out-of-range", "alpha-just-over-1", "empty", "tiff-bad-tag-was-500", "png-signature-only", "scale-before-decoding"])
 def test_bad_requests_get_their_status_and_a_json_error(service, make, query, status, message):
     url, _ = service
     code, headers, body = post(url, make(), query)
@@ -275,6 +278,21 @@ def test_a_port_in_use_or_out_of_range_is_refused_before_models_load(tiny_checkp
     with pytest.raises(SystemExit) as exc:
         main(["serve", "--artifact", str(tiny_checkpoints[0]), "--port", "99999"])
     assert exc.value.code == 2
+
+
+def test_limits_no_host_holds_and_two_artifacts_for_one_scale_are_refused(tiny_checkpoints, capsys):
+    """``--max-upload-mb 1e308`` overflowed only once every model had loaded, and a second artifact for
+    a scale already served was loaded and then silently never served (a hostile-input probe of session 35)."""
+    from compress.pipeline.cli import main
+    from compress.pipeline.models import ModelSet
+
+    for option, value in (("--max-upload-mb", "1e308"), ("--max-pixels", str(10**12)), ("--upload-timeout-s", "1e9")):
+        with pytest.raises(SystemExit) as exc:
+            main(["serve", "--artifact", str(tiny_checkpoints[0]), option, value])
+        assert exc.value.code == 2 and f"{option[2:]} must be" in capsys.readouterr().err
+    a, b = tiny_checkpoints
+    with pytest.raises(InputError, match=f"{re.escape(str(b))}: scale 2 is already served by {re.escape(str(a))}"):
+        ModelSet(artifacts=(a, b))
 
 
 def test_the_port_is_held_from_the_check_to_serving():

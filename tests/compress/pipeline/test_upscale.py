@@ -164,6 +164,27 @@ def test_an_input_named_like_an_output_waiting_for_its_batch_is_not_overwritten(
     assert pending.read_bytes() == before and not (tmp_path / "a_x2.png").exists()
 
 
+def test_a_folder_at_an_outputs_waiting_name_is_refused_before_any_write(tmp_path, ckpt, capsys):
+    """It failed the write, and the cleanup then failed on it too and hid the first error."""
+    a = write_image(tmp_path / "a.png", (12, 10))
+    (tmp_path / "out" / ".a_x2.png.pending").mkdir(parents=True)
+    assert main(["upscale", str(a), "--out", str(tmp_path / "out"), "--artifact", str(ckpt)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {tmp_path / 'out' / '.a_x2.png.pending'}: a folder stands where {a}'s output goes\n"
+
+
+def test_a_scale_or_model_that_contradicts_the_run_is_refused(tmp_path, ckpt, capsys):
+    run = tmp_path / "run"
+    (run / "50-report").mkdir(parents=True)
+    (run / "50-report" / "report.json").write_text(json.dumps({"header": {"scale": 2}, "rows": []}))
+    img = write_image(tmp_path / "x.png", (12, 10))
+    assert main(["upscale", str(img), "--out", str(tmp_path / "o"), "--run", str(run), "--scale", "4"]) == 2
+    assert "its report is for x2, and --scale asks for x4" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    assert main(["eval", "--run", str(run), "--model", str(ckpt), "--data", str(tmp_path)]) == 2
+    assert "give --model or --run, not both" in capsys.readouterr().err
+
+
 def test_a_bad_image_in_a_batch_stops_it_before_any_output(tmp_path, ckpt, capsys):
     src = tmp_path / "in"
     src.mkdir()
