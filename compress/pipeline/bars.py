@@ -146,12 +146,13 @@ class ModelRecipes:
     Attributes:
         qat: quantize recipe of the QAT bar.
         channel30: prune recipe of the 30% channel bar.
-        channel50: prune recipe of the 50% channel bar (its model is then quantized with ``ptq.toml``).
+        channel50: prune recipe of the 50% channel bar (its model is then quantized with ``ptq``).
         unstructured50: prune recipe of the 50% unstructured bar.
         default_channel: ``make all``'s channel recipe for this architecture.
         best_ptq: the PTQ artifact that loses least on this model (NNCF's IR or ORT's Percentile graph).
         qat_artifact: the QAT artifact the QAT bar's recipe writes (``make all``'s ``default.toml`` writes
             NNCF's or ORT's, from whichever PTQ start its ``qat_from = "best"`` chooses: both are looked for).
+        ptq: quantize recipe of the PTQ bar and of the 50% channel cut's INT8 bar.
     """
 
     qat: str
@@ -161,6 +162,7 @@ class ModelRecipes:
     default_channel: str
     best_ptq: str
     qat_artifact: str
+    ptq: str = "ptq.toml"
 
 
 def _plan(name: str, arch: str, scale: int, r: ModelRecipes) -> Plan:
@@ -168,10 +170,10 @@ def _plan(name: str, arch: str, scale: int, r: ModelRecipes) -> Plan:
     ch50 = f"prune/{Path(r.channel50).stem}"
     return Plan(name, arch, scale, (
         _quant("qat", "QAT, never worse than its PTQ start", 0.03, r.qat, r.qat_artifact, qat=True),
-        _quant("ptq", "PTQ", 0.08, "ptq.toml", r.best_ptq),
+        _quant("ptq", "PTQ", 0.08, r.ptq, r.best_ptq),
         _prune("channel30", "channel, 30% fewer MACs", 0.05, r.channel30, CUT_30),
         _prune("channel50", "channel, 50% fewer MACs", 0.15, r.channel50, CUT_50),
-        _quant("channel50_int8", "channel 50% + INT8", 0.2, "ptq.toml", r.best_ptq, after="channel50", source=ch50),
+        _quant("channel50_int8", "channel 50% + INT8", 0.2, r.ptq, r.best_ptq, after="channel50", source=ch50),
         _prune("unstructured50", "unstructured 50%", 0.03, r.unstructured50),
         _prune("default_channel", "make all channel default, 2x of the 50% bar", 0.30, r.default_channel, CUT_50),
         _prune("default_unstructured", "make all unstructured default, 2x", 0.06, "unstructured.toml"),
@@ -189,7 +191,8 @@ PLANS: tuple[Plan, ...] = (
     _plan("edsr-x4", "edsr", 4, ModelRecipes("nncf_qat_long.toml", "channel30_x4_long.toml", "channel_x4_long.toml",
                                              "unstructured50_long.toml", "channel.toml", NNCF, NNCF_QAT)),
     _plan("rrdb-x4", "rrdb", 4, ModelRecipes("rrdb_x4.toml", "channel30_rrdb_long.toml", "channel_rrdb_long.toml",
-                                             "unstructured50_long.toml", "channel_rrdb.toml", PERCENTILE, ORT_QAT)),
+                                             "unstructured50_long.toml", "channel_rrdb.toml", PERCENTILE, ORT_QAT,
+                                             ptq="ptq_rrdb.toml")),
 )
 
 
