@@ -161,7 +161,7 @@ MAX_JSON_BYTES = 64 << 20  # the largest report, latency file or sidecar is a fe
 
 def read_regular(path: str | Path, max_bytes: int, what: str) -> bytes:
     """The bytes of ``path``, which must be a regular file of at most ``max_bytes``: a FIFO would block
-    and ``/dev/zero`` never end. ``what`` names the file in the error (``recipe``, ``JSON file``).
+    and ``/dev/zero`` never end. ``what`` names the file in the error (``recipe``, ``file``).
 
     Raises:
         InputError: missing, not a regular file, too large or unreadable.
