@@ -16,6 +16,9 @@ from compress.core.train_config import MAX_LR
 
 SCALES = (2, 3, 4)
 MAX_THREADS = 1024  # OpenMP aborts or crashes past some thousands; no CPU needs more than this
+MAX_UPLOAD_MB = 4096  # a request body the service may buffer (``serve --max-upload-mb``)
+MAX_PIXELS = 1_000_000_000  # decoded input pixels a request may ask for (``serve --max-pixels``)
+MAX_TIMEOUT_S = 3600.0  # the service's upload and header timeouts
 MIN_TILE, MAX_TILE = 32, 8192  # below 32 LR pixels a tile is mostly overlap: hours of work for a photo
 
 

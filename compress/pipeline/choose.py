@@ -45,13 +45,21 @@ def read_report(run: Path) -> tuple[dict, int]:
     scale = header.get("scale") if isinstance(header, dict) else None
     if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
         raise InputError(f"{path}: not a report of this pipeline (no header.scale)")
-    rows = report.get("rows", [])
+    check_rows(path, report.get("rows", []))
+    return report, scale
+
+
+def check_rows(path: Path, rows: object, artifact_ok: Callable[[object], bool] = inside_run) -> None:
+    """Refuse a report's ``rows`` unless it is a list of rows :func:`row_problem` accepts.
+
+    Raises:
+        InputError: naming ``path`` and the first unusable row.
+    """
     if not isinstance(rows, list):
         raise InputError(f"{path}: rows is not a list")
     for i, row in enumerate(rows):
-        if problem := row_problem(row):
+        if problem := row_problem(row, artifact_ok):
             raise InputError(f"{path}: rows[{i}] {problem}")
-    return report, scale
 
 
 def row_problem(row: object, artifact_ok: Callable[[object], bool] = inside_run) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from compress.core.errors import InputError, error_line
 from compress.core.files import read_json_object
-from compress.pipeline.choose import row_problem
+from compress.pipeline.choose import check_rows
 from compress.pipeline.contract import path_of
 
 
@@ -16,7 +16,7 @@ def load_report(path: str | Path) -> dict:
     """A report (``report.json``, or a run folder holding one) whose rows carry what :func:`compare` reads.
 
     Raises:
-        InputError: no report, not JSON, or a row :func:`~compress.pipeline.choose.row_problem` refuses
+        InputError: no report, not JSON, or rows :func:`~compress.pipeline.choose.check_rows` refuses
             (the message names the file and the row).
     """
     path = Path(path)
@@ -25,12 +25,7 @@ def load_report(path: str | Path) -> dict:
     if not path.is_file():
         raise InputError(f"{path}: no report.json (run make report first)")
     report = read_json_object(path)
-    rows = report.get("rows")
-    if not isinstance(rows, list):
-        raise InputError(f"{path}: rows is not a list (not a report of this pipeline)")
-    for i, row in enumerate(rows):
-        if problem := row_problem(row, artifact_ok=lambda a: isinstance(a, str)):
-            raise InputError(f"{path}: rows[{i}] {problem}")
+    check_rows(path, report.get("rows"), artifact_ok=lambda a: isinstance(a, str))  # compare reads "rows"
     return report
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 from compress.core.errors import InputError
 from compress.core import options as opt
 from compress.pipeline.choose import TARGETS_MS
-from compress.pipeline.service import MAX_PIXELS, MAX_TIMEOUT_S, MAX_UPLOAD_MB
 
 
 def _cmd_upscale(args: argparse.Namespace) -> int:
@@ -79,14 +78,14 @@ def add_deploy(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--port", type=opt.port, default=8000)
     s.add_argument("--workers", type=opt.workers, default=1, help="inference threads (1..64)")
     s.add_argument("--queue", type=opt.queue, default=4, help="requests waiting beyond the workers before 503")
-    s.add_argument("--max-upload-mb", type=opt.float_range("max-upload-mb", MAX_UPLOAD_MB), default=20.0,
-                   help=f"larger request bodies get 413 (at most {MAX_UPLOAD_MB})")
-    s.add_argument("--max-pixels", type=opt.int_range("max-pixels", 1, MAX_PIXELS), default=8_000_000,
+    s.add_argument("--max-upload-mb", type=opt.float_range("max-upload-mb", opt.MAX_UPLOAD_MB), default=20.0,
+                   help=f"larger request bodies get 413 (at most {opt.MAX_UPLOAD_MB})")
+    s.add_argument("--max-pixels", type=opt.int_range("max-pixels", 1, opt.MAX_PIXELS), default=8_000_000,
                    help="decoded input pixels (larger images get 413)")
     s.add_argument("--threads", type=opt.threads, default=0, help="runtime threads")
-    s.add_argument("--upload-timeout-s", type=opt.float_range("upload-timeout-s", MAX_TIMEOUT_S), default=30.0,
+    s.add_argument("--upload-timeout-s", type=opt.float_range("upload-timeout-s", opt.MAX_TIMEOUT_S), default=30.0,
                    help="an upload not received within this time gets 408 and frees its slot")
-    s.add_argument("--header-timeout-s", type=opt.float_range("header-timeout-s", MAX_TIMEOUT_S), default=10.0,
+    s.add_argument("--header-timeout-s", type=opt.float_range("header-timeout-s", opt.MAX_TIMEOUT_S), default=10.0,
                    help="a connection whose request headers are not complete within this time is closed")
     s.set_defaults(func=_cmd_serve)
 

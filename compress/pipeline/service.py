@@ -21,17 +21,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from compress.core.errors import BadModelOutput, ImageTooLarge
+from compress.core.options import MAX_PIXELS, MAX_TIMEOUT_S, MAX_UPLOAD_MB
 from compress.core.imaging import UnsupportedFormat, check_encodable, decode_bytes, encode, upscale_decoded
 from compress.pipeline.metrics import Metrics
 from compress.pipeline.models import ModelSet
 
 PAGE = Path(__file__).with_name("static") / "index.html"
 MEDIA = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
-
-
-MAX_UPLOAD_MB = 4096  # a request body the service may buffer
-MAX_PIXELS = 1_000_000_000  # decoded input pixels
-MAX_TIMEOUT_S = 3600.0
 
 
 @dataclasses.dataclass(frozen=True)

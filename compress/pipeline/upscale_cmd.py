@@ -147,7 +147,6 @@ def _check(path: Path, models: _Models, opts: UpscaleOptions, inputs: set[Path])
         if written.resolve() in inputs:
             raise InputError(f"{written}: is one of the inputs, and {path}'s output would overwrite it; "
                              "choose another --out")
-    for written in (target, _staged(target)):
         if written.is_dir():
             raise InputError(f"{written}: a folder stands where {path}'s output goes")
     return _Job(path, fn, scale, why, target)
