@@ -49,7 +49,18 @@ def read_report(run: Path) -> tuple[dict, int]:
     return report, scale
 
 
-def check_rows(path: Path, rows: object, artifact_ok: Callable[[object], bool] = inside_run) -> None:
+def run_artifact_problem(value: object) -> str:
+    """Why ``value`` is not an artifact path a run can deploy ("" if it is one)."""
+    return "" if inside_run(value) else "is not a path inside the run folder"
+
+
+def text_artifact_problem(value: object) -> str:
+    """Why ``value`` is not an artifact name a comparison can print ("" if it is one)."""
+    return "" if isinstance(value, str) else "is not text"
+
+
+def check_rows(path: Path, rows: object,
+               artifact_problem: Callable[[object], str] = run_artifact_problem) -> None:
     """Refuse a report's ``rows`` unless it is a list of rows :func:`row_problem` accepts.
 
     Raises:
@@ -58,22 +69,22 @@ def check_rows(path: Path, rows: object, artifact_ok: Callable[[object], bool] =
     if not isinstance(rows, list):
         raise InputError(f"{path}: rows is not a list")
     for i, row in enumerate(rows):
-        if problem := row_problem(row, artifact_ok):
+        if problem := row_problem(row, artifact_problem):
             raise InputError(f"{path}: rows[{i}] {problem}")
 
 
-def row_problem(row: object, artifact_ok: Callable[[object], bool] = inside_run) -> str:
+def row_problem(row: object, artifact_problem: Callable[[object], str] = run_artifact_problem) -> str:
     """What makes a report row unusable ("" if nothing): the fields :func:`choose` and ``compare`` read.
 
     Args:
         row: one entry of ``report.json``'s ``rows``.
-        artifact_ok: the test its ``artifact`` must pass (choosing runs it, so by default a path inside
-            the run folder; a comparison only prints it).
+        artifact_problem: what is wrong with its ``artifact`` ("" if nothing); choosing runs it, so by
+            default it must be a path inside the run folder, while a comparison only prints it.
     """
     if not isinstance(row, dict):
         return "is not an object"
-    if not artifact_ok(row.get("artifact")):
-        return f"artifact {str(row.get('artifact'))[:200]!r} is not a path inside the run folder"
+    if problem := artifact_problem(row.get("artifact")):
+        return f"artifact {str(row.get('artifact'))[:200]!r} {problem}"
     if not isinstance(row.get("runtime"), str):
         return "has no runtime"
     for field in ("psnr_y_db", "db_lost"):

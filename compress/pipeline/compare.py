@@ -8,7 +8,7 @@ from pathlib import Path
 
 from compress.core.errors import InputError, error_line
 from compress.core.files import read_json_object
-from compress.pipeline.choose import check_rows
+from compress.pipeline.choose import check_rows, text_artifact_problem
 from compress.pipeline.contract import path_of
 
 
@@ -25,7 +25,7 @@ def load_report(path: str | Path) -> dict:
     if not path.is_file():
         raise InputError(f"{path}: no report.json (run make report first)")
     report = read_json_object(path)
-    check_rows(path, report.get("rows"), artifact_ok=lambda a: isinstance(a, str))  # compare reads "rows"
+    check_rows(path, report.get("rows"), text_artifact_problem)  # compare only prints an artifact
     return report
 
 

@@ -101,6 +101,7 @@ def test_compare_two_reports(tmp_path):
      "psnr_y_db is not an object of numbers"),
     ({"rows": [{"artifact": "a.onnx", "runtime": "ort", "latency": {"256x256": 5}}]}, "needs a positive out_mp"),
     ({"rows": [{"artifact": "a.onnx", "runtime": "ort", "size_bytes": "big"}]}, "size_bytes is not a number"),
+    ({"rows": [{"artifact": 7, "runtime": "ort"}]}, r"rows\[0\] artifact '7' is not text$"),  # not "run folder"
 ])
 def test_compare_names_a_malformed_report_in_one_line(tmp_path, capsys, report, problem):
     from compress.pipeline.compare import main
