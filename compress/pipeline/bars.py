@@ -1,11 +1,11 @@
-"""The compression bars and the recipe that meets each on each shipped model: one declaration per model.
+"""The compression bars and the recipe judged against each on each shipped model: one declaration per model.
 
 README's "Compression bars" is what :mod:`compress.pipeline.bars_run` measures from these.
 :data:`PLANS` declares, per shipped model, every bar (the most dB it may lose against the dense FP32
 model on every evaluation set, and for channel pruning how many MACs it must remove) with the stage
-commands that meet it and the artifact judged.
+commands judged against it and the artifact judged.
 
-Usage: ``python -m compress bars --plan edsr-x2 --out artifacts/bars-x2 --eval <Set5> --eval <Set14>``
+Usage: ``python -m compress bars --plan edsr-x2 --out artifacts/bars-edsr-x2 --eval <Set5> --eval <Set14>``
 (``make bars``), or ``--dry-run`` to list the commands.
 """
 
@@ -132,8 +132,8 @@ def _quant(key: str, label: str, max_db: float, recipe: str, artifact: str, *, q
                or_else=tuple(_quantized(other, source) for other in or_else))
 
 
-# Channel widths are multiples of 8, so a cut lands within a few points of its target; the README's
-# tables judge the 30% bars at 29% and the 50% bars at 45% (the RRDB's trunk stays whole: -46.0%).
+# Channel widths are multiples of 8, so a cut lands within a few points of its target: a 30% bar is met
+# from 29% fewer MACs and a 50% bar from 45% (the RRDB's trunk stays whole: -46.0%); README says so.
 CUT_30, CUT_50 = 0.29, 0.45
 NNCF, NNCF_QAT, PERCENTILE, ORT_QAT = "model_int8_nncf.xml", "model_int8_nncf_qat.xml", "model_int8_percentile.onnx", \
     "model_int8_qat.onnx"
