@@ -2,6 +2,9 @@
 
 :class:`PatchCalibrationReader` implements ONNX Runtime's ``CalibrationDataReader`` (one method,
 ``get_next``) and can be rewound, so several calibrators can share one definition of the data.
+:func:`chunks` splits a reader into readers of a bounded number of batches: ORT's calibrators hold
+every intermediate tensor of one ``collect_data`` call in memory (10.7 GB peak for 48 patches of 64 px
+through the compact RRDB x4 in one call, 4.8 GB in calls of 16) and merge what successive calls collect.
 """
 
 from __future__ import annotations
@@ -68,6 +71,31 @@ def iter_patches(paths: Sequence[Path], scale: int, cfg: CalibrationConfig) -> I
         raise InputError(
             f"calibration: no usable images (need LR at least {cfg.lr_patch}x{cfg.lr_patch} at x{scale}); got: {names}"
         )
+
+
+class _Chunk(CalibrationDataReader):
+    """``first`` and then at most ``size - 1`` more batches of ``reader``."""
+
+    def __init__(self, reader: CalibrationDataReader, first: dict, size: int) -> None:
+        self.reader, self.first, self.left = reader, first, size
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.left <= 0:
+            return None
+        self.left -= 1
+        if self.first is not None:
+            batch, self.first = self.first, None
+            return batch
+        return self.reader.get_next()
+
+
+def chunks(reader: CalibrationDataReader, size: int) -> Iterator[CalibrationDataReader]:
+    """Readers of at most ``size`` batches each that together give every batch of ``reader`` once, in
+    order; none is empty. Each is meant to be read to its end before the next is asked for."""
+    if size < 1:
+        raise ValueError(f"chunks: size must be >= 1, got {size}")
+    while (first := reader.get_next()) is not None:
+        yield _Chunk(reader, first, size)
 
 
 class PatchCalibrationReader(CalibrationDataReader):

@@ -7,7 +7,7 @@ from compress.core.default_data import split_paths
 from compress.core.errors import InputError
 from export.runtimes import ort_upscaler
 from export.onnx_export import export_onnx, parity
-from quantization.calibration import CalibrationConfig, PatchCalibrationReader, iter_patches
+from quantization.calibration import CalibrationConfig, PatchCalibrationReader, chunks, iter_patches
 from quantization.ptq import Calibration, Int8Options, calibrate, kernel_report, preprocess, quantize
 from quantization.qat import PerChannelWeightFakeQuant
 from quantization.sensitivity import choose_float_nodes, conv_nodes, rank_sensitivity
@@ -42,6 +42,35 @@ def test_reader_is_lazy():
     paths = split_paths("calibration")
     it = iter_patches(paths, 2, CalibrationConfig(lr_patch=16, patches_per_image=1))
     assert next(it).shape == (1, 3, 16, 16)  # one image decoded so far; a generator, not a list
+
+
+@pytest.mark.parametrize("size, sizes", [(4, [4, 2]), (3, [3, 3]), (6, [6]), (100, [6])])
+def test_chunks_give_every_batch_once_in_order_and_none_empty(calib_dir, size, sizes):
+    whole = [b["lr"] for b in iter(_reader(calib_dir).get_next, None)]
+    parts = [[b["lr"] for b in iter(chunk.get_next, None)] for chunk in chunks(_reader(calib_dir), size)]
+    assert [len(p) for p in parts] == sizes
+    for got, want in zip([b for p in parts for b in p], whole, strict=True):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="size must be >= 1"):
+        next(chunks(_reader(calib_dir), 0))
+
+
+def test_calibration_in_chunks_keeps_minmax_ranges_exactly_and_percentile_close(tmp_path, calib_dir, monkeypatch):
+    import quantization.ptq as ptq
+
+    pre = preprocess(export_onnx(tiny_edsr(2), tmp_path / "f.onnx"), tmp_path / "p.onnx")
+    one = {m: calibrate(pre, _reader(calib_dir), m, tmp_path / f"one_{m.value}.json", percentile=99.0)
+           for m in (Calibration.MINMAX, Calibration.PERCENTILE)}
+    monkeypatch.setattr(ptq, "CALIBRATION_CHUNK", 2)  # 6 patches in 3 collect_data calls
+    for method, ranges in one.items():
+        chunked = calibrate(pre, _reader(calib_dir), method, tmp_path / f"chunk_{method.value}.json", percentile=99.0)
+        assert chunked.keys() == ranges.keys()
+        if method is Calibration.MINMAX:
+            assert chunked == ranges
+        else:  # merged histograms: the same clipping, bins of a different width
+            width = sum(hi - lo for lo, hi in ranges.values())
+            assert sum(hi - lo for lo, hi in chunked.values()) == pytest.approx(width, rel=0.05)
+            assert chunked != ranges
 
 
 def test_no_usable_calibration_images(tmp_path):
