@@ -131,3 +131,16 @@ def load_recipe(cls: type[T], path: str | Path, overrides: dict[str, Any] | None
 def to_dict(obj: Any) -> dict[str, Any]:
     """Recipe to a plain dict (round-trips through :func:`from_mapping`)."""
     return dataclasses.asdict(obj)
+
+
+def with_seed(recipe: T, seed: int) -> T:
+    """``recipe`` with every ``seed`` field of it and of its nested config dataclasses set to ``seed``
+    (patch sampling, training, calibration patches): one number to rerun a recipe under another draw."""
+    changes: dict[str, Any] = {}
+    for field in dataclasses.fields(recipe):  # type: ignore[arg-type]
+        value = getattr(recipe, field.name)
+        if field.name == "seed":
+            changes["seed"] = seed
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            changes[field.name] = with_seed(value, seed)
+    return dataclasses.replace(recipe, **changes)  # type: ignore[type-var]

@@ -75,7 +75,7 @@ def _cmd_model(args: argparse.Namespace) -> int:
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
-    from compress.core.recipe import load_recipe
+    from compress.core.recipe import load_recipe, with_seed
     from compress.pipeline.contract import baseline
     from compress.pipeline.prune_stage import run_prune
     from pruning.channel import widest_prunable
@@ -88,6 +88,8 @@ def _cmd_prune(args: argparse.Namespace) -> int:
             raise InputError(f"{path}: another --recipe is also named {Path(path).stem!r}; "
                              "both would write 10-prune/" + Path(path).stem)
         recipes[Path(path).stem] = recipe = load_recipe(PruneRecipe, path, {"data": args.data})
+        if args.seed is not None:
+            recipes[Path(path).stem] = recipe = with_seed(recipe, args.seed)
         widest = widest_prunable(model, recipe.upsample_final_sparsity)
         if recipe.method == "channel" and recipe.round_to >= widest:
             raise InputError(f"{path}: round_to {recipe.round_to} is not below the model's widest prunable "
@@ -98,13 +100,15 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
-    from compress.core.recipe import load_recipe
+    from compress.core.recipe import load_recipe, with_seed
     from quantization.recipe import QuantRecipe
     from compress.core.checkpoint import load_checkpoint
     from compress.pipeline.quantize_stage import auto_sources, checked_images, run_quantize, source_checkpoint
 
     recipe = load_recipe(QuantRecipe, args.recipe, {"data": args.data})
     pruned = load_recipe(QuantRecipe, args.pruned_recipe, {"data": args.data}) if args.pruned_recipe else recipe
+    if args.seed is not None:
+        recipe, pruned = with_seed(recipe, args.seed), with_seed(pruned, args.seed)
     sources = [s for name in (args.source or ["model"]) for s in (auto_sources(Path(args.run)) if name == "auto" else [name])]
     for source in sources:  # every source and image folder is checked before the first source runs
         scale = load_checkpoint(source_checkpoint(Path(args.run), source)).scale
@@ -204,6 +208,8 @@ def _add_stages(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--run", type=opt.folder, required=True)
     s.add_argument("--recipe", action="append", required=True, help="prune recipe TOML (repeatable)")
     s.add_argument("--data", default=None, help="training images for fine-tuning (default: embedded set)")
+    s.add_argument("--seed", type=opt.int_range("--seed", 0, 2**63 - 1), default=None,
+                   help="override every seed of the recipe (patch sampling and fine-tuning): a seed spread")
     s.add_argument("--eval", action="append", default=[], help="extra evaluation folder(s)")
     s.set_defaults(func=_cmd_prune)
 
@@ -213,6 +219,8 @@ def _add_stages(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--source", action="append", default=[], help="'model' (default), 'prune/<name>', or 'auto' (model and every channel-pruned model; repeatable)")
     s.add_argument("--pruned-recipe", default=None, help="recipe for the pruned sources (default: --recipe)")
     s.add_argument("--data", default=None, help="training images for QAT (default: embedded set)")
+    s.add_argument("--seed", type=opt.int_range("--seed", 0, 2**63 - 1), default=None,
+                   help="override every seed of the recipe (calibration patches, QAT patches and training)")
     s.add_argument("--eval", action="append", default=[], help="extra evaluation folder(s)")
     s.set_defaults(func=_cmd_quantize)
 

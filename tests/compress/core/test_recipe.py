@@ -4,7 +4,7 @@ import os
 import pytest
 
 from compress.core.errors import InputError
-from compress.core.recipe import MAX_RECIPE_BYTES, from_mapping, load_recipe, to_dict
+from compress.core.recipe import MAX_RECIPE_BYTES, from_mapping, load_recipe, to_dict, with_seed
 from compress.pipeline.trainer import TrainRecipe
 from tests.conftest import REPO
 
@@ -169,3 +169,35 @@ def test_huge_integer_literals_are_one_short_error(tmp_path):
     with pytest.raises(InputError, match=r"train\.steps: integer 9+\.\.\. \(4000 chars\) is outside") as err:
         load_recipe(TrainRecipe, path)
     assert len(str(err.value)) - len(str(path)) < 200
+
+
+def _seeds(tree, path=""):
+    """{dotted path: value} of every ``seed`` in a nested dict."""
+    found = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            found.update(_seeds(value, f"{path}{key}."))
+        elif key == "seed":
+            found[path + key] = value
+    return found
+
+
+@pytest.mark.parametrize("cls_path, recipe", [("pruning.recipe:PruneRecipe", "pruning/recipes/unstructured.toml"),
+                                               ("quantization.recipe:QuantRecipe", "quantization/recipes/default.toml")])
+def test_with_seed_sets_every_seed_and_nothing_else(cls_path, recipe):
+    import importlib
+
+    module, name = cls_path.split(":")
+    original = load_recipe(getattr(importlib.import_module(module), name), REPO / recipe)
+    reseeded = with_seed(original, 12345)
+    before, after = to_dict(original), to_dict(reseeded)
+    seeds = _seeds(after)
+    assert len(seeds) >= 2 and set(seeds.values()) == {12345}, seeds  # patch and train at least
+    assert seeds.keys() == _seeds(before).keys()
+    for dotted in seeds:  # put the old seeds back: the rest of the recipe is untouched
+        *parents, leaf = dotted.split(".")
+        node = after
+        for key in parents:
+            node = node[key]
+        node[leaf] = _seeds(before)[dotted]
+    assert after == before

@@ -178,6 +178,26 @@ def test_prune_under_torchrun_reruns_over_an_earlier_run(image_dir, tmp_path):
     assert (run / "10-prune" / "quick" / "model.safetensors").is_file()
 
 
+def test_prune_seed_replaces_every_seed_of_the_recipe_in_the_sidecar(image_dir, tmp_path, capsys):
+    from compress.pipeline.model_stage import stage_model
+
+    model = tiny_edsr(2)
+    run = tmp_path / "run"
+    stage_model(str(save_checkpoint(model, model.cfg, tmp_path / "m.safetensors")), None, run)
+    recipe = tmp_path / "quick.toml"
+    recipe.write_text(f'method = "unstructured"\ndata = "{image_dir}"\n[schedule]\ninitial_sparsity = 0.0\nfinal_sparsity = 0.5\nbegin_step = 0\n'
+                      'end_step = 2\nfrequency = 1\n[patch]\nlr_patch = 8\nbatch_size = 2\nseed = 1\n[train]\nsteps = 2\n'
+                      'lr = 1e-4\nprecision = "fp32"\nseed = 1\n')
+    code, _, err = _run(capsys, "prune", "--run", str(run), "--recipe", str(recipe), "--seed", "7")
+    assert code == 0, err
+    saved = read_sidecar(run / "10-prune" / "quick" / "model.safetensors")["recipe"]
+    assert (saved["patch"]["seed"], saved["train"]["seed"]) == (7, 7)
+    with pytest.raises(SystemExit) as info:
+        main(["prune", "--run", str(run), "--recipe", str(recipe), "--seed", "-1"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and "--seed must be 0.." in err, err
+
+
 def test_a_usage_error_is_one_line_even_with_control_characters_in_the_arguments(capsys):
     with pytest.raises(SystemExit) as info:
         main(["inspect", "m.pth", "--bogus\nTraceback (most recent call last):\x1b[2J"])
