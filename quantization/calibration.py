@@ -3,8 +3,8 @@
 :class:`PatchCalibrationReader` implements ONNX Runtime's ``CalibrationDataReader`` (one method,
 ``get_next``) and can be rewound, so several calibrators can share one definition of the data.
 :func:`chunks` splits a reader into readers of a bounded number of batches: ORT's calibrators hold
-every intermediate tensor of one ``collect_data`` call in memory (10.7 GB peak for 48 patches of 64 px
-through the compact RRDB x4 in one call, 4.8 GB in calls of 16) and merge what successive calls collect.
+every intermediate tensor of one ``collect_data`` call in memory (a 10.7 GB peak for 48 patches of 64 px
+through the compact RRDB x4 in one call, 4.8 GB in three calls of 16) and merge what successive calls collect.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def chunks(reader: CalibrationDataReader, size: int) -> Iterator[CalibrationData
     order; none is empty. Each is meant to be read to its end before the next is asked for."""
     if size < 1:
         raise ValueError(f"chunks: size must be >= 1, got {size}")
-    while (first := reader.get_next()) is not None:
+    while first := reader.get_next():  # ORT too ends a reader at any empty batch
         yield _Chunk(reader, first, size)
 
 

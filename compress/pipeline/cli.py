@@ -220,7 +220,8 @@ def _add_stages(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--pruned-recipe", default=None, help="recipe for the pruned sources (default: --recipe)")
     s.add_argument("--data", default=None, help="training images for QAT (default: embedded set)")
     s.add_argument("--seed", type=opt.int_range("--seed", 0, 2**63 - 1), default=None,
-                   help="override every seed of the recipe (calibration patches, QAT patches and training)")
+                   help="override every seed of the recipe (calibration patches, QAT patches and training; "
+                        "ORT's and tfmot's QAT then draw the same patches)")
     s.add_argument("--eval", action="append", default=[], help="extra evaluation folder(s)")
     s.set_defaults(func=_cmd_quantize)
 
