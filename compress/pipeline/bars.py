@@ -188,7 +188,7 @@ def _plan(name: str, arch: str, scale: int, r: ModelRecipes) -> Plan:
 PLANS: tuple[Plan, ...] = (
     _plan("edsr-x2", "edsr", 2, ModelRecipes("nncf_qat_xlong.toml", "channel30_xlong.toml", "channel50_xlong.toml",
                                              "unstructured50_long.toml", "channel.toml", NNCF, NNCF_QAT)),
-    _plan("edsr-x4", "edsr", 4, ModelRecipes("nncf_qat_long.toml", "channel30_x4_xlong.toml", "channel_x4_long.toml",
+    _plan("edsr-x4", "edsr", 4, ModelRecipes("nncf_qat_long.toml", "channel30_x4_xlong.toml", "channel50_x4_xlong.toml",
                                              "unstructured50_long.toml", "channel.toml", NNCF, NNCF_QAT)),
     _plan("rrdb-x4", "rrdb", 4, ModelRecipes("rrdb_x4.toml", "channel30_rrdb_long.toml", "channel_rrdb_long.toml",
                                              "unstructured50_long.toml", "channel_rrdb.toml", PERCENTILE, ORT_QAT,
