@@ -44,11 +44,17 @@ def measure_once(model: Path, scale: int, patches_per_image: int, chunk: int, me
 
 
 def _child(args: list[str]) -> dict:
+    """One measurement in a process of its own (run from the repository root, so paths are absolute)."""
     cmd = [sys.executable, "-m", "benchmarks.calibration_memory", "--one", *args]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
-    if done.returncode != 0:
-        raise InputError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"{cmd}: failed")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit status {done.returncode}"
+        raise InputError(last.removeprefix("error: "))
+    try:
+        return json.loads(lines[-1])
+    except json.JSONDecodeError:
+        raise InputError(f"a measurement printed no result: {lines[-1][:80]!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,13 +75,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if a.one:
-            print(json.dumps(measure_once(a.onnx, a.scale, a.patches_per_image[0], a.chunk[0], a.method, a.percentile)))
+            try:
+                r = measure_once(a.onnx, a.scale, a.patches_per_image[0], a.chunk[0], a.method, a.percentile)
+            except (RuntimeError, ValueError) as exc:  # ORT's Fail / InvalidArgument, inputs the graph lacks
+                raise InputError(f"{a.onnx}: cannot calibrate it as an SR model ({type(exc).__name__}: {exc})") from None
+            print(json.dumps(r))
             return 0
         print(f"{host_cpu().describe()}; ORT {a.method} calibration of {a.onnx}, 64 px LR patches at x{a.scale}, "
               "each row in its own process")
         for n in a.patches_per_image:
             for chunk in a.chunk:
-                r = _child(["--onnx", str(a.onnx), "--scale", str(a.scale), "--patches-per-image", str(n),
+                r = _child([f"--onnx={a.onnx.resolve()}", "--scale", str(a.scale), "--patches-per-image", str(n),
                             "--chunk", str(chunk), "--method", a.method, "--percentile", str(a.percentile)])
                 calls = "one call" if chunk == 0 else f"calls of {chunk}"
                 print(f"  {r['patches']:5d} patches, {calls:14s} peak {r['peak_rss_mb']:6d} MB, {r['seconds']:6.1f} s")

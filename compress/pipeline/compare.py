@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from compress.core import options as opt
 from compress.core.errors import InputError, error_line
 from compress.core.files import read_json_object
 from compress.pipeline.choose import check_rows, text_artifact_problem
@@ -56,18 +56,25 @@ def compare(a: dict, b: dict, eval_set: str = "embedded", size: str = "256x256")
     return out
 
 
+def cell(text: str) -> str:
+    """A report's text as one Markdown table cell: control characters escaped (a newline cannot start a
+    row of its own), ``|`` escaped, long text cut."""
+    return error_line(text).replace("|", "\\|")
+
+
 def format_table(rows: list[dict]) -> str:
     metrics = [k for k in rows[0] if k not in ("artifact", "runtime")] if rows else []
     head = ["artifact", "runtime"] + [f"{m} {part}" for m in metrics for part in ("A", "B", "B-A")]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     fmt = lambda v: "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))  # noqa: E731
     for r in rows:
-        lines.append("| " + " | ".join([r["artifact"], r["runtime"]] + [" | ".join(fmt(v) for v in r[m]) for m in metrics]) + " |")
+        cells = [cell(r["artifact"]), cell(r["runtime"])] + [" | ".join(fmt(v) for v in r[m]) for m in metrics]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m compress.pipeline.compare")
+    p = opt.Parser(prog="python -m compress.pipeline.compare")
     p.add_argument("a")
     p.add_argument("b")
     p.add_argument("--eval-set", default="embedded")

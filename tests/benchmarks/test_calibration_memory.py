@@ -1,3 +1,6 @@
+import onnx
+from onnx import TensorProto, helper
+
 from benchmarks.calibration_memory import main, measure_once
 from export.onnx_export import export_onnx
 from quantization.ptq import preprocess
@@ -26,3 +29,19 @@ def test_a_file_that_is_not_a_model_is_one_line(tmp_path, capsys):
     bad.write_text("x\n")
     assert main(["--onnx", str(bad), "--scale", "2"]) == 2
     assert capsys.readouterr().err.startswith(f"error: {bad}: not an ONNX model (")
+
+
+def test_a_relative_path_from_elsewhere_and_a_model_that_is_not_sr_are_one_line(tmp_path, capsys, monkeypatch):
+    _graph(tmp_path)
+    monkeypatch.chdir(tmp_path)  # the measurements run from the repository root: the path must not break
+    assert main(["--onnx", "p.onnx", "--scale", "2", "--patches-per-image", "1", "--chunk", "0",
+                 "--method", "minmax"]) == 0
+    assert "    2 patches, one call" in capsys.readouterr().out  # 1 patch from each of the 2 calibration images
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, None, None])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, None, None])
+    other = tmp_path / "identity.onnx"
+    onnx.save(helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y]),
+                                opset_imports=[helper.make_opsetid("", 18)]), str(other))
+    assert main(["--onnx", str(other), "--scale", "2", "--patches-per-image", "1", "--chunk", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {other.resolve()}: cannot calibrate it as an SR model (") and err.count("\n") == 1, err

@@ -115,6 +115,21 @@ def test_compare_names_a_malformed_report_in_one_line(tmp_path, capsys, report, 
     assert err.startswith(f"error: {bad}: ") and err.count("\n") == 1 and re.search(problem, err), err
 
 
+def test_compare_escapes_a_reports_text_in_its_table_and_usage_errors_are_one_line(tmp_path, capsys):
+    from compress.pipeline.compare import main
+
+    good = synthetic_run(tmp_path / "a")
+    write_report(good)
+    odd = tmp_path / "odd.json"
+    odd.write_text(json.dumps({"rows": [{"artifact": "a\nb\x1b[31m|c", "runtime": "ort\n| evil | row"}]}))
+    assert main([str(good), str(odd)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "evil" in line or "a\\n" in line]
+    assert len(rows) == 1 and "a\\nb\\x1b[31m\\|c" in rows[0] and "ort\\n\\| evil \\| row" in rows[0], rows
+    with pytest.raises(SystemExit) as info:
+        main([str(good)])
+    assert info.value.code == 2 and capsys.readouterr().err.count("\n") == 1
+
+
 def test_missing_inputs(tmp_path):
     with pytest.raises(InputError, match="run make bench first"):
         build_rows(tmp_path)
