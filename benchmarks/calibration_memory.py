@@ -23,22 +23,20 @@ import onnx
 from compress.core import options as opt
 from compress.core.cpu import host_cpu
 from compress.core.errors import InputError, error_line
+from quantization.ptq import Calibration, calibrate
 
-METHODS = ("minmax", "percentile", "entropy")
 
 
 def measure_once(model: Path, scale: int, patches_per_image: int, chunk: int, method: str, percentile: float) -> dict:
     """Calibrate in this process; its peak RSS afterwards is the calibration's (the process does nothing else)."""
-    import quantization.ptq as ptq
     from compress.core.default_data import split_paths
     from quantization.calibration import CalibrationConfig, PatchCalibrationReader
 
     reader = PatchCalibrationReader(split_paths("calibration"), scale,
                                     CalibrationConfig(lr_patch=64, patches_per_image=patches_per_image))
-    ptq.CALIBRATION_CHUNK = chunk or 1 << 30  # 0: every patch in one collect_data call
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="calib-mem-") as tmp:
-        ptq.calibrate(model, reader, ptq.Calibration(method), Path(tmp) / "cache.json", percentile)
+    with tempfile.TemporaryDirectory(prefix="calib-mem-") as tmp:  # chunk 0: every patch in one call
+        calibrate(model, reader, Calibration(method), Path(tmp) / "cache.json", percentile, chunk or sys.maxsize)
     return {"patches": reader.count, "chunk": chunk, "seconds": round(time.perf_counter() - start, 1),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}
 
@@ -64,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--patches-per-image", type=opt.int_range("--patches-per-image", 1, 4096), nargs="+", default=[8])
     p.add_argument("--chunk", type=opt.int_range("--chunk", 0, 1 << 20), nargs="+", default=[16, 0],
                    help="patches per collect_data call (0: one call)")
-    p.add_argument("--method", choices=METHODS, default="percentile")
+    p.add_argument("--method", choices=[m.value for m in Calibration], default="percentile")
     p.add_argument("--percentile", type=opt.float_range("--percentile", 100.0), default=99.995)
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a child process: one measurement
     a = p.parse_args(argv)

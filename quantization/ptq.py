@@ -122,11 +122,11 @@ def preprocess(fp32: Path, out: Path) -> Path:
 
 
 def calibrate(model: Path, reader: PatchCalibrationReader, method: Calibration, cache: Path,
-              percentile: float = DEFAULT_PERCENTILE) -> dict[str, tuple[float, float]]:
+              percentile: float = DEFAULT_PERCENTILE, chunk: int = CALIBRATION_CHUNK) -> dict[str, tuple[float, float]]:
     """Run one calibrator over the reader and write ORT's calibration cache; returns the ranges.
 
-    The reader is fed to ORT in chunks of :data:`CALIBRATION_CHUNK` patches, so memory does not grow
-    with the number of calibration patches (see :data:`CALIBRATION_CHUNK` for what merging changes).
+    The reader is fed to ORT in chunks of ``chunk`` patches, so memory does not grow with the number
+    of calibration patches (see :data:`CALIBRATION_CHUNK` for what merging changes).
 
     A convolution output that a channel ``Slice`` trims (:mod:`export.onnx_tail`), and the tail's
     PixelShuffle after it, take the range of the Slice output (:func:`export.onnx_tail.tied_tensors`).
@@ -138,8 +138,8 @@ def calibrate(model: Path, reader: PatchCalibrationReader, method: Calibration, 
         )
         reader.rewind()
         with contextlib.redirect_stdout(io.StringIO()):  # ORT's calibrators print progress
-            for chunk in chunks(reader, CALIBRATION_CHUNK):  # memory bounded by a chunk's tensors
-                calibrator.collect_data(chunk)
+            for part in chunks(reader, chunk):  # memory bounded by a chunk's tensors
+                calibrator.collect_data(part)
             ranges = calibrator.compute_data()
         del calibrator
     graph = onnx.load(str(model), load_external_data=False).graph

@@ -38,16 +38,16 @@ STAGE_NAMES = tuple(st.name for st in STAGES)
 def _train_overrides(recipe: TrainRecipe, args: argparse.Namespace) -> TrainRecipe:
     """``recipe`` with the command line's ``--precision``, ``--max-minutes``, ``--lr``, ``--keep-best`` and
     ``--seed`` (the patch stream's and the optimizer's) in place of its own."""
+    from compress.core.recipe import with_seed
+
     train = {k: v for k, v in (("precision", args.precision), ("max_minutes", args.max_minutes), ("lr", args.lr),
-                               ("seed", args.seed), ("keep_best", args.keep_best)) if v is not None}
+                               ("keep_best", args.keep_best)) if v is not None}
     if train:
         try:
             recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, **train))
         except ValueError as exc:  # e.g. --keep-best on a recipe that validates only at the end
             raise InputError(f"{args.recipe}: {exc}") from None
-    if args.seed is not None:
-        recipe = dataclasses.replace(recipe, patch=dataclasses.replace(recipe.patch, seed=args.seed))
-    return recipe
+    return recipe if args.seed is None else with_seed(recipe, args.seed)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -87,9 +87,8 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         if Path(path).stem in recipes:
             raise InputError(f"{path}: another --recipe is also named {Path(path).stem!r}; "
                              "both would write 10-prune/" + Path(path).stem)
-        recipes[Path(path).stem] = recipe = load_recipe(PruneRecipe, path, {"data": args.data})
-        if args.seed is not None:
-            recipes[Path(path).stem] = recipe = with_seed(recipe, args.seed)
+        recipe = load_recipe(PruneRecipe, path, {"data": args.data})
+        recipes[Path(path).stem] = recipe = recipe if args.seed is None else with_seed(recipe, args.seed)
         widest = widest_prunable(model, recipe.upsample_final_sparsity)
         if recipe.method == "channel" and recipe.round_to >= widest:
             raise InputError(f"{path}: round_to {recipe.round_to} is not below the model's widest prunable "
@@ -177,7 +176,7 @@ def _add_tools(sub: argparse._SubParsersAction) -> None:
                    help="override the recipe's train.precision (auto: bf16 autocast where the CPU has AMX/AVX512-BF16)")
     s.add_argument("--max-minutes", type=opt.positive_float, default=None, help="override the recipe's wall-time budget")
     s.add_argument("--lr", type=opt.learning_rate, default=None, help="override the recipe's peak learning rate")
-    s.add_argument("--seed", type=opt.int_range("--seed", 0, 2**63 - 1), default=None,
+    s.add_argument("--seed", type=opt.seed, default=None,
                    help="override the recipe's seeds (patch sampling and training)")
     s.add_argument("--keep-best", action="store_const", const=True, default=None,
                    help="end with the weights of the best validation check, not the last step's (train.keep_best)")
@@ -208,7 +207,7 @@ def _add_stages(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--run", type=opt.folder, required=True)
     s.add_argument("--recipe", action="append", required=True, help="prune recipe TOML (repeatable)")
     s.add_argument("--data", default=None, help="training images for fine-tuning (default: embedded set)")
-    s.add_argument("--seed", type=opt.int_range("--seed", 0, 2**63 - 1), default=None,
+    s.add_argument("--seed", type=opt.seed, default=None,
                    help="override every seed of the recipe (patch sampling and fine-tuning): a seed spread")
     s.add_argument("--eval", action="append", default=[], help="extra evaluation folder(s)")
     s.set_defaults(func=_cmd_prune)
@@ -219,7 +218,7 @@ def _add_stages(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--source", action="append", default=[], help="'model' (default), 'prune/<name>', or 'auto' (model and every channel-pruned model; repeatable)")
     s.add_argument("--pruned-recipe", default=None, help="recipe for the pruned sources (default: --recipe)")
     s.add_argument("--data", default=None, help="training images for QAT (default: embedded set)")
-    s.add_argument("--seed", type=opt.int_range("--seed", 0, 2**63 - 1), default=None,
+    s.add_argument("--seed", type=opt.seed, default=None,
                    help="override every seed of the recipe (calibration patches, QAT patches and training; "
                         "ORT's and tfmot's QAT then draw the same patches)")
     s.add_argument("--eval", action="append", default=[], help="extra evaluation folder(s)")

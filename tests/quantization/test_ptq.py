@@ -60,12 +60,12 @@ def test_calibration_in_chunks_keeps_minmax_ranges_exactly_and_percentile_close(
 
     pre = preprocess(export_onnx(tiny_edsr(2), tmp_path / "f.onnx"), tmp_path / "p.onnx")
     one = {m: calibrate(pre, _reader(calib_dir), m, tmp_path / f"one_{m.value}.json", percentile=99.0)
-           for m in (Calibration.MINMAX, Calibration.PERCENTILE)}
-    monkeypatch.setattr(ptq, "CALIBRATION_CHUNK", 2)  # 6 patches in 3 collect_data calls
+           for m in (Calibration.MINMAX, Calibration.PERCENTILE)}  # 6 patches: one chunk of the default 16
     calls = []
     monkeypatch.setattr(ptq, "chunks", lambda reader, size: (calls.append(size) or c for c in chunks(reader, size)))
-    for method, ranges in one.items():
-        chunked = calibrate(pre, _reader(calib_dir), method, tmp_path / f"chunk_{method.value}.json", percentile=99.0)
+    for method, ranges in one.items():  # 6 patches in 3 collect_data calls
+        chunked = calibrate(pre, _reader(calib_dir), method, tmp_path / f"chunk_{method.value}.json", percentile=99.0,
+                            chunk=2)
         assert chunked.keys() == ranges.keys()
         if method is Calibration.MINMAX:
             assert chunked == ranges
