@@ -94,6 +94,10 @@ class QuantRecipe:
         if self.qat_calibration not in (*METHODS, "auto"):
             raise ValueError(f"qat_calibration must be one of {(*METHODS, 'auto')}, got {self.qat_calibration!r}")
         Int8Options(float_op_types=self.float_op_types)  # validates the operator types
+        if self.qat and "Mul" in self.float_op_types:
+            raise ValueError("float_op_types: 'Mul' with qat = true: the ORT QAT (quantization.qat) requantizes "
+                             "RRDB's scaled branches (x 0.2), which a float Mul leaves unrounded, so it would train "
+                             "against another graph than the one that runs; remove 'Mul' or set qat = false")
         if not 90.0 <= self.percentile < 100.0:
             raise ValueError(f"percentile must be in [90, 100), got {self.percentile}")
         if self.budget_db < 0:

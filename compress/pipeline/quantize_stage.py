@@ -302,8 +302,9 @@ def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_ev
                       "parity_vs_fp32_onnx": parity(fp32_out, upscaler(sample)).to_dict(),
                       "kernels": kernel_report(path) if onnx_file else {"runtime": "openvino"},
                       "fp32_size_bytes": fp32.stat().st_size}
-            if not onnx_file:
+            if not onnx_file:  # NNCF sets its own weight width (its overflow_fix, in the record), not weight_range
                 record["weights_file"] = path.with_suffix(".bin").name
+                del record["weights"]
             write_sidecar(path, record, source=src)
             results[path.name] = record["psnr_y_delta_db"]
 

@@ -31,6 +31,9 @@ def test_recipe_validation_and_shipped_recipe():
         from_mapping(QuantRecipe, {"train": {"feature_distill_weight": 0.1}})
     with pytest.raises(InputError, match=r"train.keep_best must be false for QAT"):
         from_mapping(QuantRecipe, {"train": {"val_every": 50, "keep_best": True}})
+    with pytest.raises(InputError, match=r"float_op_types: 'Mul' with qat = true"):
+        from_mapping(QuantRecipe, {"float_op_types": ["Add", "Mul"]})
+    assert from_mapping(QuantRecipe, {"float_op_types": ["Add", "Mul"], "qat": False}).float_op_types == ("Add", "Mul")
 
 
 def test_a_ptq_method_given_twice_is_refused(tmp_path):

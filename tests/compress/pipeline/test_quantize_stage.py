@@ -47,6 +47,9 @@ def test_quantize_stage_ptq_mixed_qat(tmp_path, image_dir):
     nncf_ir = read_sidecar(out / "model_int8_nncf.xml")  # NNCF's INT8 IR beside the ORT-calibrated graphs
     assert nncf_ir["format"] == "openvino-ir-int8" and nncf_ir["nncf"]["fake_quantize_nodes"] > 0
     assert nncf_ir["calibration"]["samples"] == 6 and (out / "model_int8_nncf.bin").is_file()
+    # NNCF's weight width follows its overflow fix, not the ORT graphs' weight_range
+    assert "weights" not in nncf_ir and "overflow_fix" in nncf_ir["nncf"]
+    assert read_sidecar(out / "model_int8_minmax.onnx")["weights"]["bits"] in (7, 8)
     nncf_qat = read_sidecar(out / "model_int8_nncf_qat.xml")  # NNCF's QAT from that PTQ (kept: qat_keep always)
     assert nncf_qat["method"] == "qat-nncf" and nncf_qat["against_ptq_start"]["ptq_start"] == "model_int8_nncf.xml"
     assert nncf_qat["nncf"]["trainable_range_values"] > 0 and (out / "model_int8_nncf_qat.bin").is_file()
