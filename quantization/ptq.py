@@ -239,9 +239,10 @@ def quantize(model: Path, out: Path, cache: Path, method: Calibration, exclude: 
 
     ``exclude`` names nodes kept in float; ``options`` sets 7-bit weights and operator types kept in float.
     EDSR's input mean shift is quantized with the rest, its mean rounded to 8 bits. Kept in float with
-    its exact constants (as QAT simulates it), the shipped x2's Percentile graph lost more, not less:
-    0.090 / 0.039 / 0.019 against 0.085 / 0.034 / 0.018 dB (Set5 / Set14 / embedded; MEASUREMENTS,
-    session 37). Either way the first convolution reads a grid of 1.045 levels: ``(x - mean) * 255``
+    its exact constants (as QAT simulates it), the shipped x2's Percentile graph lost more, not less
+    (0.090 / 0.039 / 0.019 against 0.085 / 0.034 / 0.018 dB, Set5 / Set14 / embedded), the x4's lost
+    less on Set5 only (0.014 / 0.030 / 0.022 against 0.021 / 0.029 / 0.020; MEASUREMENTS, session 37).
+    Either way the first convolution reads a grid of 1.045 levels: ``(x - mean) * 255``
     spans 266 values, more than 8 bits hold on one per-tensor scale.
     """
     with atomic_path(out) as tmp:
