@@ -103,7 +103,7 @@ def _save_resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, step:
         torch.save(state, tmp)
 
 
-def _loss(model: nn.Module, teacher: nn.Module | None, cfg: TrainConfig, lr_t: torch.Tensor, hr_t: torch.Tensor,
+def training_loss(model: nn.Module, teacher: nn.Module | None, cfg: TrainConfig, lr_t: torch.Tensor, hr_t: torch.Tensor,
           bf16: bool, features: FeatureDistiller | None = None) -> torch.Tensor:
     """``cfg.loss`` to the HR patch (and to the teacher's output, plus the feature term), forward under bf16 autocast
     when asked; FP32 loss."""
@@ -142,7 +142,7 @@ def _optimizer_step(net: nn.Module, opt: torch.optim.Optimizer, trainable: list,
     """One optimizer step at ``lr_now``; returns the loss."""
     for group in opt.param_groups:
         group["lr"] = lr_now
-    loss = _loss(net, teacher, cfg, lr_t, hr_t, bf16, features)
+    loss = training_loss(net, teacher, cfg, lr_t, hr_t, bf16, features)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.grad_clip:

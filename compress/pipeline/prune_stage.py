@@ -19,7 +19,8 @@ from compress.core.recipe import to_dict
 from compress.core.checkpoint import count_macs
 from compress.core.evaluate import eval_sets, psnr_delta_db, quality
 from compress.pipeline.contract import baseline, path_of
-from compress.core.train import fit
+from compress.core.train import fit, training_loss
+from compress.core.train_config import TrainConfig
 from export.onnx_export import export_checked
 from pruning.channel import Criterion, prune_channels
 from pruning.magnitude import prune_low_magnitude, strip_pruning
@@ -41,17 +42,16 @@ def gzip_bytes(path: Path) -> int:
     return len(gzip.compress(path.read_bytes(), compresslevel=9))
 
 
-def loss_gradients(model: nn.Module, batch: tuple, teacher: nn.Module | None) -> None:
-    """Back-propagate one batch's L1 loss (to the HR patch, or to the teacher's output when there is
-    one) into ``.grad``, for gradient-based channel ranking."""
+def loss_gradients(model: nn.Module, batch: tuple, teacher: nn.Module | None, cfg: TrainConfig) -> None:
+    """Back-propagate one batch's fine-tuning loss (:func:`compress.core.train.training_loss`, in FP32:
+    the HR term and, with a teacher, its distillation term) into ``.grad``, for gradient-based channel
+    ranking. The distillation term alone would be exactly 0 while the student still equals its
+    teacher, leaving Taylor scores 0 / 0."""
     device = next(model.parameters()).device
     lr, hr = (torch.from_numpy(a).to(device) for a in batch)
     model.train()
     model.zero_grad(set_to_none=True)
-    if teacher is not None:
-        with torch.no_grad():
-            hr = teacher(lr)
-    torch.nn.functional.l1_loss(model(lr), hr).backward()
+    training_loss(model, teacher, cfg, lr, hr, bf16=False).backward()
     model.eval()
 
 
@@ -64,15 +64,18 @@ def _fine_tune_channels(model, recipe, batches, scale, teacher) -> tuple[list[tu
     steps = recipe.schedule.pruning_steps()
     bounds = [*steps, recipe.train.steps]
     events, seconds = [], 0.0
+    dense_channels = sum(pruning.widths().values())
     if steps and steps[0] > 0:  # begin_step > 0: the dense model fine-tunes first, as unstructured pruning does
         dense = dataclasses.replace(recipe.train, steps=steps[0], lr_schedule="constant", warmup_steps=0)
         seconds += fit(model, batches, dense, scale, teacher=teacher, desc="prune dense").seconds
     for i, start in enumerate(steps):
         if criterion.needs_gradients:
-            loss_gradients(model, next(batches), teacher)
+            loss_gradients(model, next(batches), teacher, recipe.train)
         pruning.step()
         model.zero_grad(set_to_none=True)
-        events.append((start, round(recipe.schedule(start), 4)))
+        kept = sum(pruning.widths().values())
+        events.append({"step": start, "scheduled_trunk_ratio": round(recipe.schedule(start), 4),
+                       "conv_channels_kept": kept, "conv_channels_removed": round(1 - kept / dense_channels, 4)})
         length = bounds[i + 1] - start
         if length <= 0:
             continue

@@ -107,4 +107,25 @@ def test_both_methods_fine_tune_the_dense_model_until_begin_step_and_train_steps
     if method == "channel":
         assert runs == [2, 2, 2]  # dense until step 2, then a segment after each of the events at 2 and 4
         events = read_sidecar(run_dir / "10-prune" / method / "model.safetensors")["events"]
-        assert [e[0] for e in events] == [2, 4]
+        assert [e["step"] for e in events] == [2, 4]
+        assert events[-1]["conv_channels_removed"] > 0 and events[-1]["conv_channels_kept"] > 0
+
+
+def test_taylor_gradients_come_from_the_fine_tuning_loss_not_the_teacher_gap_alone():
+    """At the first event the student equals its teacher: the distillation term alone has no gradient."""
+    import copy
+
+    import numpy as np
+
+    from compress.core.train_config import TrainConfig
+    from compress.pipeline.prune_stage import loss_gradients
+
+    torch.manual_seed(0)
+    model = tiny_edsr(2)
+    teacher = copy.deepcopy(model).eval()
+    rng = np.random.default_rng(0)
+    batch = (rng.random((2, 3, 8, 8), dtype=np.float32), rng.random((2, 3, 16, 16), dtype=np.float32))
+    loss_gradients(model, batch, teacher, TrainConfig(steps=1, distill_weight=0.5))
+    assert max(p.grad.abs().max().item() for p in model.parameters()) > 0
+    loss_gradients(model, batch, teacher, TrainConfig(steps=1, distill_weight=1.0))  # the teacher's output only
+    assert max(p.grad.abs().max().item() for p in model.parameters()) == 0
