@@ -103,8 +103,8 @@ def _save_resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, step:
         torch.save(state, tmp)
 
 
-def training_loss(model: nn.Module, teacher: nn.Module | None, cfg: TrainConfig, lr_t: torch.Tensor, hr_t: torch.Tensor,
-          bf16: bool, features: FeatureDistiller | None = None) -> torch.Tensor:
+def training_loss(model: nn.Module, teacher: nn.Module | None, cfg: TrainConfig, lr_t: torch.Tensor,
+                  hr_t: torch.Tensor, bf16: bool, features: FeatureDistiller | None = None) -> torch.Tensor:
     """``cfg.loss`` to the HR patch (and to the teacher's output, plus the feature term), forward under bf16 autocast
     when asked; FP32 loss."""
     taps = features.capturing() if features is not None else contextlib.nullcontext()

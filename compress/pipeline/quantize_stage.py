@@ -283,9 +283,9 @@ def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_ev
         score = lambda path: evaluate(open_upscaler(path), score_pairs, scale).psnr_y_db  # noqa: E731
         rr = reduce_weight_range(recipe.weight_range)
         opts = Int8Options(reduce_range=rr, float_op_types=recipe.float_op_types)
-        common = {"weights": {"bits": 7 if rr else 8, "range": "[-64, 64]" if rr else "[-127, 127]",
-                              "setting": recipe.weight_range, "cpu_has_vnni": cpu_has_vnni()},
-                  "stage": "quantize", "arch": loaded.arch,
+        ort_weights = {"bits": 7 if rr else 8, "range": "[-64, 64]" if rr else "[-127, 127]",  # NNCF's follow its
+                       "setting": recipe.weight_range, "cpu_has_vnni": cpu_has_vnni()}  # overflow_fix instead
+        common = {"stage": "quantize", "arch": loaded.arch,
                   "scale": scale, "config": loaded.describe()["config"], "params": loaded.describe()["params"],
                   "recipe": to_dict(recipe), "fp32_quality": ref_quality,
                   "tail_rewrites": recorded_rewrites(onnx.load(str(fp32)))}
@@ -297,14 +297,14 @@ def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_ev
             upscaler = open_upscaler(path)  # ONNX Runtime for QDQ ONNX, OpenVINO for IR
             q = quality(upscaler, sets, scale)
             onnx_file = path.suffix == ".onnx"
-            record = {**common, **extra, "format": "onnx-qdq-int8" if onnx_file else "openvino-ir-int8", "quality": q,
+            record = {**({"weights": ort_weights} if onnx_file else {}), **common, **extra,
+                      "format": "onnx-qdq-int8" if onnx_file else "openvino-ir-int8", "quality": q,
                       "psnr_y_delta_db": psnr_delta_db(q, ref_quality),
                       "parity_vs_fp32_onnx": parity(fp32_out, upscaler(sample)).to_dict(),
                       "kernels": kernel_report(path) if onnx_file else {"runtime": "openvino"},
                       "fp32_size_bytes": fp32.stat().st_size}
-            if not onnx_file:  # NNCF sets its own weight width (its overflow_fix, in the record), not weight_range
+            if not onnx_file:
                 record["weights_file"] = path.with_suffix(".bin").name
-                del record["weights"]
             write_sidecar(path, record, source=src)
             results[path.name] = record["psnr_y_delta_db"]
 
