@@ -124,4 +124,4 @@ test: venv
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 clean:
-	rm -rf artifacts/run-* $(TRAIN_OUT) .pytest_cache .benchmarks
+	rm -rf artifacts/run-* artifacts/bars-* $(TRAIN_OUT) .pytest_cache .benchmarks

@@ -1,4 +1,4 @@
-"""Command line: ``python -m compress {inspect,eval,train,model,export} ...``."""
+"""Command line: ``python -m compress <command> ...``; ``python -m compress --help`` lists the commands."""
 
 from __future__ import annotations
 

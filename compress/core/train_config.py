@@ -53,7 +53,8 @@ class TrainConfig:
         loss: pixel loss to the HR patch and to the teacher: ``l1`` (EDSR's; its optimum is the
             median, so an L1-trained model can sit a fraction of a grey level off the mean) or ``mse``
             (what PSNR measures; for PSNR-oriented fine-tuning of an L1-trained model).
-        lr_schedule: ``cosine`` (to ``lr * min_lr_ratio``) or ``step`` (halve at 50% and 75%).
+        lr_schedule: ``cosine`` (to ``lr * min_lr_ratio``), ``step`` (halve at 50% and 75%) or
+            ``constant``.
         warmup_steps: linear warm-up steps.
         min_lr_ratio: final learning rate as a fraction of ``lr`` (cosine).
         val_every: validate every this many steps (0: only at the end).
