@@ -8,6 +8,7 @@ included); ``.safetensors`` through safetensors. Wrappers (``params_ema``, ``par
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import pickle
@@ -79,7 +80,7 @@ def arch_of(cfg: Config) -> str:
 def _read_file(path: Path) -> tuple[dict[str, object], dict[str, str]]:
     """Raw mapping and safetensors metadata (empty for torch files)."""
     if not path.is_file():
-        raise InputError(f"{path}: checkpoint not found")
+        raise InputError(f"{path}: {'not a regular file' if path.exists() else 'checkpoint not found'}")
     if path.suffix.lower() == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file, safe_open
@@ -133,11 +134,23 @@ def _refuse_zip_bomb(path: Path) -> None:
                          f"{size / 2**20:.1f} MiB file (torch.save stores them uncompressed)")
 
 
+PICKLE_SNIFF_BYTES = 1 << 20
+
+
 def _starts_like_torch_save(path: Path) -> bool:
-    """Whether ``path`` starts as ``torch.save`` writes, a zip archive, or as any pickle does (an opcode)."""
+    """Whether ``path`` starts as ``torch.save`` writes, a zip archive, or with a well-formed pickle: its
+    opcodes parse up to ``STOP`` (or past the first MiB), so a text page or random bytes do not pass."""
     with path.open("rb") as fh:
-        head = fh.read(2)
-    return head == b"PK" or head[:1].decode("latin-1") in pickletools.code2op
+        head = fh.read(PICKLE_SNIFF_BYTES)
+    if head[:2] == b"PK":
+        return True
+    try:
+        for op, _arg, _pos in pickletools.genops(io.BytesIO(head)):
+            if op.name == "STOP":
+                return True
+    except Exception:  # noqa: BLE001 - genops raises ValueError, UnicodeDecodeError, struct.error, ...
+        return len(head) == PICKLE_SNIFF_BYTES  # cut off by the sniff, not malformed: cannot tell
+    return False
 
 
 def _looks_like_safetensors(path: Path) -> bool:

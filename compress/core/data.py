@@ -54,9 +54,12 @@ def max_pixels() -> int:
     """The decoded-pixel limit in force."""
     raw = os.environ.get("SRCOMPRESS_MAX_PIXELS", "")
     try:
-        return int(raw) if raw else DEFAULT_MAX_PIXELS
+        limit = int(raw) if raw else DEFAULT_MAX_PIXELS
     except ValueError as exc:
         raise InputError(f"SRCOMPRESS_MAX_PIXELS: not an integer ({raw!r})") from exc
+    if limit < 1:
+        raise InputError(f"SRCOMPRESS_MAX_PIXELS: must be a positive number of pixels, got {raw!r}")
+    return limit
 
 
 def _to_8bit(img: Image.Image, path: Path) -> Image.Image:

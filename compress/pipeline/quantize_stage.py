@@ -47,6 +47,7 @@ def source_checkpoint(run: Path, source: str) -> Path:
     path = path_of(run, "baseline") if source == "model" else path_of(run, "pruned", name)
     if not path.is_file():
         raise InputError(f"{path}: quantize source {source!r} not found in run {run} (run make model / make prune first)")
+    read_sidecar(path)  # missing, corrupt, or describing another file: refused, as by export and prune
     return path
 
 

@@ -55,7 +55,7 @@ def expand(inputs: list[str]) -> list[Path]:
         elif p.is_file():
             files.append(p)
         else:
-            raise InputError(f"{p}: no such file or folder")
+            raise InputError(f"{p}: {'not a regular file or folder' if p.exists() else 'no such file or folder'}")
     if not files:
         raise InputError(f"{' '.join(inputs)}: no images found")
     return files

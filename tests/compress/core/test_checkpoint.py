@@ -172,6 +172,31 @@ def test_bytes_that_are_no_pickle_are_not_called_code(tmp_path):
         load_checkpoint(path)
 
 
+@pytest.mark.parametrize("body", [b"Not Found", b"garbage\n", b"<html>404</html>", b""])
+def test_text_pages_and_empty_files_are_not_called_code(tmp_path, body):
+    path = tmp_path / "download.pth"  # a failed download: most ASCII letters are pickle opcodes
+    path.write_bytes(body)
+    with pytest.raises(InputError, match=r"download\.pth: not a readable PyTorch checkpoint"):
+        load_checkpoint(path)
+
+
+def test_protocol_0_pickle_with_code_is_still_refused_as_code(tmp_path):
+    path = tmp_path / "evil0.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"conv1.weight": _Payload()}, f, protocol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(InputError, match=r"evil0\.pth: refused: the file holds Python objects"):
+            load_checkpoint(path)
+
+
+def test_a_folder_is_not_reported_missing(tmp_path):
+    with pytest.raises(InputError, match=r": not a regular file$"):
+        load_checkpoint(tmp_path)
+    with pytest.raises(InputError, match=r"gone\.safetensors: checkpoint not found$"):
+        load_checkpoint(tmp_path / "gone.safetensors")
+
+
 def test_unknown_layout_error_is_one_line(tmp_path):
     path = _save(tmp_path, {"encoder.weight": torch.zeros(2, 2), "x\nTraceback (most recent call last):": torch.zeros(1),
                             "\x1b[2Jclear": torch.zeros(1)})  # keys that would forge a line or clear the terminal

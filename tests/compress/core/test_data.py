@@ -142,6 +142,10 @@ def test_pixel_limit_is_checked_from_the_header_before_decoding(tmp_path, monkey
     monkeypatch.setenv("SRCOMPRESS_MAX_PIXELS", "lots")
     with pytest.raises(InputError, match="SRCOMPRESS_MAX_PIXELS: not an integer"):
         load_rgb(path)
+    for bad in ("0", "-1"):
+        monkeypatch.setenv("SRCOMPRESS_MAX_PIXELS", bad)
+        with pytest.raises(InputError, match=f"SRCOMPRESS_MAX_PIXELS: must be a positive number of pixels, got '{bad}'"):
+            load_rgb(path)
 
 
 def test_header_claiming_a_huge_image_is_refused_without_decoding(tmp_path):

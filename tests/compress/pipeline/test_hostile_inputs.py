@@ -368,6 +368,23 @@ def test_quantize_sources_stay_inside_the_run(tmp_path, capsys, source):
     assert not (run / "20-quantize").exists()
 
 
+def test_quantize_refuses_a_baseline_its_sidecar_does_not_describe(tmp_path, capsys):
+    from compress.core.files import write_sidecar
+    from compress.pipeline.cli import main
+
+    run = _tiny_run(tmp_path)
+    ckpt = run / "00-model/model.safetensors"
+    write_sidecar(ckpt, {"stage": "model", "scale": 2, "quality": {}})  # records the file's sha256
+    save_checkpoint(tiny_edsr(2, seed=1), EDSRConfig(scale=2, num_feat=16, num_block=2), ckpt)  # swapped in after
+    recipe = str(REPO / "quantization/recipes/quick.toml")
+    assert main(["quantize", "--run", str(run), "--recipe", recipe]) == 2
+    assert "model.safetensors: the file is not the one its sidecar describes" in capsys.readouterr().err
+    (run / "00-model/model.safetensors.json").write_text("{bad")
+    assert main(["quantize", "--run", str(run), "--recipe", recipe]) == 2
+    assert "model.safetensors.json" in capsys.readouterr().err
+    assert not (run / "20-quantize").exists()
+
+
 def test_quantize_checks_its_image_folders_before_writing(tmp_path, capsys):
     from compress.pipeline.cli import main
 
