@@ -144,12 +144,14 @@ def _starts_like_torch_save(path: Path) -> bool:
         head = fh.read(PICKLE_SNIFF_BYTES)
     if head[:2] == b"PK":
         return True
+    buf = io.BytesIO(head)
     try:
-        for op, _arg, _pos in pickletools.genops(io.BytesIO(head)):
+        for op, _arg, _pos in pickletools.genops(buf):
             if op.name == "STOP":
                 return True
     except Exception:  # noqa: BLE001 - genops raises ValueError, UnicodeDecodeError, struct.error, ...
-        return len(head) == PICKLE_SNIFF_BYTES  # cut off by the sniff, not malformed: cannot tell
+        # ran out at the end of a full sniff: cut off there, not malformed, so it cannot tell
+        return len(head) == PICKLE_SNIFF_BYTES and buf.tell() == len(head)
     return False
 
 

@@ -172,7 +172,7 @@ def test_bytes_that_are_no_pickle_are_not_called_code(tmp_path):
         load_checkpoint(path)
 
 
-@pytest.mark.parametrize("body", [b"Not Found", b"garbage\n", b"<html>404</html>", b""])
+@pytest.mark.parametrize("body", [b"Not Found", b"garbage\n", b"<html>404</html>", b"", bytes(range(256)) * 8192])
 def test_text_pages_and_empty_files_are_not_called_code(tmp_path, body):
     path = tmp_path / "download.pth"  # a failed download: most ASCII letters are pickle opcodes
     path.write_bytes(body)
