@@ -23,7 +23,7 @@ from torch import nn
 from compress.core.archs import of_config
 from compress.core.errors import InputError, first_line
 from compress.core.layouts import LAYOUTS, Config, Layout, matching_layouts
-from compress.core.files import atomic_path
+from compress.core.files import atomic_path, require_regular
 
 WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model_state_dict", "model", "net", "generator")
 
@@ -79,8 +79,7 @@ def arch_of(cfg: Config) -> str:
 
 def _read_file(path: Path) -> tuple[dict[str, object], dict[str, str]]:
     """Raw mapping and safetensors metadata (empty for torch files)."""
-    if not path.is_file():
-        raise InputError(f"{path}: {'not a regular file' if path.exists() else 'checkpoint not found'}")
+    require_regular(path, missing="checkpoint not found")
     if path.suffix.lower() == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file, safe_open

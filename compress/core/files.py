@@ -159,6 +159,19 @@ def _finite_float(text: str) -> float:
 MAX_JSON_BYTES = 64 << 20  # the largest report, latency file or sidecar is a few hundred KiB
 
 
+def require_regular(path: str | Path, missing: str = "file not found") -> Path:
+    """``path`` as a Path when it is a regular file (or a link to one).
+
+    Raises:
+        InputError: ``<path>: <missing>`` when nothing is there, ``not a regular file`` for a folder,
+            FIFO or device.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: {'not a regular file' if path.exists() else missing}")
+    return path
+
+
 def read_regular(path: str | Path, max_bytes: int, what: str) -> bytes:
     """The bytes of ``path``, which must be a regular file of at most ``max_bytes``: a FIFO would block
     and ``/dev/zero`` never end. ``what`` names the file in the error (``recipe``, ``file``).

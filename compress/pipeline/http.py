@@ -155,7 +155,7 @@ def serve(cfg: object, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Bind the port, load the models once, then serve on the bound sockets until interrupted."""
     import uvicorn
 
-    from compress.pipeline.header_deadline import with_header_timeout
+    from compress.pipeline.h11_protocol import protocol_class
 
     sockets = _listen(host, port)
     try:
@@ -165,7 +165,7 @@ def serve(cfg: object, host: str = "127.0.0.1", port: int = 8000) -> None:
         # 5 s, and a connection whose request headers are late in header_timeout_s
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_keep_alive=5,
                                 limit_concurrency=cfg.workers + cfg.queue + 32,
-                                http=with_header_timeout(cfg.header_timeout_s),
+                                http=protocol_class(cfg.header_timeout_s, cfg.upload_timeout_s),
                                 timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a service stops, as in uvicorn.run
             uvicorn.Server(config).run(sockets=sockets)

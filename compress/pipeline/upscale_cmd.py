@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from compress.core.data import IMAGE_SUFFIXES
 from compress.core.errors import InputError, WriteError
-from compress.core.files import write_bytes_atomic
+from compress.core.files import require_regular, write_bytes_atomic
 from compress.core.imaging import FORMATS, check_encodable, decode_file, encode, upscale_decoded
 from compress.core.infer import TileConfig
 from compress.pipeline.choose import choose, read_report
@@ -52,10 +52,8 @@ def expand(inputs: list[str]) -> list[Path]:
         p = Path(item)
         if p.is_dir():
             files += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.is_file():
-            files.append(p)
         else:
-            raise InputError(f"{p}: {'not a regular file or folder' if p.exists() else 'no such file or folder'}")
+            files.append(require_regular(p, missing="no such file or folder"))
     if not files:
         raise InputError(f"{' '.join(inputs)}: no images found")
     return files

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from compress.core.errors import BadModelOutput, InputError
+from compress.core.files import require_regular
 from compress.core.infer import Upscaler
 from compress.core.registry import by_name
 from export.runtimes import openvino, ort, pytorch, tflite
@@ -120,8 +121,7 @@ def open_artifact(path: str | Path, runtime_name: str | None = None, threads: in
     rt = runtime(runtime_name) if runtime_name else for_file(path)
     if path.suffix.lower() not in rt.suffixes:
         raise InputError(f"{path}: runtime {rt.name} opens {', '.join(rt.suffixes)} files")
-    if not path.is_file():
-        raise InputError(f"{path}: {'not a regular file' if path.exists() else 'file not found'}")
+    require_regular(path)
     if rt.absence():
         raise InputError(f"{path}: runtime {rt.name} is not available on this host ({rt.absence()})")
     if untrusted and rt.vet is not None:

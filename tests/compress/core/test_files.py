@@ -7,8 +7,8 @@ import pytest
 
 from compress.core.errors import MAX_MESSAGE_CHARS, InputError, WriteError, error_line
 from compress.core.files import (
-    atomic_path, fresh_folder, fresh_stage_folder, is_number, read_json, read_regular, removed_on_failure, sidecar_path,
-    write_sidecar, write_text_atomic,
+    atomic_path, fresh_folder, fresh_stage_folder, is_number, read_json, read_regular, removed_on_failure, require_regular,
+    sidecar_path, write_sidecar, write_text_atomic,
 )
 
 
@@ -163,3 +163,19 @@ def test_json_that_is_no_regular_file_or_too_large_is_refused_before_it_is_read(
     with pytest.raises(InputError, match=r"none\.json: file not found"):
         read_json(tmp_path / "none.json")
     assert read_regular(tmp_path / "big.json", 100, "file") == b'{"a": 12345}'
+
+
+def test_require_regular_tells_a_missing_path_from_a_folder_or_device(tmp_path):
+    """One check for every file the user names (checkpoint, artifact, image): a folder or a device is
+    "not a regular file", nothing there is the caller's ``missing`` wording, a link to a file passes."""
+    (tmp_path / "w.pth").write_bytes(b"x")
+    (tmp_path / "link.pth").symlink_to(tmp_path / "w.pth")
+    assert require_regular(tmp_path / "link.pth") == tmp_path / "link.pth"
+    assert require_regular(str(tmp_path / "w.pth")) == tmp_path / "w.pth"
+    for odd in (tmp_path, "/dev/null"):
+        with pytest.raises(InputError, match=r": not a regular file$"):
+            require_regular(odd, missing="checkpoint not found")
+    with pytest.raises(InputError, match=r"none\.pth: checkpoint not found$"):
+        require_regular(tmp_path / "none.pth", missing="checkpoint not found")
+    with pytest.raises(InputError, match=r"none\.onnx: file not found$"):
+        require_regular(tmp_path / "none.onnx")

@@ -115,6 +115,44 @@ def test_an_upload_over_the_byte_limit_is_refused_from_its_length_before_it_is_r
     conn.close()
 
 
+def test_a_client_that_sends_all_of_a_refused_upload_and_closes_after_gets_the_413(service):
+    """The 413 is sent before the body is read; with ``Connection: close`` (urllib's default) closing
+    the socket on 40 MB of unread bytes used to reset the connection, and the client saw no answer."""
+    for connection in ("close", "keep-alive"):
+        conn = _raw_connection(service)
+        conn.request("POST", "/v1/upscale", body=bytes(40 * 1024 * 1024),
+                     headers={"Content-Type": "application/octet-stream", "Connection": connection})
+        response = conn.getresponse()
+        assert response.status == 413 and "byte limit" in json.loads(response.read())["error"], connection
+        conn.close()
+    assert post(service[0], png((16, 16)))[0] == 200
+
+
+def test_a_refused_upload_that_never_ends_is_dropped_after_the_upload_timeout(service):
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(service[0])
+    with socket.create_connection((host.hostname, host.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/upscale HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                     b"Content-Type: application/octet-stream\r\nContent-Length: 900000000\r\n\r\n")
+        answer = b""
+        while b"byte limit" not in answer:
+            chunk = sock.recv(65536)
+            assert chunk, answer
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 413")
+        start, dropped = time.monotonic(), False
+        while time.monotonic() - start < 15:  # the fixture's upload timeout, 3 s, bounds the lingering
+            try:
+                sock.sendall(bytes(4096))
+            except OSError:
+                dropped = True
+                break
+            time.sleep(0.1)
+        assert dropped and time.monotonic() - start > 2, "the lingering connection was not closed in time"
+
+
 def test_content_length_with_chunked_framing_is_refused_before_the_body_is_read(service):
     import http.client
     from urllib.parse import urlparse

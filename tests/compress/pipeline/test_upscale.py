@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -152,6 +153,15 @@ def test_an_output_that_would_overwrite_an_input_is_refused_before_any_write(tmp
     assert "a_x2.png: is one of the inputs" in capsys.readouterr().err
     assert (folder / "a_x2.png").read_bytes() == before and sorted(p.name for p in folder.iterdir()) == ["a.png",
                                                                                                         "a_x2.png"]
+
+
+def test_a_missing_input_or_a_device_is_one_error_line_and_nothing_is_written(tmp_path, ckpt, capsys):
+    write_image(tmp_path / "a.png", (12, 10))
+    for bad, problem in ((tmp_path / "gone.png", "no such file or folder"), (Path("/dev/null"), "not a regular file")):
+        assert main(["upscale", str(tmp_path / "a.png"), str(bad), "--out", str(tmp_path / "o"),
+                     "--artifact", str(ckpt)]) == 2
+        assert capsys.readouterr().err == f"error: {bad}: {problem}\n"
+        assert not (tmp_path / "o").exists()
 
 
 def test_an_input_named_like_an_output_waiting_for_its_batch_is_not_overwritten(tmp_path, ckpt, capsys):
