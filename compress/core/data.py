@@ -210,7 +210,14 @@ def load_pair(path: str | Path, scale: int, max_side: int | None = None, u8: boo
 
 def load_pairs(paths: Sequence[str | Path], scale: int, max_side: int | None = None,
                u8: bool = False) -> list[ImagePair]:
-    return [load_pair(p, scale, max_side, u8) for p in paths]
+    """:func:`load_pair` of each path; their notices (mode conversions) are issued only once all have
+    loaded, so that a bad image's ``error:`` line is the one line a failed command prints."""
+    with warnings.catch_warnings(record=True) as notices:
+        warnings.simplefilter("always", ImageNotice)
+        pairs = [load_pair(p, scale, max_side, u8) for p in paths]
+    for notice in notices:
+        warnings.warn(notice.message, notice.category, stacklevel=2)
+    return pairs
 
 
 def _as_float(batch: np.ndarray) -> np.ndarray:

@@ -23,6 +23,22 @@ def test_grayscale_and_rgba_converted_with_notice(tmp_path):
             assert load_rgb(path).mode == "RGB"
 
 
+def test_notices_of_a_set_come_only_once_every_image_has_loaded(tmp_path):
+    """A failed ``eval`` prints its one ``error:`` line, not the notices of the images before it."""
+    import warnings
+
+    gray = write_image(tmp_path / "a_gray.png", mode="L")
+    (tmp_path / "b_bad.png").write_text("hello")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(InputError, match="b_bad.png: not a readable image"):
+            load_pairs(list_images(tmp_path), 2)
+    assert [str(w.message) for w in seen] == []
+    with pytest.warns(ImageNotice, match="a_gray.png: L image converted") as notices:
+        assert len(load_pairs([gray, write_image(tmp_path / "c.png")], 2)) == 2
+    assert len(notices) == 1
+
+
 def test_non_image_and_empty_folder(tmp_path):
     bad = tmp_path / "fake.png"
     bad.write_text("hello")
