@@ -339,9 +339,12 @@ def _check_shapes(skeleton: nn.Module, canon: dict[str, torch.Tensor], path: Pat
     for key, tensor in canon.items():
         if not tensor.is_floating_point():
             raise InputError(f"{path}: tensor {key!r} has dtype {tensor.dtype}; weights must be floating point")
-        if tuple(want[key].shape) != tuple(tensor.shape):
-            raise InputError(f"{path}: layout {layout}: tensor {key!r} has shape {tuple(tensor.shape)}, but the "
-                             f"architecture read from the other tensors needs {tuple(want[key].shape)}")
+    odd = [k for k, tensor in canon.items() if tuple(want[k].shape) != tuple(tensor.shape)]
+    if odd:  # the widths are read from a few tensors: when one of those is the odd one, all others disagree
+        key, others = odd[0], (f" ({len(odd)} of {len(canon)} tensors disagree: the widths are read from the "
+                               "first convolutions, so one of those may be the odd one)") if len(odd) > 1 else ""
+        raise InputError(f"{path}: layout {layout}: tensor {key!r} has shape {tuple(canon[key].shape)}, but the "
+                         f"architecture read from the tensor shapes needs {tuple(want[key].shape)}{others}")
 
 
 def rebuild(model: nn.Module, scale: int) -> LoadedModel:

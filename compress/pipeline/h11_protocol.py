@@ -11,8 +11,8 @@ Lingering close: the service answers 413 from an upload's Content-Length without
 When that connection must close (the client sent ``Connection: close``, as ``urllib`` does), closing a
 socket with unread bytes makes the kernel send a reset, and a client still sending its body gets
 "connection reset" instead of the 413. As nginx does (``lingering_close``), the write side is shut
-after the answer, and what the client still sends is read and dropped, for at most ``linger_s``, until
-it closes its side.
+after the answer, and what the client still sends is read and dropped until it closes its side: for at
+most ``linger_s``, and no longer than ``linger_idle_s`` after it last sent anything.
 """
 
 from __future__ import annotations
@@ -45,7 +45,11 @@ class _LingeringTransport:
             self._transport.close()
             return
         self._protocol.linger(self._transport)
-        self._transport.write_eof()  # FIN once the answer is flushed; reading goes on
+        try:
+            self._transport.write_eof()  # FIN once the answer is flushed; reading goes on
+        except OSError:  # the client reset it meanwhile
+            self._transport.abort()
+            return
         self._transport.resume_reading()  # uvicorn may have paused it while the body piled up
 
 
@@ -54,15 +58,26 @@ class ServiceProtocol(H11Protocol):
 
     header_timeout_s: float = 10.0
     linger_s: float = 30.0
+    linger_idle_s: float = 5.0  # nginx's lingering_timeout
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        self._lingering: asyncio.TimerHandle | None = None
+        self._lingering: list[asyncio.TimerHandle] = []  # [overall deadline, idle deadline] while lingering
+        self._real_transport = transport
         super().connection_made(_LingeringTransport(transport, self))  # type: ignore[arg-type]
         self._arm_header_deadline()
 
     def data_received(self, data: bytes) -> None:
-        if self._lingering is None:
-            super().data_received(data)  # while lingering, the refused body is dropped as it comes
+        if not self._lingering:
+            super().data_received(data)
+            return
+        self._lingering[1].cancel()  # the refused body is dropped as it comes; silence ends it sooner
+        self._lingering[1] = self.loop.call_later(self.linger_idle_s, self._real_transport.abort)
+
+    def shutdown(self) -> None:
+        if self._lingering:  # its answer is out: a stopping service does not wait for the rest of its body
+            self._real_transport.abort()
+            return
+        super().shutdown()
 
     def on_response_complete(self) -> None:
         self._arm_header_deadline()  # before the next pipelined request, which super() may start at once
@@ -70,13 +85,15 @@ class ServiceProtocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_deadline()
-        if self._lingering is not None:
-            self._lingering.cancel()
+        for timer in self._lingering:
+            timer.cancel()
         super().connection_lost(exc)
 
     def linger(self, transport: asyncio.Transport) -> None:
-        """Drop what the client still sends until it closes (then asyncio closes ``transport``) or ``linger_s``."""
-        self._lingering = self.loop.call_later(self.linger_s, transport.close)
+        """Drop what the client still sends until it closes (then asyncio closes ``transport``), it is
+        silent for ``linger_idle_s`` or ``linger_s`` has passed (then the connection is reset)."""
+        self._lingering = [self.loop.call_later(self.linger_s, transport.abort),
+                           self.loop.call_later(self.linger_idle_s, transport.abort)]
 
     def _arm_header_deadline(self) -> None:
         self._cancel_header_deadline()
@@ -105,4 +122,5 @@ def protocol_class(header_timeout_s: float, linger_s: float) -> type[ServiceProt
 
 @functools.cache
 def _protocol_class(header_timeout_s: float, linger_s: float) -> type[ServiceProtocol]:
-    return type("ServiceProtocol", (ServiceProtocol,), {"header_timeout_s": header_timeout_s, "linger_s": linger_s})
+    return type("ServiceProtocol", (ServiceProtocol,), {"header_timeout_s": header_timeout_s, "linger_s": linger_s,
+                                                        "linger_idle_s": min(ServiceProtocol.linger_idle_s, linger_s)})

@@ -166,7 +166,7 @@ def serve(cfg: object, host: str = "127.0.0.1", port: int = 8000) -> None:
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_keep_alive=5,
                                 limit_concurrency=cfg.workers + cfg.queue + 32,
                                 http=protocol_class(cfg.header_timeout_s, cfg.upload_timeout_s),
-                                timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
+                                timeout_graceful_shutdown=SHUTDOWN_GRACE_S, ws="none")  # no WebSocket routes
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a service stops, as in uvicorn.run
             uvicorn.Server(config).run(sockets=sockets)
     finally:

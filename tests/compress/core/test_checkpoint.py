@@ -136,6 +136,19 @@ def test_an_empty_tensor_is_named_by_its_shape(tmp_path):
         load_checkpoint(_save(tmp_path, sd))
 
 
+def test_a_shape_error_says_how_many_tensors_disagree_when_the_odd_one_set_the_widths(tmp_path):
+    sd = as_layout(tiny_edsr(2), "edsr-basicsr")
+    sd["body.1.conv1.weight"] = torch.zeros(16, 16, 5, 5)  # one odd tensor: it alone is named
+    with pytest.raises(InputError, match=r"'body\.1\.conv1\.weight' has shape \(16, 16, 5, 5\), but the architecture "
+                                         r"read from the tensor shapes needs \(16, 16, 3, 3\)$"):
+        load_checkpoint(_save(tmp_path, sd))
+    sd = as_layout(tiny_edsr(2), "edsr-basicsr")
+    sd["conv_first.weight"] = torch.zeros(17, 3, 3, 3)  # the widths come from it: every other tensor disagrees
+    with pytest.raises(InputError, match=r"'conv_first\.bias' has shape \(16,\).* \(\d+ of \d+ tensors disagree: the "
+                                         r"widths are read from the first convolutions"):
+        load_checkpoint(_save(tmp_path, sd))
+
+
 def test_corrupt_and_non_checkpoint_files(tmp_path):
     text = tmp_path / "notes.pth"
     text.write_text("not a checkpoint")

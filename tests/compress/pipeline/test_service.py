@@ -117,10 +117,10 @@ def test_an_upload_over_the_byte_limit_is_refused_from_its_length_before_it_is_r
 
 def test_a_client_that_sends_all_of_a_refused_upload_and_closes_after_gets_the_413(service):
     """The 413 is sent before the body is read; with ``Connection: close`` (urllib's default) closing
-    the socket on 40 MB of unread bytes used to reset the connection, and the client saw no answer."""
+    the socket on 16 MB of unread bytes used to reset the connection, and the client saw no answer."""
     for connection in ("close", "keep-alive"):
         conn = _raw_connection(service)
-        conn.request("POST", "/v1/upscale", body=bytes(40 * 1024 * 1024),
+        conn.request("POST", "/v1/upscale", body=bytes(16 * 1024 * 1024),
                      headers={"Content-Type": "application/octet-stream", "Connection": connection})
         response = conn.getresponse()
         assert response.status == 413 and "byte limit" in json.loads(response.read())["error"], connection
@@ -150,7 +150,8 @@ def test_a_refused_upload_that_never_ends_is_dropped_after_the_upload_timeout(se
                 dropped = True
                 break
             time.sleep(0.1)
-        assert dropped and time.monotonic() - start > 2, "the lingering connection was not closed in time"
+        elapsed_s = time.monotonic() - start  # the server's 3 s began a little before the 413 arrived here
+        assert dropped and 1.5 < elapsed_s < 15, f"the lingering connection was closed after {elapsed_s:.1f} s"
 
 
 def test_content_length_with_chunked_framing_is_refused_before_the_body_is_read(service):
