@@ -44,7 +44,7 @@ class _LingeringTransport:
         if not sending or not self._transport.can_write_eof() or self._transport.is_closing():
             self._transport.close()
             return
-        self._protocol.linger(self._transport)
+        self._protocol.linger()
         try:
             self._transport.write_eof()  # FIN once the answer is flushed; reading goes on
         except OSError:  # the client reset it meanwhile
@@ -89,11 +89,11 @@ class ServiceProtocol(H11Protocol):
             timer.cancel()
         super().connection_lost(exc)
 
-    def linger(self, transport: asyncio.Transport) -> None:
-        """Drop what the client still sends until it closes (then asyncio closes ``transport``), it is
+    def linger(self) -> None:
+        """Drop what the client still sends until it closes (then asyncio closes the transport), it is
         silent for ``linger_idle_s`` or ``linger_s`` has passed (then the connection is reset)."""
-        self._lingering = [self.loop.call_later(self.linger_s, transport.abort),
-                           self.loop.call_later(self.linger_idle_s, transport.abort)]
+        self._lingering = [self.loop.call_later(self.linger_s, self._real_transport.abort),
+                           self.loop.call_later(self.linger_idle_s, self._real_transport.abort)]
 
     def _arm_header_deadline(self) -> None:
         self._cancel_header_deadline()
