@@ -211,11 +211,22 @@ def load_pair(path: str | Path, scale: int, max_side: int | None = None, u8: boo
 def load_pairs(paths: Sequence[str | Path], scale: int, max_side: int | None = None,
                u8: bool = False) -> list[ImagePair]:
     """:func:`load_pair` of each path; their notices (mode conversions) are issued only once all have
-    loaded, so that a bad image's ``error:`` line is the one line a failed command prints."""
-    with warnings.catch_warnings(record=True) as notices:
+    loaded, so that a bad image's ``error:`` line is the one line a failed command prints. Other
+    warnings are shown as they come, even when a later image fails."""
+    held: list[warnings.WarningMessage] = []
+    show = warnings.showwarning
+
+    def hold(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, ImageNotice):
+            held.append(warnings.WarningMessage(message, category, filename, lineno))
+        else:  # any other warning (a decompression bomb, a library's) is shown at once, as usual
+            show(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
         warnings.simplefilter("always", ImageNotice)
+        warnings.showwarning = hold
         pairs = [load_pair(p, scale, max_side, u8) for p in paths]
-    for notice in notices:
+    for notice in held:
         warnings.warn(notice.message, notice.category, stacklevel=2)
     return pairs
 

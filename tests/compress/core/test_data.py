@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -37,6 +39,29 @@ def test_notices_of_a_set_come_only_once_every_image_has_loaded(tmp_path):
     with pytest.warns(ImageNotice, match="a_gray.png: L image converted") as notices:
         assert len(load_pairs([gray, write_image(tmp_path / "c.png")], 2)) == 2
     assert len(notices) == 1
+
+
+def test_other_warnings_of_a_failed_set_are_still_shown(tmp_path, monkeypatch):
+    """Only the images' own notices wait for the whole set; a library's warning is not lost."""
+    import warnings
+
+    import compress.core.data as data
+
+    real = data.load_rgb
+
+    def load_with_library_warning(path):
+        warnings.warn(f"{path}: a library's warning", RuntimeWarning)
+        return real(path)
+
+    monkeypatch.setattr(data, "load_rgb", load_with_library_warning)
+    gray = write_image(tmp_path / "a_gray.png", mode="L")
+    (tmp_path / "b_bad.png").write_text("hello")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(InputError, match="b_bad.png: not a readable image"):
+            load_pairs([gray, tmp_path / "b_bad.png"], 2)
+    assert [(w.category, Path(str(w.message).split(":")[0]).name) for w in seen] == [
+        (RuntimeWarning, "a_gray.png"), (RuntimeWarning, "b_bad.png")]
 
 
 def test_non_image_and_empty_folder(tmp_path):
@@ -212,8 +237,6 @@ def test_training_pairs_are_kept_in_8_bits_and_give_the_same_patches(tmp_path):
 @pytest.mark.parametrize("name", ["strip_ascii.tiff", "strip_long8.tiff"])
 def test_a_tiff_with_a_mistyped_tag_is_an_unreadable_image_not_a_crash(name):
     """Bad TIFF tag types make Pillow's decoder raise TypeError / OverflowError (the service answered 500)."""
-    from pathlib import Path
-
     path = Path(__file__).with_name("data") / name
     with pytest.raises(InputError, match=rf"{name}: not a readable image \((TypeError|OverflowError|ValueError): "):
         load_rgb(path)
