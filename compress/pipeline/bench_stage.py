@@ -20,6 +20,7 @@ from compress.core.errors import InputError
 from compress.core.files import sidecar_path, sidecar_quality, write_json_atomic
 from compress.pipeline.contract import BENCH_ORDER, artifact_kind, find, path_of
 from compress.pipeline.ladder import climb, first_guess_mp
+from compress.pipeline.latency_file import LARGE_LR_PIXELS
 from compress.core.evaluate import eval_sets, quality
 from export.runtimes import available, is_float_graph, open_artifact, runtime
 
@@ -105,7 +106,6 @@ def gpu_present() -> bool:
         return False
 
 
-LARGE_LR_PIXELS = 100_000  # about 316x316 LR: the 1080p-output sizes at x2, x3 and x4
 LARGE_LOSS_TOL_DB = 0.02  # at large sizes, a slower artifact is timed only if it loses this much less
 
 

@@ -18,6 +18,7 @@ TIMING_FIELDS = ("p50_ms", "p95_ms", "min_ms", "out_mp", "peak_rss_mb")
 CONFIG_COUNTS = {"threads": 1, "warmup": 0, "runs": 1}  # bench config counts the report prints -> least value
 MACHINE_TEXT = ("cpu", "cpu_description", "gpu")  # machine fields the report prints as text
 MAX_COUNT = 1 << 20
+LARGE_LR_PIXELS = 100_000  # about 316x316 LR: the 1080p-output sizes at x2, x3 and x4; timed large_runs times
 MAX_SCALE = 8
 
 
@@ -71,6 +72,8 @@ def _count(value: Any, least: int) -> bool:
 
 def _config_problem(config: dict[str, Any]) -> str:
     bad = [k for k, least in CONFIG_COUNTS.items() if not _count(config.get(k), least)]
+    if "large_runs" in config and not _count(config["large_runs"], 1):  # absent: ``runs`` at every size
+        bad.append("large_runs")
     if bad:
         return f"config {', '.join(bad)} not whole numbers in range"
     ladder = config.get("ladder_targets_ms", [])

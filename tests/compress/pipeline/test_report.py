@@ -82,6 +82,37 @@ def test_report_files_and_markdown_rows(tmp_path):
     assert len((out / "report.csv").read_text().splitlines()) == 1 + 3 * 2 * 2  # 3 timed rows x 2 sets x 2 sizes
 
 
+def test_markdown_gives_median_and_min_and_the_runs_each_size_had(tmp_path):
+    run = synthetic_run(tmp_path)
+    latency = run / "40-bench" / "latency.json"
+    bench = json.loads(latency.read_text())
+    bench["config"]["large_runs"] = 3
+    write_json_atomic(latency, bench)
+    md = write_report(run).read_text()
+    assert "p50 / min ms over 10 runs (3 at LR sizes over 0.1 MP) after 2 warm-ups" in md
+    assert "| 256x256 p50/min ms |" in md
+    int8 = next(line for line in md.splitlines() if line.startswith("| 20-quantize/model/model_int8_minmax.onnx | ort |"))
+    assert "| 13.3 / 12.3 |" in int8  # 128x128 LR at x2 (0.0655 MP out): 10 + 50 * 0.0655 ms, min 9 + 50 * 0.0655
+    csv_head = (run / "50-report" / "report.csv").read_text().splitlines()[0]
+    assert "p50_ms,min_ms,p95_ms" in csv_head
+
+
+def test_an_openvino_ir_counts_its_weights_file(tmp_path):
+    run = synthetic_run(tmp_path)
+    xml = run / "30-export" / "model_fp32.xml"
+    _side(xml, {"format": "openvino-ir-fp32", "weights_file": "model_fp32.bin"})
+    xml.with_suffix(".bin").write_bytes(b"w" * 5000)
+    latency = run / "40-bench" / "latency.json"
+    bench = json.loads(latency.read_text())
+    bench["results"].append({"artifact": "30-export/model_fp32.xml", "runtime": "openvino", "lr_size": [128, 128],
+                             "out_mp": 0.0655, "p50_ms": 5.0, "p95_ms": 6.0, "min_ms": 4.0, "peak_rss_mb": 90.0})
+    write_json_atomic(latency, bench)
+    rows, _ = build_rows(run)
+    by = {(r["artifact"], r["runtime"]): r for r in rows}
+    assert by[("30-export/model_fp32.xml", "openvino")]["size_bytes"] == 100 + 5000
+    assert by[("30-export/model_fp32.onnx", "ort")]["size_bytes"] == 100
+
+
 def test_compare_two_reports(tmp_path):
     a = synthetic_run(tmp_path / "a")
     b = synthetic_run(tmp_path / "b", slow_ms=800.0)
