@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -20,6 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from benchmarks.child import ChildFailed, run_child
+from compress.core.errors import error_line
 
 
 def _worker(steps: int, warmup: int, batch: int, patch: int, precision: str, out: Path) -> None:
@@ -62,7 +64,7 @@ def _launch(nproc: int, threads: int, args: argparse.Namespace, out: Path) -> di
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "benchmarks.ddp_steps", *worker]
-    subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
+    run_child(cmd, f"benchmarks.ddp_steps, {nproc} process{'es' if nproc > 1 else ''}", env=env)
     return json.loads(out.read_text())
 
 
@@ -89,8 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch % args.nproc:
         ap.error(f"argument --batch: the global batch {args.batch} does not split over {args.nproc} processes")
     with tempfile.TemporaryDirectory(prefix="ddp-steps-") as tmp:  # two runs at once do not share result files
-        one = _launch(1, args.threads, args, Path(tmp) / "one.json")
-        many = _launch(args.nproc, max(args.threads // args.nproc, 1), args, Path(tmp) / "many.json")
+        try:
+            one = _launch(1, args.threads, args, Path(tmp) / "one.json")
+            many = _launch(args.nproc, max(args.threads // args.nproc, 1), args, Path(tmp) / "many.json")
+        except ChildFailed as exc:
+            print(error_line(f"error: {exc}"), file=sys.stderr)
+            return 2
     print(f"# EDSR-baseline x2, global batch {args.batch} x {args.patch}x{args.patch} LR, "
           f"{resolve_precision(args.precision, 'cpu')}, {args.steps} steps after {args.warmup}, {host_cpu().describe()}")
     print(f"1 process x {args.threads} threads: {one['steps_per_s']:.3f} steps/s")

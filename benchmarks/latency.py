@@ -2,8 +2,8 @@
 
 ``python -m benchmarks.latency --artifact A --runtime ort --height H --width W --scale S --threads T``
 prints one JSON object: p50 / p95 / min / mean milliseconds over ``runs`` timed calls after
-``warmup`` untimed ones, and the process's peak resident memory. Large inputs run through the same
-tiled inference the deployable runtime uses (``compress.core.infer.upscale`` with ``auto_tiles``, as
+``warmup`` untimed ones, the process's peak resident memory, and the CPU with its features. Large
+inputs run through the same tiled inference the deployable runtime uses (``compress.core.infer.upscale`` with ``auto_tiles``, as
 ``upscale`` and ``serve`` run it): the whole image up to 4 output megapixels (1 LR megapixel at x2,
 0.25 at x4; the 1080p-output sizes at x2, x3 and x4 included), tiles of one shape beyond; the result
 records which (``mode``).
@@ -64,6 +64,7 @@ def time_calls(fn, warmup: int, runs: int, sync=None) -> Timing:  # noqa: ANN001
 
 def measure(artifact: Path, runtime: str, height: int, width: int, scale: int, threads: int,
             warmup: int, runs: int, tile: int) -> dict[str, object]:
+    from compress.core.cpu import host_cpu
     from compress.core.infer import upscale
     from export.runtimes import open_artifact
 
@@ -81,7 +82,7 @@ def measure(artifact: Path, runtime: str, height: int, width: int, scale: int, t
             "out_size": [height * scale, width * scale], "out_mp": round(height * width * scale * scale / 1e6, 4),
             "threads": threads, "tile": tiles.tile, "mode": mode, **dataclasses.asdict(timing),
             "peak_rss_mb": round(peak_kib / 1024, 1), "rss_opened_mb": opened_mib,
-            "pid": os.getpid()}
+            "pid": os.getpid(), "cpu": host_cpu().describe()}
 
 
 def _rss_now_mib() -> float | None:

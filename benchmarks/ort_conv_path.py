@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from benchmarks.child import ChildFailed, run_child
 from compress.core import options as opt
 from compress.core.cpu import host_cpu
 from compress.core.errors import error_line
@@ -27,11 +27,14 @@ from quantization.ort_conv_path import shift_weight_zero_points
 
 
 def _time(artifact: Path, size: tuple[int, int], scale: int, threads: int, runs: int) -> dict[str, float]:
-    cmd = [sys.executable, "-m", "benchmarks.latency", "--artifact", str(artifact), "--runtime", "ort",
+    cmd = [sys.executable, "-m", "benchmarks.latency", "--artifact", str(artifact.resolve()), "--runtime", "ort",
            "--height", str(size[0]), "--width", str(size[1]), "--scale", str(scale), "--threads", str(threads),
            "--runs", str(runs)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    try:
+        out = run_child(cmd, f"{artifact}: benchmarks.latency", cwd=Path(__file__).resolve().parents[1])
+    except ChildFailed as exc:  # the caller prints ValueErrors as its one error line
+        raise ValueError(str(exc)) from None
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def same_outputs(a: Path, b: Path, scale: int) -> float:

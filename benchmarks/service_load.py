@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     scale = a.scale or scale_in_name(a.artifact)
     if scale is None:
         ap.error(f"argument --scale: {a.artifact} does not name its scale (_x1 to _x4); give --scale")
-    proc, url = _start(["--artifact", str(a.artifact), "--workers", str(a.workers), "--queue", "64",
+    proc, url = _start(["--artifact", str(a.artifact.resolve()), "--workers", str(a.workers), "--queue", "64",
                         "--threads", str(a.threads), "--max-pixels", "20000000", "--max-upload-mb", "50"])
     try:
         print(f"# {a.artifact}, x{scale}, service workers {a.workers} x {a.threads} threads, {os.cpu_count()} cores, "

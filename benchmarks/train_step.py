@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
 import sys
 import time
 
 import torch
+
+from benchmarks.child import ChildFailed, run_child
+from compress.core.errors import error_line
 
 
 VARIANTS = {"fp32-nchw": ("fp32", False), "fp32-cl": ("fp32", True), "bf16-cl": ("bf16", True)}
@@ -69,7 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     for variant in VARIANTS:
         cmd = [sys.executable, "-m", "benchmarks.train_step", "--variant", variant] + [
             f"--{k}={v}" for k, v in vars(args).items() if k != "variant"]
-        rows.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
+        try:
+            rows.append(json.loads(run_child(cmd, f"benchmarks.train_step --variant {variant}")))
+        except ChildFailed as exc:
+            print(error_line(f"error: {exc}"), file=sys.stderr)
+            return 2
     print(f"# EDSR-baseline x{args.scale} training step, batch {args.batch} x {args.patch}x{args.patch} LR, "
           f"{args.threads} threads, torch {torch.__version__}, {host_cpu().describe()}")
     for r in rows:

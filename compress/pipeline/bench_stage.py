@@ -115,7 +115,7 @@ def is_large(size: tuple[int, int]) -> bool:
 
 def run_one(artifact: Path, runtime: str, size: tuple[int, int], scale: int, cfg: BenchConfig) -> dict[str, object]:
     runs = cfg.large_runs if is_large(size) else cfg.runs
-    cmd = [sys.executable, "-m", "benchmarks.latency", "--artifact", str(artifact), "--runtime", runtime,
+    cmd = [sys.executable, "-m", "benchmarks.latency", "--artifact", str(artifact.resolve()), "--runtime", runtime,
            "--height", str(size[0]), "--width", str(size[1]), "--scale", str(scale), "--threads", str(cfg.threads),
            "--warmup", str(cfg.warmup), "--runs", str(runs), "--tile", str(cfg.tile)]
     env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads), "TF_CPP_MIN_LOG_LEVEL": "3"}

@@ -3,6 +3,7 @@ import json
 import pytest
 
 from benchmarks.latency import Timing, main, time_calls
+from compress.core.cpu import host_cpu
 from export.onnx_export import export_onnx
 from tests.conftest import tiny_edsr
 
@@ -30,6 +31,7 @@ def test_one_measurement_of_a_tiny_onnx_model(tmp_path, capsys, tile, mode):
     assert row["lr_size"] == [40, 36] and row["out_size"] == [80, 72] and row["runs"] == 3 and row["threads"] == 1
     assert row["mode"].startswith(mode)
     assert 0 < row["min_ms"] <= row["p50_ms"] <= row["p95_ms"]
+    assert row["cpu"] == host_cpu().describe()  # a figure printed alone still names its CPU and features
     assert 0 < row["rss_opened_mb"] <= row["peak_rss_mb"]
 
 

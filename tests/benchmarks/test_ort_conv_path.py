@@ -30,3 +30,14 @@ def test_a_size_that_is_not_hxw_is_a_usage_error(tmp_path, capsys):
     assert exc.value.code == 2
     assert capsys.readouterr().err == ("error: python -m benchmarks.ort_conv_path: argument --size: "
                                        "size must be HxW (e.g. 256x256), got '256'\n")
+
+
+def test_a_timing_process_that_fails_is_one_error_line(int8_models, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys, "executable", "/bin/false")
+    assert main(["--artifact", str(int8_models["edsr"]), "--scale", "2", "--size", "16x16", "--runs", "1",
+                 "--rounds", "1", "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: {int8_models['edsr']}: benchmarks.latency: the process failed (exit status 1): "
+                   "no output on stderr\n")

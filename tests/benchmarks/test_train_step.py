@@ -39,3 +39,11 @@ def test_bad_arguments_are_one_line_and_exit_2(capsys, args, problem):
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.startswith(f"error: python -m benchmarks.train_step: {problem}")
     assert err.count("\n") == 1
+
+
+def test_a_variant_whose_process_fails_is_one_error_line_and_exit_2(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # every child exits 1 with nothing on stderr
+    assert main(SMALL) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == ("error: benchmarks.train_step --variant fp32-nchw: the process failed (exit status 1): "
+                                 "no output on stderr\n")

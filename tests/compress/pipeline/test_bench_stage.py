@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -98,3 +99,16 @@ def test_run_one_times_every_scale_an_artifact_can_have_x1_included(tmp_path):
     onnx_path = export_onnx(tiny_rrdb(1), tmp_path / "rrdb_x1.onnx")  # RRDB x1: pixel unshuffle by 4
     row = run_one(onnx_path, "ort", (16, 16), 1, BenchConfig(runs=1, threads=1))
     assert "error" not in row and row["out_size"] == [16, 16] and row["p50_ms"] > 0
+
+
+def test_a_run_named_relative_to_another_folder_is_timed_there(tmp_path, monkeypatch):
+    """The timing processes start in the repository; a relative artifact path must not be read from there."""
+    from compress.pipeline.bench_stage import run_one
+    from export.onnx_export import export_onnx
+    from tests.conftest import tiny_edsr
+
+    export_onnx(tiny_edsr(2), tmp_path / "run" / "m.onnx")
+    monkeypatch.chdir(tmp_path)
+    row = run_one(Path("run") / "m.onnx", "ort", (8, 8), 2, BenchConfig(runs=1, threads=1))
+    assert "error" not in row, row
+    assert row["artifact"] == str(tmp_path / "run" / "m.onnx") and row["p50_ms"] > 0
