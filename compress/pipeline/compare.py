@@ -73,6 +73,31 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def conditions(report: dict) -> dict[str, str]:
+    """What a report's figures were measured under: scale, CPU with its features, runtime threads
+    (``?`` where its header does not say)."""
+    def part(d: object, key: str) -> object:
+        return d.get(key) if isinstance(d, dict) else None
+
+    head = report.get("header")
+    machine = part(head, "machine")
+    found = {"scale": part(head, "scale"), "CPU": part(machine, "cpu_description") or part(machine, "cpu"),
+             "threads": part(part(head, "bench_config"), "threads")}
+    return {k: "?" if v is None or isinstance(v, (dict, list)) else cell(str(v)) for k, v in found.items()}
+
+
+def header_lines(a: dict, b: dict, names: tuple[str, str]) -> list[str]:
+    """One line per report naming its conditions, and a warning when they differ: a B-A latency delta
+    across CPUs, thread counts or scales is not a difference between the models."""
+    ca, cb = conditions(a), conditions(b)
+    lines = [f"- {label}: {cell(name)}: x{c['scale']}, {c['threads']} threads, {c['CPU']}"
+             for label, name, c in (("A", names[0], ca), ("B", names[1], cb))]
+    differ = [k for k in ca if ca[k] != cb[k]]
+    if differ:
+        lines.append(f"- warning: A and B differ in {', '.join(differ)}; their deltas mix that difference with the models'")
+    return lines + [""]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = opt.Parser(prog="python -m compress.pipeline.compare")
     p.add_argument("a")
@@ -81,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", default="256x256")
     args = p.parse_args(argv)
     try:
-        print(format_table(compare(load_report(args.a), load_report(args.b), args.eval_set, args.size)))
+        a, b = load_report(args.a), load_report(args.b)
+        print("\n".join(header_lines(a, b, (args.a, args.b)) + [format_table(compare(a, b, args.eval_set, args.size))]))
     except InputError as exc:
         print(f"error: {error_line(str(exc))}", file=sys.stderr)
         return 2

@@ -125,6 +125,31 @@ def test_compare_two_reports(tmp_path):
     assert "model_int8_minmax.onnx" in format_table(rows)
 
 
+def test_compare_names_each_reports_conditions_and_warns_when_they_differ(tmp_path, capsys):
+    from compress.pipeline.compare import main
+
+    a, b = synthetic_run(tmp_path / "a"), synthetic_run(tmp_path / "b")
+    latency = b / "40-bench" / "latency.json"
+    bench = json.loads(latency.read_text())
+    bench["config"]["threads"] = 1
+    bench["machine"]["cpu_description"] = "other cpu (avx2)"
+    write_json_atomic(latency, bench)
+    write_report(a)
+    write_report(b)
+    assert main([str(a), str(a)]) == 0
+    same = capsys.readouterr().out.splitlines()
+    assert same[:3] == [f"- A: {a}: x2, 2 threads, test cpu", f"- B: {a}: x2, 2 threads, test cpu", ""]
+    assert main([str(a), str(b)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == f"- B: {b}: x2, 1 threads, other cpu (avx2)"
+    assert lines[2] == "- warning: A and B differ in CPU, threads; their deltas mix that difference with the models'"
+    report = json.loads((a / "50-report" / "report.json").read_text())
+    del report["header"]
+    (tmp_path / "bare.json").write_text(json.dumps(report))
+    assert main([str(tmp_path / "bare.json"), str(a)]) == 0  # a report without a header: '?' and the warning
+    assert capsys.readouterr().out.splitlines()[0] == f"- A: {tmp_path / 'bare.json'}: x?, ? threads, ?"
+
+
 @pytest.mark.parametrize("report, problem", [
     ({}, "rows is not a list"),
     ({"rows": [5]}, r"rows\[0\] is not an object"),
