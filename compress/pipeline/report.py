@@ -311,16 +311,31 @@ def _panel(ax, rows: list[dict], size: str, eval_set: str, colours: dict, target
     ax.grid(alpha=0.3, which="both")
 
 
-def pareto_png(rows: list[dict], size: str = "256x256", eval_set: str = "embedded",
+def front_size(rows: list[dict]) -> str:
+    """The size the front is drawn at: of the sizes the most rows were timed at, the largest (256x256
+    with the default sizes; the large sizes time only the reference and the front)."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        for z in r["latency"]:
+            counts[z] = counts.get(z, 0) + 1
+    if not counts:
+        return "256x256"
+    most = max(counts.values())
+    return max((z for z, n in counts.items() if n == most), key=lambda z: int(z.split("x")[0]) * int(z.split("x")[1]))
+
+
+def pareto_png(rows: list[dict], size: str | None = None, eval_set: str = "embedded",
                targets: tuple[float, ...] = (300.0, 1000.0)) -> bytes:
     """PSNR loss against latency: colour = runtime, marker = technique, the Pareto front drawn and
-    labelled; a second panel at the largest measured size (the 1080p output) with the targets marked."""
+    labelled at ``size`` (default :func:`front_size`); a second panel at the largest measured size
+    (the 1080p output) with the targets marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
+    size = size or front_size(rows)
     sizes = sorted({k for r in rows for k in r["latency"]}, key=lambda s: int(s.split("x")[0]) * int(s.split("x")[1]))
     panels = [size] + ([sizes[-1]] if sizes and sizes[-1] != size else [])
     runtimes = sorted({r["runtime"] for r in rows})
@@ -372,10 +387,12 @@ def _html(run: Path, rows: list[dict], header: dict, md: str) -> str:
 VISUAL_MAX = 6  # artifacts of the front shown as crops
 
 
-def front_crops(run: Path, rows: list[dict], scale: int, size: str = "256x256", eval_set: str = "embedded") -> bytes:
-    """Zoomed crops of the Pareto front (latency at ``size``, dB lost on ``eval_set``), fastest first."""
+def front_crops(run: Path, rows: list[dict], scale: int, size: str | None = None, eval_set: str = "embedded") -> bytes:
+    """Zoomed crops of the Pareto front (latency at ``size``, default :func:`front_size`; dB lost on
+    ``eval_set``), fastest first."""
     from compress.pipeline.visual import front_comparison
 
+    size = size or front_size(rows)
     points = {(r["artifact"], r["runtime"]): (r["latency"][size]["p50_ms"], r["db_lost"][eval_set])
               for r in rows if size in r["latency"] and eval_set in r["db_lost"]}
     front = sorted(pareto_front(points), key=lambda k: points[k][0])

@@ -113,6 +113,19 @@ def test_an_openvino_ir_counts_its_weights_file(tmp_path):
     assert by[("30-export/model_fp32.onnx", "ort")]["size_bytes"] == 100
 
 
+def test_the_front_is_drawn_at_the_largest_size_every_artifact_was_timed_at():
+    from compress.pipeline.report import front_size
+
+    def row(*sizes):
+        return {"latency": {z: {"p50_ms": 1.0} for z in sizes}}
+
+    default = [row("128x128", "256x256", "960x540"), row("128x128", "256x256"), row("128x128", "256x256")]
+    assert front_size(default) == "256x256"
+    no_256 = [row("128x128", "512x512", "960x540"), row("128x128", "512x512"), row("512x512", "128x128")]
+    assert front_size(no_256) == "512x512"  # BENCH_SIZES without 256x256: the plot and crops are not empty
+    assert front_size([row("64x64", "960x540"), row("64x64")]) == "64x64"
+
+
 def test_compare_two_reports(tmp_path):
     a = synthetic_run(tmp_path / "a")
     b = synthetic_run(tmp_path / "b", slow_ms=800.0)
