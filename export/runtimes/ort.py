@@ -105,9 +105,17 @@ def _open_cuda(path: Path, threads: int, scale: int | None) -> Opened:
 
 
 def _cuda() -> bool:
+    """ONNX Runtime's CUDA provider and a GPU to run it on: onnxruntime-gpu lists the provider on any
+    host, so the device is asked of CUDA itself (through PyTorch, which a GPU install has as a CUDA build)."""
     import onnxruntime as ort
 
-    return "CUDAExecutionProvider" in ort.get_available_providers()
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
 
 
 ORT = Runtime("ort", (".onnx",), "onnxruntime", "cpu", _open_cpu, primary=True, host_check=warn_if_saturating,

@@ -267,3 +267,19 @@ def test_full_range_int8_weights_on_a_cpu_without_vnni_are_warned_about(int8_mod
         assert not warn_if_saturating(q, vnni)
         assert not warn_if_saturating(reduced, avx2)
         assert not warn_if_saturating(tmp_path / "edsr.onnx", avx2)  # the float graph
+
+
+def test_ort_cuda_needs_a_gpu_not_only_the_provider(monkeypatch):
+    """onnxruntime-gpu lists its CUDA provider on hosts without a GPU; the bench must not try it there."""
+    import onnxruntime
+    import torch
+
+    from export.runtimes.ort import ORT_CUDA
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert not ORT_CUDA.present()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert ORT_CUDA.present()
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert not ORT_CUDA.present()
