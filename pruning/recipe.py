@@ -91,7 +91,12 @@ class PruneRecipe:
                              f"pruning steps starts at the full rate), got {self.train.warmup_steps}")
         if self.round_to < 1:
             raise ValueError(f"round_to must be >= 1, got {self.round_to}")
-        if self.train.steps < self.schedule.end_step:
+        if self.train.steps <= self.schedule.end_step:
             raise ValueError(
-                f"train.steps ({self.train.steps}) must be >= schedule.end_step ({self.schedule.end_step})"
+                f"train.steps ({self.train.steps}) must be > schedule.end_step ({self.schedule.end_step}): "
+                "the last pruning step needs fine-tuning steps after it to recover"
             )
+        if self.criterion == "taylor" and self.train.distill_weight >= 1.0:
+            raise ValueError("criterion taylor ranks channels by loss gradients, and with train.distill_weight = 1 "
+                             "the loss is the distillation term alone, whose gradient is 0 while the student still "
+                             "equals its teacher: set distill_weight below 1 or use another criterion")

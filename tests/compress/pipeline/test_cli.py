@@ -169,7 +169,7 @@ def test_prune_under_torchrun_reruns_over_an_earlier_run(image_dir, tmp_path):
     recipe = tmp_path / "quick.toml"
     recipe.write_text(f'method = "channel"\ndata = "{image_dir}"\nround_to = 4\n[schedule]\ninitial_sparsity = 0.0\n'
                       'final_sparsity = 0.5\nbegin_step = 0\nend_step = 2\nfrequency = 1\n[patch]\nlr_patch = 8\n'
-                      'batch_size = 4\n[train]\nsteps = 2\nlr = 1e-4\nprecision = "fp32"\n')
+                      'batch_size = 4\n[train]\nsteps = 3\nlr = 1e-4\nprecision = "fp32"\n')
     for _ in range(2):
         proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                                "-m", "--", "compress", "prune", "--run", str(run), "--recipe", str(recipe)],  # as make
@@ -186,7 +186,7 @@ def test_prune_seed_replaces_every_seed_of_the_recipe_in_the_sidecar(image_dir, 
     stage_model(str(save_checkpoint(model, model.cfg, tmp_path / "m.safetensors")), None, run)
     recipe = tmp_path / "quick.toml"
     recipe.write_text(f'method = "unstructured"\ndata = "{image_dir}"\n[schedule]\ninitial_sparsity = 0.0\nfinal_sparsity = 0.5\nbegin_step = 0\n'
-                      'end_step = 2\nfrequency = 1\n[patch]\nlr_patch = 8\nbatch_size = 2\nseed = 1\n[train]\nsteps = 2\n'
+                      'end_step = 2\nfrequency = 1\n[patch]\nlr_patch = 8\nbatch_size = 2\nseed = 1\n[train]\nsteps = 3\n'
                       'lr = 1e-4\nprecision = "fp32"\nseed = 1\n')
     code, _, err = _run(capsys, "prune", "--run", str(run), "--recipe", str(recipe), "--seed", "7")
     assert code == 0, err

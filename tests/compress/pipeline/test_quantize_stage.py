@@ -212,7 +212,7 @@ def test_qat_of_an_unstructured_pruned_source_keeps_its_zeros(tmp_path, image_di
     run_prune(run, from_mapping(PruneRecipe, {
         "method": "unstructured", "data": str(image_dir), "patch": {"lr_patch": 16, "batch_size": 2},
         "schedule": {"initial_sparsity": 0.0, "final_sparsity": 0.5, "begin_step": 0, "end_step": 2, "frequency": 1},
-        "train": {"steps": 2, "lr": 1e-4}}), "sparse")
+        "train": {"steps": 3, "lr": 1e-4}}), "sparse")
     pruned = load_checkpoint(run / "10-prune" / "sparse" / "model.safetensors").model
     zeros = sum(int((p == 0).sum()) for p in pruned.parameters() if p.ndim == 4)
     recipe = from_mapping(QuantRecipe, {
