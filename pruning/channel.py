@@ -44,6 +44,32 @@ def widest_prunable(model: nn.Module, upsample_ratio: float = 0.0) -> int:
     return max(widths, default=0)
 
 
+def emptied_layers(model: nn.Module, trunk_ratio: float, round_to: int, inner_ratio: float | None = None,
+                   upsample_ratio: float = 0.0) -> dict[str, tuple[int, float, int]]:
+    """Layers whose final width, under layer-scope pruning, rounds down to no channel at all.
+
+    torch-pruning keeps ``int(width * (1 - ratio))`` channels, rounded down to a multiple of
+    ``round_to``; at 0 it leaves the whole group as it was, without a word (a 16-channel RRDB growth
+    convolution at ratio 0.5 with ``round_to`` 16). Such a recipe asks for a cut it cannot make.
+
+    Returns:
+        name -> (channels, ratio asked, channels that ratio keeps) for each such layer.
+    """
+    structure = structure_of(model)
+    own = {id(m): inner_ratio for m in structure.inner_convs} if inner_ratio is not None else {}
+    if upsample_ratio > 0:
+        own.update({id(m): upsample_ratio for m in structure.upsample_feature_convs})
+    protected = {id(m) for m in protected_convs(model)}
+    found = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d) and id(m) not in protected:
+            ratio = own.get(id(m), trunk_ratio)
+            kept = int(m.out_channels * (1 - ratio))
+            if ratio > 0 and kept < round_to:
+                found[name] = (m.out_channels, ratio, kept)
+    return found
+
+
 def _per_layer_ratios(model: nn.Module, inner_ratio: float | None,
                       upsample_ratio: float) -> dict[tuple[nn.Module, ...], float] | None:
     """Final ratios for the groups that do not follow the trunk: block interiors and the convolutions

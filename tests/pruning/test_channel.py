@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from compress.core.archs import EDSR, EDSRConfig
-from pruning.channel import Criterion, prune_channels, widest_prunable
+from pruning.channel import Criterion, emptied_layers, prune_channels, widest_prunable
 from pruning.schedule import PolynomialDecay
 from tests.conftest import tiny_edsr, tiny_rrdb, tiny_srcnn
 from tests.pruning.conftest import assert_pruned_model_round_trips
@@ -240,3 +240,23 @@ def test_global_pruning_ranks_the_block_interiors_together(global_pruning):
     inner = [b.conv1.out_channels for b in model.body]
     assert sum(inner) == 32
     assert (inner != [16, 16]) if global_pruning else inner == [16, 16]
+
+
+@pytest.mark.parametrize(("round_to", "growth_after"), [(8, 8), (4, 4)])
+def test_a_round_to_that_empties_a_layer_is_found_before_torch_pruning_silently_keeps_it(round_to, growth_after):
+    """RRDB growth convolutions of 8 at ratio 0.5 keep 4, which round_to 8 floors to 0: torch-pruning then
+    leaves them whole (the recipe's cut is not made), and emptied_layers names them beforehand."""
+    model = tiny_rrdb(4)  # 16 trunk, 8 growth channels
+    found = emptied_layers(model, 0.25, round_to, inner_ratio=0.5)
+    sched = PolynomialDecay(0.0, 0.25, begin_step=0, end_step=0, frequency=1)
+    pruning = prune_channels(model, sched, round_to=round_to, inner_ratio=0.5)
+    for _ in sched.pruning_steps():
+        pruning.step()
+    rdb = model.body[0].rdb1
+    assert {rdb.conv1.out_channels, rdb.conv4.out_channels, model.body[1].rdb3.conv2.out_channels} == {growth_after}
+    if growth_after == 8:  # left whole: every growth convolution, 2 blocks x 3 RDBs x 4, and nothing else
+        assert len(found) == 24 and found["body.0.rdb1.conv1"] == (8, 0.5, 4)
+        assert all(".rdb" in name and not name.endswith("conv5") for name in found)
+    else:
+        assert found == {}
+    assert model.conv_first.out_channels == {8: 8, 4: 12}[round_to]  # the trunk: 16 at 0.25 keeps 12, floored

@@ -339,6 +339,21 @@ def test_a_channel_round_to_that_prunes_nothing_is_refused(tmp_path, capsys):
     assert not (run / "10-prune").exists()
 
 
+def test_a_channel_round_to_that_empties_some_layers_is_refused(tmp_path, capsys):
+    """torch-pruning would leave those layers whole, so the recipe's ratio for them would not be made."""
+    from compress.pipeline.cli import main
+
+    run = _tiny_run(tmp_path)  # 16 trunk channels, 16 in each block's conv1
+    recipe = tmp_path / "deep.toml"
+    recipe.write_text((REPO / "pruning/recipes/quick.toml").read_text().replace(
+        "round_to = 8", "round_to = 8\ninner_final_sparsity = 0.75"))
+    assert main(["prune", "--run", str(run), "--recipe", str(recipe)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {recipe}: round_to 8 rounds 2 layer(s) down to no channel, which torch-pruning would leave whole "
+        "instead (first: body.0.conv1, 16 channels at ratio 0.75 keep 4); use round_to <= 4 or a smaller ratio for them\n")
+    assert not (run / "10-prune").exists()
+
+
 def test_a_calibration_patch_no_image_fits_is_refused_before_writing(tmp_path, capsys):
     from compress.pipeline.cli import main
 
