@@ -78,8 +78,16 @@ class MagnitudePruning:
         return {name: float((conv.weight == 0).float().mean()) for name, conv in self.layers}
 
     def overall_sparsity(self) -> float:
+        """Zeros among the weights of the pruned layers (the first and last convolutions and biases not
+        counted; :func:`conv_weight_sparsity` counts the whole model's convolution weights)."""
         zeros = sum(int((c.weight == 0).sum()) for _, c in self.layers)
         return zeros / max(sum(c.weight.numel() for _, c in self.layers), 1)
+
+
+def conv_weight_sparsity(model: nn.Module) -> float:
+    """Zeros among all convolution weights of ``model`` (those left dense included), as the file holds them."""
+    weights = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d)]
+    return sum(int((w == 0).sum()) for w in weights) / max(sum(w.numel() for w in weights), 1)
 
 
 def prune_low_magnitude(

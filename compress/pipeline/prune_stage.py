@@ -23,7 +23,7 @@ from compress.core.train import fit, training_loss
 from compress.core.train_config import TrainConfig
 from export.onnx_export import export_checked
 from pruning.channel import Criterion, prune_channels
-from pruning.magnitude import prune_low_magnitude, strip_pruning
+from pruning.magnitude import conv_weight_sparsity, prune_low_magnitude, strip_pruning
 from pruning.recipe import PruneRecipe
 
 
@@ -146,6 +146,7 @@ def _record(recipe: PruneRecipe, pruned: LoadedModel, scale: int, ckpt: Path, ba
         "macs_256x256": count_macs(pruned.model),
         "macs_256x256_before": base_side.get("macs_256x256"),
         "storage": {**storage_bytes(pruned.model), "gzip_file_bytes": gzip_bytes(ckpt)},
+        "conv_weight_sparsity": round(conv_weight_sparsity(pruned.model), 4),
         "storage_before": storage_before,
         "speedup_note": "unstructured zeros do not run faster in dense runtimes (ONNX Runtime, TFLite); only storage shrinks"
         if recipe.method == "unstructured" else "channels are removed: dense runtimes do less work",

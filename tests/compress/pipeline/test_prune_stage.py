@@ -46,6 +46,10 @@ def test_prune_stage_writes_checkpoint_onnx_and_sidecar(run_dir, image_dir, meth
     else:
         assert side["overall_sparsity"] == pytest.approx(0.5, abs=0.01)
         assert all(v == pytest.approx(0.5, abs=0.001) for v in side["layer_sparsity"].values())  # each layer at 0.5
+        weights = [p for p in loaded.model.parameters() if p.ndim == 4]  # the file's, first and last convs included
+        whole = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+        assert side["conv_weight_sparsity"] == pytest.approx(whole, abs=1e-4)
+        assert side["conv_weight_sparsity"] < side["overall_sparsity"]  # the dense first and last convolutions
         assert side["macs_256x256"] == side["macs_256x256_before"]
         assert side["storage"]["sparse_bitmap_bytes"] < side["storage_before"]["sparse_bitmap_bytes"]
     assert (run_dir / "00-model" / "model.safetensors").is_file()  # the input is never edited

@@ -126,6 +126,14 @@ def test_the_front_is_drawn_at_the_largest_size_every_artifact_was_timed_at():
     assert front_size([row("64x64", "960x540"), row("64x64")]) == "64x64"
 
 
+def test_the_sparsity_column_is_the_whole_files(tmp_path):
+    run = synthetic_run(tmp_path)
+    int8 = run / "20-quantize" / "model" / "model_int8_minmax.onnx"
+    _side(int8, {"format": "onnx-qdq-int8", "quality": _q(29.9), "overall_sparsity": 0.5, "conv_weight_sparsity": 0.4731})
+    rows, _ = build_rows(run)
+    assert next(r for r in rows if r["artifact"].endswith("model_int8_minmax.onnx"))["sparsity"] == 0.4731
+
+
 def test_compare_two_reports(tmp_path):
     a = synthetic_run(tmp_path / "a")
     b = synthetic_run(tmp_path / "b", slow_ms=800.0)
