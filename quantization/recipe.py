@@ -93,6 +93,10 @@ class QuantRecipe:
                              "whether the QAT model is kept")
         if self.qat_calibration not in (*METHODS, "auto"):
             raise ValueError(f"qat_calibration must be one of {(*METHODS, 'auto')}, got {self.qat_calibration!r}")
+        if (self.qat or self.nncf.qat) and self.qat_calibration not in (*self.ptq_methods, "auto"):
+            raise ValueError(f"qat_calibration {self.qat_calibration!r} is not in ptq_methods {list(self.ptq_methods)}: "
+                             "the PTQ model QAT starts from would be neither reported nor delivered, even where it "
+                             "scores best; add it to ptq_methods")
         Int8Options(float_op_types=self.float_op_types)  # validates the operator types
         if self.qat and "Mul" in self.float_op_types:
             raise ValueError("float_op_types: 'Mul' with qat = true: the ORT QAT (quantization.qat) requantizes "

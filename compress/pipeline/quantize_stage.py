@@ -13,7 +13,7 @@ from PIL import Image
 
 from compress.core.checkpoint import LoadedModel, load_checkpoint
 from compress.core.data import ImagePair, list_images, load_pair, random_patches
-from compress.core.default_data import split_paths, training_images, training_pairs
+from compress.core.default_data import WALLPAPER_MAX_SIDE, split_paths, training_images, training_pairs, wallpaper_paths
 from compress.core.distributed import is_writer, rank0_value
 from compress.core.errors import InputError, first_line
 from compress.core.evaluate import eval_sets, evaluate, psnr_delta_db, quality
@@ -25,7 +25,7 @@ from export.runtimes import open_upscaler, ort_upscaler, runtime
 from export.onnx_export import export_onnx, parity
 from export.onnx_tail import recorded_rewrites
 from pruning.magnitude import freeze_zeros
-from quantization.calibration import PatchCalibrationReader, iter_patches
+from quantization.calibration import CalibrationConfig, PatchCalibrationReader, iter_patches
 from quantization.nncf_ptq import nncf_quantize
 from quantization.nncf_qat import prepare_nncf_qat, qat_ir
 from quantization.ptq import (Calibration, Int8Options, calibrate, cpu_has_vnni, kernel_report, preprocess, quantize,
@@ -66,11 +66,14 @@ def _calibration_paths(recipe: QuantRecipe) -> list[Path]:
 
 
 def checked_images(recipe: QuantRecipe, scale: int) -> list[Path]:
-    """The calibration images, once the QAT training folder (when a QAT will run) is known to hold images
-    too and one calibration image is large enough for a patch (read from the file headers): a missing
-    or empty folder, or a patch no image fits, is refused before the stage writes anything."""
-    if recipe.qat or recipe.nncf.qat or recipe.tflite_qat.enabled:
-        training_images(recipe.data)
+    """The calibration images, once the QAT training images (when a QAT will run) are known to exist and
+    each to fit its QAT patch, and one calibration image is large enough for a patch (all read from the
+    file headers): a missing or empty folder, or a patch an image does not fit, is refused before the
+    stage replaces the earlier results and runs its PTQs."""
+    patches = [recipe.patch.lr_patch] if recipe.qat or recipe.nncf.qat else []
+    patches += [recipe.tflite_qat.patch.lr_patch] if recipe.tflite_qat.enabled else []
+    if patches:
+        _check_training_sizes(recipe.data, scale, max(patches))
     paths = _calibration_paths(recipe)
     side = recipe.calibration.lr_patch * scale
     if not any(min(_header_size(p)) >= side for p in paths[: recipe.calibration.max_images or None]):
@@ -78,6 +81,21 @@ def checked_images(recipe: QuantRecipe, scale: int) -> list[Path]:
         raise InputError(f"{where}: no image fits an LR patch of {recipe.calibration.lr_patch} px at x{scale} "
                          f"(needs {side}x{side} px); got: {', '.join(p.name for p in paths[:5])}")
     return paths
+
+
+def _check_training_sizes(data: str, scale: int, lr_patch: int) -> None:
+    """Each QAT training image's LR size, from its header, against the patch (as random_patches checks it
+    once the images are decoded, by then after every PTQ); the default wallpapers are shrunk first."""
+    walls = set(wallpaper_paths()) if data == "default" else set()
+    for path in training_images(data):
+        w, h = _header_size(path)
+        if path in walls and max(w, h) > WALLPAPER_MAX_SIDE:
+            f = WALLPAPER_MAX_SIDE / max(w, h)
+            w, h = round(w * f), round(h * f)
+        if min(w, h) // scale < lr_patch:
+            raise InputError(f"{path}: LR image {w // scale}x{h // scale} at x{scale} is smaller than the "
+                             f"{lr_patch}x{lr_patch} QAT patch; use a smaller patch lr_patch in the recipe or "
+                             "remove the image")
 
 
 def _header_size(path: Path) -> tuple[int, int]:
@@ -89,12 +107,15 @@ def _header_size(path: Path) -> tuple[int, int]:
         raise InputError(f"{path}: not a readable image ({first_line(exc)})") from None
 
 
-def _centre_crops(paths: list[Path], scale: int) -> list[ImagePair]:
-    """Centre crops of each calibration image, decoded one at a time (only the crops are kept)."""
+def _centre_crops(paths: list[Path], scale: int, cfg: CalibrationConfig) -> list[ImagePair]:
+    """Centre crops of the calibration images the calibration draws from (:func:`iter_patches`: the
+    first ``max_images``, those that fit a patch), decoded one at a time (only the crops are kept)."""
     out = []
-    for path in paths:
+    for path in paths[: cfg.max_images or None]:
         p = load_pair(path, scale)
         h, w = p.lr.shape[:2]
+        if h < cfg.lr_patch or w < cfg.lr_patch:
+            continue
         s = min(SCORE_CROP, h, w)
         y, x = (h - s) // 2, (w - s) // 2
         out.append(ImagePair(p.name, p.hr[y * scale:(y + s) * scale, x * scale:(x + s) * scale].copy(),
@@ -162,7 +183,7 @@ def _fine_tune(model: torch.nn.Module, loaded: LoadedModel, recipe: QuantRecipe,
     """
     pairs = training_pairs(recipe.data, loaded.scale)
     teacher = loaded.model.eval() if recipe.train.uses_teacher else None
-    val = _centre_crops(_calibration_paths(recipe), loaded.scale) if recipe.train.val_every else ()
+    val = _centre_crops(_calibration_paths(recipe), loaded.scale, recipe.calibration) if recipe.train.val_every else ()
     cfg = qat_train_config(recipe.train)  # FP32 unless the recipe asks for bf16: QAT simulates integer arithmetic
     held = freeze_zeros(model)
     try:
@@ -280,7 +301,7 @@ def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_ev
         fp32 = export_onnx(loaded.model, out_dir / "model_fp32.onnx")
         pre = preprocess(fp32, out_dir / "model_fp32_pre.onnx")
         ref_quality = quality(ort_upscaler(fp32), sets, scale)
-        score_pairs = _centre_crops(reader.paths, scale)
+        score_pairs = _centre_crops(reader.paths, scale, recipe.calibration)
         score = lambda path: evaluate(open_upscaler(path), score_pairs, scale).psnr_y_db  # noqa: E731
         rr = reduce_weight_range(recipe.weight_range)
         opts = Int8Options(reduce_range=rr, float_op_types=recipe.float_op_types)

@@ -25,6 +25,9 @@ def test_recipe_validation_and_shipped_recipe():
         from_mapping(QuantRecipe, {"percentile": 100.0})
     with pytest.raises(InputError, match=r"qat_calibration must be one of"):
         from_mapping(QuantRecipe, {"qat_calibration": "mse"})
+    with pytest.raises(InputError, match=r"qat_calibration 'percentile' is not in ptq_methods \['minmax'\]: the PTQ"):
+        from_mapping(QuantRecipe, {"ptq_methods": ["minmax"], "qat_calibration": "percentile"})
+    assert from_mapping(QuantRecipe, {"ptq_methods": ["minmax"], "qat_calibration": "percentile", "qat": False}).qat is False
     with pytest.raises(InputError, match=r"nncf.activation_ranges must be one of"):
         from_mapping(QuantRecipe, {"nncf": {"activation_ranges": "kl"}})
     with pytest.raises(InputError, match=r"train.feature_distill_weight must be 0 for QAT"):

@@ -372,6 +372,28 @@ def test_a_calibration_patch_no_image_fits_is_refused_before_writing(tmp_path, c
     assert not (run / "20-quantize").exists()
 
 
+@pytest.mark.parametrize(("qat", "tflite"), [("true", "false"), ("false", "true")])
+def test_a_qat_patch_a_training_image_does_not_fit_is_refused_before_the_ptqs(tmp_path, capsys, qat, tflite):
+    """Found from the headers: the earlier results stay, and no PTQ runs first to fail after it."""
+    from compress.pipeline.cli import main
+
+    run = _tiny_run(tmp_path)
+    earlier = run / "20-quantize" / "model" / "model_int8_minmax.onnx"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(b"an earlier result")
+    (tmp_path / "mine").mkdir()
+    write_image(tmp_path / "mine" / "big.png", (128, 128))
+    small = write_image(tmp_path / "mine" / "small.png", (100, 60))
+    recipe = tmp_path / "q.toml"
+    recipe.write_text(f"ptq_methods = [\"minmax\"]\nmixed_precision = false\nqat = {qat}\ndata = \"{tmp_path / 'mine'}\"\n"
+                      f"[nncf]\nenabled = false\n[patch]\nlr_patch = 40\n[tflite_qat]\nenabled = {tflite}\n"
+                      "[tflite_qat.patch]\nlr_patch = 40\n")
+    assert main(["quantize", "--run", str(run), "--recipe", str(recipe)]) == 2
+    assert capsys.readouterr().err == (f"error: {small}: LR image 50x30 at x2 is smaller than the 40x40 QAT patch; "
+                                       "use a smaller patch lr_patch in the recipe or remove the image\n")
+    assert earlier.read_bytes() == b"an earlier result"
+
+
 @pytest.mark.parametrize("source", ["prune/../../elsewhere/00-model", "prune/", "bogus"])
 def test_quantize_sources_stay_inside_the_run(tmp_path, capsys, source):
     from compress.pipeline.cli import main

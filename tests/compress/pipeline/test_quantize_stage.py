@@ -229,3 +229,18 @@ def test_qat_of_an_unstructured_pruned_source_keeps_its_zeros(tmp_path, image_di
     int8 = [numpy_helper.to_array(t) for t in onnx.load(str(out / "model_int8_qat.onnx")).graph.initializer
             if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4]
     assert sum(int((w == 0).sum()) for w in int8) >= zeros
+
+
+def test_the_scoring_crops_come_from_the_images_the_calibration_draws_from(tmp_path):
+    """max_images and the patch filter of iter_patches hold for the crops every choice is scored on."""
+    from compress.pipeline.quantize_stage import _centre_crops
+    from quantization.calibration import CalibrationConfig, iter_patches
+    from tests.conftest import write_image
+
+    paths = [write_image(tmp_path / "a.png", (200, 160)), write_image(tmp_path / "b.png", (40, 40)),
+             write_image(tmp_path / "c.png", (200, 160)), write_image(tmp_path / "d.png", (200, 160))]
+    cfg = CalibrationConfig(lr_patch=32, patches_per_image=1, max_images=3)
+    crops = _centre_crops(paths, 2, cfg)
+    assert [c.name for c in crops] == ["a", "c"]  # b's LR (20x20) fits no patch, d is past max_images
+    assert len(list(iter_patches(paths, 2, cfg))) == len(crops)
+    assert crops[0].lr.shape == (80, 80, 3) and crops[0].hr.shape == (160, 160, 3)  # min(SCORE_CROP, 100, 80)
