@@ -34,6 +34,9 @@ TRAIN_PY = $(if $(NPROC),$(VENV)/bin/torchrun --standalone --nproc-per-node $(NP
 STAMP := $(VENV)/.installed
 EVAL_ARGS := $(foreach d,$(EVAL),--eval $(d))
 MODEL_ARG := $(if $(MODEL),--model $(MODEL),)
+# a SCALE the user did not give is only what the run is named for: the checkpoint's own scale must match it,
+# and weights that do not record their scale (SRCNN's) are refused rather than read at the default
+SCALE_ARG := $(if $(filter file,$(origin SCALE)),--expect-scale,--scale) $(SCALE)
 
 .PHONY: venv model train train-data serve browser-deps prune quantize export bench bench-pytest report compare bars all test clean
 venv: $(STAMP)
@@ -48,7 +51,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 model: venv
-	$(PY) -m compress model $(MODEL_ARG) --arch $(ARCH) --scale $(SCALE) --run $(RUN) $(EVAL_ARGS)
+	$(PY) -m compress model $(MODEL_ARG) --arch $(ARCH) $(SCALE_ARG) --run $(RUN) $(EVAL_ARGS)
 
 # Trains the default models per compress/recipes/ (EDSR x3 and x4 start from the x2 weights, as EDSR
 # does; the compact RRDB x4 trains from scratch). ARCH=rrdb runs the pipeline on the RRDB default (SCALE 4).

@@ -20,8 +20,10 @@ def _dry(*args: str) -> str:
 
 
 def test_arch_rrdb_defaults_to_the_shipped_scale():
-    assert "--arch rrdb --scale 4 --run artifacts/run-rrdb-x4" in _dry("model", "ARCH=rrdb", "VENV=.venv")
-    assert "--arch edsr --scale 2 --run artifacts/run-x2" in _dry("model", "VENV=.venv")
+    # a default SCALE is what the run is named for, checked against the checkpoint (--expect-scale); a given one is asked for
+    assert "--arch rrdb --expect-scale 4 --run artifacts/run-rrdb-x4" in _dry("model", "ARCH=rrdb", "VENV=.venv")
+    assert "--arch edsr --expect-scale 2 --run artifacts/run-x2" in _dry("model", "VENV=.venv")
+    assert "--model m.pth --arch edsr --expect-scale 2 --run" in _dry("model", "MODEL=m.pth", "VENV=.venv")
     assert "--arch rrdb --scale 2 --run artifacts/run-rrdb-x2" in _dry("model", "ARCH=rrdb", "SCALE=2", "VENV=.venv")
 
 

@@ -69,8 +69,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_model(args: argparse.Namespace) -> int:
     from compress.pipeline.model_stage import stage_model
 
-    print(json.dumps(stage_model(args.model or None, args.scale, Path(args.run), args.eval or None, args.arch),
-                     indent=2, default=str))
+    print(json.dumps(stage_model(args.model or None, args.scale, Path(args.run), args.eval or None, args.arch,
+                                 args.expect_scale), indent=2, default=str))
     return 0
 
 
@@ -207,6 +207,8 @@ def _add_stages(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--model", default="", help="checkpoint (default: the shipped default for --arch and --scale)")
     s.add_argument("--arch", choices=SHIPPED_ARCHS, default="edsr", help="which shipped default (without --model)")
     s.add_argument("--scale", type=opt.scale, default=None)
+    s.add_argument("--expect-scale", type=opt.scale, default=None,
+                   help="without --scale: the scale the run is for (make's default SCALE); another is refused")
     s.add_argument("--run", type=opt.folder, required=True, help="run folder, e.g. artifacts/run-x2")
     s.add_argument("--eval", action="append", default=[], help="extra evaluation folder(s)")
     s.set_defaults(func=_cmd_model)

@@ -31,14 +31,23 @@ def refuse_another_baseline(run: Path, src: Path) -> None:
 
 
 def stage_model(model: str | None, scale: int | None, run: Path, extra_eval: list[str] | None = None,
-                arch: str = "edsr") -> dict[str, object]:
+                arch: str = "edsr", expect_scale: int | None = None) -> dict[str, object]:
     """Take the input checkpoint (default: the shipped ``arch`` model) into ``run`` as the FP32 baseline.
 
+    Args:
+        scale: the scale asked for (a checkpoint that does not record its scale, SRCNN's, is read at it).
+        expect_scale: without ``scale``, the scale the run is named for (``make``'s default ``SCALE``): a
+            checkpoint of another scale is refused, and one that does not record its scale needs ``scale``.
+
     Raises:
-        InputError: ``run`` holds later stages' artifacts of another baseline (:func:`refuse_another_baseline`).
+        InputError: ``run`` holds later stages' artifacts of another baseline (:func:`refuse_another_baseline`),
+            or the checkpoint is not of ``expect_scale``.
     """
-    src = Path(model) if model else default_checkpoint(scale or default_scale(arch), arch)
+    src = Path(model) if model else default_checkpoint(scale or expect_scale or default_scale(arch), arch)
     loaded: LoadedModel = load_checkpoint(src, scale)
+    if scale is None and expect_scale is not None and loaded.scale != expect_scale:
+        raise InputError(f"{src}: checkpoint is a x{loaded.scale} {loaded.arch} model, but the run is for the default "
+                         f"scale x{expect_scale}; give SCALE={loaded.scale} (--scale {loaded.scale})")
     refuse_another_baseline(run, src)
     sets = eval_sets(loaded.scale, extra_eval)
     out = path_of(run, "baseline")

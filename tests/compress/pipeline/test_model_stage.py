@@ -43,3 +43,23 @@ def test_a_sidecar_that_cannot_be_written_leaves_no_baseline(tmp_path):
     with pytest.raises(InputError, match="model.safetensors.json: cannot write"):
         stage_model(_checkpoint(tmp_path / "a.pt", 0), None, run)
     assert not baseline.exists()
+
+
+def test_make_s_default_scale_is_checked_not_imposed(tmp_path):
+    """``make model MODEL=...`` without SCALE passes --expect-scale: the file's own scale must match the run,
+    and SRCNN weights (which do not record a scale) are refused instead of being read as x2."""
+    from tests.conftest import tiny_srcnn
+
+    x4 = tmp_path / "edsr_x4.pt"
+    torch.save(as_layout(tiny_edsr(4), "edsr-official"), x4)
+    with pytest.raises(InputError, match=rf"^{x4}: checkpoint is a x4 edsr model, but the run is for the default "
+                                         r"scale x2; give SCALE=4 \(--scale 4\)$"):
+        stage_model(str(x4), None, tmp_path / "run-x2", expect_scale=2)
+    assert not (tmp_path / "run-x2").exists()
+    assert stage_model(str(x4), None, tmp_path / "run-x4", expect_scale=4)["artifact"].endswith("model.safetensors")
+    srcnn = tmp_path / "srcnn_x3.pth"
+    torch.save(as_layout(tiny_srcnn(3, 1), "srcnn"), srcnn)
+    with pytest.raises(InputError, match=r"--scale"):
+        stage_model(str(srcnn), None, tmp_path / "run-srcnn", expect_scale=2)
+    assert stage_model(str(srcnn), 3, tmp_path / "run-srcnn")["artifact"]  # SCALE=3 given: read at x3
+    assert read_sidecar(tmp_path / "run-srcnn" / "00-model" / "model.safetensors")["scale"] == 3
