@@ -288,11 +288,18 @@ def from_state_dict(sd: dict[str, torch.Tensor], scale: int | None, path: Path,
         raise InputError(f"{path}: metadata outside the {layout.arch} model's bounds ({_first_line(exc)})") from exc
     if scale is not None and cfg.scale != scale:
         raise InputError(f"{path}: checkpoint is a x{cfg.scale} {layout.arch} model, but scale {scale} was {scale_from}")
-    with torch.device("meta"):
-        skeleton = build_model(cfg)
+    try:
+        with torch.device("meta"):
+            skeleton = build_model(cfg)
+    except (RuntimeError, ValueError, OverflowError) as exc:  # widths read from shapes no tensor can hold
+        raise InputError(f"{path}: layout {layout.name}: the {layout.arch} model its shapes describe cannot be "
+                         f"built ({_first_line(exc)})") from exc
     _check_shapes(skeleton, canon, path, layout.name)
     model = build_model(cfg)
-    model.load_state_dict({k: v.float() for k, v in canon.items()}, strict=False)
+    own = model.state_dict()  # the model's own tensors; each is filled in place, converted one at a time, so a
+    with torch.no_grad():  # half-precision file never has a whole FP32 copy of itself beside the model
+        for key, value in canon.items():
+            own[key].copy_(value)
     model.eval()
     return LoadedModel(model=model, arch=layout.arch, config=cfg, layout=layout.name, path=path)
 

@@ -184,13 +184,16 @@ def _edsr_range(sd: StateDict) -> float:
     for name in ("sub_mean", "add_mean"):
         weight = sd.get(f"{name}.weight")
         if weight is not None and (weight.shape != eye.shape or not torch.allclose(weight.double(), eye, atol=1e-4)):
-            raise ValueError(f"{name}.weight is not the identity (an rgb_std other than 1 is not supported)")
+            raise ValueError(f"{name}.weight is not the identity: an rgb_std other than 1, or a mean shift trained "
+                             "along with the model (EDSR-PyTorch before its November 2018 MeanShift fix), which this "
+                             "loader cannot represent")
     bias = sd["add_mean.bias"].double().flatten()
     sub = sd.get("sub_mean.bias", -bias).double().flatten()
     if bias.numel() != 3 or sub.numel() != 3:
         raise ValueError(f"mean shifts of {bias.numel()} and {sub.numel()} values; an RGB EDSR has 3")
     if not torch.allclose(sub, -bias, atol=1e-3):
-        raise ValueError("sub_mean.bias is not the negative of add_mean.bias")
+        raise ValueError("sub_mean.bias is not the negative of add_mean.bias (a mean shift trained along with the "
+                         "model, as EDSR-PyTorch's before November 2018, cannot be represented)")
     return 255.0 if float(bias.abs().max()) > 1.5 else 1.0
 
 

@@ -385,3 +385,30 @@ def test_a_zip_checkpoint_zipfile_cannot_list_is_left_to_torch_load(tmp_path):
     data[central + 6:central + 8] = (88).to_bytes(2, "little")  # "version needed": zipfile raises NotImplementedError
     path.write_bytes(bytes(data))
     assert load_checkpoint(path).scale == 2  # torch's reader takes it; the bomb check must not crash on it
+
+
+@pytest.mark.parametrize("make", [lambda: tiny_edsr(2), lambda: tiny_rrdb(4)])
+def test_a_width_no_tensor_can_hold_is_an_input_error_not_an_internal_one(tmp_path, make):
+    """A zero-element conv_first of 2^31 outputs declares a trunk whose next weight overflows int64 on the
+    meta device: one InputError, as for every other impossible shape."""
+    sd = {k: v.clone() for k, v in make().state_dict().items() if k != "mean"}
+    sd["conv_first.weight"] = torch.empty(2**31, 3, 0, 3)
+    path = tmp_path / "wide.pth"
+    torch.save(sd, path)
+    with pytest.raises(InputError, match=rf"^{path}: layout \S+: the \w+ model its shapes describe cannot be built \("):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize(("key", "problem"), [
+    ("sub_mean.weight", r"sub_mean.weight is not the identity: an rgb_std other than 1, or a mean shift trained"),
+    ("sub_mean.bias", r"sub_mean.bias is not the negative of add_mean.bias \(a mean shift trained along with"),
+])
+def test_an_edsr_whose_mean_shift_was_trained_is_refused_with_that_cause(tmp_path, key, problem):
+    """EDSR-PyTorch's MeanShift set ``self.requires_grad = False`` (a no-op) until November 2018, so files
+    trained with it have moved mean shifts; the message says so rather than only blaming rgb_std."""
+    sd = as_layout(tiny_edsr(2), "edsr-official")
+    sd[key] = sd[key] * 1.02
+    path = tmp_path / "edsr_2018.pt"
+    torch.save(sd, path)
+    with pytest.raises(InputError, match=problem):
+        load_checkpoint(path)
