@@ -167,7 +167,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def unwrap_state_dict(obj: dict[str, object], path: Path) -> dict[str, torch.Tensor]:
-    """Strip training wrappers and ``module.`` prefixes; keep tensors only."""
+    """Strip training wrappers and ``module.`` / ``_orig_mod.`` prefixes; keep tensors only."""
     for _ in range(3):
         for key in WRAPPER_KEYS:
             inner = obj.get(key)
@@ -181,8 +181,9 @@ def unwrap_state_dict(obj: dict[str, object], path: Path) -> dict[str, torch.Ten
     sd = {k: v.detach() for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if not sd:
         raise InputError(f"{path}: no tensors found; top-level keys: {sorted(map(str, obj))[:10]}")
-    if all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
+    for prefix in ("module.", "_orig_mod."):  # DDP / DataParallel, then torch.compile (DDP of a compiled model)
+        if all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items()}
     return sd
 
 

@@ -68,6 +68,14 @@ def test_wrappers_and_module_prefix(tmp_path, wrapper):
     assert loaded.arch == "rrdb" and loaded.scale == 4
 
 
+@pytest.mark.parametrize("prefix", ["_orig_mod.", "module._orig_mod."])
+def test_a_compiled_models_prefix_is_removed(tmp_path, prefix):
+    """torch.compile saves ``_orig_mod.`` before every key, and DDP of a compiled model ``module._orig_mod.``."""
+    sd = {prefix + k: v for k, v in as_layout(tiny_edsr(2), "edsr-basicsr").items()}
+    loaded = load_checkpoint(_save(tmp_path, sd))
+    assert loaded.arch == "edsr" and loaded.scale == 2 and loaded.layout == "edsr-basicsr"
+
+
 def test_a_release_with_params_and_params_ema_loads_the_ema_weights(tmp_path):
     ema, raw = tiny_rrdb(4, seed=1), tiny_rrdb(4, seed=2)  # BasicSR saves both; it tests with the EMA
     path = _save(tmp_path, {"params": as_layout(raw, "rrdb-basicsr"), "params_ema": as_layout(ema, "rrdb-basicsr")})
