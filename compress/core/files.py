@@ -238,12 +238,38 @@ def write_sidecar(artifact: str | Path, record: dict[str, object],
         source: the input it was made from: a path (see :func:`source_block`) or a ready block.
     """
     artifact = Path(artifact)
-    full: dict[str, object] = {"schema_version": SIDECAR_SCHEMA, "artifact": artifact.name,
-                               "size_bytes": artifact.stat().st_size, "sha256": sha256_file(artifact)}
+    return write_json_atomic(sidecar_path(artifact), _sidecar_record(artifact, artifact.name, record, source))
+
+
+def _sidecar_record(data: Path, name: str, record: dict[str, object],
+                    source: str | Path | dict[str, object] | None) -> dict[str, object]:
+    """The sidecar of the bytes in ``data``, for the artifact named ``name``."""
+    full: dict[str, object] = {"schema_version": SIDECAR_SCHEMA, "artifact": name,
+                               "size_bytes": data.stat().st_size, "sha256": sha256_file(data)}
     if source is not None:
         full["source"] = source if isinstance(source, dict) else source_block(source)
     full.update(record)
-    return write_json_atomic(sidecar_path(artifact), full)
+    return full
+
+
+def replace_pair(staged: str | Path, artifact: str | Path, record: dict[str, object]) -> Path:
+    """Move ``staged`` (a finished file in ``artifact``'s folder) over ``artifact`` together with its sidecar.
+
+    The sidecar is made first (describing ``staged``'s bytes under ``artifact``'s name; NaN refused, as
+    :func:`write_json_atomic` refuses it) and written beside ``staged``; then both are renamed with
+    SIGINT and SIGTERM held. A failure or an interruption before that leaves the old pair as it was,
+    which matters when a run writes over the very checkpoint it started from.
+    """
+    staged, artifact = Path(staged), Path(artifact)
+    text = json.dumps(_sidecar_record(staged, artifact.name, record, None), indent=2, default=str, allow_nan=False)
+    side = write_text_atomic(sidecar_path(staged), text + "\n")
+    with signals_held():
+        try:
+            os.replace(staged, artifact)
+            os.replace(side, sidecar_path(artifact))
+        except OSError as exc:
+            raise WriteError(artifact, str(exc.strerror or exc)) from None
+    return artifact
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -19,7 +20,8 @@ from compress.core.archs import ARCHITECTURES, architecture
 from compress.core.data import PatchConfig, list_images, load_pairs, random_patches
 from compress.core.default_data import WALLPAPER_MAX_SIDE, training_images, training_pairs, validation_paths
 from compress.core.errors import InputError, first_line
-from compress.core.files import read_json_object, read_sidecar, sha256_file, sidecar_path, write_json_atomic, write_sidecar
+from compress.core.files import (read_json_object, read_sidecar, replace_pair, sha256_file, sidecar_path,
+                                 write_json_atomic)
 from compress.core.recipe import shown, to_dict
 from compress.core.train import fit
 from compress.core.train_config import TrainConfig
@@ -223,6 +225,7 @@ def train_model(recipe: TrainRecipe, out: Path, device: str = "cpu", recipe_file
     beats the checkpoint's; otherwise nothing is written (``written`` is false in the returned record),
     so repeated runs can only improve a shipped model.
     """
+    torch.manual_seed(recipe.train.seed)  # the initial weights too follow the recipe's (or --seed's) seed
     model = build_model(recipe.model_config())
     copied = init_matching(model, recipe.init_from, recipe.arch) if recipe.init_from and not continue_from else []
     val_files = validation_images(recipe.data, recipe.val_data)
@@ -245,8 +248,10 @@ def train_model(recipe: TrainRecipe, out: Path, device: str = "cpu", recipe_file
     if not is_writer():  # under torchrun rank 0 alone validates, decides and writes
         return {"stage": "train", "written": False, "rank": ranks().rank, "steps_done": log.steps_done}
     if not all(torch.isfinite(p).all() for p in model.parameters()):
+        resume.unlink(missing_ok=True)  # it may hold the diverged weights: a rerun starts afresh
+        meta.unlink(missing_ok=True)
         raise InputError(f"training diverged: NaN weights; lower train.lr in {recipe_file or 'the recipe'} "
-                         "(or give a lower --lr)")
+                         "(or give a lower --lr); its resume file was removed")
     record: dict[str, object] = {
         "stage": "train",
         "recipe_file": recipe_file,
@@ -277,8 +282,13 @@ def train_model(recipe: TrainRecipe, out: Path, device: str = "cpu", recipe_file
         meta.unlink(missing_ok=True)
         if not record["written"]:
             return record
-    save_checkpoint(model, recipe.model_config(), out, metadata={"stage": "train", "recipe": to_dict(recipe)})
-    write_sidecar(out, record)
+    staged = out.with_name(f".{out.name}.{os.getpid()}.new")  # weights and sidecar replace the old pair together:
+    try:  # ``out`` is often the checkpoint the run continued from
+        save_checkpoint(model, recipe.model_config(), staged, metadata={"stage": "train", "recipe": to_dict(recipe)})
+        replace_pair(staged, out, record)
+    finally:
+        for leftover in (staged, sidecar_path(staged)):
+            leftover.unlink(missing_ok=True)
     resume.unlink(missing_ok=True)
     meta.unlink(missing_ok=True)
     record["written"] = True

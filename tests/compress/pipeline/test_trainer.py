@@ -159,3 +159,56 @@ def test_a_training_that_fails_before_its_first_checkpoint_leaves_no_resume_reco
     with pytest.raises(RuntimeError, match="forward pass failed"):
         train_model(_recipe(image_dir, 1e-3), out)
     assert not list(tmp_path.glob("m.safetensors*"))  # neither the weights nor <out>.resume.pt.json
+
+
+def test_a_run_over_its_own_start_replaces_weights_and_sidecar_together(image_dir, tmp_path, monkeypatch):
+    """``--out`` = ``--continue-from`` (the recipes' example): if the sidecar cannot be written (here NaN in
+    the record), the old weights and their sidecar stay as they were, and no staged file is left behind."""
+    import compress.pipeline.trainer as trainer
+
+    start = _trained_start(image_dir, tmp_path, steps=1)
+    before = (start.read_bytes(), start.with_name(start.name + ".json").read_bytes())
+    longer = dataclasses.replace(_recipe(image_dir, 1e-3), train=TrainConfig(steps=60, lr=1e-3, precision="fp32"))
+    real = trainer._summary
+    monkeypatch.setattr(trainer, "_summary", lambda record: {**real(record), "bad": float("nan")})
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        train_model(longer, start, continue_from=start)
+    assert (start.read_bytes(), start.with_name(start.name + ".json").read_bytes()) == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    monkeypatch.setattr(trainer, "_summary", real)
+    assert train_model(longer, start, continue_from=start)["written"] is True
+    assert read_sidecar(start)["sha256"] == sha256_file(start)  # the new pair describes itself
+
+
+def test_the_seed_decides_the_initial_weights_too(image_dir, tmp_path):
+    """From scratch, the same recipe and seed give the same model; another seed, another one."""
+    def trained(name, seed):
+        recipe = _recipe(image_dir, 1e-3)
+        recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, steps=1, seed=seed))
+        train_model(recipe, tmp_path / name)
+        return load_checkpoint(tmp_path / name).model.state_dict()
+
+    a, b, c = trained("a.safetensors", 1), trained("b.safetensors", 1), trained("c.safetensors", 2)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["conv_first.weight"], c["conv_first.weight"])
+
+
+def test_a_diverged_training_removes_its_resume_file(image_dir, tmp_path, monkeypatch):
+    """Its last checkpoint may hold the NaN weights; a rerun with a lower rate must not need it deleted by hand."""
+    import compress.pipeline.trainer as trainer
+
+    real = trainer.fit
+
+    def diverging(model, *args, **kwargs):
+        log = real(model, *args, **kwargs)
+        with torch.no_grad():
+            next(model.parameters()).fill_(float("nan"))
+        return log
+
+    monkeypatch.setattr(trainer, "fit", diverging)
+    recipe = _recipe(image_dir, 1e-3)
+    recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, steps=8, ckpt_every=2))
+    out = tmp_path / "nan.safetensors"
+    with pytest.raises(InputError, match=r"^training diverged: NaN weights; .*its resume file was removed$"):
+        train_model(recipe, out)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("nan.")] == []  # no weights, no resume file
