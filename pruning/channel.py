@@ -55,10 +55,8 @@ def emptied_layers(model: nn.Module, trunk_ratio: float, round_to: int, inner_ra
     Returns:
         name -> (channels, ratio asked, channels that ratio keeps) for each such layer.
     """
-    structure = structure_of(model)
-    own = {id(m): inner_ratio for m in structure.inner_convs} if inner_ratio is not None else {}
-    if upsample_ratio > 0:
-        own.update({id(m): upsample_ratio for m in structure.upsample_feature_convs})
+    own = {id(m): ratio for convs, ratio in (_per_layer_ratios(model, inner_ratio, upsample_ratio) or {}).items()
+           for m in convs}  # the ratios prune_channels gives torch-pruning; every other layer follows the trunk
     protected = {id(m) for m in protected_convs(model)}
     found = {}
     for name, m in model.named_modules():

@@ -183,6 +183,12 @@ def min_hr_side(scale: int) -> int:
     return 4 * scale
 
 
+def shrunk_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """(width, height) scaled so that the longer side is ``max_side`` (as :func:`load_pair` shrinks)."""
+    f = max_side / max(size)
+    return round(size[0] * f), round(size[1] * f)
+
+
 def load_pair(path: str | Path, scale: int, max_side: int | None = None, u8: bool = False) -> ImagePair:
     """HR image -> (optionally shrunk) mod-cropped HR and its LR.
 
@@ -195,8 +201,7 @@ def load_pair(path: str | Path, scale: int, max_side: int | None = None, u8: boo
     """
     img = load_rgb(path)
     if max_side is not None and max(img.size) > max_side:
-        f = max_side / max(img.size)
-        img = img.resize((round(img.width * f), round(img.height * f)), Image.BICUBIC)
+        img = img.resize(shrunk_size(img.size, max_side), Image.BICUBIC)
     hr = modcrop(img, scale)
     least = min_hr_side(scale)
     if hr.width < least or hr.height < least:

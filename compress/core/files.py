@@ -261,8 +261,7 @@ def replace_pair(staged: str | Path, artifact: str | Path, record: dict[str, obj
     which matters when a run writes over the very checkpoint it started from.
     """
     staged, artifact = Path(staged), Path(artifact)
-    text = json.dumps(_sidecar_record(staged, artifact.name, record, None), indent=2, default=str, allow_nan=False)
-    side = write_text_atomic(sidecar_path(staged), text + "\n")
+    side = write_json_atomic(sidecar_path(staged), _sidecar_record(staged, artifact.name, record, None))
     with signals_held():
         try:
             os.replace(staged, artifact)

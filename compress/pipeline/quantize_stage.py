@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from compress.core.checkpoint import LoadedModel, load_checkpoint
-from compress.core.data import ImagePair, list_images, load_pair, random_patches
+from compress.core.data import ImagePair, list_images, load_pair, random_patches, shrunk_size
 from compress.core.default_data import WALLPAPER_MAX_SIDE, split_paths, training_images, training_pairs, wallpaper_paths
 from compress.core.distributed import is_writer, rank0_value
 from compress.core.errors import InputError, first_line
@@ -90,8 +90,7 @@ def _check_training_sizes(data: str, scale: int, lr_patch: int) -> None:
     for path in training_images(data):
         w, h = _header_size(path)
         if path in walls and max(w, h) > WALLPAPER_MAX_SIDE:
-            f = WALLPAPER_MAX_SIDE / max(w, h)
-            w, h = round(w * f), round(h * f)
+            w, h = shrunk_size((w, h), WALLPAPER_MAX_SIDE)
         if min(w, h) // scale < lr_patch:
             raise InputError(f"{path}: LR image {w // scale}x{h // scale} at x{scale} is smaller than the "
                              f"{lr_patch}x{lr_patch} QAT patch; use a smaller patch lr_patch in the recipe or "
