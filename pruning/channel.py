@@ -68,6 +68,27 @@ def emptied_layers(model: nn.Module, trunk_ratio: float, round_to: int, inner_ra
     return found
 
 
+def check_widths(model: nn.Module, round_to: int, trunk_ratio: float, inner_ratio: float | None = None,
+                 upsample_ratio: float = 0.0, global_pruning: bool = False) -> None:
+    """Refuse a ``round_to`` under which channel pruning of ``model`` would not make the cut it is asked for.
+
+    Raises:
+        ValueError: naming ``round_to`` and the layer, when ``round_to`` is not below the widest prunable
+            group (nothing would be pruned) or, under layer scope, rounds a layer down to no channel
+            (torch-pruning would leave it whole: :func:`emptied_layers`).
+    """
+    widest = widest_prunable(model, upsample_ratio)
+    if round_to >= widest:
+        raise ValueError(f"round_to {round_to} is not below the model's widest prunable layer ({widest} channels), "
+                         "so nothing would be pruned")
+    emptied = {} if global_pruning else emptied_layers(model, trunk_ratio, round_to, inner_ratio, upsample_ratio)
+    if emptied:
+        name, (width, ratio, kept) = next(iter(emptied.items()))
+        raise ValueError(f"round_to {round_to} rounds {len(emptied)} layer(s) down to no channel, which torch-pruning "
+                         f"would leave whole instead (first: {name}, {width} channels at ratio {ratio:g} keep {kept}); "
+                         f"use round_to <= {min(k for _, _, k in emptied.values())} or a smaller ratio for them")
+
+
 def _per_layer_ratios(model: nn.Module, inner_ratio: float | None,
                       upsample_ratio: float) -> dict[tuple[nn.Module, ...], float] | None:
     """Final ratios for the groups that do not follow the trunk: block interiors and the convolutions
@@ -207,6 +228,10 @@ def prune_channels(
             (:mod:`pruning.shuffle`), or of the output channels of an interpolating upsampler's
             convolutions (RRDB's), on the same AGP ramp; 0 leaves the upsampler's outputs at the
             trunk's ratio (EDSR: whole).
+
+    Raises:
+        ValueError: for a ratio outside [0, 1) or a ``round_to`` that :func:`check_widths` refuses, before
+            the model is touched.
     """
     fractions = ramp_fractions(schedule)
     final = schedule.final_sparsity
@@ -214,6 +239,7 @@ def prune_channels(
         raise ValueError(f"inner_ratio must be in [0, 1), got {inner_ratio!r}")
     if not 0.0 <= upsample_ratio < 1.0:
         raise ValueError(f"upsample_ratio must be in [0, 1), got {upsample_ratio!r}")
+    check_widths(model, round_to, final, inner_ratio, upsample_ratio, global_pruning)
     per_layer = _per_layer_ratios(model, inner_ratio, upsample_ratio)
 
     def scheduler(ratio: float, _steps: int) -> list[float]:

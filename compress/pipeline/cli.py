@@ -78,7 +78,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     from compress.core.recipe import load_recipe, with_seed
     from compress.pipeline.contract import baseline
     from compress.pipeline.prune_stage import run_prune
-    from pruning.channel import emptied_layers, widest_prunable
+    from pruning.channel import check_widths
     from pruning.recipe import PruneRecipe
 
     recipes = {}  # every recipe is read before the first one runs; each writes 10-prune/<its stem>/
@@ -89,18 +89,12 @@ def _cmd_prune(args: argparse.Namespace) -> int:
                              "both would write 10-prune/" + Path(path).stem)
         recipe = load_recipe(PruneRecipe, path, {"data": args.data})
         recipes[Path(path).stem] = recipe = recipe if args.seed is None else with_seed(recipe, args.seed)
-        widest = widest_prunable(model, recipe.upsample_final_sparsity)
-        if recipe.method == "channel" and recipe.round_to >= widest:
-            raise InputError(f"{path}: round_to {recipe.round_to} is not below the model's widest prunable "
-                             f"layer ({widest} channels), so nothing would be pruned")
-        emptied = emptied_layers(model, recipe.schedule.final_sparsity, recipe.round_to, recipe.inner_final_sparsity,
-                                 recipe.upsample_final_sparsity) if recipe.method == "channel" and recipe.scope == "layer" else {}
-        if emptied:
-            name, (width, ratio, kept) = next(iter(emptied.items()))
-            raise InputError(f"{path}: round_to {recipe.round_to} rounds {len(emptied)} layer(s) down to no channel, "
-                             f"which torch-pruning would leave whole instead (first: {name}, {width} channels at ratio "
-                             f"{ratio:g} keep {kept}); use round_to <= {min(k for _, _, k in emptied.values())} "
-                             "or a smaller ratio for them")
+        if recipe.method == "channel":
+            try:
+                check_widths(model, recipe.round_to, recipe.schedule.final_sparsity, recipe.inner_final_sparsity,
+                             recipe.upsample_final_sparsity, global_pruning=recipe.scope != "layer")
+            except ValueError as err:
+                raise InputError(f"{path}: {err}") from None
     for name, recipe in recipes.items():
         print(json.dumps(run_prune(Path(args.run), recipe, name, args.eval or None), indent=2, default=str))
     return 0

@@ -220,7 +220,9 @@ def test_widest_prunable_counts_shuffle_groups_only_when_the_upsampler_is_pruned
     model = EDSR(EDSRConfig(scale=2, num_feat=8, num_block=1, up_feat=16))  # upsampler wider than the trunk
     assert widest_prunable(model) == 8
     assert widest_prunable(model, upsample_ratio=0.5) == 16
-    pruning = prune_channels(model, PolynomialDecay(0.0, 0.5, 0, 1, 1), round_to=8, upsample_ratio=0.5)
+    with pytest.raises(ValueError, match="conv_first, 8 channels at ratio 0.5 keep 4"):  # the trunk would stay whole
+        prune_channels(model, PolynomialDecay(0.0, 0.5, 0, 1, 1), round_to=8, upsample_ratio=0.5)
+    pruning = prune_channels(model, PolynomialDecay(0.0, 0.0, 0, 1, 1), round_to=8, upsample_ratio=0.5)
     for _ in range(pruning.events):
         pruning.step()
     assert model.upsample[0].out_channels == 32  # 8 of 16 groups of 4 removed: round_to 8 < 16 did prune
@@ -242,21 +244,36 @@ def test_global_pruning_ranks_the_block_interiors_together(global_pruning):
     assert (inner != [16, 16]) if global_pruning else inner == [16, 16]
 
 
-@pytest.mark.parametrize(("round_to", "growth_after"), [(8, 8), (4, 4)])
-def test_a_round_to_that_empties_a_layer_is_found_before_torch_pruning_silently_keeps_it(round_to, growth_after):
-    """RRDB growth convolutions of 8 at ratio 0.5 keep 4, which round_to 8 floors to 0: torch-pruning then
-    leaves them whole (the recipe's cut is not made), and emptied_layers names them beforehand."""
+def test_a_round_to_that_empties_a_layer_is_refused_before_torch_pruning_silently_keeps_it():
+    """RRDB growth convolutions of 8 at ratio 0.5 keep 4, which round_to 8 floors to 0: torch-pruning would
+    leave them whole (the recipe's cut not made); emptied_layers names them and prune_channels refuses."""
     model = tiny_rrdb(4)  # 16 trunk, 8 growth channels
-    found = emptied_layers(model, 0.25, round_to, inner_ratio=0.5)
+    found = emptied_layers(model, 0.25, 8, inner_ratio=0.5)
+    assert len(found) == 24 and found["body.0.rdb1.conv1"] == (8, 0.5, 4)  # 2 blocks x 3 RDBs x 4 growth convs
+    assert all(".rdb" in name and not name.endswith("conv5") for name in found)
     sched = PolynomialDecay(0.0, 0.25, begin_step=0, end_step=0, frequency=1)
-    pruning = prune_channels(model, sched, round_to=round_to, inner_ratio=0.5)
+    before = [p.clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"round_to 8 rounds 24 layer\(s\) down to no channel.*body\.0\.rdb1\.conv1.*"
+                                         r"use round_to <= 4"):
+        prune_channels(model, sched, round_to=8, inner_ratio=0.5)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # refused before the model is touched
+    prune_channels(model, sched, round_to=8, inner_ratio=0.5, global_pruning=True)  # one ranking: no layer emptied
+
+
+def test_a_round_to_that_keeps_each_layer_prunes_every_group():
+    model = tiny_rrdb(4)
+    assert emptied_layers(model, 0.25, 4, inner_ratio=0.5) == {}
+    sched = PolynomialDecay(0.0, 0.25, begin_step=0, end_step=0, frequency=1)
+    pruning = prune_channels(model, sched, round_to=4, inner_ratio=0.5)
     for _ in sched.pruning_steps():
         pruning.step()
     rdb = model.body[0].rdb1
-    assert {rdb.conv1.out_channels, rdb.conv4.out_channels, model.body[1].rdb3.conv2.out_channels} == {growth_after}
-    if growth_after == 8:  # left whole: every growth convolution, 2 blocks x 3 RDBs x 4, and nothing else
-        assert len(found) == 24 and found["body.0.rdb1.conv1"] == (8, 0.5, 4)
-        assert all(".rdb" in name and not name.endswith("conv5") for name in found)
-    else:
-        assert found == {}
-    assert model.conv_first.out_channels == {8: 8, 4: 12}[round_to]  # the trunk: 16 at 0.25 keeps 12, floored
+    assert {rdb.conv1.out_channels, rdb.conv4.out_channels, model.body[1].rdb3.conv2.out_channels} == {4}
+    assert model.conv_first.out_channels == 12  # the trunk: 16 at 0.25 keeps 12
+
+
+def test_a_round_to_not_below_the_widest_layer_is_refused():
+    model = tiny_rrdb(4)
+    assert widest_prunable(model) == 16
+    with pytest.raises(ValueError, match=r"round_to 16 is not below the model's widest prunable layer \(16 channels\)"):
+        prune_channels(model, PolynomialDecay(0.0, 0.25, 0, 0, 1), round_to=16)
