@@ -1,11 +1,12 @@
 """A/B of ONNX Runtime's two INT8 convolution paths on this host, on the same QDQ graph.
 
 ``python -m benchmarks.ort_conv_path --artifact RUN/20-quantize/model/model_int8_percentile.onnx --scale 2``
-writes the zero-point-shifted twin to a temporary folder (:func:`quantization.ort_conv_path.shift_weight_zero_points`: same
-outputs, bit for bit, checked here), then times the original (MLAS's symmetric convolution) and the twin
-(im2col + MLAS's quantized GEMM, the path with an AMX-INT8 kernel) with ``benchmarks.latency``, each
-configuration in its own process, alternating for ``--rounds`` rounds, and prints p50 and min per form
-and the twin's speed-up over the original, with the CPU's features.
+writes the zero-point-shifted twin to a temporary folder
+(:func:`quantization.ort_conv_path.shift_weight_zero_points`: same outputs, bit for bit, checked here; on a
+CPU without VNNI full-range weights make them differ, and it refuses in one line), then times the original
+(MLAS's symmetric convolution) and the twin (im2col + MLAS's quantized GEMM, the path with an AMX-INT8
+kernel) with ``benchmarks.latency``, each configuration in its own process, alternating for ``--rounds``
+rounds, and prints p50 and min per form and the twin's speed-up over the original, with the CPU's features.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from benchmarks.child import ChildFailed, run_child
 from compress.core import options as opt
 from compress.core.cpu import host_cpu
 from compress.core.errors import error_line
+from quantization.ptq import cpu_has_vnni
 from quantization.ort_conv_path import shift_weight_zero_points
 
 
@@ -45,6 +47,21 @@ def same_outputs(a: Path, b: Path, scale: int) -> float:
     return float(np.abs(open_artifact(a, "ort", 1, scale).run(x) - open_artifact(b, "ort", 1, scale).run(x)).max())
 
 
+def not_exact(artifact: Path, diff: float, vnni: bool | None = None) -> str:
+    """Why the A/B cannot run: the twin's outputs differ by ``diff``, and what that means on this host.
+
+    Without VNNI, MLAS multiplies U8 x S8 with VPMADDUBSW, whose int16 pair sums saturate with full-range
+    8-bit weights, and its two convolution paths do not saturate alike: on session 41's AVX2-only AMD EPYC a
+    tiny EDSR's twin differed by 0.0078 with full-range weights and by 0 with the same weights halved to
+    7 bits. The pipeline's ``weight_range = "auto"`` writes 7-bit weights on such a host.
+    """
+    vnni = cpu_has_vnni() if vnni is None else vnni
+    why = ("this CPU has no VNNI, and ONNX Runtime's two INT8 convolution paths saturate full-range 8-bit weights "
+           "differently there: time 7-bit weights (weight_range = \"reduced\") or run on a host with VNNI"
+           if not vnni else "the rewrite is not exact")
+    return f"{artifact}: the zero-point-shifted twin's outputs differ by {diff:g}; {why}"
+
+
 def compare(artifact: Path, size: tuple[int, int], scale: int, threads: int, runs: int, rounds: int) -> dict:
     """Time the original and its shifted twin (in a temporary folder) side by side."""
     p50s: dict[str, list[float]] = {"symmetric conv": [], "im2col + QGEMM": []}
@@ -54,7 +71,7 @@ def compare(artifact: Path, size: tuple[int, int], scale: int, threads: int, run
         shift_weight_zero_points(artifact, twin)
         diff = same_outputs(artifact, twin, scale)
         if diff != 0.0:
-            raise RuntimeError(f"{twin}: outputs differ from {artifact} by {diff}; the rewrite is not exact")
+            raise ValueError(not_exact(artifact, diff))
         for _ in range(rounds):
             for name, path in zip(p50s, (artifact, twin)):
                 t = _time(path, size, scale, threads, runs)
@@ -84,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         r = compare(a.artifact, a.size, a.scale, a.threads, a.runs, a.rounds)
-    except ValueError as exc:  # no symmetric S8 convolution weight to shift; the message names the file
+    except ValueError as exc:  # nothing to shift, or a twin that is not exact here; the message names the file
         print(error_line(f"error: {exc}"), file=sys.stderr)
         return 2
     print(f"{r['cpu']}; ORT, {a.threads} threads, LR {a.size[0]}x{a.size[1]}, x{a.scale}, p50 of {a.runs} per process, "

@@ -12,7 +12,9 @@ Xeon, absent on an AMD EPYC with AVX512-VNNI only).
 :func:`shift_weight_zero_points` makes a twin of a QDQ graph in which every output channel of every S8
 convolution weight is stored one step lower with zero point -1 (or one step higher with zero point +1
 where the channel already sits at the bottom of its range): the dequantized weights, and so the outputs,
-are bit for bit those of the original, but ONNX Runtime now takes the im2col + QGEMM path. Whether that
+are bit for bit those of the original, but ONNX Runtime now takes the im2col + QGEMM path. Bit for bit
+on a CPU with VNNI: without it, MLAS's VPMADDUBSW sums saturate full-range weights differently on the two
+paths (7-bit weights, ``reduce_range``, agree; ``benchmarks.ort_conv_path`` checks and refuses). Whether that
 is faster is a property of the host (``python -m benchmarks.ort_conv_path`` times both): on the AMD EPYC
 of session 17 it ran at 0.5-0.74x; on an AMX host the QGEMM path is the only one that can use AMX.
 """

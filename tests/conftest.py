@@ -162,3 +162,19 @@ def int8_models(tmp_path: Path) -> dict[str, Path]:
         calibrate(pre, reader, Calibration.MINMAX, tmp_path / f"{name}.json")
         out[name] = quantize(pre, tmp_path / f"{name}_int8.onnx", tmp_path / f"{name}.json", Calibration.MINMAX)
     return out
+
+
+def seven_bit_weights(src: Path, dst: Path) -> Path:
+    """``src`` with every S8 convolution weight halved into [-63, 63] (another model, its scales kept): 7-bit
+    weights, which ONNX Runtime's INT8 convolution paths compute alike with or without VNNI, each channel
+    with room to move one step either way."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(src))
+    for init in model.graph.initializer:
+        if init.data_type == onnx.TensorProto.INT8 and len(init.dims) == 4:
+            q = numpy_helper.to_array(init)
+            init.CopyFrom(numpy_helper.from_array(np.clip(np.trunc(q / 2), -63, 63).astype(np.int8), init.name))
+    onnx.save(model, str(dst))
+    return dst
