@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from export.openvino_ir import save_ir
+from quantization.ptq import cpu_has_vnni
 
 
 #: ``NNCFConfig.activation_ranges`` -> attribute of ``nncf.quantization.range_estimator.RangeEstimatorParametersSet``.
@@ -103,8 +104,10 @@ def float_conv_names(model: object, roles: tuple[str, ...]) -> list[str]:
 
 
 def nncf_quantize(fp32: Path, patches: list[np.ndarray], out_xml: Path, cfg: NNCFConfig,
-                  has_vnni: bool = True) -> tuple[Path, dict]:
+                  has_vnni: bool | None = None) -> tuple[Path, dict]:
     """Quantize the FP32 ONNX ``fp32`` with NNCF on ``patches`` (NCHW float32, batch 1) and save INT8 IR.
+
+    ``has_vnni`` is that of the CPU the IR will run on (``overflow_fix = auto``; default: this one).
 
     Returns:
         The ``.xml`` path and a record of what ran (preset, bias correction, samples, seconds).
@@ -116,6 +119,7 @@ def nncf_quantize(fp32: Path, patches: list[np.ndarray], out_xml: Path, cfg: NNC
     t0 = time.perf_counter()
     model = ov.convert_model(str(fp32))  # constant-folded: each bias a constant Add NNCF can correct
     floats = float_conv_names(model, cfg.float_convs)
+    has_vnni = cpu_has_vnni() if has_vnni is None else has_vnni
     quantized = run_nncf(model, patches, cfg, has_vnni, floats)
     save_ir(quantized, out_xml)
     fq = sum(1 for op in quantized.get_ops() if op.get_type_name() == "FakeQuantize")

@@ -31,6 +31,7 @@ from torch import nn
 
 from export.openvino_ir import save_ir
 from quantization.nncf_ptq import NNCFConfig, describe, pick_roles, run_nncf
+from quantization.ptq import cpu_has_vnni
 
 #: Seconds NNCF may spend compiling its CPU extension before giving up (its default, 60 s, is too short
 #: for a busy 2-core machine).
@@ -47,14 +48,14 @@ def float_node_names(model: nn.Module, roles: tuple[str, ...]) -> list[str]:
 
 
 def prepare_nncf_qat(model: nn.Module, patches: list[np.ndarray], cfg: NNCFConfig,
-                     has_vnni: bool = True) -> tuple[nn.Module, dict]:
+                     has_vnni: bool | None = None) -> tuple[nn.Module, dict]:
     """NNCF's PTQ of a copy of ``model``: the FP32 network with trainable FakeQuantize operations.
 
     Args:
         model: canonical FP32 (or pruned) model; left untouched.
         patches: calibration LR patches (NCHW float32, batch 1), the ones the IR's PTQ uses.
         cfg: the NNCF settings shared with :func:`quantization.nncf_ptq.nncf_quantize`.
-        has_vnni: the CPU's VNNI (``overflow_fix = auto``).
+        has_vnni: the VNNI of the CPU the model will run on (``overflow_fix = auto``; default: this one).
 
     Returns:
         The quantized model, ready for :func:`compress.core.train.fit`, and a record for the sidecar.
@@ -65,6 +66,7 @@ def prepare_nncf_qat(model: nn.Module, patches: list[np.ndarray], cfg: NNCFConfi
     t0 = time.perf_counter()
     student = copy.deepcopy(model).eval().float()  # nncf.quantize copies too; the source keeps its mode
     floats = float_node_names(student, cfg.float_convs)
+    has_vnni = cpu_has_vnni() if has_vnni is None else has_vnni
     quantized = run_nncf(student, [torch.from_numpy(p) for p in patches], cfg, has_vnni, floats)
     ranges = sum(p.numel() for n, p in quantized.named_parameters() if n.endswith(("input_low", "_param_storage")))
     return quantized, {**describe(cfg, has_vnni), "float_convs": floats, "samples": len(patches),

@@ -25,6 +25,7 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, 
 from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from compress.core.cpu import host_cpu, parse_cpuinfo
 from compress.core.files import atomic_path
 from export.onnx_tail import tied_tensors
 from quantization.calibration import PatchCalibrationReader, chunks
@@ -92,20 +93,13 @@ class Calibration(enum.Enum):
 
 
 def cpu_has_vnni(cpuinfo: str | None = None) -> bool:
-    """Whether this x86 CPU has VNNI (AVX512-VNNI or AVX-VNNI); non-x86 hosts count as yes.
+    """Whether this x86 CPU (or the one ``cpuinfo``, a ``/proc/cpuinfo`` text, describes) has VNNI
+    (AVX512-VNNI, AVX-VNNI or AMX-INT8); non-x86 hosts count as yes (:attr:`CpuInfo.vnni`).
 
     Without VNNI, ONNX Runtime's U8S8 kernels multiply with VPMADDUBSW, whose int16 sums saturate
     with full-range 8-bit weights; ORT's documented remedy is 7-bit weights (``reduce_range``).
     """
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return True
-    flags = set(cpuinfo.split())
-    if "avx2" not in flags and "sse4_1" not in flags:
-        return True  # not x86 (or unknown): no VPMADDUBSW path
-    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    return (host_cpu() if cpuinfo is None else parse_cpuinfo(cpuinfo)).vnni
 
 
 def reduce_weight_range(setting: str) -> bool:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 CPUINFO = Path("/proc/cpuinfo")
 #: Flags that change which kernels and precisions pay off, in the order they are reported.
+X86_MACHINES = ("x86_64", "amd64", "i386", "i686")  # ``platform.machine()``, lower-cased
 REPORTED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
@@ -50,7 +51,8 @@ class CpuInfo:
 
     def describe(self) -> str:
         """One line for reports: model name and the relevant features."""
-        feats = " ".join(self.features()) or ("no AVX2" if self.x86 else platform.machine())
+        feats = " ".join(self.features()) or (("no AVX2" if self.flags else "flags unknown") if self.x86
+                                              else platform.machine())
         return f"{self.model_name} ({feats})"
 
 
@@ -70,8 +72,9 @@ def parse_cpuinfo(text: str) -> CpuInfo:
 
 @functools.cache
 def host_cpu() -> CpuInfo:
-    """This host's CPU (cached); non-Linux hosts get the platform's processor name and no flags."""
+    """This host's CPU (cached); without ``/proc/cpuinfo`` the platform's processor name and no flags."""
     try:
         return parse_cpuinfo(CPUINFO.read_text())
-    except OSError:
-        return CpuInfo(model_name=platform.processor() or platform.machine(), flags=frozenset(), x86=False)
+    except OSError:  # an x86 host whose flags cannot be read counts as one without VNNI or bf16 (the safe side)
+        return CpuInfo(model_name=platform.processor() or platform.machine(), flags=frozenset(),
+                       x86=platform.machine().lower() in X86_MACHINES)

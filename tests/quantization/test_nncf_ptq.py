@@ -5,6 +5,7 @@ import torch
 from export.onnx_export import export_onnx
 from export.runtimes import open_artifact
 from quantization.nncf_ptq import NNCFConfig, nncf_quantize
+from quantization.ptq import cpu_has_vnni
 from tests.conftest import tiny_edsr
 
 
@@ -41,6 +42,7 @@ def test_nncf_int8_ir_runs_close_to_fp32(tmp_path, bias):
     assert xml.is_file() and xml.with_suffix(".bin").is_file()
     assert record["fake_quantize_nodes"] > 0 and record["samples"] == 4 and record["bias_correction"] == bias
     assert len(record["float_convs"]) == 2  # the input and output convolutions stay float by default
+    assert record["overflow_fix"] == NNCFConfig().overflow(cpu_has_vnni())  # made for this host by default
     x = rng.random((1, 3, 20, 24), dtype=np.float32)
     ref, out = open_artifact(fp32, "ort").run(x), open_artifact(xml, "openvino").run(x)
     assert out.shape == ref.shape == (1, 3, 40, 48)

@@ -192,6 +192,11 @@ def test_vnni_detection_and_weight_range():
     assert not cpu_has_vnni("flags : fpu sse4_1 avx2 fma")
     assert cpu_has_vnni("flags : fpu sse4_1 avx2 avx512f avx512_vnni")
     assert cpu_has_vnni("Features : fp asimd asimddp")  # aarch64: no VPMADDUBSW path
+    assert not cpu_has_vnni("flags : fpu sse sse2 lm")  # an SSE2-only vCPU (qemu64) is x86 without VNNI
+    assert not cpu_has_vnni("model name : X\nflags : avx2\n\nmodel name : X\nflags : avx2 avx512_vnni")  # entry 1
+    from compress.core.cpu import host_cpu
+
+    assert cpu_has_vnni() is host_cpu().vnni  # one detector: the runtimes' saturation warning uses the same
     assert reduce_weight_range("reduced") and not reduce_weight_range("full")
     with pytest.raises(ValueError, match="weight_range must be"):
         reduce_weight_range("7bit")

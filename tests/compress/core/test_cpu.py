@@ -1,3 +1,6 @@
+import pytest
+
+from compress.core import cpu
 from compress.core.cpu import CpuInfo, parse_cpuinfo
 
 XEON_AMX = """processor\t: 0
@@ -45,3 +48,13 @@ def test_record_is_frozen():
     except AttributeError:
         return
     raise AssertionError("CpuInfo must be frozen")
+
+
+@pytest.mark.parametrize(("machine", "x86"), [("x86_64", True), ("AMD64", True), ("arm64", False)])
+def test_unreadable_cpuinfo_counts_an_x86_host_as_one_without_vnni_or_bf16(monkeypatch, tmp_path, machine, x86):
+    monkeypatch.setattr(cpu, "CPUINFO", tmp_path / "missing")
+    monkeypatch.setattr(cpu.platform, "machine", lambda: machine)
+    monkeypatch.setattr(cpu.platform, "processor", lambda: "")
+    info = cpu.host_cpu.__wrapped__()  # host_cpu itself is cached for the session
+    assert (info.x86, info.vnni, info.native_bf16) == (x86, not x86, False)
+    assert info.describe() == (f"{machine} (flags unknown)" if x86 else f"{machine} ({machine})")
