@@ -14,6 +14,7 @@ import re
 import torch
 from torch import nn
 
+from compress.core.archs.exact_input import read_exactly
 from compress.core.archs.spec import Architecture, Structure
 from compress.core.archs.layout import (
     Layout, StateDict, count_indices, has_keys, in_channels, out_channels, rename_keys,
@@ -118,8 +119,7 @@ class EDSR(nn.Module):
         self.conv_last = _conv(cin, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x - self.mean) * self.img_range
-        x = self.conv_first(x)
+        x = read_exactly(self.conv_first, (x - self.mean) * self.img_range)  # not in bf16 (exact_input)
         x = x + self.conv_after_body(self.body(x))
         x = self.conv_last(self.upsample(x))
         return x / self.img_range + self.mean

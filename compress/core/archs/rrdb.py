@@ -12,6 +12,7 @@ import dataclasses
 import torch
 from torch import nn
 
+from compress.core.archs.exact_input import read_exactly
 from compress.core.archs.spec import Architecture, Structure
 from compress.core.archs.layout import (
     Layout, StateDict, count_indices, has_keys, in_channels, out_channels, rename_keys,
@@ -154,11 +155,7 @@ class RRDBNet(nn.Module):
             pad = (0, (u - w % u) % u, 0, (u - h % u) % u)  # reflection needs more pixels than it adds
             x = F.pad(x, pad, mode="reflect" if min(h, w) >= u else "replicate")
             x = F.pixel_unshuffle(x, u)
-        # the first convolution reads the image in its own precision, never autocast's bf16: an 8-bit
-        # level k/255 over 0.5 rounds up to (k+1)/256 in bf16 (+0.17 grey levels on average), and a
-        # network trained on those brighter inputs comes out dark on the exact ones it is run on
-        with torch.autocast(x.device.type, enabled=False):
-            feat = self.conv_first(x.to(self.conv_first.weight.dtype))
+        feat = read_exactly(self.conv_first, x)  # never autocast's bf16 (compress.core.archs.exact_input)
         feat = feat + self.conv_body(self.body(feat))
         feat = self.lrelu(self.conv_up1(F.interpolate(feat, scale_factor=2, mode="nearest")))
         feat = self.lrelu(self.conv_up2(F.interpolate(feat, scale_factor=2, mode="nearest")))

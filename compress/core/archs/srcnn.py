@@ -12,6 +12,7 @@ import dataclasses
 import torch
 from torch import nn
 
+from compress.core.archs.exact_input import no_autocast, read_exactly
 from compress.core.archs.spec import Architecture, Structure
 from compress.core.archs.layout import Layout, StateDict, in_channels, out_channels
 from compress.core.color import rgb_to_ycbcr, ycbcr_to_rgb
@@ -56,15 +57,17 @@ class SRCNN(nn.Module):
         self.relu = nn.ReLU(inplace=True)
 
     def _net(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv3(self.relu(self.conv2(self.relu(self.conv1(x)))))
+        return self.conv3(self.relu(self.conv2(self.relu(read_exactly(self.conv1, x)))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        up = bicubic_up(x, self.cfg.scale)  # MATLAB / PIL bicubic (a = -0.5), as SRCNN was trained
+        with no_autocast(x):  # the interpolation and colour conversion read the image: not in bf16 (exact_input)
+            up = bicubic_up(x, self.cfg.scale)  # MATLAB / PIL bicubic (a = -0.5), as SRCNN was trained
+            ycc = rgb_to_ycbcr(up) if self.cfg.channels == 1 else up
         if self.cfg.channels == 3:
             return self._net(up)
-        ycc = rgb_to_ycbcr(up)
         y = self._net(ycc[:, :1])
-        return ycbcr_to_rgb(torch.cat([y, ycc[:, 1:]], 1))
+        with no_autocast(y):  # the untouched chroma goes back exactly
+            return ycbcr_to_rgb(torch.cat([y.to(ycc.dtype), ycc[:, 1:]], 1))
 
 
 def _structure(model: SRCNN) -> Structure:

@@ -77,14 +77,23 @@ def test_rrdb_dense_blocks_start_from_esrgans_small_initialisation():
     assert float(model.conv_first.weight.std()) > 2 * 0.1 * (2 / model.conv_first.weight[0].numel()) ** 0.5
 
 
-def test_rrdb_reads_the_image_in_fp32_under_bf16_autocast():
-    """8-bit levels over 0.5 round up in bf16: the first convolution must see the exact image."""
-    model = tiny_rrdb(4).eval()
+@pytest.mark.parametrize(("make", "first"), [(lambda: tiny_rrdb(4), "conv_first"), (lambda: tiny_edsr(2), "conv_first"),
+                                             (lambda: tiny_srcnn(3, channels=3), "conv1"),
+                                             (lambda: tiny_srcnn(3, channels=1), "conv1")],
+                         ids=["rrdb", "edsr", "srcnn-rgb", "srcnn-y"])
+def test_the_first_convolution_reads_the_image_in_fp32_under_bf16_autocast(make, first):
+    """8-bit levels over 0.5 round up in bf16, EDSR's mean-shifted levels to biased half levels, SRCNN's
+    bicubic image likewise: the layer that reads the image sees exactly what it sees without autocast."""
+    model = make().eval()
     x = torch.arange(256, dtype=torch.float32).div(255).reshape(1, 1, 16, 16).expand(1, 3, 16, 16).contiguous()
-    seen = {}
-    model.conv_first.register_forward_hook(lambda m, args, out: seen.update(x=args[0], out=out))
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        model(x)
-    assert torch.equal(seen["x"], x) and seen["out"].dtype == torch.float32
+    seen = []
+    getattr(model, first).register_forward_hook(lambda m, args, out: seen.append((args[0], out)))
     with torch.no_grad():
-        assert torch.equal(seen["out"], model.conv_first(x))
+        exact = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = model(x)
+    (x_exact, out_exact), (x_mixed, out_mixed) = seen
+    assert x_mixed.dtype == out_mixed.dtype == torch.float32
+    assert torch.equal(x_mixed, x_exact) and torch.equal(out_mixed, out_exact)
+    assert not torch.equal(mixed.float(), exact)  # autocast was on: the rest of the network ran in bf16
+    assert (mixed.float() - exact).abs().max() < 0.05
