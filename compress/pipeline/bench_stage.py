@@ -229,13 +229,16 @@ def own_quality(run: Path, pairs: list[tuple[Path, str]], scale: int, threads: i
                 extra_eval: list[str] | None = None, extras: Sequence[tuple[Path, str]] = ()) -> dict[str, dict]:
     """PSNR-Y on the embedded evaluation split and ``extra_eval`` of every (artifact, runtime) the
     artifact's sidecar does not hold for, keyed ``artifact|runtime``: a runtime that computes in a
-    precision of its own (bf16, FP16 inference), and a quantized graph on any runtime of ``extras``
+    precision of its own (bf16, FP16 inference), a quantized graph on any runtime of ``extras``
     (OpenVINO running ORT's INT8 QDQ graph uses its own integer kernels, whose rounding differs from
-    ORT's, which scored the sidecar)."""
+    ORT's, which scored the sidecar), and a file its runtime's ``host_check`` says may compute otherwise
+    on this host than where it was scored (full-range INT8 weights without VNNI)."""
     sets = None
     out = {}
     for artifact, name in pairs:
-        if runtime(name).own_numerics or ((artifact, name) in extras and not is_float_graph(artifact)):
+        rt = runtime(name)
+        if rt.own_numerics or ((artifact, name) in extras and not is_float_graph(artifact)) or (
+                rt.host_check is not None and rt.host_check(artifact)):
             sets = sets or eval_sets(scale, extra_eval)
             fn = open_artifact(artifact, name, threads, scale).run
             out[f"{artifact.relative_to(run)}|{name}"] = quality(fn, sets, scale)

@@ -7,6 +7,7 @@ in :data:`RUNTIMES`.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from compress.core.files import require_regular
 from compress.core.infer import Upscaler
 from compress.core.registry import by_name
 from export.runtimes import openvino, ort, pytorch, tflite
-from export.runtimes.base import Opened, Runtime, is_float_graph
+from export.runtimes.base import Opened, Runtime, SaturationRisk, is_float_graph
 from export.runtimes.ort import ort_session, ort_upscaler
 from export.runtimes.tflite import TFLiteRunner, tflite_upscaler
 
@@ -115,7 +116,7 @@ def open_artifact(path: str | Path, runtime_name: str | None = None, threads: in
     Every call of the returned upscaler checks its output against ``scale`` (without ``scale``: the
     scale one probe on an 8x8 input finds, in ``Opened.scale``). ``untrusted`` (a file the user names):
     runtimes that cannot load a damaged file safely in-process test it in a child process first, and
-    a runtime's ``host_check`` warns when the file may not run well on this host.
+    a runtime's ``host_check`` reason, if any, is warned (:class:`SaturationRisk`).
     """
     path = Path(path)
     rt = runtime(runtime_name) if runtime_name else for_file(path)
@@ -127,8 +128,9 @@ def open_artifact(path: str | Path, runtime_name: str | None = None, threads: in
     if untrusted and rt.vet is not None:
         rt.vet(path)
     opened = rt.open(path, threads, scale)
-    if untrusted and rt.host_check is not None:
-        rt.host_check(path)
+    why = rt.host_check(path) if untrusted and rt.host_check is not None else ""
+    if why:
+        warnings.warn(why, SaturationRisk, stacklevel=2)
     scale = scale if scale is not None else probe_scale(opened.run, str(path))
     return Opened(checked_scale(opened.run, scale, str(path)), opened.sync, scale)
 

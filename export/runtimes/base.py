@@ -10,6 +10,10 @@ from pathlib import Path
 from compress.core.infer import Upscaler
 
 
+class SaturationRisk(UserWarning):
+    """An INT8 model whose weights can overflow this CPU's integer kernels."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Opened:
     """An artifact opened on a runtime.
@@ -45,8 +49,9 @@ class Runtime:
         applies: which files of its suffixes it is meant for (e.g. bf16 inference: float graphs), or None.
         own_numerics: it computes in another precision than the artifact's (bf16 inference of an FP32
             graph), so the artifact's measured PSNR does not hold for it: the bench measures its own.
-        host_check: ``host_check(path)`` warns when a file the user deploys may not run well on this
-            host (full-range INT8 weights without VNNI), or None.
+        host_check: ``host_check(path)`` says why ``path`` may compute otherwise on this host than on the
+            one that made and scored it (full-range INT8 weights without VNNI; '' when it will not), or
+            None: ``open_artifact`` warns a user who deploys it, and the bench scores it here.
         vet: ``vet(path)`` tests a file the user named in a child process before this process opens it,
             for a library that a damaged file can crash or hang (raises ``InputError``); None: not needed.
         note: what it is, for help texts and the report.
@@ -63,7 +68,7 @@ class Runtime:
     applies: Callable[[Path], bool] | None = None
     own_numerics: bool = False
     vet: Callable[[Path], None] | None = None
-    host_check: Callable[[Path], object] | None = None
+    host_check: Callable[[Path], str] | None = None
     note: str = ""
 
     def present(self) -> bool:

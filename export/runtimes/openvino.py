@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.core.cpu import host_cpu
+from compress.core.cpu import CpuInfo, host_cpu
 from compress.core.errors import InputError, first_line
+from compress.core.files import read_sidecar, sidecar_path
 from export.runtimes.base import Opened, Runtime, is_float_graph
 
 
@@ -117,6 +118,24 @@ def _check_io(model, path: Path) -> None:  # noqa: ANN001
                          "not floating point")
 
 
+def nncf_saturation_risk(path: Path, cpu: CpuInfo | None = None) -> str:
+    """Why an NNCF IR may compute otherwise here: its sidecar says NNCF kept every weight at 8 bits
+    (``overflow_fix`` "disable", what ``auto`` picks on a VNNI host) and this x86 CPU has no VNNI, where
+    NNCF's own documentation warns that the integer kernels saturate ('' if not, or if no sidecar says)."""
+    cpu = cpu or host_cpu()
+    if cpu.vnni or path.suffix.lower() != ".xml" or not sidecar_path(path).is_file():
+        return ""
+    try:
+        nncf = read_sidecar(path, verify=False).get("nncf")
+    except InputError:
+        return ""
+    if not isinstance(nncf, dict) or nncf.get("overflow_fix") != "disable":
+        return ""
+    return (f"{path}: NNCF quantized it with overflow_fix \"disable\" (full 8-bit weights) and this CPU "
+            f"({cpu.model_name}) has no VNNI: OpenVINO's integer kernels can saturate on them; quantize for "
+            "this host (nncf.overflow_fix = \"auto\" there)")
+
+
 def _open_f32(path: Path, threads: int, scale: int | None) -> Opened:
     return Opened(OVRunner(path, threads, "f32"))
 
@@ -126,6 +145,7 @@ def _open_bf16(path: Path, threads: int, scale: int | None) -> Opened:
 
 
 OPENVINO = Runtime("openvino", (".onnx", ".xml"), "openvino", "cpu", _open_f32, bench_extra=True,
+                   host_check=nncf_saturation_risk,
                    note="OpenVINO CPU plugin, f32 inference precision (INT8 graphs run in INT8)")
 OPENVINO_BF16 = Runtime("openvino-bf16", (".onnx", ".xml"), "openvino", "cpu", _open_bf16, bench_extra=True,
                         available=lambda: host_cpu().native_bf16, applies=is_float_graph, own_numerics=True,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -53,10 +52,6 @@ def ort_upscaler(path: str | Path, threads: int = 0) -> Upscaler:
     return run
 
 
-class SaturationRisk(UserWarning):
-    """An INT8 graph whose weights can overflow this CPU's integer kernels."""
-
-
 REDUCED_WEIGHT_MAX = 64  # ORT's reduce_range weights: 7 bits, [-64, 64]
 
 
@@ -75,21 +70,19 @@ def full_range_int8_weights(path: str | Path) -> bool:
                for t in model.graph.initializer)
 
 
-def warn_if_saturating(path: str | Path, cpu: CpuInfo | None = None) -> bool:
-    """Warn (:class:`SaturationRisk`) when full-range INT8 weights meet an x86 CPU without VNNI.
+def saturation_risk(path: str | Path, cpu: CpuInfo | None = None) -> str:
+    """Why ``path`` may compute otherwise here: full-range INT8 weights on an x86 CPU without VNNI ('' if not).
 
     Without VNNI, ONNX Runtime's U8S8 kernels multiply with AVX2's VPMADDUBSW, whose 16-bit pair sums
     saturate once 8-bit weights use their full range (255 x 127 x 2 > 32767): a graph quantized on a
-    VNNI host (``weight_range = "auto"`` chose full range there) loses accuracy silently on such a
-    CPU. Returns whether it warned.
+    VNNI host (``weight_range = "auto"`` chose full range there) loses accuracy silently on such a CPU.
     """
-    cpu = cpu or host_cpu()  # checked where a user deploys a file (upscale, serve, eval), not in timing runs
+    cpu = cpu or host_cpu()
     if cpu.vnni or not full_range_int8_weights(path):
-        return False
-    warnings.warn(f"{path}: its INT8 weights use the full 8-bit range and this CPU ({cpu.model_name}) has no "
-                  "VNNI: ONNX Runtime's AVX2 kernels can saturate on them; quantize for this host with "
-                  "weight_range = \"reduced\"", SaturationRisk, stacklevel=2)
-    return True
+        return ""
+    return (f"{path}: its INT8 weights use the full 8-bit range and this CPU ({cpu.model_name}) has no "
+            "VNNI: ONNX Runtime's AVX2 kernels can saturate on them; quantize for this host with "
+            "weight_range = \"reduced\"")
 
 
 def _open_cpu(path: Path, threads: int, scale: int | None) -> Opened:
@@ -118,7 +111,7 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-ORT = Runtime("ort", (".onnx",), "onnxruntime", "cpu", _open_cpu, primary=True, host_check=warn_if_saturating,
+ORT = Runtime("ort", (".onnx",), "onnxruntime", "cpu", _open_cpu, primary=True, host_check=saturation_risk,
               note="ONNX Runtime, CPU execution provider (MLAS)")
 ORT_CUDA = Runtime("ort-cuda", (".onnx",), "onnxruntime", "cuda", _open_cuda, bench_extra=True, available=_cuda,
                    note="ONNX Runtime, CUDA execution provider")

@@ -249,24 +249,33 @@ def test_a_damaged_tflite_file_that_crashes_the_interpreter_is_refused_from_a_ch
         open_artifact(damaged, untrusted=True)
 
 
-def test_full_range_int8_weights_on_a_cpu_without_vnni_are_warned_about(int8_models, tmp_path):
+def test_full_range_int8_weights_on_a_cpu_without_vnni_are_a_risk_warned_about(int8_models, tmp_path, monkeypatch):
     import warnings
 
+    import export.runtimes.ort as ort_rt
     from compress.core.cpu import CpuInfo
-    from export.runtimes.ort import SaturationRisk, warn_if_saturating
+    from export.runtimes.base import SaturationRisk
+    from export.runtimes.ort import saturation_risk
     from quantization.ptq import Calibration, Int8Options, quantize
 
     avx2, vnni = CpuInfo("AVX2 CPU", frozenset({"avx2"})), CpuInfo("VNNI CPU", frozenset({"avx2", "avx512_vnni"}))
     q = int8_models["edsr"]  # full-range weights: what weight_range "auto" picks on a VNNI host
-    with pytest.warns(SaturationRisk, match=r"full 8-bit range and this CPU \(AVX2 CPU\) has no VNNI"):
-        assert warn_if_saturating(q, avx2)
+    assert saturation_risk(q, avx2).startswith(f"{q}: its INT8 weights use the full 8-bit range and this CPU "
+                                               "(AVX2 CPU) has no VNNI")
     reduced = quantize(tmp_path / "edsr_pre.onnx", tmp_path / "reduced.onnx", tmp_path / "edsr.json", Calibration.MINMAX,
                        options=Int8Options(reduce_range=True))
+    assert saturation_risk(q, vnni) == saturation_risk(reduced, avx2) == saturation_risk(tmp_path / "edsr.onnx", avx2) == ""
+    monkeypatch.setattr(ort_rt, "host_cpu", lambda: avx2)
+    with pytest.warns(SaturationRisk, match=r"full 8-bit range and this CPU \(AVX2 CPU\) has no VNNI"):
+        open_artifact(q, untrusted=True)  # a file the user deploys
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # none of these may warn
-        assert not warn_if_saturating(q, vnni)
-        assert not warn_if_saturating(reduced, avx2)
-        assert not warn_if_saturating(tmp_path / "edsr.onnx", avx2)  # the float graph
+        open_artifact(q)  # the pipeline's own files: the bench scores them here instead
+        open_artifact(reduced, untrusted=True)
+    monkeypatch.setattr(ort_rt, "host_cpu", lambda: vnni)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        open_artifact(q, untrusted=True)
 
 
 def test_ort_cuda_needs_a_gpu_not_only_the_provider(monkeypatch):

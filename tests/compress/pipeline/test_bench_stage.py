@@ -78,8 +78,12 @@ def test_rows_of_own_numerics_are_scored_on_the_extra_sets_too(tmp_path, image_d
     assert set(got["model.safetensors|pytorch-bf16"]) == {"embedded", "imgs"}
 
 
-def test_a_quantized_graph_on_another_runtime_gets_a_score_of_its_own(int8_models, tmp_path):
+def test_a_quantized_graph_on_another_runtime_gets_a_score_of_its_own(int8_models, tmp_path, monkeypatch):
+    import export.runtimes.ort as ort_rt
+    from compress.core.cpu import CpuInfo
     from compress.pipeline.bench_stage import own_quality
+
+    monkeypatch.setattr(ort_rt, "host_cpu", lambda: CpuInfo("VNNI CPU", frozenset({"avx2", "avx512_vnni"})))
 
     if not runtime("openvino").present():
         pytest.skip("OpenVINO is not installed")
@@ -89,6 +93,41 @@ def test_a_quantized_graph_on_another_runtime_gets_a_score_of_its_own(int8_model
     got = own_quality(tmp_path, pairs, 2, 1, extras=pairs[2:])
     assert list(got) == ["edsr_int8.onnx|openvino"]  # ORT scored the sidecar; a float graph computes alike anywhere
     assert 0 < got["edsr_int8.onnx|openvino"]["embedded"]["psnr_y_db"] < 100
+
+
+def test_full_range_int8_weights_are_scored_again_on_a_cpu_without_vnni(int8_models, tmp_path, monkeypatch):
+    """A run quantized on a VNNI host (full 8-bit weights) and benched on an AVX2-only one: its sidecar's
+    PSNR was measured on kernels that do not saturate, so the bench measures it here."""
+    import export.runtimes.ort as ort_rt
+    from compress.core.cpu import CpuInfo
+    from compress.pipeline.bench_stage import own_quality
+
+    q, fp32 = int8_models["edsr"], tmp_path / "edsr.onnx"
+    pairs = [(q, "ort"), (fp32, "ort")]
+    monkeypatch.setattr(ort_rt, "host_cpu", lambda: CpuInfo("VNNI CPU", frozenset({"avx2", "avx512_vnni"})))
+    assert own_quality(tmp_path, pairs, 2, 1) == {}
+    monkeypatch.setattr(ort_rt, "host_cpu", lambda: CpuInfo("AVX2 CPU", frozenset({"avx2"})))
+    got = own_quality(tmp_path, pairs, 2, 1)
+    assert list(got) == ["edsr_int8.onnx|ort"] and 0 < got["edsr_int8.onnx|ort"]["embedded"]["psnr_y_db"] < 100
+
+
+def test_an_nncf_ir_kept_at_8_bits_is_a_risk_only_on_a_cpu_without_vnni(tmp_path):
+    from compress.core.cpu import CpuInfo
+    from compress.core.files import write_json_atomic
+    from export.runtimes.openvino import nncf_saturation_risk
+
+    avx2, vnni = CpuInfo("AVX2 CPU", frozenset({"avx2"})), CpuInfo("VNNI CPU", frozenset({"avx2", "avx512_vnni"}))
+    xml = tmp_path / "model_int8_nncf.xml"
+    xml.write_text("<net/>")
+    assert nncf_saturation_risk(xml, avx2) == ""  # no sidecar: nothing says how it was made
+    for fix, risky in (("disable", True), ("first_layer_only", False), ("enable", False)):
+        write_json_atomic(tmp_path / "model_int8_nncf.xml.json", {"nncf": {"overflow_fix": fix}})
+        assert bool(nncf_saturation_risk(xml, avx2)) is risky and nncf_saturation_risk(xml, vnni) == ""
+    write_json_atomic(tmp_path / "model_int8_nncf.xml.json", {"nncf": {"overflow_fix": "disable"}})
+    assert "overflow_fix \"disable\"" in nncf_saturation_risk(xml, avx2) and "(AVX2 CPU) has no VNNI" in \
+        nncf_saturation_risk(xml, avx2)
+    (tmp_path / "model_int8_nncf.xml.json").write_text("{not json")
+    assert nncf_saturation_risk(xml, avx2) == ""  # a damaged sidecar says nothing either
 
 
 def test_run_one_times_every_scale_an_artifact_can_have_x1_included(tmp_path):
