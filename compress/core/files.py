@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from compress.core.cpu import host_cpu
 from compress.core.errors import InputError, WriteError
 
 
@@ -243,9 +244,11 @@ def write_sidecar(artifact: str | Path, record: dict[str, object],
 
 def _sidecar_record(data: Path, name: str, record: dict[str, object],
                     source: str | Path | dict[str, object] | None) -> dict[str, object]:
-    """The sidecar of the bytes in ``data``, for the artifact named ``name``."""
+    """The sidecar of the bytes in ``data``, for the artifact named ``name``; ``cpu`` names the host whose
+    figures it holds (a stage may say otherwise in ``record``)."""
     full: dict[str, object] = {"schema_version": SIDECAR_SCHEMA, "artifact": name,
-                               "size_bytes": data.stat().st_size, "sha256": sha256_file(data)}
+                               "size_bytes": data.stat().st_size, "sha256": sha256_file(data),
+                               "cpu": host_cpu().describe()}
     if source is not None:
         full["source"] = source if isinstance(source, dict) else source_block(source)
     full.update(record)

@@ -20,7 +20,7 @@ from compress.core.checkpoint import count_macs
 from compress.core.evaluate import eval_sets, psnr_delta_db, quality
 from compress.pipeline.contract import baseline, path_of
 from compress.core.train import fit, training_loss
-from compress.core.train_config import TrainConfig
+from compress.core.train_config import TrainConfig, resolve_precision
 from export.onnx_export import export_checked
 from pruning.channel import Criterion, prune_channels
 from pruning.magnitude import conv_weight_sparsity, prune_low_magnitude, strip_pruning
@@ -151,6 +151,7 @@ def _record(recipe: PruneRecipe, pruned: LoadedModel, scale: int, ckpt: Path, ba
         "speedup_note": "unstructured zeros do not run faster in dense runtimes (ONNX Runtime, TFLite); only storage shrinks"
         if recipe.method == "unstructured" else "channels are removed: dense runtimes do less work",
         "fine_tune_seconds": round(seconds, 1),
+        "fine_tune_precision": resolve_precision(recipe.train.precision, "cpu"),  # what fit chose on this host
         "quality": after,
         "quality_before": before,
         "psnr_y_delta_db": psnr_delta_db(after, before),

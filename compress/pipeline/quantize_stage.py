@@ -11,7 +11,6 @@ import onnx
 import torch
 from PIL import Image
 
-from compress.core.cpu import host_cpu
 from compress.core.checkpoint import LoadedModel, load_checkpoint
 from compress.core.data import ImagePair, list_images, load_pair, random_patches, shrunk_size
 from compress.core.default_data import WALLPAPER_MAX_SIDE, split_paths, training_images, training_pairs, wallpaper_paths
@@ -307,7 +306,7 @@ def run_quantize(run: Path, recipe: QuantRecipe, source: str = "model", extra_ev
         opts = Int8Options(reduce_range=rr, float_op_types=recipe.float_op_types)
         ort_weights = {"bits": 7 if rr else 8, "range": "[-64, 64]" if rr else "[-127, 127]",  # NNCF's follow its
                        "setting": recipe.weight_range, "cpu_has_vnni": cpu_has_vnni()}  # overflow_fix instead
-        common = {"stage": "quantize", "arch": loaded.arch, "cpu": host_cpu().describe(),  # the host that scored it
+        common = {"stage": "quantize", "arch": loaded.arch,
                   "scale": scale, "config": loaded.describe()["config"], "params": loaded.describe()["params"],
                   "recipe": to_dict(recipe), "fp32_quality": ref_quality,
                   "tail_rewrites": recorded_rewrites(onnx.load(str(fp32)))}

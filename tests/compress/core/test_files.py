@@ -179,3 +179,14 @@ def test_require_regular_tells_a_missing_path_from_a_folder_or_device(tmp_path):
         require_regular(tmp_path / "none.pth", missing="checkpoint not found")
     with pytest.raises(InputError, match=r"none\.onnx: file not found$"):
         require_regular(tmp_path / "none.onnx")
+
+
+def test_a_sidecar_names_the_cpu_its_figures_come_from_unless_the_stage_says_otherwise(tmp_path):
+    import json
+
+    from compress.core.cpu import host_cpu
+
+    (tmp_path / "a.bin").write_bytes(b"x")
+    assert json.loads(write_sidecar(tmp_path / "a.bin", {"stage": "s"}).read_text())["cpu"] == host_cpu().describe()
+    side = write_sidecar(tmp_path / "a.bin", {"stage": "s", "cpu": "NVIDIA H200"})
+    assert json.loads(side.read_text())["cpu"] == "NVIDIA H200"

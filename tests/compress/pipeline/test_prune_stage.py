@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from compress.core.checkpoint import load_checkpoint
+from compress.core.cpu import host_cpu
 from compress.core.files import read_sidecar
 from compress.core.recipe import from_mapping
 from compress.pipeline.model_stage import stage_model
@@ -36,6 +37,8 @@ def test_prune_stage_writes_checkpoint_onnx_and_sidecar(run_dir, image_dir, meth
     out = run_dir / "10-prune" / method
     side = read_sidecar(out / "model.safetensors")
     assert side["schedule"]["final_sparsity"] == 0.5 and side["method"] == method
+    assert side["cpu"] == host_cpu().describe()  # the host whose fine-tuning and PSNR figures these are
+    assert side["fine_tune_precision"] == ("bf16" if host_cpu().native_bf16 else "fp32")  # the recipe's "auto"
     assert side["recipe"]["train"]["feature_distill_weight"] == features
     assert set(side["psnr_y_delta_db"]) == {"embedded"}
     assert read_sidecar(out / "model.onnx")["parity_vs_pytorch"]["max_abs_diff"] < 1e-4
