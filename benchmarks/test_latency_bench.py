@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from compress.core.cpu import host_cpu
 from export.runtimes import ort_upscaler
 
 RUN = Path(os.environ.get("RUN", "artifacts/run-x2"))
@@ -26,5 +27,6 @@ def test_ort_latency_256(benchmark, rel):
         pytest.skip(f"{path} not produced in this run")
     run = ort_upscaler(path, threads=2)
     x = np.random.default_rng(0).random((1, 3, 256, 256), dtype=np.float32)
+    benchmark.extra_info.update(cpu=host_cpu().describe(), threads=2, runtime="ort", lr_size="256x256")
     out = benchmark.pedantic(run, args=(x,), rounds=10, iterations=1, warmup_rounds=2)
     assert out.shape[-2] > 256

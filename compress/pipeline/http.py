@@ -128,7 +128,8 @@ def build_app(service: Service) -> FastAPI:
     @app.get("/v1/models")
     async def models() -> dict:
         return {"scales": service.models.scales(), "tiers": list(TARGETS_MS),
-                "blend": service.models.blend is not None, "models": service.models.describe()}
+                "blend": service.models.blend is not None, "machine": service.models.machine(),
+                "models": service.models.describe()}
 
     @app.get("/healthz")
     async def healthz() -> dict:

@@ -7,9 +7,10 @@ import functools
 from pathlib import Path
 
 
+from compress.core.cpu import host_cpu
 from compress.core.errors import InputError
 from compress.core.infer import Upscaler
-from compress.pipeline.choose import TARGETS_MS, choose, read_report, worst_loss
+from compress.pipeline.choose import TARGETS_MS, choose, measured_elsewhere, read_report, worst_loss
 from compress.pipeline.contract import path_of
 from compress.pipeline.defaults import DEFAULT_MODELS, default_checkpoint
 from export.runtimes import for_file, open_artifact, runs_here
@@ -106,6 +107,18 @@ class ModelSet:
             return self.chosen[(str(c.artifact.relative_to(self.run)), c.runtime)], c.why
         served = self.by_scale[scale]
         return served, f"{served.artifact} (the model served for x{scale})"
+
+    def machine(self) -> dict[str, object]:
+        """This host's CPU and, for a run, the CPU its report's latencies were measured on and a note
+        when they differ (:func:`measured_elsewhere`)."""
+        here = {"cpu": host_cpu().describe()}
+        if self.run is None:
+            return here
+        header = self.report.get("header")
+        machine = header.get("machine") if isinstance(header, dict) else None
+        there = machine.get("cpu_description") if isinstance(machine, dict) else None
+        return {**here, "latencies_measured_on": there if isinstance(there, str) else None,
+                "note": measured_elsewhere(self.report).removesuffix("; ")}
 
     def describe(self) -> list[dict[str, object]]:
         items = list(self.by_scale.values()) + list(self.chosen.values())

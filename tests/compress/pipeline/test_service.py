@@ -67,6 +67,9 @@ def test_models_health_and_metrics(service):
     with urllib.request.urlopen(url + "/v1/models") as r:
         models = json.loads(r.read())
     assert models["scales"] == [2] and models["blend"] is True
+    from compress.core.cpu import host_cpu
+
+    assert models["machine"] == {"cpu": host_cpu().describe()}  # no run: no latencies measured anywhere
     with urllib.request.urlopen(url + "/healthz") as r:
         assert json.loads(r.read()) == {"status": "ok"}
     post(url, png((16, 16)))

@@ -103,6 +103,27 @@ def test_a_choice_from_latencies_of_another_cpu_says_so():
     assert measured_elsewhere({"header": {"scale": 2}}, here) == ""  # nothing recorded: nothing to compare
 
 
+def test_a_served_run_names_the_cpu_of_its_latencies_beside_this_one(tmp_path):
+    from compress.core.cpu import host_cpu
+    from compress.pipeline.models import ModelSet
+    from export.onnx_export import export_onnx
+
+    (tmp_path / "30-export").mkdir()
+    export_onnx(tiny_edsr(2), tmp_path / "30-export/model_fp32.onnx")
+    _report(tmp_path, [_row("30-export/model_fp32.onnx", "ort", 0.0, 900)])
+    report = json.loads((tmp_path / "50-report/report.json").read_text())
+    report["header"]["machine"] = {"cpu_description": "Bench CPU (avx2 amx_int8)"}
+    (tmp_path / "50-report/report.json").write_text(json.dumps(report))
+    here = host_cpu().describe()
+    assert ModelSet(run=tmp_path).machine() == {
+        "cpu": here, "latencies_measured_on": "Bench CPU (avx2 amx_int8)",
+        "note": f"latencies measured on Bench CPU (avx2 amx_int8), not on this host ({here}): rerun make bench here "
+                "to trust them"}
+    report["header"]["machine"] = {"cpu_description": here}
+    (tmp_path / "50-report/report.json").write_text(json.dumps(report))
+    assert ModelSet(run=tmp_path).machine() == {"cpu": here, "latencies_measured_on": here, "note": ""}
+
+
 def test_interpolation_reproduces_a_and_b_at_0_and_1(tmp_path):
     a = save_checkpoint(tiny_edsr(2, seed=0), CFG, tmp_path / "a.safetensors")
     b = save_checkpoint(tiny_edsr(2, seed=1), CFG, tmp_path / "b.safetensors")
