@@ -26,6 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from compress.core.best_weights import BestWeights
+from compress.core.cpu import host_cpu
 from compress.core.data import ImagePair
 from compress.core.distill import FeatureDistiller
 from compress.core.distributed import Ranks, ensure_process_group, rank_device
@@ -47,7 +48,9 @@ class TrainLog:
     """Losses and validation scores, one entry per logged step.
 
     ``steps_done`` and ``seconds`` count from the start of the training: after a resume they include
-    the steps and training seconds of the interrupted runs up to their last resume checkpoint.
+    the steps and training seconds of the interrupted runs up to their last resume checkpoint, and
+    ``segments`` says which steps ran in which precision on which CPU (a run resumed on another host
+    may train on in another precision, and its seconds are of another speed).
     """
 
     loss: list[tuple[int, float]] = dataclasses.field(default_factory=list)
@@ -57,6 +60,7 @@ class TrainLog:
     steps_done: int = 0
     kept_step: int = 0
     kept_val_psnr_y_db: float | None = None
+    segments: list[dict[str, object]] = dataclasses.field(default_factory=list)  # {from_step, to_step, precision, cpu}
 
     def final_val_psnr_y_db(self) -> float:
         """Validation PSNR-Y of the weights the model ends with: the kept check's (``keep_best``), else the
@@ -89,12 +93,13 @@ def _load_resume(path: Path | None, model: nn.Module, opt: torch.optim.Optimizer
                          "delete it to start afresh") from None
     for _ in range(step):
         next(batches)
-    return step, float(state.get("seconds", 0.0)), {k: state[k] for k in ("ema", "best") if k in state}
+    return step, float(state.get("seconds", 0.0)), {k: state[k] for k in ("ema", "best", "segments") if k in state}
 
 
 def _save_resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, seconds: float,
-                 ema: WeightAverage | None, best: BestWeights | None) -> None:
-    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "seconds": seconds}
+                 ema: WeightAverage | None, best: BestWeights | None, segments: list[dict[str, object]]) -> None:
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "seconds": seconds,
+             "segments": segments}
     if ema is not None:
         state["ema"] = ema.state_dict()
     if best is not None:
@@ -340,6 +345,9 @@ def _fit(model: nn.Module, batches: Iterator[tuple[np.ndarray, np.ndarray]], cfg
     trainable = own + (features.parameters() if features is not None else [])
     opt = _optimizer(cfg, trainable)
     start, spent_s, states = _load_resume(resume, model, opt, device, batches)
+    earlier = list(states.get("segments") or [])
+    here = {"from_step": start, "precision": log.precision,
+            "cpu": torch.cuda.get_device_name(device) if device.startswith("cuda") else host_cpu().describe()}
     net = _parallel(model, ranks, device)
     ema = _weight_average(cfg, own, states.get("ema"))
     best = BestWeights.from_state(states.get("best")) if cfg.keep_best and val_pairs else None
@@ -362,7 +370,8 @@ def _fit(model: nn.Module, batches: Iterator[tuple[np.ndarray, np.ndarray]], cfg
             if val_pairs and ranks.rank == 0 and ((cfg.val_every and (step + 1) % cfg.val_every == 0) or last):
                 _score(log, model, val_pairs, scale, device, step + 1, desc, ema, best)
             if resume is not None and ranks.rank == 0 and cfg.ckpt_every and ((step + 1) % cfg.ckpt_every == 0 or last):
-                _save_resume(resume, model, opt, step + 1, time.perf_counter() - t0, ema, best)
+                _save_resume(resume, model, opt, step + 1, time.perf_counter() - t0, ema, best,
+                             [*earlier, {**here, "to_step": step + 1}])
             done = step + 1
             if last:
                 break
@@ -374,4 +383,5 @@ def _fit(model: nn.Module, batches: Iterator[tuple[np.ndarray, np.ndarray]], cfg
         best.restore(model)
         log.kept_step, log.kept_val_psnr_y_db = best.step, best.psnr_y_db
     log.seconds, log.steps_done = time.perf_counter() - t0, done
+    log.segments = [*earlier, {**here, "to_step": done}] if done > start or not earlier else earlier
     return log

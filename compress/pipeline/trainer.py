@@ -262,6 +262,7 @@ def train_model(recipe: TrainRecipe, out: Path, device: str = "cpu", recipe_file
         **({"gpu": torch.cuda.get_device_name(device)} if device.startswith("cuda") else {}),
         "precision": log.precision,
         "cpu": host_cpu().describe(),
+        "segments": log.segments,  # which steps ran in which precision where (a resumed run may differ)
         "steps_done": log.steps_done,
         "train_seconds": round(log.seconds, 1),
         "finished_utc": time.strftime(FINISHED_UTC_FORMAT, time.gmtime()),  # when the training loop ended

@@ -75,6 +75,33 @@ def test_an_interrupted_run_resumed_ends_where_the_uninterrupted_run_ends(image_
         torch.testing.assert_close(a, b)
 
 
+def test_a_run_resumed_in_another_precision_records_each_segment(image_dir, tmp_path):
+    """Stopped after 2 FP32 steps (another host, say) and resumed in bf16: the log says which steps ran how."""
+    from compress.core.cpu import host_cpu
+
+    pairs = load_pairs(list_images(image_dir), 2)
+    cfg = TrainConfig(steps=4, lr=1e-3, ckpt_every=2, precision="fp32")
+
+    def crash(step):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    resume = tmp_path / "r.pt"
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_edsr(2), random_patches(pairs, 2, PatchConfig(lr_patch=8, batch_size=2)), cfg, 2,
+            resume=resume, hooks=[crash])
+    cpu = host_cpu().describe()
+    assert torch.load(resume, weights_only=True)["segments"] == [
+        {"from_step": 0, "to_step": 2, "precision": "fp32", "cpu": cpu}]
+    log = fit(tiny_edsr(2), random_patches(pairs, 2, PatchConfig(lr_patch=8, batch_size=2)),
+              dataclasses.replace(cfg, precision="bf16"), 2, resume=resume)
+    assert log.segments == [{"from_step": 0, "to_step": 2, "precision": "fp32", "cpu": cpu},
+                            {"from_step": 2, "to_step": 4, "precision": "bf16", "cpu": cpu}]
+    assert log.precision == "bf16" and log.steps_done == 4
+    again = fit(tiny_edsr(2), random_patches(pairs, 2, PatchConfig(lr_patch=8, batch_size=2)), cfg, 2, resume=resume)
+    assert again.segments == log.segments  # nothing left to run: the record stays what ran
+
+
 def test_resume_counts_the_time_already_spent_against_the_budget(image_dir, tmp_path):
     pairs = load_pairs(list_images(image_dir), 2)
     resume = tmp_path / "r.pt"
