@@ -275,7 +275,8 @@ def _write_results(c: Campaign, records: dict[str, dict]) -> Path:
             outcomes[bar.key] = (outcome, record.get("minutes"))
     cpu = host_cpu().describe()
     head = (f"# Bars of {c.plan.name} ({c.model or 'the shipped default'})\n\n"
-            f"Host: {cpu}, {os.cpu_count()} logical CPUs; each command in its own process. PSNR-Y = Y of BT.601, "
+            f"{hosts_line(records, list(outcomes), cpu)}, {os.cpu_count()} logical CPUs here; each command in its own "
+            "process. PSNR-Y = Y of BT.601, "
             f"{c.plan.scale} px shaved, 8-bit rounded, LR by PIL bicubic; dB lost against the dense FP32 model "
             f"(negative: a gain). Commands and their output: `logs/`.\n\n")
     bars = {bar.key: bar for bar in c.plan.bars}
@@ -284,6 +285,17 @@ def _write_results(c: Campaign, records: dict[str, dict]) -> Path:
         "outcomes": {k: {**dataclasses.asdict(o), "minutes": m, "verdict": judge(bars[k], o, sets)}
                      for k, (o, m) in outcomes.items()}})
     return write_text_atomic(c.out / "bars.md", head + format_bars(c.plan, outcomes, sets))
+
+
+def hosts_line(records: dict[str, dict], keys: list[str], here: str) -> str:
+    """``Host: <cpu>`` when every bar of ``keys`` ran on this host; else each host with the bars it ran (a
+    campaign resumed on another machine keeps the figures, and the minutes, of the first)."""
+    hosts: dict[str, list[str]] = {}
+    for key in keys:
+        hosts.setdefault(str(records.get(key, {}).get("cpu", "not recorded")), []).append(key)
+    if not hosts or list(hosts) == [here]:
+        return f"Host: {here}"
+    return "Hosts: " + "; ".join(f"{cpu} ({', '.join(bars)})" for cpu, bars in hosts.items()) + f"; this one is {here}"
 
 
 def _records(c: Campaign) -> dict[str, dict]:
@@ -307,7 +319,8 @@ def _run_bar(c: Campaign, bar: Bar, records: dict[str, dict]) -> dict:
     parent = records.get(bar.after) if bar.after else None
     ids = {"run_id": uuid.uuid4().hex, **({"after_run": parent.get("run_id")} if parent is not None else {})}
     if parent is not None and parent.get("failed"):
-        return {"minutes": 0.0, "failed": f"not run: {bar.after} failed", **_declaration(c, bar), **ids}
+        return {"minutes": 0.0, "failed": f"not run: {bar.after} failed", "cpu": host_cpu().describe(),
+                **_declaration(c, bar), **ids}
     run = c.run_folder(bar)
     if run == c.out / bar.key:
         shutil.copytree(path_of(c.out / BASE, "baseline").parent, path_of(run, "baseline").parent, dirs_exist_ok=True)
@@ -316,7 +329,8 @@ def _run_bar(c: Campaign, bar: Bar, records: dict[str, dict]) -> dict:
         failed = _compress(step.argv(run, c.evals, c.data), c.out / "logs" / f"{bar.key}.log")
         if failed:
             break
-    return {"minutes": round((time.monotonic() - t0) / 60, 2), "failed": failed, **_declaration(c, bar), **ids}
+    return {"minutes": round((time.monotonic() - t0) / 60, 2), "failed": failed, "cpu": host_cpu().describe(),
+            **_declaration(c, bar), **ids}
 
 
 def run_bars(c: Campaign) -> Path:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from compress.core.cpu import host_cpu
 from compress.core.archs import EDSRConfig
 from compress.core.errors import InputError
 from compress.core.files import write_sidecar
@@ -93,6 +94,16 @@ def test_bars_table_renders_with_one_cell_count():
     assert table[3].endswith("| - | - | - | - | not met: failed (exit 2: a \\| b) |")
 
 
+def test_the_bars_page_names_each_host_a_resumed_campaign_ran_on():
+    from compress.pipeline.bars_run import hosts_line
+
+    here, there = "AVX2 CPU (avx2)", "AMX CPU (avx2 amx_int8)"
+    assert hosts_line({"a": {"cpu": here}, "b": {"cpu": here}}, ["a", "b"], here) == f"Host: {here}"
+    assert hosts_line({}, [], here) == f"Host: {here}"
+    assert hosts_line({"a": {"cpu": there}, "b": {"cpu": here}, "c": {}}, ["a", "b", "c"], here) == (
+        f"Hosts: {there} (a); {here} (b); not recorded (c); this one is {here}")
+
+
 def test_only_brings_along_the_bar_it_continues_and_refuses_unknown_bars(tmp_path):
     plan = plan_named("edsr-x2")
     campaign = Campaign(plan, tmp_path, only=("channel50_int8",))
@@ -157,6 +168,8 @@ def test_campaign_runs_each_bar_in_its_own_folder_records_failures_and_resumes(t
     assert (out / "pruned" / "20-quantize" / "prune-tinyprune").is_dir()  # continued in its folder
     assert not (out / "int8").exists() and (out / "broken" / "00-model").is_dir()
     assert md.count("\n| ") == 6  # header + five bars
+    here = host_cpu().describe()
+    assert {r["cpu"] for r in state["records"].values()} == {here} and f"Host: {here}, " in md
     pruned, quantized = out / "pruned" / plan.bars[0].artifact, out / "pruned" / int8
     stamps = pruned.stat().st_mtime_ns, quantized.stat().st_mtime_ns
     run_bars(campaign)  # resumed: only the failed bars run again
