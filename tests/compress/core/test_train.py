@@ -54,20 +54,25 @@ def test_resume_continues_from_checkpoint(image_dir, tmp_path):
         torch.testing.assert_close(a, b)
 
 
+def _interrupted_after_2_of_4_steps(pairs, cfg, resume):  # noqa: ANN001, ANN202
+    """Run ``cfg`` (4 steps, a resume checkpoint every 2) until it is interrupted during step 3."""
+    def crash(step):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_edsr(2), random_patches(pairs, 2, PatchConfig(lr_patch=8, batch_size=2)), cfg, 2,
+            resume=resume, hooks=[crash])
+    return resume
+
+
 def test_an_interrupted_run_resumed_ends_where_the_uninterrupted_run_ends(image_dir, tmp_path):
     pairs = load_pairs(list_images(image_dir), 2)
     cfg = TrainConfig(steps=4, lr=1e-3, ckpt_every=2)
     whole = tiny_edsr(2)
     fit(whole, random_patches(pairs, 2, PatchConfig(lr_patch=8, batch_size=2)), cfg, 2)
 
-    def crash(step):
-        if step == 3:
-            raise KeyboardInterrupt
-
-    resume = tmp_path / "r.pt"
-    with pytest.raises(KeyboardInterrupt):
-        fit(tiny_edsr(2), random_patches(pairs, 2, PatchConfig(lr_patch=8, batch_size=2)), cfg, 2,
-            resume=resume, hooks=[crash])
+    resume = _interrupted_after_2_of_4_steps(pairs, cfg, tmp_path / "r.pt")
     assert torch.load(resume, weights_only=True)["step"] == 2
     resumed = tiny_edsr(2)
     fit(resumed, random_patches(pairs, 2, PatchConfig(lr_patch=8, batch_size=2)), cfg, 2, resume=resume)
@@ -82,14 +87,7 @@ def test_a_run_resumed_in_another_precision_records_each_segment(image_dir, tmp_
     pairs = load_pairs(list_images(image_dir), 2)
     cfg = TrainConfig(steps=4, lr=1e-3, ckpt_every=2, precision="fp32")
 
-    def crash(step):
-        if step == 3:
-            raise KeyboardInterrupt
-
-    resume = tmp_path / "r.pt"
-    with pytest.raises(KeyboardInterrupt):
-        fit(tiny_edsr(2), random_patches(pairs, 2, PatchConfig(lr_patch=8, batch_size=2)), cfg, 2,
-            resume=resume, hooks=[crash])
+    resume = _interrupted_after_2_of_4_steps(pairs, cfg, tmp_path / "r.pt")
     cpu = host_cpu().describe()
     assert torch.load(resume, weights_only=True)["segments"] == [
         {"from_step": 0, "to_step": 2, "precision": "fp32", "cpu": cpu}]
