@@ -13,7 +13,7 @@ from pathlib import Path
 
 CPUINFO = Path("/proc/cpuinfo")
 #: Flags that change which kernels and precisions pay off, in the order they are reported.
-X86_MACHINES = ("x86_64", "amd64", "i386", "i686")  # ``platform.machine()``, lower-cased
+X86_MACHINES = ("x86_64", "amd64", "x86", "i386", "i686")  # ``platform.machine()``, lower-cased
 REPORTED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
@@ -74,7 +74,9 @@ def parse_cpuinfo(text: str) -> CpuInfo:
 def host_cpu() -> CpuInfo:
     """This host's CPU (cached); without ``/proc/cpuinfo`` the platform's processor name and no flags."""
     try:
-        return parse_cpuinfo(CPUINFO.read_text())
-    except OSError:  # an x86 host whose flags cannot be read counts as one without VNNI or bf16 (the safe side)
-        return CpuInfo(model_name=platform.processor() or platform.machine(), flags=frozenset(),
-                       x86=platform.machine().lower() in X86_MACHINES)
+        info = parse_cpuinfo(CPUINFO.read_text())
+    except OSError:
+        info = CpuInfo(model_name=platform.processor() or platform.machine(), flags=frozenset(), x86=False)
+    if not info.flags and platform.machine().lower() in X86_MACHINES:  # an x86 host whose flags cannot be
+        info = dataclasses.replace(info, x86=True)  # read counts as one without VNNI or bf16 (the safe side)
+    return info

@@ -49,7 +49,7 @@ class TrainLog:
 
     ``steps_done`` and ``seconds`` count from the start of the training: after a resume they include
     the steps and training seconds of the interrupted runs up to their last resume checkpoint, and
-    ``segments`` says which steps ran in which precision on which CPU (a run resumed on another host
+    ``segments`` says which steps ran in which precision on which CPU or GPU (a run resumed on another host
     may train on in another precision, and its seconds are of another speed).
     """
 
@@ -60,7 +60,7 @@ class TrainLog:
     steps_done: int = 0
     kept_step: int = 0
     kept_val_psnr_y_db: float | None = None
-    segments: list[dict[str, object]] = dataclasses.field(default_factory=list)  # {from_step, to_step, precision, cpu}
+    segments: list[dict[str, object]] = dataclasses.field(default_factory=list)  # from_step, to_step, precision, hardware
 
     def final_val_psnr_y_db(self) -> float:
         """Validation PSNR-Y of the weights the model ends with: the kept check's (``keep_best``), else the
@@ -347,7 +347,7 @@ def _fit(model: nn.Module, batches: Iterator[tuple[np.ndarray, np.ndarray]], cfg
     start, spent_s, states = _load_resume(resume, model, opt, device, batches)
     earlier = list(states.get("segments") or [])
     here = {"from_step": start, "precision": log.precision,
-            "cpu": torch.cuda.get_device_name(device) if device.startswith("cuda") else host_cpu().describe()}
+            "hardware": torch.cuda.get_device_name(device) if device.startswith("cuda") else host_cpu().describe()}
     net = _parallel(model, ranks, device)
     ema = _weight_average(cfg, own, states.get("ema"))
     best = BestWeights.from_state(states.get("best")) if cfg.keep_best and val_pairs else None

@@ -103,6 +103,19 @@ def _start_db(run: dict[str, object], where: str) -> float | None:
     return float(start["val_psnr_y_db"])
 
 
+def _segments(run: dict[str, object], where: str) -> list[dict[str, object]]:
+    """The run's ``segments`` (steps, precision and hardware of each part of a resumed run), checked."""
+    segments = run.get("segments", [])
+    if not isinstance(segments, list) or not all(isinstance(s, dict) for s in segments):
+        raise InputError(f"{where}: segments must be a list of objects")
+    for i, seg in enumerate(segments):
+        _text(seg, "precision", f"{where}: segments[{i}]")
+        _text(seg, "hardware", f"{where}: segments[{i}]")
+        _count(seg, "from_step", f"{where}: segments[{i}]")
+        _count(seg, "to_step", f"{where}: segments[{i}]")
+    return segments
+
+
 def training_run(run: object, where: str) -> TrainingRun:
     """Parse one ``history`` entry (what the trainer's ``_summary`` writes).
 
@@ -128,6 +141,9 @@ def training_run(run: object, where: str) -> TrainingRun:
     else:  # the first runs (session 1) recorded neither CPU nor precision
         hardware = _text(run, "cpu", where) if "cpu" in run else "CPU (not recorded)"
     precision = _text(run, "precision", where) if "precision" in run else "not recorded"
+    if len(segments := _segments(run, where)) > 1:  # resumed, perhaps elsewhere: say which steps ran how
+        hardware = " + ".join(dict.fromkeys(s["hardware"] for s in segments))
+        precision = " + ".join(f"{s['precision']} (steps {s['from_step']}-{s['to_step']})" for s in segments)
     return TrainingRun(recipe_file=_text(run, "recipe_file", where, empty_ok=True), hardware=hardware,
                        precision=precision, steps=_count(run, "steps_done", where), train_minutes=seconds / 60,
                        start_val_psnr_y_db=_start_db(run, where),

@@ -187,7 +187,7 @@ def _keep_carried(history: list[dict], images: object) -> list[dict]:
 def _summary(record: dict[str, object]) -> dict[str, object]:
     """What one training run adds to a checkpoint's history."""
     keys = ("recipe_file", "device", "gpu", "precision", "cpu", "steps_done", "train_seconds", "finished_utc",
-            "val_psnr_y_db", "kept_step", "continued_from")
+            "val_psnr_y_db", "kept_step", "continued_from", "segments")
     out = {k: record[k] for k in keys if k in record}
     if "steps_done" not in out and isinstance(record.get("recipe"), dict):
         out["steps_done"] = record["recipe"].get("train", {}).get("steps")

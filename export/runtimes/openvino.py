@@ -19,6 +19,7 @@ from compress.core.cpu import CpuInfo, host_cpu
 from compress.core.errors import InputError, first_line
 from compress.core.files import read_sidecar, sidecar_path
 from export.runtimes.base import Opened, Runtime, is_float_graph
+from export.runtimes.ort import full_range_int8_weights
 
 
 MAX_SHAPES = 8  # compiled models kept (least recently used dropped)
@@ -118,22 +119,33 @@ def _check_io(model, path: Path) -> None:  # noqa: ANN001
                          "not floating point")
 
 
-def nncf_saturation_risk(path: Path, cpu: CpuInfo | None = None) -> str:
-    """Why an NNCF IR may compute otherwise here: its sidecar says NNCF kept every weight at 8 bits
-    (``overflow_fix`` "disable", what ``auto`` picks on a VNNI host) and this x86 CPU has no VNNI, where
-    NNCF's own documentation warns that the integer kernels saturate ('' if not, or if no sidecar says)."""
+def int8_saturation_risk(path: Path, cpu: CpuInfo | None = None) -> str:
+    """Why an INT8 model may compute otherwise on this x86 CPU without VNNI than where it was scored ('' if
+    not): an ONNX graph with full-range 8-bit weights (:func:`export.runtimes.ort.full_range_int8_weights`),
+    or an NNCF IR whose sidecar says NNCF kept every weight at 8 bits (``overflow_fix`` "disable", what
+    ``auto`` picks on a VNNI host); NNCF's own documentation warns that such weights saturate the integer
+    kernels of CPUs without VNNI."""
     cpu = cpu or host_cpu()
-    if cpu.vnni or path.suffix.lower() != ".xml" or not sidecar_path(path).is_file():
+    if cpu.vnni:
         return ""
+    if path.suffix.lower() == ".onnx":
+        made = "its INT8 weights use the full 8-bit range" if full_range_int8_weights(path) else ""
+    else:
+        disabled = _nncf_fix(path) == "disable"
+        made = "NNCF quantized it with overflow_fix \"disable\" (full 8-bit weights)" if disabled else ""
+    return (f"{path}: {made} and this CPU ({cpu.model_name}) has no VNNI: OpenVINO's integer kernels may compute "
+            "it otherwise than where it was scored; quantize for this host") if made else ""
+
+
+def _nncf_fix(path: Path) -> str | None:
+    """The ``overflow_fix`` an IR's sidecar records (None without a readable one)."""
+    if not sidecar_path(path).is_file():
+        return None
     try:
         nncf = read_sidecar(path, verify=False).get("nncf")
     except InputError:
-        return ""
-    if not isinstance(nncf, dict) or nncf.get("overflow_fix") != "disable":
-        return ""
-    return (f"{path}: NNCF quantized it with overflow_fix \"disable\" (full 8-bit weights) and this CPU "
-            f"({cpu.model_name}) has no VNNI: OpenVINO's integer kernels can saturate on them; quantize for "
-            "this host (nncf.overflow_fix = \"auto\" there)")
+        return None
+    return nncf.get("overflow_fix") if isinstance(nncf, dict) else None
 
 
 def _open_f32(path: Path, threads: int, scale: int | None) -> Opened:
@@ -145,7 +157,7 @@ def _open_bf16(path: Path, threads: int, scale: int | None) -> Opened:
 
 
 OPENVINO = Runtime("openvino", (".onnx", ".xml"), "openvino", "cpu", _open_f32, bench_extra=True,
-                   host_check=nncf_saturation_risk,
+                   host_check=int8_saturation_risk,
                    note="OpenVINO CPU plugin, f32 inference precision (INT8 graphs run in INT8)")
 OPENVINO_BF16 = Runtime("openvino-bf16", (".onnx", ".xml"), "openvino", "cpu", _open_bf16, bench_extra=True,
                         available=lambda: host_cpu().native_bf16, applies=is_float_graph, own_numerics=True,

@@ -49,6 +49,23 @@ def test_nncf_int8_ir_runs_close_to_fp32(tmp_path, bias):
     assert 0 < np.abs(out - ref).max() < 0.1  # quantized (not identical), yet close
 
 
+@pytest.mark.parametrize("vnni", [False, True])
+def test_by_default_ptq_and_qat_choose_the_overflow_fix_for_this_host(tmp_path, monkeypatch, vnni):
+    import quantization.nncf_ptq as ptq_mod
+    import quantization.nncf_qat as qat_mod
+    from quantization.nncf_qat import prepare_nncf_qat
+
+    monkeypatch.setattr(ptq_mod, "cpu_has_vnni", lambda: vnni)
+    monkeypatch.setattr(qat_mod, "cpu_has_vnni", lambda: vnni)
+    want = "disable" if vnni else "first_layer_only"
+    rng = np.random.default_rng(0)
+    patches = [rng.random((1, 3, 16, 16), dtype=np.float32) for _ in range(2)]
+    fp32 = export_onnx(tiny_edsr(2), tmp_path / "fp32.onnx")
+    assert nncf_quantize(fp32, patches, tmp_path / "int8.xml", NNCFConfig(bias_correction="none"))[1]["overflow_fix"] == want
+    _, record = prepare_nncf_qat(tiny_edsr(2), patches, NNCFConfig(bias_correction="none", qat=True))
+    assert record["overflow_fix"] == want
+
+
 def test_no_patches_refused(tmp_path):
     with pytest.raises(ValueError, match="no calibration patches"):
         nncf_quantize(tmp_path / "x.onnx", [], tmp_path / "x.xml", NNCFConfig())

@@ -58,3 +58,11 @@ def test_unreadable_cpuinfo_counts_an_x86_host_as_one_without_vnni_or_bf16(monke
     info = cpu.host_cpu.__wrapped__()  # host_cpu itself is cached for the session
     assert (info.x86, info.vnni, info.native_bf16) == (x86, not x86, False)
     assert info.describe() == (f"{machine} (flags unknown)" if x86 else f"{machine} ({machine})")
+
+
+def test_a_readable_cpuinfo_without_flags_on_an_x86_machine_counts_as_x86(monkeypatch, tmp_path):
+    (tmp_path / "cpuinfo").write_text("processor : 0\nmodel name : Some vCPU\n")
+    monkeypatch.setattr(cpu, "CPUINFO", tmp_path / "cpuinfo")
+    monkeypatch.setattr(cpu.platform, "machine", lambda: "x86_64")
+    info = cpu.host_cpu.__wrapped__()
+    assert (info.model_name, info.x86, info.vnni) == ("Some vCPU", True, False)

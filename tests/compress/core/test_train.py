@@ -90,11 +90,11 @@ def test_a_run_resumed_in_another_precision_records_each_segment(image_dir, tmp_
     resume = _interrupted_after_2_of_4_steps(pairs, cfg, tmp_path / "r.pt")
     cpu = host_cpu().describe()
     assert torch.load(resume, weights_only=True)["segments"] == [
-        {"from_step": 0, "to_step": 2, "precision": "fp32", "cpu": cpu}]
+        {"from_step": 0, "to_step": 2, "precision": "fp32", "hardware": cpu}]
     log = fit(tiny_edsr(2), random_patches(pairs, 2, PatchConfig(lr_patch=8, batch_size=2)),
               dataclasses.replace(cfg, precision="bf16"), 2, resume=resume)
-    assert log.segments == [{"from_step": 0, "to_step": 2, "precision": "fp32", "cpu": cpu},
-                            {"from_step": 2, "to_step": 4, "precision": "bf16", "cpu": cpu}]
+    assert log.segments == [{"from_step": 0, "to_step": 2, "precision": "fp32", "hardware": cpu},
+                            {"from_step": 2, "to_step": 4, "precision": "bf16", "hardware": cpu}]
     assert log.precision == "bf16" and log.steps_done == 4
     again = fit(tiny_edsr(2), random_patches(pairs, 2, PatchConfig(lr_patch=8, batch_size=2)), cfg, 2, resume=resume)
     assert again.segments == log.segments  # nothing left to run: the record stays what ran

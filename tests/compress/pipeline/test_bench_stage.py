@@ -114,20 +114,34 @@ def test_full_range_int8_weights_are_scored_again_on_a_cpu_without_vnni(int8_mod
 def test_an_nncf_ir_kept_at_8_bits_is_a_risk_only_on_a_cpu_without_vnni(tmp_path):
     from compress.core.cpu import CpuInfo
     from compress.core.files import write_json_atomic
-    from export.runtimes.openvino import nncf_saturation_risk
+    from export.runtimes.openvino import int8_saturation_risk
 
     avx2, vnni = CpuInfo("AVX2 CPU", frozenset({"avx2"})), CpuInfo("VNNI CPU", frozenset({"avx2", "avx512_vnni"}))
     xml = tmp_path / "model_int8_nncf.xml"
     xml.write_text("<net/>")
-    assert nncf_saturation_risk(xml, avx2) == ""  # no sidecar: nothing says how it was made
+    assert int8_saturation_risk(xml, avx2) == ""  # no sidecar: nothing says how it was made
     for fix, risky in (("disable", True), ("first_layer_only", False), ("enable", False)):
         write_json_atomic(tmp_path / "model_int8_nncf.xml.json", {"nncf": {"overflow_fix": fix}})
-        assert bool(nncf_saturation_risk(xml, avx2)) is risky and nncf_saturation_risk(xml, vnni) == ""
+        assert bool(int8_saturation_risk(xml, avx2)) is risky and int8_saturation_risk(xml, vnni) == ""
     write_json_atomic(tmp_path / "model_int8_nncf.xml.json", {"nncf": {"overflow_fix": "disable"}})
-    assert "overflow_fix \"disable\"" in nncf_saturation_risk(xml, avx2) and "(AVX2 CPU) has no VNNI" in \
-        nncf_saturation_risk(xml, avx2)
+    assert "overflow_fix \"disable\"" in int8_saturation_risk(xml, avx2) and "(AVX2 CPU) has no VNNI" in \
+        int8_saturation_risk(xml, avx2)
     (tmp_path / "model_int8_nncf.xml.json").write_text("{not json")
-    assert nncf_saturation_risk(xml, avx2) == ""  # a damaged sidecar says nothing either
+    assert int8_saturation_risk(xml, avx2) == ""  # a damaged sidecar says nothing either
+
+
+def test_an_ort_int8_graph_on_openvino_is_a_risk_only_with_full_range_weights_and_no_vnni(int8_models, tmp_path):
+    from compress.core.cpu import CpuInfo
+    from export.runtimes.openvino import int8_saturation_risk
+    from tests.conftest import seven_bit_weights
+
+    avx2, vnni = CpuInfo("AVX2 CPU", frozenset({"avx2"})), CpuInfo("VNNI CPU", frozenset({"avx2", "avx512_vnni"}))
+    q = int8_models["edsr"]
+    assert int8_saturation_risk(q, avx2).startswith(f"{q}: its INT8 weights use the full 8-bit range and this CPU "
+                                                    "(AVX2 CPU) has no VNNI")
+    assert int8_saturation_risk(q, vnni) == ""
+    assert int8_saturation_risk(seven_bit_weights(q, tmp_path / "seven.onnx"), avx2) == ""
+    assert int8_saturation_risk(tmp_path / "edsr.onnx", avx2) == ""  # the float graph
 
 
 def test_run_one_times_every_scale_an_artifact_can_have_x1_included(tmp_path):

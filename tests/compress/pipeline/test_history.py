@@ -58,10 +58,23 @@ def test_a_history_renders_as_the_model_cards_table():
     ({"finished_utc": "2026-02-30T10:00:00Z"}, "finished_utc must be a UTC time like"),
     ({"finished_utc": 1764000000}, "finished_utc must be a UTC time like"),
     ({"finished_utc": None}, "finished_utc must be a UTC time like"),
+    ({"segments": {"from_step": 0}}, "segments must be a list of objects"),
+    ({"segments": [{"from_step": 0, "to_step": 2, "precision": "bf16"}]}, r"segments\[0\]: hardware must be"),
+    ({"segments": [{"from_step": -1, "to_step": 2, "precision": "bf16", "hardware": "x"}]}, r"segments\[0\]: from_step"),
 ])
 def test_a_malformed_run_is_named_with_its_field(change, problem):
     with pytest.raises(InputError, match=rf"^h\[1\]: {problem}"):
         training_run({**GPU_RUN, **change}, "h[1]")
+
+
+def test_a_run_resumed_on_other_hardware_shows_each_segment():
+    amx, avx2 = "Xeon (avx2 amx_bf16)", "EPYC (avx2)"
+    segments = [{"from_step": 0, "to_step": 3000, "precision": "bf16", "hardware": amx},
+                {"from_step": 3000, "to_step": 5220, "precision": "fp32", "hardware": avx2}]
+    run = training_run({**GPU_RUN, "device": "cpu", "cpu": avx2, "precision": "fp32", "segments": segments}, "h")
+    assert run.hardware == f"{amx} + {avx2}" and run.precision == "bf16 (steps 0-3000) + fp32 (steps 3000-5220)"
+    one = training_run({**GPU_RUN, "segments": segments[:1]}, "h")  # one segment: the run's own fields say it all
+    assert (one.hardware, one.precision) == ("NVIDIA H200", "bf16")
 
 
 def test_the_written_check_is_the_last_in_order_and_table_cells_stay_cells():

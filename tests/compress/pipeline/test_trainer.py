@@ -48,7 +48,7 @@ def test_continue_writes_when_better_and_keeps_history(image_dir, tmp_path):
     assert record["written"] is True and out.is_file()
     assert record["val_psnr_y_db"][-1][1] > record["continued_from"]["val_psnr_y_db"]
     assert [h["steps_done"] for h in record["history"]] == [1, 60]
-    assert record["segments"] == [{"from_step": 0, "to_step": 60, "precision": "fp32", "cpu": record["cpu"]}]
+    assert record["segments"] == [{"from_step": 0, "to_step": 60, "precision": "fp32", "hardware": record["cpu"]}]
     first_image = sidecar["training_images"][0]["file"]
     assert record["history"][0]["carried_as"] == {first_image: "a PNG of it, shrunk"}  # kept with its run
     assert "carried_as" not in record["history"][1] and "carried_as" not in str(record["training_images"])
