@@ -42,6 +42,13 @@ class CpuInfo:
         return not self.x86 or bool({"avx512_vnni", "avx_vnni", "amx_int8"} & self.flags)
 
     @property
+    def channels_last(self) -> bool:
+        """Whether oneDNN's channels_last convolutions pay here: with AVX-512 (FP32 training steps 1.21x
+        faster than NCHW on an AVX512-VNNI Xeon), not on an AVX2-only x86 CPU (NCHW's median step faster in
+        6 of 6 rounds on session 41's EPYC, 3.03 against 3.35 s); non-x86 hosts keep it."""
+        return not self.x86 or "avx512f" in self.flags
+
+    @property
     def amx(self) -> bool:
         return "amx_bf16" in self.flags or "amx_int8" in self.flags
 

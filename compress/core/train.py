@@ -3,8 +3,9 @@
 L1 loss (Lim et al., EDSR) or MSE, Adam or SGD, an optional weight average (:mod:`compress.core.ema`), cosine or step learning-rate decay, periodic validation PSNR-Y,
 resumable checkpoints, CPU or CUDA. Where the processor has native bf16 matrix instructions (AMX-BF16
 or AVX512-BF16, :mod:`compress.core.cpu`) the forward pass runs under ``torch.autocast`` in bfloat16;
-either precision trains with channels_last tensors (oneDNN's fast convolution layout: FP32 steps 1.21x
-faster than NCHW on an AVX512-VNNI Xeon without bf16, ``python -m benchmarks.train_step``); loss,
+either precision trains with channels_last tensors where oneDNN's convolutions are fastest in that layout
+(CUDA, and CPUs with AVX-512: FP32 steps 1.21x faster than NCHW on an AVX512-VNNI Xeon without bf16) and
+in NCHW on AVX2-only CPUs (:attr:`CpuInfo.channels_last`, ``python -m benchmarks.train_step``); loss,
 gradients' master copies (the FP32 parameters) and Adam's state stay FP32, as in mixed-precision
 training (Micikevicius et al., 2018; bf16 needs no loss scaling). Stages plug in through ``hooks``
 (called after every optimizer step, e.g. to re-apply pruning masks) and an optional teacher for
@@ -57,6 +58,7 @@ class TrainLog:
     val_psnr_y_db: list[tuple[int, float]] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
     precision: str = "fp32"
+    memory_format: str = "channels_last"
     steps_done: int = 0
     kept_step: int = 0
     kept_val_psnr_y_db: float | None = None
@@ -297,7 +299,7 @@ def fit(
     resume: Path | None = None,
     params: Sequence[torch.nn.Parameter] | None = None,
     desc: str = "train",
-    channels_last: bool = True,
+    channels_last: bool | None = None,
 ) -> TrainLog:
     """Train ``model`` in place on ``batches`` of (lr, hr) NCHW arrays.
 
@@ -316,13 +318,16 @@ def fit(
             the seconds already spent against ``cfg.max_minutes``.
         params: parameters to optimise (default: all that require grad).
         desc: progress-bar label.
-        channels_last: train in ``torch.channels_last`` (``False``: NCHW, for operators slow in that layout).
+        channels_last: train in ``torch.channels_last`` (``False``: NCHW, for operators slow in that layout;
+            ``None``: on CUDA and where the CPU's convolutions are faster so, :attr:`CpuInfo.channels_last`).
 
     Under torchrun the model trains in DDP (gradients averaged over the ranks; every rank holds the same
     weights after each step, so pruning masks agree); only rank 0 validates and writes the resume file.
     """
     ranks = ensure_process_group(device)
     device = rank_device(device)
+    if channels_last is None:
+        channels_last = device.startswith("cuda") or host_cpu().channels_last
     with _prefetched(batches, device) as stream:
         return _fit(model, stream, cfg, scale, val_pairs, hooks, teacher, device, ranks, resume, params, desc,
                     channels_last)
@@ -334,7 +339,8 @@ def _fit(model: nn.Module, batches: Iterator[tuple[np.ndarray, np.ndarray]], cfg
          channels_last: bool) -> TrainLog:
     """:func:`fit` on a device already resolved for this rank."""
     torch.manual_seed(cfg.seed)
-    log = TrainLog(precision=resolve_precision(cfg.precision, device))
+    log = TrainLog(precision=resolve_precision(cfg.precision, device),
+                   memory_format="channels_last" if channels_last else "nchw")
     bf16 = log.precision == "bf16"
     fmt = _place(model, teacher, device, channels_last)
     for name in ("ema_decay", "keep_best"):

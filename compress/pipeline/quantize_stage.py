@@ -170,7 +170,7 @@ def _run_qat(loaded: LoadedModel, recipe: QuantRecipe, reader: PatchCalibrationR
 
 
 def _fine_tune(model: torch.nn.Module, loaded: LoadedModel, recipe: QuantRecipe, desc: str,
-               channels_last: bool = True) -> tuple[TrainLog, int]:
+               channels_last: bool | None = None) -> tuple[TrainLog, int]:
     """QAT fine-tuning of ``model`` with the recipe's ``patch`` / ``train``, distilled from the FP32 source.
 
     Sparsity-preserving: the zero weights of a pruned source stay zero (:func:`freeze_zeros`); returns

@@ -261,6 +261,7 @@ def train_model(recipe: TrainRecipe, out: Path, device: str = "cpu", recipe_file
         "device": device,
         **({"gpu": torch.cuda.get_device_name(device)} if device.startswith("cuda") else {}),
         "precision": log.precision,
+        "memory_format": log.memory_format,
         "cpu": host_cpu().describe(),
         "segments": log.segments,  # which steps ran in which precision where (a resumed run may differ)
         "steps_done": log.steps_done,

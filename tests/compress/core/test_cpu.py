@@ -66,3 +66,9 @@ def test_a_readable_cpuinfo_without_flags_on_an_x86_machine_counts_as_x86(monkey
     monkeypatch.setattr(cpu.platform, "machine", lambda: "x86_64")
     info = cpu.host_cpu.__wrapped__()
     assert (info.model_name, info.x86, info.vnni) == ("Some vCPU", True, False)
+
+
+@pytest.mark.parametrize(("text", "channels_last"), [(XEON_AMX, True), (EPYC_BF16, True), (EPYC_AVX2, False),
+                                                     (ARM, True)])
+def test_channels_last_is_chosen_where_avx512_convolutions_run_it_fastest(text, channels_last):
+    assert parse_cpuinfo(text).channels_last is channels_last

@@ -221,6 +221,22 @@ def test_layout_follows_the_channels_last_switch_in_both_precisions(image_dir, c
     assert seen and all(s == channels_last for s in seen)
 
 
+@pytest.mark.parametrize(("flags", "layout"), [({"avx2"}, "nchw"), ({"avx2", "avx512f"}, "channels_last")])
+def test_by_default_the_layout_is_the_one_this_cpus_convolutions_are_fastest_in(image_dir, monkeypatch, flags, layout):
+    import compress.core.train as train_mod
+    from compress.core.cpu import CpuInfo
+
+    monkeypatch.setattr(train_mod, "host_cpu", lambda: CpuInfo("CPU", frozenset(flags)))
+    pairs = load_pairs(list_images(image_dir), 2)
+    seen = []
+    model = tiny_edsr(2)
+    model.conv_first.register_forward_pre_hook(
+        lambda _m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    log = fit(model, random_patches(pairs, 2, PatchConfig(lr_patch=8, batch_size=2)),
+              TrainConfig(steps=2, precision="fp32"), 2)
+    assert log.memory_format == layout and seen and all(s == (layout == "channels_last") for s in seen)
+
+
 def test_every_loss_a_config_accepts_has_a_function():
     assert set(LOSSES) == set(LOSS_NAMES)
 
