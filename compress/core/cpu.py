@@ -12,8 +12,8 @@ import platform
 from pathlib import Path
 
 CPUINFO = Path("/proc/cpuinfo")
-#: Flags that change which kernels and precisions pay off, in the order they are reported.
 X86_MACHINES = ("x86_64", "amd64", "x86", "i386", "i686")  # ``platform.machine()``, lower-cased
+#: Flags that change which kernels and precisions pay off, in the order they are reported.
 REPORTED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 

@@ -62,7 +62,7 @@ class TrainLog:
     steps_done: int = 0
     kept_step: int = 0
     kept_val_psnr_y_db: float | None = None
-    segments: list[dict[str, object]] = dataclasses.field(default_factory=list)  # from_step, to_step, precision, hardware
+    segments: list[dict[str, object]] = dataclasses.field(default_factory=list)  # steps, precision, hardware
 
     def final_val_psnr_y_db(self) -> float:
         """Validation PSNR-Y of the weights the model ends with: the kept check's (``keep_best``), else the
