@@ -123,6 +123,14 @@ def predict_ms(row: dict, out_mp: float) -> tuple[float, str] | None:
     return scaled, f"{ms:.0f} ms measured at {label} LR scaled by pixels to {scaled:.0f} ms"
 
 
+def measured_on(report: dict) -> str | None:
+    """The CPU the report's latencies were measured on, as its header names it (None if it does not)."""
+    header = report.get("header")
+    machine = header.get("machine") if isinstance(header, dict) else None
+    there = machine.get("cpu_description") if isinstance(machine, dict) else None
+    return there if isinstance(there, str) else None
+
+
 def measured_elsewhere(report: dict, cpu: CpuInfo | None = None) -> str:
     """A note, to lead a choice's explanation (a header cut short keeps it), when the report's latencies
     come from another CPU than this host's ("" if the same or unknown).
@@ -130,11 +138,9 @@ def measured_elsewhere(report: dict, cpu: CpuInfo | None = None) -> str:
     The choice still follows them (they are the only measurements there are), but a deployer should
     know they may not hold here: ``make bench`` on this host measures them again.
     """
-    header = report.get("header")
-    measured = header.get("machine") if isinstance(header, dict) else None
-    there = measured.get("cpu_description") if isinstance(measured, dict) else None
+    there = measured_on(report)
     here = (cpu or host_cpu()).describe()
-    if not isinstance(there, str) or there == here:
+    if there is None or there == here:
         return ""
     return f"latencies measured on {there[:200]}, not on this host ({here}): rerun make bench here to trust them; "
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from compress.core.cpu import host_cpu
 from compress.core.errors import InputError
 from compress.core.infer import Upscaler
-from compress.pipeline.choose import TARGETS_MS, choose, measured_elsewhere, read_report, worst_loss
+from compress.pipeline.choose import TARGETS_MS, choose, measured_elsewhere, measured_on, read_report, worst_loss
 from compress.pipeline.contract import path_of
 from compress.pipeline.defaults import DEFAULT_MODELS, default_checkpoint
 from export.runtimes import for_file, open_artifact, runs_here
@@ -114,10 +114,7 @@ class ModelSet:
         here = {"cpu": host_cpu().describe()}
         if self.run is None:
             return here
-        header = self.report.get("header")
-        machine = header.get("machine") if isinstance(header, dict) else None
-        there = machine.get("cpu_description") if isinstance(machine, dict) else None
-        return {**here, "latencies_measured_on": there if isinstance(there, str) else None,
+        return {**here, "latencies_measured_on": measured_on(self.report),
                 "note": measured_elsewhere(self.report).removesuffix("; ")}
 
     def describe(self) -> list[dict[str, object]]:
